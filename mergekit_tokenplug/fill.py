@@ -1,0 +1,201 @@
+"""Build one model's output matrix for a new vocabulary: copy what it has, estimate the rest.
+
+This is the heart of the plugin and knows nothing about mergekit or files. Given the model's
+matrix, where each output token lives in it (``src_ids``), and other spaces where missing
+tokens are known (other input models, the donor), it copies shared rows exactly (one
+vectorised gather), groups the missing rows by the space they are known in, asks the
+configured method for estimates *in the model's own space*, and pads to the requested size.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from mergekit_tokenplug.errors import InputError
+from mergekit_tokenplug.methods.base import EstimationProblem
+from mergekit_tokenplug.registry import MethodSpec, Need, get
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class SourceSpace:
+    """Another embedding space in which some output tokens are known."""
+
+    name: str
+    matrix: torch.Tensor  # (V_s, d_s)
+    src_ids: np.ndarray  # (V_out,) row of `matrix` per output id, -1 where absent
+    anchor_mask: np.ndarray | None = None  # (V_out,) bool: ids usable as anchors (regular tokens)
+
+
+@dataclass
+class TextSupport:
+    """Tokenizer-side callables for methods that need texts (built lazily by the caller)."""
+
+    out_texts: Callable[[np.ndarray], list[str]]  # decoded text of output ids
+    split_base: Callable[[list[str]], list[list[int]]]  # texts -> rows of the model (base tokenizer)
+    base_vocab_texts: Callable[[], list[str]]  # decoded text of every model row
+    extras: dict[str, Any] = field(default_factory=dict)  # method-specific capabilities
+
+
+@dataclass
+class FillReport:
+    """What happened to one matrix of one model (logged, and written to card/manifest)."""
+
+    model: str
+    role: str
+    rows: int
+    copied: int = 0
+    estimated: int = 0
+    padded: int = 0
+    by_source: dict[str, int] = field(default_factory=dict)
+    by_method: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+def stable_seed(*parts: Any) -> int:
+    """A run-independent seed derived from names (Python's hash() is salted per process)."""
+    return zlib.crc32("\x1f".join(str(p) for p in parts).encode("utf-8")) & 0x7FFFFFFF
+
+
+def check_finite(matrix: torch.Tensor, what: str) -> None:
+    """NaN/Inf rows would poison every estimate built from them: refuse with the row ids."""
+    bad = ~torch.isfinite(matrix.reshape(matrix.shape[0], -1)).all(dim=1)
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten()[:5].tolist()
+        raise InputError(f"contains NaN or Inf values (rows {rows}{'...' if int(bad.sum()) > 5 else ''}); expected finite embeddings", where=what)
+
+
+def fill_matrix(
+    *,
+    model: str,
+    role: str,
+    matrix: torch.Tensor,
+    src_ids: np.ndarray,
+    out_rows: int,
+    sources: list[SourceSpace],
+    method: str,
+    params: Any,
+    anchor_mask: np.ndarray | None = None,
+    texts: TextSupport | None = None,
+    seed: int = 0,
+    force_estimate: np.ndarray | None = None,
+    show_progress: bool = True,
+) -> tuple[torch.Tensor, FillReport]:
+    """Return ``(out_rows, *matrix.shape[1:])`` rows for the output vocabulary.
+
+    ``src_ids`` covers the output token ids (its length is the number of output tokens,
+    at most ``out_rows``); ids past it are padding and get the mean row. ``anchor_mask``
+    marks output ids that are regular tokens (usable as OMP anchors).
+    """
+    token_shape = matrix.shape[1:]
+    flat = matrix.reshape(matrix.shape[0], -1)
+    n_tokens = len(src_ids)
+    if n_tokens > out_rows:
+        raise ValueError(f"{n_tokens} output tokens do not fit in {out_rows} rows")
+    report = FillReport(model=model, role=role, rows=out_rows)
+    device = flat.device
+    out = torch.empty((out_rows, flat.shape[1]), dtype=flat.dtype, device=device)
+
+    src = torch.as_tensor(src_ids, dtype=torch.long, device=device)
+    have = src >= 0
+    if force_estimate is not None:
+        have &= ~torch.as_tensor(force_estimate, dtype=torch.bool, device=device)
+    out[:n_tokens][have] = flat[src[have]]
+    report.copied = int(have.sum())
+
+    missing = (~have).nonzero().flatten().cpu().numpy()
+    if len(missing):
+        spec = get(method)
+        estimates = _estimate_missing(
+            model=model, role=role, base=flat, src_ids=src_ids, missing=missing, sources=sources,
+            spec=spec, params=params, anchor_mask=anchor_mask, texts=texts, seed=seed,
+            show_progress=show_progress, report=report,
+        )
+        out[torch.as_tensor(missing, device=device)] = estimates.to(device=device, dtype=flat.dtype)
+        report.estimated = len(missing)
+    if out_rows > n_tokens:
+        # Padding rows are never produced by the tokenizer: the mean row keeps them harmless
+        # (a convex combination cannot out-score real tokens) and deterministic.
+        out[n_tokens:] = out[:n_tokens].float().mean(dim=0).to(out.dtype) if n_tokens else 0
+        report.padded = out_rows - n_tokens
+    return out.reshape((out_rows, *token_shape)), report
+
+
+def _estimate_missing(
+    *, model: str, role: str, base: torch.Tensor, src_ids: np.ndarray, missing: np.ndarray,
+    sources: list[SourceSpace], spec: MethodSpec, params: Any, anchor_mask: np.ndarray | None,
+    texts: TextSupport | None, seed: int, show_progress: bool, report: FillReport,
+) -> torch.Tensor:
+    """Estimates for ``missing`` output ids, in the order given."""
+    base32 = base.float()
+    result = torch.empty((len(missing), base.shape[1]), dtype=torch.float32, device=base.device)
+    groups: list[tuple[str, np.ndarray, SourceSpace | None]] = []
+    if Need.DONOR_EMBEDDINGS in spec.needs:
+        unassigned = np.ones(len(missing), dtype=bool)
+        for space in sources:
+            known = unassigned & (space.src_ids[missing] >= 0)
+            if known.any():
+                groups.append((spec.name, np.nonzero(known)[0], space))
+                unassigned &= ~known
+        if unassigned.any():
+            fallback = spec.fallback or "mean"
+            LOG.info("%s %s: %d tokens are known in no other space; using %r for them", model, role, int(unassigned.sum()), fallback)
+            groups.append((fallback, np.nonzero(unassigned)[0], None))
+    else:
+        groups.append((spec.name, np.arange(len(missing)), None))
+
+    base_anchor_ok = (src_ids >= 0) if anchor_mask is None else (src_ids >= 0) & anchor_mask
+    for method_name, positions, space in groups:
+        group_spec = get(method_name)
+        group_params = params if method_name == spec.name else group_spec.parse_params({})
+        out_ids = missing[positions]
+        problem = EstimationProblem(
+            base=base32, anchor_ids=torch.empty(0, dtype=torch.long, device=base.device), n_targets=len(out_ids),
+            role=role, seed=stable_seed(seed, model, role, method_name, space.name if space else ""),
+            label=f"{method_name} {model} {role}" + (f" <- {space.name}" if space else ""),
+            show_progress=show_progress,
+        )
+        if space is not None:
+            anchors = base_anchor_ok & (space.src_ids >= 0)
+            if space.anchor_mask is not None:
+                anchors &= space.anchor_mask
+            anchor_out = np.nonzero(anchors)[0]
+            if anchor_out.size == 0:
+                raise InputError(f"model {model} shares no regular tokens with {space.name}; cannot estimate with {method_name!r}", where="tokenizer.approximation")
+            dev = base.device
+            problem.anchor_ids = torch.as_tensor(src_ids[anchor_out], dtype=torch.long, device=dev)
+            problem.donor = space.matrix.float().reshape(space.matrix.shape[0], -1).to(dev)
+            problem.donor_anchor_ids = torch.as_tensor(space.src_ids[anchor_out], dtype=torch.long, device=dev)
+            problem.donor_target_ids = torch.as_tensor(space.src_ids[out_ids], dtype=torch.long, device=dev)
+        needs = group_spec.needs
+        if needs & {Need.BASE_TOKENIZER, Need.BASE_VOCAB_TEXTS, Need.CORPUS, Need.MODEL_FORWARD}:
+            if texts is None:
+                raise InputError(f"method {method_name!r} needs the tokenizers, which are not available here", where="tokenizer.approximation.method")
+            problem.target_texts = texts.out_texts(out_ids)
+            problem.extras.update(texts.extras)
+            problem.extras.setdefault("split_texts", texts.split_base)
+            problem.extras["target_out_ids"] = torch.as_tensor(out_ids, dtype=torch.long)
+            if Need.BASE_TOKENIZER in needs:
+                problem.target_pieces = texts.split_base(problem.target_texts)
+            if Need.BASE_VOCAB_TEXTS in needs:
+                problem.base_vocab_texts = texts.base_vocab_texts()
+        rows = group_spec.estimate(problem, group_params)
+        if rows.shape != (len(out_ids), base.shape[1]):
+            raise RuntimeError(f"method {method_name!r} returned shape {tuple(rows.shape)}, expected {(len(out_ids), base.shape[1])}")
+        if not bool(torch.isfinite(rows).all()):
+            raise RuntimeError(f"method {method_name!r} produced non-finite rows for {model} {role}")
+        result[torch.as_tensor(positions, device=base.device)] = rows.float().to(base.device)
+        key = space.name if space else "(none)"
+        report.by_source[key] = report.by_source.get(key, 0) + len(out_ids)
+        report.by_method[method_name] = report.by_method.get(method_name, 0) + len(out_ids)
+    return result

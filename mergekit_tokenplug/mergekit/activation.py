@@ -1,0 +1,75 @@
+"""Patches mergekit module by module, right after each finishes importing.
+
+Called by the startup hook (``mergekit_tokenplug_hook``) for ``mergekit.config``,
+``mergekit.plan`` and ``mergekit.merge``. On a mergekit version the plugin was not tested
+with, or when ``MERGEKIT_TOKENPLUG_DISABLE=1`` is set after start-up, only a guard is
+installed: recipes that use the plugin's keys are refused instead of silently running stock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from importlib.metadata import PackageNotFoundError, version
+from types import ModuleType
+
+from mergekit_tokenplug.mergekit import SUPPORTED_MERGEKIT_VERSIONS
+
+LOG = logging.getLogger("mergekit_tokenplug")
+_LOCK = threading.RLock()
+_DONE: set[str] = set()
+
+
+def mergekit_version() -> str:
+    try:
+        return version("mergekit")
+    except PackageNotFoundError:  # pragma: no cover - mergekit is a hard dependency
+        return "unknown"
+
+
+def refusal_reason() -> str | None:
+    """Why the plugin must not patch behaviour (None when it may)."""
+    if os.environ.get("MERGEKIT_TOKENPLUG_DISABLE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return "the plugin is disabled (MERGEKIT_TOKENPLUG_DISABLE is set)"
+    found = mergekit_version()
+    if found not in SUPPORTED_MERGEKIT_VERSIONS:
+        return f"mergekit {found} is installed and mergekit-tokenplug supports only {', '.join(SUPPORTED_MERGEKIT_VERSIONS)}"
+    return None
+
+
+def on_module_loaded(name: str, module: ModuleType) -> None:
+    """Apply the patch belonging to ``name`` once per process."""
+    with _LOCK:
+        if name in _DONE:
+            return
+        _DONE.add(name)
+        reason = refusal_reason()
+        if reason and "disabled" not in reason and name == "mergekit.config":
+            LOG.warning("mergekit-tokenplug inactive: %s", reason)
+        if name == "mergekit.config":
+            from mergekit_tokenplug.mergekit import config_patch
+
+            config_patch.apply(module, refuse_reason=reason)
+        elif reason:
+            return
+        elif name == "mergekit.plan":
+            from mergekit_tokenplug.mergekit import planner
+
+            planner.apply(module)
+        elif name == "mergekit.merge":
+            from mergekit_tokenplug.mergekit import run
+
+            run.apply(module)
+
+
+def activate() -> None:
+    """Import-time activation for processes that started without the ``.pth`` (e.g. ``python -S``)."""
+    import importlib
+
+    for name in ("mergekit.config", "mergekit.plan", "mergekit.merge"):
+        on_module_loaded(name, importlib.import_module(name))
+
+
+def is_active() -> bool:
+    return {"mergekit.config", "mergekit.plan", "mergekit.merge"} <= _DONE and refusal_reason() is None

@@ -1,0 +1,27 @@
+"""Extends ``MergeConfiguration.tokenizer`` with the plugin's keys (or refuses them)."""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Annotated, Optional
+
+from mergekit.tokenizer.config import TokenizerConfig
+from pydantic import BeforeValidator
+
+from mergekit_tokenplug.mergekit.schema import PluginTokenizerField, refuse_plugin_keys
+
+
+def apply(config_module: ModuleType, refuse_reason: str | None = None) -> None:
+    """Swap the ``tokenizer`` field's type and rebuild the model.
+
+    Active: a discriminated union of the extended and the plain config (plain
+    ``TokenizerConfig`` values stay valid, so mergekit's own tests keep passing).
+    Refusing: plain config behind a validator that rejects plugin keys with the reason.
+    """
+    merge_cfg = config_module.MergeConfiguration
+    field = merge_cfg.model_fields["tokenizer"]
+    if refuse_reason is None:
+        field.annotation = Optional[PluginTokenizerField]
+    else:
+        field.annotation = Optional[Annotated[TokenizerConfig, BeforeValidator(refuse_plugin_keys(refuse_reason))]]
+    merge_cfg.model_rebuild(force=True)

@@ -1,0 +1,135 @@
+"""Swaps the vocabulary seam into ``MergePlanner`` for recipes that use the plugin's keys.
+
+Wrapping is done on the class (other mergekit modules import the class object). Recipes
+without plugin keys take the stock path untouched.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from types import ModuleType
+from typing import Any, Optional
+
+from mergekit.architecture import WeightInfo, arch_info_for_config
+from mergekit.common import ImmutableMap, ModelReference
+from mergekit.io.tasks import GatherTensors
+from mergekit.tokenizer.embed import PermutedVocabulary
+
+from mergekit_tokenplug import registry
+from mergekit_tokenplug.errors import InputError
+from mergekit_tokenplug.mergekit.schema import uses_plugin
+from mergekit_tokenplug.mergekit.vocab_task import AlignVocabulary, ApproximatedVocabulary
+from mergekit_tokenplug.registry import Need
+
+LOG = logging.getLogger(__name__)
+_HEAD_NAME = re.compile(r"(^|\.)(lm_head|embed_out|output)\.weight$")
+
+
+def weight_role(weight: WeightInfo) -> str:
+    """``output`` for the LM head (tied to the embeddings when ``tied_names`` is set)."""
+    return "output" if weight.tied_names or _HEAD_NAME.search(weight.name) else "input"
+
+
+def donor_weight(donor: ModelReference, role: str, trust_remote_code: bool) -> WeightInfo:
+    """The donor's own tensor for a role, found from its architecture (donor may differ from base)."""
+    cfg = donor.config(trust_remote_code=trust_remote_code)
+    arch = arch_info_for_config(cfg)
+    if arch is None:
+        raise InputError(f"mergekit does not know the architecture {getattr(cfg, 'architectures', None)} of the donor {donor.model.path}", where="tokenizer.source")
+    vocab_weights = [w for w in arch.all_weights(cfg) if w.vocabulary_axis is not None]
+    inputs = [w for w in vocab_weights if weight_role(w) == "input"]
+    outputs = [w for w in vocab_weights if weight_role(w) == "output"]
+    if not inputs:
+        raise InputError(f"found no input embedding tensor in the donor {donor.model.path}", where="tokenizer.source")
+    if role == "output" and outputs:
+        head = outputs[0]
+        tied = tuple(head.tied_names or ()) or (inputs[0].name,)
+        return head.model_copy(update={"optional": False, "tied_names": tied})
+    return inputs[0]
+
+
+def apply(plan_module: ModuleType) -> None:
+    planner_cls = plan_module.MergePlanner
+    if getattr(planner_cls, "_tokenplug_patched", False):
+        return
+    original_init = planner_cls.__init__
+    original_plan_tensor = planner_cls.plan_tensor
+
+    @functools.wraps(original_init)
+    def __init__(self, config, arch_info, options, out_model_config):  # noqa: N807
+        original_init(self, config, arch_info, options, out_model_config)
+        self._tokenplug_align = _align_task(self) if uses_plugin(config) and self._tokenizer_task else None
+
+    @functools.wraps(original_plan_tensor)
+    def plan_tensor(self, weight, weights_in, models, cfg_reader):
+        count = len(self._tensors)
+        original_plan_tensor(self, weight, weights_in, models, cfg_reader)
+        align = getattr(self, "_tokenplug_align", None)
+        if align is None or weight.vocabulary_axis is None or len(self._tensors) == count:
+            return
+        planned_weight, task = self._tensors[-1]
+        if weight.tied_names and getattr(self.out_model_config, "tie_word_embeddings", False):
+            # A tied output config ignores lm_head on load: writing one would only mislead.
+            self._tensors.pop()
+            LOG.info("skipping %s: the output config ties it to the input embeddings", weight.name)
+            return
+        permuted = task.gather_tensors
+        if type(permuted) is not PermutedVocabulary:
+            return
+        replacement = _seam_task(self, permuted, weight, align)
+        self._tensors[-1] = (planned_weight, task.model_copy(update={"gather_tensors": replacement}))
+
+    planner_cls.__init__ = __init__
+    planner_cls.plan_tensor = plan_tensor
+    planner_cls._tokenplug_patched = True
+
+
+def needs_donor_embeddings(config: Any) -> bool:
+    """Whether the configured method reads the donor's embedding rows."""
+    return Need.DONOR_EMBEDDINGS in registry.get(config.tokenizer.approximation.method).needs
+
+
+def _align_task(planner: Any) -> AlignVocabulary:
+    config = planner.config
+    source = config.tokenizer.source
+    models = tuple(config.referenced_models())
+    donor: Optional[ModelReference] = None
+    if isinstance(source, ModelReference):
+        reference, cut = source, True
+        if source not in models and needs_donor_embeddings(config):
+            donor = source
+    else:
+        reference, cut = (config.base_model or models[0]), False
+    return AlignVocabulary(
+        tokenizer_task=planner._tokenizer_task,
+        models=models,
+        donor=donor,
+        reference_rows_model=reference,
+        cut_to_reference=cut,
+        pad_to_multiple_of=config.tokenizer.pad_to_multiple_of,
+        trust_remote_code=planner.options.trust_remote_code,
+    )
+
+
+def _seam_task(planner: Any, permuted: PermutedVocabulary, weight: WeightInfo, align: AlignVocabulary) -> ApproximatedVocabulary:
+    role = weight_role(weight)
+    donor_tensors = None
+    if align.donor is not None:
+        donor_tensors = GatherTensors(
+            weight_info=ImmutableMap(data={align.donor: donor_weight(align.donor, role, planner.options.trust_remote_code)}),
+            dtype=permuted.gather_tensors.dtype,
+            device=permuted.gather_tensors.device,
+        )
+    fields = {name: getattr(permuted, name) for name in PermutedVocabulary.model_fields}
+    return ApproximatedVocabulary(
+        **fields,
+        align_task=align,
+        donor_tensors=donor_tensors,
+        approximation=planner.config.tokenizer.approximation.key(),
+        role=role,
+        weight_name=weight.name,
+        seed=planner.options.random_seed or 0,
+        show_progress=not planner.options.quiet,
+    )

@@ -1,0 +1,90 @@
+"""Wraps ``mergekit.merge.run_merge`` for recipes that use the plugin's keys.
+
+The stock merge writes into a temporary sibling of OUT; the plugin then fixes the config
+(row count, token ids), adds its model-card section and the manifest, and only then moves
+the directory into place. A failure anywhere leaves no OUT that looks complete.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import shutil
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from mergekit.common import ModelReference
+
+from mergekit_tokenplug import report
+from mergekit_tokenplug.inputs import check_model_dir
+from mergekit_tokenplug.mergekit.schema import uses_plugin
+from mergekit_tokenplug.output.atomic import atomic_directory
+from mergekit_tokenplug.output.card import vocabulary_section
+from mergekit_tokenplug.output.config_fix import fix_config
+from mergekit_tokenplug.output.manifest import input_record, write_manifest
+
+LOG = logging.getLogger("mergekit_tokenplug")
+
+
+def apply(merge_module: ModuleType) -> None:
+    original = merge_module.run_merge
+    if getattr(original, "_tokenplug_wrapped", False):
+        return
+
+    @functools.wraps(original)
+    def run_merge(merge_config, out_path, options, config_source=None):
+        if not uses_plugin(merge_config):
+            return original(merge_config, out_path, options, config_source=config_source)
+        return run_plugin_merge(original, merge_config, out_path, options, config_source)
+
+    run_merge._tokenplug_wrapped = True  # type: ignore[attr-defined]
+    merge_module.run_merge = run_merge
+
+
+def run_plugin_merge(original: Any, merge_config: Any, out_path: str, options: Any, config_source: str | None, overwrite: bool = False) -> None:
+    """Stock merge into a temp dir, then finalize and move into place."""
+    recipe = config_source or merge_config.to_yaml()
+    check_inputs(merge_config)
+    report.reset()
+    with atomic_directory(out_path, overwrite=overwrite) as tmp:
+        original(merge_config, str(tmp), options, config_source=recipe)
+        finalize(tmp, merge_config, recipe, options)
+    LOG.info("wrote %s", out_path)
+
+
+def check_inputs(merge_config: Any) -> None:
+    """Fail fast, with the path in the message, before mergekit touches any weight."""
+    from mergekit_tokenplug.mergekit.planner import needs_donor_embeddings
+
+    for model in sorted(merge_config.referenced_models(), key=str):
+        check_model_dir(model.model.path, where=f"models: {model.model.path}")
+    source = merge_config.tokenizer.source
+    if isinstance(source, ModelReference) and source not in merge_config.referenced_models():
+        check_model_dir(source.model.path, where="tokenizer.source", need_tokenizer=True, need_weights=needs_donor_embeddings(merge_config))
+
+
+def finalize(out_dir: Path, merge_config: Any, recipe: str, options: Any) -> dict[str, Any]:
+    """Config fix-ups, generation config, model card section and manifest."""
+    import transformers
+
+    snap = report.snapshot()
+    rows = snap["vocabulary"].get("output_rows")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(out_dir))
+    source = merge_config.tokenizer.source
+    if isinstance(source, ModelReference):
+        gen = Path(source.model.path) / "generation_config.json"
+        if gen.exists() and not (out_dir / "generation_config.json").exists():
+            shutil.copyfile(gen, out_dir / "generation_config.json")
+    changes = fix_config(out_dir, rows=rows, tokenizer=tokenizer)
+    approx = merge_config.tokenizer.approximation
+    section = vocabulary_section(method=approx.method, params=approx.method_params(), report=snap)
+    card = out_dir / "README.md"
+    card.write_text((card.read_text(encoding="utf-8") + "\n" if card.exists() else "") + section, encoding="utf-8")
+    for rec in snap["matrices"]:
+        LOG.info("%s %s: copied %d, estimated %d (%s), padded %d", rec["model"], rec["weight"], rec["copied"], rec["estimated"], rec["by_method"], rec["padded"])
+    inputs = [{"role": "model", **input_record(m.model.path)} for m in sorted(merge_config.referenced_models(), key=str)]
+    if isinstance(source, ModelReference) and source not in merge_config.referenced_models():
+        inputs.append({"role": "donor", **input_record(source.model.path)})
+    write_manifest(out_dir, inputs=inputs, recipe=recipe, report=snap, extra={"config_changes": changes, "seed": options.random_seed})
+    return snap

@@ -1,0 +1,105 @@
+"""The plugin's recipe keys, grafted onto mergekit's pydantic config models.
+
+``tokenizer.approximation`` selects the method that estimates rows a model lacks. mergekit's
+models ignore unknown keys, so a recipe with plugin keys must never fall through to the plain
+``TokenizerConfig`` (that would silently run stock copies/zeros): the ``tokenizer`` field gets
+a callable discriminator that routes any value carrying a plugin key to the extended model.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Optional, Union
+
+import pydantic
+from mergekit.tokenizer.config import TokenizerConfig
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+
+from mergekit_tokenplug.errors import ConfigError
+
+PLUGIN_TOKENIZER_KEYS = ("approximation",)
+
+
+class ApproximationConfig(BaseModel):
+    """``tokenizer.approximation``: a method name plus that method's own parameters inline."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    method: str = "omp"
+    seed: Optional[int] = Field(None, description="seed for stochastic methods (defaults to --random-seed, else 0)")
+
+    @pydantic.model_validator(mode="after")
+    def _check_method(self) -> ApproximationConfig:
+        from mergekit_tokenplug import registry
+
+        spec = registry.get(self.method)
+        spec.parse_params(self.method_params())
+        return self
+
+    def method_params(self) -> dict[str, Any]:
+        """The raw method parameters (everything but ``method`` and ``seed``)."""
+        return dict(self.__pydantic_extra__ or {})
+
+    def parsed_params(self) -> Any:
+        from mergekit_tokenplug import registry
+
+        return registry.get(self.method).parse_params(self.method_params())
+
+    def key(self) -> str:
+        """A canonical, hashable form for mergekit's frozen task fields."""
+        return json.dumps({"method": self.method, "seed": self.seed, "params": self.method_params()}, sort_keys=True)
+
+    @classmethod
+    def from_key(cls, key: str) -> ApproximationConfig:
+        data = json.loads(key)
+        return cls(method=data["method"], seed=data["seed"], **data["params"])
+
+
+class TokenplugTokenizerConfig(TokenizerConfig, frozen=True):
+    """mergekit's ``TokenizerConfig`` plus the plugin's keys."""
+
+    approximation: ApproximationConfig = Field(default_factory=ApproximationConfig)
+
+
+def _tokenizer_kind(value: Any) -> str:
+    if isinstance(value, TokenplugTokenizerConfig):
+        return "plugin"
+    if isinstance(value, dict) and any(k in value for k in PLUGIN_TOKENIZER_KEYS):
+        return "plugin"
+    return "stock"
+
+
+PluginTokenizerField = Annotated[
+    Union[Annotated[TokenplugTokenizerConfig, Tag("plugin")], Annotated[TokenizerConfig, Tag("stock")]],
+    Discriminator(_tokenizer_kind),
+]
+
+
+def uses_plugin(merge_config: Any) -> bool:
+    """Whether a validated MergeConfiguration asks for the plugin's behaviour."""
+    return isinstance(getattr(merge_config, "tokenizer", None), TokenplugTokenizerConfig)
+
+
+def refuse_plugin_keys(reason: str):
+    """A before-validator for the ``tokenizer`` field used when the plugin must not run."""
+
+    def _refuse(value: Any) -> Any:
+        if _tokenizer_kind(value) == "plugin":
+            raise ConfigError(f"this recipe uses mergekit-tokenplug's keys but {reason}; refusing to run it with stock mergekit (which would copy raw rows or write zeros)", where="tokenizer.approximation")
+        return value
+
+    return _refuse
+
+
+def one_line_validation_error(exc: pydantic.ValidationError, source: str | None = None) -> str:
+    """pydantic's report as one line: ``source: key.path: message``."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if p not in ("plugin", "stock"))
+        msg = err["msg"]
+        ctx_err = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_err, Exception):
+            msg = str(ctx_err)
+        parts.append(f"{loc}: {msg}" if loc and not msg.startswith(loc) else msg)
+    text = "; ".join(dict.fromkeys(parts))
+    return f"{source}: {text}" if source else text

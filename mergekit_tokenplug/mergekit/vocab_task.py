@@ -1,0 +1,255 @@
+"""The vocabulary seam: mergekit tasks that align vocabularies and fill missing rows.
+
+``AlignVocabulary`` runs once per merge (every vocabulary tensor depends on the same task, so
+mergekit's executor computes it once): it loads each model's tokenizer, aligns the output
+vocabulary onto it in canonical form, and decides the output row count.
+``ApproximatedVocabulary`` replaces stock ``PermutedVocabulary`` for one weight: it copies
+rows each model has and fills the rest with the configured method in that model's own space
+(see :mod:`mergekit_tokenplug.fill`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import transformers
+from mergekit.common import ModelReference
+from mergekit.graph import Task
+from mergekit.io.tasks import GatherTensors
+from mergekit.tokenizer.build import BuildTokenizer, TokenizerInfo, get_vocab_size
+from mergekit.tokenizer.config import TokenEmbeddingConfig
+from mergekit.tokenizer.embed import PermutedVocabulary
+
+from mergekit_tokenplug import report
+from mergekit_tokenplug.errors import InputError
+from mergekit_tokenplug.fill import SourceSpace, TextSupport, check_finite, fill_matrix
+from mergekit_tokenplug.mergekit.schema import ApproximationConfig
+from mergekit_tokenplug.vocab.align import VocabAlignment, align_vocab
+from mergekit_tokenplug.vocab.texts import split_texts, token_texts
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelVocab:
+    """One model's tokenizer, row count and alignment onto the output vocabulary."""
+
+    name: str
+    tokenizer: Any
+    rows: int
+    alignment: VocabAlignment
+
+
+@dataclass
+class VocabPlan:
+    """The output vocabulary and how every model (and the donor) maps onto it."""
+
+    tokenizer: Any
+    n_tokens: int  # output ids that are tokens (0..n_tokens-1)
+    rows: int  # output rows (>= n_tokens: padding after)
+    regular: np.ndarray  # (n_tokens,) bool: regular (non-special, non-added) output tokens
+    models: dict[str, ModelVocab]
+    donor: Optional[ModelVocab] = None
+    _texts: dict[str, TextSupport] = field(default_factory=dict)
+
+    def text_support(self, key: str) -> TextSupport:
+        """Tokenizer callables for methods that need texts, built once per model."""
+        if key not in self._texts:
+            mv = self.models[key]
+            out_tok, model_tok, rows = self.tokenizer, mv.tokenizer, mv.rows
+
+            def split_base(texts: list[str]) -> list[list[int]]:
+                return [[i for i in ids if i < rows] for ids in split_texts(model_tok, texts)]
+
+            self._texts[key] = TextSupport(
+                out_texts=lambda ids: token_texts(out_tok, list(map(int, ids))),
+                split_base=split_base,
+                base_vocab_texts=functools.cache(lambda: token_texts(model_tok, list(range(rows)))),
+            )
+        return self._texts[key]
+
+
+def model_key(model: ModelReference) -> str:
+    return str(model)
+
+
+def _load_tokenizer(model: ModelReference, trust_remote_code: bool, where: str) -> Any:
+    try:
+        return transformers.AutoTokenizer.from_pretrained(
+            model.model.path, revision=model.model.revision, trust_remote_code=trust_remote_code, use_fast=True
+        )
+    except Exception as exc:
+        raise InputError(f"cannot load a tokenizer from {model.model.path} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); expected a directory with tokenizer.json or tokenizer.model", where=where) from None
+
+
+def _model_rows(model: ModelReference, tokenizer: Any, trust_remote_code: bool) -> int:
+    rows = get_vocab_size(model.model, trust_remote_code=trust_remote_code)
+    return int(rows) if rows else len(tokenizer)
+
+
+def _regular_mask(tokenizer: Any, n_tokens: int) -> np.ndarray:
+    """Output ids that are ordinary vocabulary tokens (not special/added, not holes)."""
+    mask = np.zeros(n_tokens, dtype=bool)
+    vocab = tokenizer.get_vocab()
+    ids = np.fromiter((i for i in vocab.values() if i < n_tokens), dtype=np.int64)
+    mask[ids] = True
+    added = [i for i in tokenizer.added_tokens_decoder if i < n_tokens]
+    mask[np.asarray(added, dtype=np.int64)] = False
+    return mask
+
+
+class AlignVocabulary(Task[VocabPlan]):
+    """Align the output tokenizer onto every input model (and the donor) once per merge."""
+
+    tokenizer_task: BuildTokenizer
+    models: tuple[ModelReference, ...]
+    donor: Optional[ModelReference] = None
+    reference_rows_model: Optional[ModelReference] = None  # whose config vocab_size sets the rows
+    cut_to_reference: bool = False  # True when the output tokenizer is that model's own
+    pad_to_multiple_of: Optional[int] = None
+    trust_remote_code: bool = False
+
+    def arguments(self) -> dict[str, Task]:
+        return {"tokenizer_info": self.tokenizer_task}
+
+    def execute(self, tokenizer_info: TokenizerInfo) -> VocabPlan:
+        out_tok = tokenizer_info.tokenizer
+        max_id = max(out_tok.get_vocab().values()) + 1
+        rows = max_id
+        if self.reference_rows_model is not None:
+            ref_rows = get_vocab_size(self.reference_rows_model.model, trust_remote_code=self.trust_remote_code)
+            if ref_rows:
+                rows = int(ref_rows) if self.cut_to_reference else max(max_id, int(ref_rows))
+        n_tokens = min(max_id, rows)
+        if self.pad_to_multiple_of and rows % self.pad_to_multiple_of:
+            rows += self.pad_to_multiple_of - rows % self.pad_to_multiple_of
+
+        def vocab_for(model: ModelReference, where: str) -> ModelVocab:
+            tok = _load_tokenizer(model, self.trust_remote_code, where)
+            model_rows = _model_rows(model, tok, self.trust_remote_code)
+            alignment = align_vocab(out_tok, tok, model_rows=model_rows, out_rows=n_tokens)
+            if alignment.size > n_tokens:  # output ids past the reference rows cannot be embedded
+                alignment.src_ids, alignment.how = alignment.src_ids[:n_tokens], alignment.how[:n_tokens]
+            return ModelVocab(name=model_key(model), tokenizer=tok, rows=model_rows, alignment=alignment)
+
+        models = {model_key(m): vocab_for(m, f"models: {m.model.path}") for m in self.models}
+        donor = vocab_for(self.donor, "tokenizer.source") if self.donor is not None else None
+        plan = VocabPlan(tokenizer=out_tok, n_tokens=n_tokens, rows=rows, regular=_regular_mask(out_tok, n_tokens), models=models, donor=donor)
+        summary = {
+            "output_tokens": n_tokens,
+            "output_rows": rows,
+            "per_model": {k: v.alignment.counts() for k, v in models.items()},
+        }
+        if donor is not None:
+            summary["donor"] = {donor.name: donor.alignment.counts()}
+        report.set_vocab(summary)
+        for name, mv in models.items():
+            LOG.info("vocabulary %s: %s", name, mv.alignment.counts())
+        return plan
+
+
+class ApproximatedVocabulary(PermutedVocabulary):
+    """``PermutedVocabulary`` whose missing rows are estimated in each model's own space."""
+
+    align_task: AlignVocabulary
+    donor_tensors: Optional[GatherTensors] = None
+    approximation: str  # ApproximationConfig.key()
+    role: str  # "input" | "output"
+    weight_name: str
+    seed: int = 0
+    show_progress: bool = True
+
+    def arguments(self) -> dict[str, Task]:
+        args: dict[str, Task] = {"tokenizer_info": self.tokenizer_task, "tensors": self.gather_tensors, "plan": self.align_task}
+        if self.donor_tensors is not None:
+            args["donor"] = self.donor_tensors
+        return args
+
+    def uses_accelerator(self) -> bool:
+        return True
+
+    def execute(  # type: ignore[override]
+        self,
+        tokenizer_info: TokenizerInfo,
+        tensors: dict[ModelReference, torch.Tensor],
+        plan: VocabPlan,
+        donor: Optional[dict[ModelReference, torch.Tensor]] = None,
+    ) -> dict[ModelReference, torch.Tensor]:
+        if not tensors:
+            return {}
+        approx = ApproximationConfig.from_key(self.approximation)
+        params = approx.parsed_params()
+        models = list(tensors)
+        views = {m: t.movedim(self.vocabulary_axis, 0) for m, t in tensors.items()}
+        dtype = functools.reduce(torch.promote_types, (t.dtype for t in views.values()))
+
+        spaces: dict[str, SourceSpace] = {}
+        for m in models:
+            mv = plan.models[model_key(m)]
+            self._check_rows(views[m], mv, f"models: {m.model.path} ({self.weight_name})")
+            check_finite(views[m], f"{m.model.path}: {self.weight_name}")
+            spaces[mv.name] = SourceSpace(mv.name, views[m], mv.alignment.src_ids, anchor_mask=plan.regular)
+        order = sorted(models, key=lambda m: (m != self.base_model, models.index(m)))
+        donor_space = None
+        if donor:
+            d_ref, d_tensor = next(iter(donor.items()))
+            d_view = d_tensor.movedim(self.vocabulary_axis, 0) if d_tensor.ndim > 1 else d_tensor
+            self._check_rows(d_view, plan.donor, f"tokenizer.source: {d_ref.model.path} ({self.weight_name})")
+            check_finite(d_view, f"{d_ref.model.path}: donor {self.role} embeddings")
+            donor_space = SourceSpace(f"donor {d_ref.model.path}", d_view, plan.donor.alignment.src_ids, anchor_mask=plan.regular)
+
+        forced, explicit = self._token_overrides(plan)
+        result = {}
+        for m in models:
+            mv = plan.models[model_key(m)]
+            sources = [spaces[model_key(o)] for o in order if o != m]
+            if donor_space is not None:
+                sources.append(donor_space)
+            filled, rep = fill_matrix(
+                model=mv.name, role=self.role, matrix=views[m], src_ids=mv.alignment.src_ids, out_rows=plan.rows,
+                sources=sources, method=approx.method, params=params, anchor_mask=plan.regular,
+                texts=plan.text_support(mv.name), seed=self.seed if approx.seed is None else approx.seed,
+                force_estimate=forced, show_progress=self.show_progress,
+            )
+            filled = filled.to(dtype)
+            if explicit:
+                stock_views = {o: views[o] for o in models}
+                for token, token_id in explicit.items():
+                    if forced is not None and forced[token_id] or mv.alignment.src_ids[token_id] < 0:
+                        filled[token_id] = self.compute_default_embedding(
+                            tokenizer_info, stock_views, tokenizer_info.permutations, token, token_id, self.tokens[token]
+                        ).to(dtype)
+            report.add_fill({**rep.as_dict(), "weight": self.weight_name, "method": approx.method})
+            result[m] = filled.movedim(0, self.vocabulary_axis)
+        return result
+
+    @staticmethod
+    def _check_rows(view: torch.Tensor, mv: ModelVocab, where: str) -> None:
+        rows = view.shape[0]
+        if rows != mv.rows:
+            raise InputError(f"has {rows} rows but the model's config declares vocab_size {mv.rows}; expected them to agree", where=where)
+        regular = len(mv.tokenizer.get_vocab()) - len(mv.tokenizer.added_tokens_decoder)
+        if rows < regular:
+            raise InputError(f"has {rows} rows but its tokenizer has {regular} regular tokens; expected at least one row per token", where=where)
+
+    def _token_overrides(self, plan: VocabPlan) -> tuple[Optional[np.ndarray], dict[str, int]]:
+        """Tokens listed under ``tokenizer.tokens``: which are forced, which have explicit sources."""
+        if not self.tokens:
+            return None, {}
+        vocab = plan.tokenizer.get_vocab()
+        forced = np.zeros(plan.n_tokens, dtype=bool)
+        explicit: dict[str, int] = {}
+        for token, cfg in self.tokens.items():
+            token_id = vocab.get(token)
+            if token_id is None or token_id >= plan.n_tokens:
+                continue
+            assert isinstance(cfg, TokenEmbeddingConfig)
+            forced[token_id] = bool(cfg.force)
+            if cfg.source is not None:
+                explicit[token] = token_id
+        return (forced if forced.any() else None), explicit

@@ -1,0 +1,3 @@
+"""Built-in approximation methods; importing this package registers them."""
+
+from mergekit_tokenplug.methods import baselines  # noqa: F401

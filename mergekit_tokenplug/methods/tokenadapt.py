@@ -1,0 +1,219 @@
+"""TokenAdapt hybrid initialization (ALGORITHMS.md section 2, arXiv 2505.09738).
+
+Needs no donor model, only the new tokens' texts: a *local* estimate from the token's pieces
+under the base tokenizer (weighted by text similarity and length share) is blended with a
+*global* estimate from the token's nearest base-vocabulary neighbours in an auxiliary text
+space. The text space is a function ``embed_texts(list[str]) -> (n, e)`` supplied by the seam
+in ``problem.extras["embed_texts"]`` (a loaded sentence embedder); without one, the base
+matrix itself serves: a text's vector is the mean of its pieces' rows (``self_space_embedder``).
+
+Conventions: an empty base-vocabulary text marks a row that is never a neighbour, and a text
+whose vector is zero (no pieces) has no similarity to anything. A token with neither a local
+nor a global estimate gets the mean row (the documented fallback).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from pydantic import Field
+from tqdm.auto import tqdm
+
+from mergekit_tokenplug.methods.base import EstimationProblem
+from mergekit_tokenplug.methods.baselines import flatten_pieces, mean_of_pieces
+from mergekit_tokenplug.registry import MethodParams, MethodSpec, Need, register
+
+EmbedFn = Callable[[list[str]], torch.Tensor]
+SplitFn = Callable[[list[str]], list[list[int]]]
+
+# Score-matrix budget per chunk (targets x base vocab), in elements: 2**26 fp32 = 256 MiB.
+_SCORE_BUDGET = 2**26
+_EPS = 1e-12
+
+
+class TokenAdaptParams(MethodParams):
+    tau: float = Field(0.3, gt=0.0, description="softmax temperature for piece and neighbour weights")
+    beta: float = Field(0.3, ge=0.0, le=1.0, description="weight of the global (neighbour) estimate")
+    top_k: int = Field(3, ge=1, description="neighbours in the auxiliary text space")
+    threshold: float = Field(0.0, ge=-1.0, le=1.0, description="neighbours with lower cosine are dropped")
+    embedder: str = Field("self", min_length=1, description='sentence-embedder directory, or "self"')
+    chunk_size: int | None = Field(None, ge=1, description="targets per neighbour-search chunk (auto)")
+
+
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    """L2-normalize rows; zero rows stay zero (they mean "no vector")."""
+    x = x.to(torch.float32)
+    return x / x.norm(dim=1, keepdim=True).clamp_min(_EPS)
+
+
+def self_space_embedder(base: torch.Tensor, split_texts: SplitFn) -> EmbedFn:
+    """Text embedder in the base matrix's own space: normalized mean of the text's piece rows."""
+
+    def embed(texts: list[str]) -> torch.Tensor:
+        rows, _ = mean_of_pieces(base, split_texts(list(texts)))
+        return _normalize(rows)
+
+    return embed
+
+
+def _embed_unique(embed: EmbedFn, texts: list[str], device: torch.device) -> torch.Tensor:
+    """Embed each distinct text once (vocabularies repeat texts, e.g. undecodable bytes)."""
+    index: dict[str, int] = {}
+    inverse = [index.setdefault(t, len(index)) for t in texts]
+    uniq = list(index)
+    vecs = embed(uniq) if uniq else torch.zeros(0, 1)
+    if vecs.shape[0] != len(uniq):
+        raise ValueError(f"embed_texts returned {vecs.shape[0]} vectors for {len(uniq)} texts")
+    vecs = _normalize(vecs.to(device))
+    return vecs.index_select(0, torch.tensor(inverse, dtype=torch.long, device=device))
+
+
+# One cached base-vocabulary embedding for an auxiliary embedder, so that the input and
+# output matrices of a model (two problems, same vocabulary) embed the vocabulary once.
+_VOCAB_CACHE: dict[str, object] = {}
+
+
+def _vocab_embeddings(embed: EmbedFn, texts: list[str], device: torch.device, cacheable: bool) -> torch.Tensor:
+    key = (len(texts), hash(tuple(texts)))
+    if cacheable and _VOCAB_CACHE.get("fn") is embed and _VOCAB_CACHE.get("key") == key:
+        return _VOCAB_CACHE["vecs"].to(device)  # type: ignore[union-attr]
+    vecs = _embed_unique(embed, texts, device)
+    vecs[torch.tensor([t == "" for t in texts], dtype=torch.bool, device=device)] = 0.0
+    if cacheable:
+        _VOCAB_CACHE.clear()
+        _VOCAB_CACHE.update(fn=embed, key=key, vecs=vecs)
+    return vecs
+
+
+def clear_cache() -> None:
+    """Drop the cached base-vocabulary embedding (frees memory after a run)."""
+    _VOCAB_CACHE.clear()
+
+
+def _padded(pieces: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T, P) piece ids padded with 0 and the (T, P) mask of real entries."""
+    t = len(pieces)
+    flat, seg = flatten_pieces(pieces, device)
+    width = max((len(p) for p in pieces), default=0)
+    ids = torch.zeros(t, max(width, 1), dtype=torch.long, device=device)
+    mask = torch.zeros(t, max(width, 1), dtype=torch.bool, device=device)
+    if flat.numel():
+        lengths = torch.bincount(seg, minlength=t)
+        starts = torch.cumsum(lengths, 0) - lengths
+        pos = torch.arange(flat.numel(), device=device) - starts.index_select(0, seg)
+        ids[seg, pos] = flat
+        mask[seg, pos] = True
+    return ids, mask
+
+
+def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim restricted to ``mask``; all-masked rows give zeros."""
+    scores = scores.masked_fill(~mask, float("-inf"))
+    any_ = mask.any(dim=-1, keepdim=True)
+    w = torch.softmax(torch.where(any_, scores, torch.zeros_like(scores)), dim=-1)
+    return torch.where(mask, w, torch.zeros_like(w))
+
+
+def _local(
+    base: torch.Tensor,
+    target_vecs: torch.Tensor,
+    vocab_vecs: torch.Tensor,
+    vocab_chars: torch.Tensor,
+    target_chars: torch.Tensor,
+    pieces: list[list[int]],
+    tau: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Local estimates for one chunk: sum_i softmax(((w1_i + len_i) / 2) / tau) E_B[p_i]."""
+    ids, mask = _padded(pieces, base.device)
+    cos = torch.einsum("tpe,te->tp", vocab_vecs[ids], target_vecs)
+    w1 = _masked_softmax(cos, mask)
+    share = vocab_chars[ids] / target_chars.clamp_min(1.0).unsqueeze(1)
+    w = _masked_softmax((w1 + share) / 2.0 / tau, mask)
+    rows = torch.einsum("tp,tpd->td", w, base[ids].to(torch.float32))
+    return rows, mask.any(dim=1)
+
+
+def _global(
+    base: torch.Tensor,
+    target_vecs: torch.Tensor,
+    vocab_vecs: torch.Tensor,
+    vocab_valid: torch.Tensor,
+    params: TokenAdaptParams,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global estimates for one chunk: softmax(sim / tau) over the kept top-k neighbours."""
+    sims = target_vecs @ vocab_vecs.T
+    sims = sims.masked_fill(~vocab_valid.unsqueeze(0), float("-inf"))
+    k = min(params.top_k, vocab_vecs.shape[0])
+    top, idx = torch.topk(sims, k, dim=1)
+    target_valid = target_vecs.norm(dim=1) > 0.5  # normalized vectors are 1 or 0
+    keep = (top >= params.threshold) & torch.isfinite(top) & target_valid.unsqueeze(1)
+    w = _masked_softmax(torch.where(keep, top, torch.zeros_like(top)) / params.tau, keep)
+    rows = torch.einsum("tk,tkd->td", w, base[idx].to(torch.float32))
+    return rows, keep.any(dim=1)
+
+
+def _resolve_embedder(problem: EstimationProblem, params: TokenAdaptParams) -> tuple[EmbedFn, bool]:
+    """The text embedder to use, and whether its vocabulary embedding may be cached."""
+    embed = problem.extras.get("embed_texts")
+    if embed is not None:
+        return embed, True
+    if params.embedder != "self":
+        raise ValueError(
+            f"tokenadapt: embedder {params.embedder!r} was configured but the seam supplied no "
+            "extras['embed_texts'] (load it with mergekit_tokenplug.resources.load_text_embedder)"
+        )
+    split = problem.extras.get("split_texts")
+    if split is None:
+        raise ValueError("tokenadapt with embedder 'self' needs extras['split_texts'] (the base tokenizer split)")
+    return self_space_embedder(problem.base, split), False
+
+
+def estimate_tokenadapt(problem: EstimationProblem, params: TokenAdaptParams) -> torch.Tensor:
+    """(1 - beta) e_local + beta e_global; the one that exists if only one; else the mean row."""
+    texts, pieces, vocab_texts = problem.target_texts, problem.target_pieces, problem.base_vocab_texts
+    if texts is None or pieces is None or vocab_texts is None:
+        raise ValueError("tokenadapt needs target_texts, target_pieces and base_vocab_texts")
+    t, (v, d) = problem.n_targets, problem.base.shape
+    if len(texts) != t or len(pieces) != t or len(vocab_texts) != v:
+        raise ValueError("tokenadapt: target_texts/target_pieces must have n_targets entries, base_vocab_texts one per base row")
+    device = problem.device
+    base = problem.base.to(torch.float32)
+    if t == 0:
+        return torch.zeros(0, d, dtype=torch.float32, device=device)
+
+    embed, cacheable = _resolve_embedder(problem, params)
+    vocab_vecs = _vocab_embeddings(embed, list(vocab_texts), device, cacheable)
+    if vocab_vecs.shape[0] != v:
+        raise ValueError(f"embed_texts returned {vocab_vecs.shape[0]} vectors for {v} texts")
+    vocab_valid = vocab_vecs.norm(dim=1) > 0.5
+    vocab_chars = torch.tensor([len(s) for s in vocab_texts], dtype=torch.float32, device=device)
+    target_vecs = _embed_unique(embed, list(texts), device)
+    target_chars = torch.tensor([len(s) for s in texts], dtype=torch.float32, device=device)
+    mean = base.mean(dim=0)
+
+    chunk = params.chunk_size or max(1, min(t, _SCORE_BUDGET // max(v, 1)))
+    out = torch.empty(t, d, dtype=torch.float32, device=device)
+    starts = range(0, t, chunk)
+    desc = f"tokenadapt {problem.label}".strip()
+    for s in tqdm(starts, desc=desc, unit="chunk", disable=not problem.show_progress or len(starts) < 2):
+        e = min(s + chunk, t)
+        tv = target_vecs[s:e]
+        loc, has_loc = _local(base, tv, vocab_vecs, vocab_chars, target_chars[s:e], pieces[s:e], params.tau)
+        glo, has_glo = _global(base, tv, vocab_vecs, vocab_valid, params)
+        both = (1.0 - params.beta) * loc + params.beta * glo
+        rows = torch.where(has_glo.unsqueeze(1), glo, mean.unsqueeze(0).expand_as(glo))
+        rows = torch.where(has_loc.unsqueeze(1), loc, rows)
+        out[s:e] = torch.where((has_loc & has_glo).unsqueeze(1), both, rows)
+    return out
+
+
+TOKENADAPT = register(
+    MethodSpec(
+        name="tokenadapt",
+        params=TokenAdaptParams,
+        estimate=estimate_tokenadapt,
+        summary="local subword estimate blended with top-k neighbours in a text-embedding space (TokenAdapt)",
+        needs=frozenset({Need.BASE_TOKENIZER, Need.BASE_VOCAB_TEXTS}),
+    )
+)

@@ -1,0 +1,51 @@
+"""Atomic output directories: a failed or interrupted run leaves nothing that looks complete."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from mergekit_tokenplug.errors import InputError
+
+OVERWRITE_ENV = "MERGEKIT_TOKENPLUG_OVERWRITE"
+
+
+def overwrite_requested() -> bool:
+    return os.environ.get(OVERWRITE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def check_output_dir(out_path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Refuse a non-empty OUT unless overwriting was asked for; return it resolved."""
+    out = Path(out_path).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise InputError("exists and is not a directory; expected a new or empty directory", where=f"output path {out}")
+    if out.is_dir() and any(out.iterdir()) and not (overwrite or overwrite_requested()):
+        raise InputError(f"exists and is not empty; expected a new or empty directory (pass --overwrite or set {OVERWRITE_ENV}=1 to replace it)", where=f"output path {out}")
+    return out
+
+
+@contextlib.contextmanager
+def atomic_directory(out_path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling directory; on success it replaces ``out_path``, else it is removed."""
+    out = check_output_dir(out_path, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    os.chmod(out, 0o777 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,46 @@
+"""Make the written config agree with the written tensors and the output tokenizer.
+
+Stock mergekit sets ``vocab_size`` to the tokenizer's length; the plugin pads to the donor
+config's row count, keeps tied configs tied, and points bos/eos/pad at the output tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+LOG = logging.getLogger(__name__)
+ROLE_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def token_role_ids(tokenizer: Any) -> dict[str, int | None]:
+    """bos/eos/pad ids as the output tokenizer defines them (None when it has no such token)."""
+    return {key: getattr(tokenizer, key, None) for key in ROLE_KEYS}
+
+
+def fix_config(out_dir: Path, *, rows: int | None, tokenizer: Any, vocab_key: str = "vocab_size") -> dict[str, Any]:
+    """Rewrite config.json (and generation_config.json if present) in place; return the changes."""
+    cfg_path = out_dir / "config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    changes: dict[str, Any] = {}
+    target = cfg.get("text_config", cfg) if vocab_key not in cfg and isinstance(cfg.get("text_config"), dict) else cfg
+    if rows is not None and target.get(vocab_key) != rows:
+        changes[vocab_key] = rows
+        target[vocab_key] = rows
+    for key, value in token_role_ids(tokenizer).items():
+        if key in target and target.get(key) != value:
+            changes[key] = value
+            target[key] = value
+    if changes:
+        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        LOG.info("config.json updated: %s", changes)
+    gen_path = out_dir / "generation_config.json"
+    if gen_path.exists():
+        gen = json.loads(gen_path.read_text(encoding="utf-8"))
+        for key, value in token_role_ids(tokenizer).items():
+            if key in gen:
+                gen[key] = value
+        gen_path.write_text(json.dumps(gen, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return changes

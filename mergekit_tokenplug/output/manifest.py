@@ -1,0 +1,71 @@
+"""``tokenplug_manifest.json``: what went in, what came out, and how to check it later."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+MANIFEST_NAME = "tokenplug_manifest.json"
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def hash_tree(root: str | os.PathLike, pattern: str = "*", exclude: tuple[str, ...] = ()) -> dict[str, str]:
+    """sha256 of every file under ``root`` matching ``pattern`` (relative posix paths, sorted)."""
+    base = Path(root)
+    files = sorted(p for p in base.rglob(pattern) if p.is_file() and p.name not in exclude)
+    return {p.relative_to(base).as_posix(): sha256_file(p) for p in files}
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    import torch
+
+    import mergekit_tokenplug
+
+    return {"mergekit-tokenplug": mergekit_tokenplug.__version__, "mergekit": version("mergekit"), "torch": torch.__version__, "transformers": version("transformers")}
+
+
+def input_record(path: str) -> dict[str, Any]:
+    """A model input: its path and the sha256 of each of its safetensors files."""
+    p = Path(path)
+    return {"path": str(p.resolve()) if p.exists() else path, "safetensors": hash_tree(p, "*.safetensors") if p.is_dir() else {}}
+
+
+def write_manifest(out_dir: str | os.PathLike, *, inputs: list[dict[str, Any]], recipe: str, report: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
+    """Write the manifest last, hashing every other output file."""
+    out = Path(out_dir)
+    manifest = {
+        "format": 1,
+        "versions": versions(),
+        "inputs": inputs,
+        "recipe": recipe,
+        "report": report,
+        **(extra or {}),
+        "outputs": hash_tree(out, exclude=(MANIFEST_NAME,)),
+    }
+    path = out / MANIFEST_NAME
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    return path
+
+
+def verify_manifest(out_dir: str | os.PathLike) -> list[str]:
+    """Differences between the files in ``out_dir`` and its manifest (empty when it matches)."""
+    out = Path(out_dir)
+    manifest = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8"))
+    recorded: dict[str, str] = manifest["outputs"]
+    actual = hash_tree(out, exclude=(MANIFEST_NAME,))
+    problems = [f"missing: {name}" for name in recorded if name not in actual]
+    problems += [f"changed: {name}" for name in recorded if name in actual and actual[name] != recorded[name]]
+    problems += [f"unexpected: {name}" for name in actual if name not in recorded]
+    return problems

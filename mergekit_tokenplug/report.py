@@ -1,0 +1,38 @@
+"""Collects what the vocabulary seam did during one run, for the log, card and manifest.
+
+mergekit executes tasks in this process (threads at most), so a lock-guarded collector is
+enough; the run wrapper resets it before a merge and reads it after.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+_LOCK = threading.Lock()
+_FILLS: list[dict[str, Any]] = []
+_VOCAB: dict[str, Any] = {}
+
+
+def reset() -> None:
+    with _LOCK:
+        _FILLS.clear()
+        _VOCAB.clear()
+
+
+def add_fill(record: dict[str, Any]) -> None:
+    with _LOCK:
+        _FILLS.append(record)
+
+
+def set_vocab(summary: dict[str, Any]) -> None:
+    with _LOCK:
+        _VOCAB.clear()
+        _VOCAB.update(summary)
+
+
+def snapshot() -> dict[str, Any]:
+    """The run's report: vocabulary alignment counts and one record per filled matrix."""
+    with _LOCK:
+        fills = sorted(_FILLS, key=lambda r: (r["model"], r["role"], r.get("weight", "")))
+        return {"vocabulary": dict(_VOCAB), "matrices": [dict(r) for r in fills]}

@@ -1,0 +1,190 @@
+"""Align an output vocabulary onto a model's vocabulary: which model row each output id reuses.
+
+Rules (ALGORITHMS.md section 0), for each output id:
+
+* special tokens (``special`` added tokens and every bos/eos/unk/pad/cls/sep/mask token):
+  the model's added/special token with the identical string; else the model token holding
+  the same role; else MISSING and listed in ``unmatched_special``. Tokens without a role
+  (chat markers, ``additional_special_tokens``) only ever match their own string, so two
+  different ones never share a source.
+* regular tokens: EXACT when the model has the same raw string *and* it means the same bytes
+  (a raw match across schemes, e.g. byte-level ``Ã©`` vs a literal ``Ã©``, is no match); else
+  CANONICAL when a model token spells the same canonical bytes (see ``canonical.py``). If
+  several model tokens share those bytes, the regular piece beats a ``<0xNN>`` byte piece,
+  which beats a non-special added token; ties go to the lowest id.
+* non-special added tokens: EXACT on the identical string of a model added/special token,
+  else CANONICAL on the text they decode to; unmatched ones are listed in
+  ``unmatched_added``.
+* model ids >= ``model_rows`` are never sources; output ids without a token are holes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+import numpy as np
+
+from mergekit_tokenplug.errors import InputError
+from mergekit_tokenplug.vocab.canonical import (
+    TokenScheme,
+    VocabView,
+    convert_tokens,
+    is_byte_piece,
+    read_vocab,
+    view_canonical,
+)
+
+
+class Match(IntEnum):
+    """How an output id found its model row (values stored in ``VocabAlignment.how``)."""
+
+    MISSING = 0
+    EXACT = 1
+    CANONICAL = 2
+    SPECIAL = 3
+
+
+MISSING, EXACT, CANONICAL, SPECIAL = (int(m) for m in Match)
+
+
+@dataclass
+class VocabAlignment:
+    """Per output id: the model row it copies (``src_ids``, -1 = none) and how it matched."""
+
+    src_ids: np.ndarray  # (V_out,) int64, model row or -1
+    how: np.ndarray  # (V_out,) int8, a Match value
+    unmatched_special: list[int] = field(default_factory=list)  # output ids, sorted
+    unmatched_added: list[int] = field(default_factory=list)  # non-special added, sorted
+    holes: list[int] = field(default_factory=list)  # output ids with no token at all
+    out_scheme: TokenScheme | None = None
+    model_scheme: TokenScheme | None = None
+
+    @property
+    def size(self) -> int:
+        return int(self.src_ids.shape[0])
+
+    def counts(self) -> dict[str, int]:
+        """Ids per Match kind (lower-case names); ``holes`` is the part of ``missing``
+        that has no token."""
+        tally = np.bincount(self.how.astype(np.int64), minlength=len(Match))
+        result = {m.name.lower(): int(tally[m]) for m in Match}
+        result["holes"] = len(self.holes)
+        return result
+
+    def matched(self, *kinds: Match) -> tuple[np.ndarray, np.ndarray]:
+        """(output ids, model rows) of the matches of the given kinds (default: all)."""
+        codes = [int(k) for k in kinds] or [EXACT, CANONICAL, SPECIAL]
+        out_ids = np.flatnonzero(np.isin(self.how, codes))
+        return out_ids, self.src_ids[out_ids]
+
+    def missing_ids(self) -> np.ndarray:
+        """Output ids that hold a token but have no model row (holes excluded)."""
+        mask = self.how == MISSING
+        if self.holes:
+            mask[np.asarray(self.holes, dtype=np.int64)] = False
+        return np.flatnonzero(mask)
+
+
+def _first_wins(keys: list, ids: list[int]) -> dict:
+    """key -> id where the earliest occurrence wins (dict() keeps the last, so reverse)."""
+    return dict(zip(reversed(keys), reversed(ids)))
+
+
+def align_vocab(
+    out_tokenizer: Any,
+    model_tokenizer: Any,
+    model_rows: int,
+    out_rows: int | None = None,
+) -> VocabAlignment:
+    """Map every output id ``0..V_out-1`` onto a row ``< model_rows`` of the model, or -1.
+
+    ``V_out`` is the output tokenizer's max id + 1, or ``out_rows`` when that is larger (the
+    extra ids are holes, e.g. config ``vocab_size`` padding).
+    """
+    if model_rows < 0:
+        raise InputError(f"model_rows must be >= 0, got {model_rows}")
+    out = read_vocab(out_tokenizer)
+    model = read_vocab(model_tokenizer)
+    size = max(out.size, int(out_rows or 0))
+    src = np.full(size, -1, dtype=np.int64)
+    how = np.zeros(size, dtype=np.int8)
+
+    # ---- model side indexes (only rows the model really has)
+    m_regular = [i for i in model.regular_ids if i < model_rows]
+    m_canon_by_id = view_canonical(model)
+    m_str_regular = {model.tokens[i]: i for i in m_regular}
+    m_marked = sorted(i for i in set(model.added) | model.special_ids if i < model_rows)
+    m_str_marked = _first_wins([model.tokens[i] for i in m_marked], m_marked)
+    m_plain = [i for i in m_regular if not is_byte_piece(model.tokens[i])]  # type: ignore[arg-type]
+    m_bytes = [i for i in m_regular if is_byte_piece(model.tokens[i])]  # type: ignore[arg-type]
+    m_added_plain = [i for i in m_marked if i in model.added and i not in model.special_ids]
+    added_forms = _added_forms(model, m_added_plain)
+    ordered = m_plain + m_bytes + m_added_plain
+    keys = [m_canon_by_id[i] if i in m_canon_by_id else added_forms[i] for i in ordered]
+    m_canon = _first_wins(keys, ordered)
+    m_canon.pop(b"", None)  # an empty spelling matches nothing
+
+    # ---- regular output tokens
+    o_regular = out.regular_ids
+    o_forms = view_canonical(out)
+    same_scheme = out.scheme == model.scheme
+    tokens = out.tokens
+    hits: list[tuple[int, int, int]] = []
+    for i in o_regular:
+        form = o_forms[i]
+        j = m_str_regular.get(tokens[i])
+        if j is not None and (same_scheme or m_canon_by_id[j] == form):
+            hits.append((i, j, EXACT))
+            continue
+        j = m_canon.get(form)
+        if j is not None:
+            hits.append((i, j, CANONICAL))
+    if hits:
+        hit = np.asarray(hits, dtype=np.int64)
+        src[hit[:, 0]] = hit[:, 1]
+        how[hit[:, 0]] = hit[:, 2]
+
+    # ---- added / special output tokens
+    unmatched_special: list[int] = []
+    unmatched_added: list[int] = []
+    o_added_plain = [i for i in out.added if i not in out.special_ids]
+    o_added_forms = _added_forms(out, o_added_plain)
+    for i in sorted(set(out.added) | out.special_ids):
+        text = tokens[i]
+        j = m_str_marked.get(text)
+        if i in out.special_ids:
+            if j is None:
+                j = next(
+                    (
+                        model.roles[r]
+                        for r in out.id_roles.get(i, [])
+                        if model.roles.get(r, model_rows) < model_rows
+                    ),
+                    None,
+                )
+            if j is None:
+                unmatched_special.append(i)
+            else:
+                src[i], how[i] = j, SPECIAL
+            continue
+        if j is not None:
+            src[i], how[i] = j, EXACT
+            continue
+        j = m_canon.get(o_added_forms[i])
+        if j is None:
+            unmatched_added.append(i)
+        else:
+            src[i], how[i] = j, CANONICAL
+
+    holes = [i for i in range(size) if i >= len(tokens) or tokens[i] is None]
+    return VocabAlignment(
+        src, how, unmatched_special, unmatched_added, holes, out.scheme, model.scheme
+    )
+
+
+def _added_forms(view: VocabView, ids: list[int]) -> dict[int, bytes]:
+    """Bytes a non-special added token decodes to (its content, through the scheme)."""
+    forms = convert_tokens(view.scheme, [view.added[i][0] for i in ids])
+    return dict(zip(ids, forms))

@@ -1,0 +1,315 @@
+"""Canonical token forms: what bytes each vocabulary entry stands for, whatever the scheme.
+
+Two tokenizers can only be compared token by token once their entries are written in one
+convention. Raw strings do not do that: byte-level BPE writes a word-start space as ``Ġ`` and
+"é" as ``Ã©``, SentencePiece writes the space as ``▁`` and bytes as ``<0xNN>`` pieces, WordPiece
+marks the *continuation* (``##``) instead of the word start. The canonical form of a token is
+the UTF-8 bytes it contributes to running text, where a leading space marks a word start:
+
+=====================  ===========================  ==================
+scheme                 token                         canonical bytes
+=====================  ===========================  ==================
+byte_level             ``Ġhello`` / ``Ã©`` / ``Ċ``  ``b" hello"`` / ``"é".encode()`` / ``b"\\n"``
+metaspace              ``▁hello`` / ``<0x0A>``      ``b" hello"`` / ``b"\\n"``
+wordpiece              ``hello`` / ``##ing``        ``b" hello"`` / ``b"ing"``
+plain                  ``hello``                    ``b"hello"``
+=====================  ===========================  ==================
+
+WordPiece decision: a piece without the ``##`` prefix starts a word, so it gets the leading
+space (that is what the WordPiece decoder writes, and what makes ``hello`` meet ``Ġhello`` /
+``▁hello``). Exception: a single punctuation or CJK character. BERT's pre-tokenizer splits those
+off as words of their own regardless of spacing, and in running text they attach to their
+neighbour ("hello," / "東京"), so ``,`` -> ``b","`` (matching byte-level ``,``, not ``Ġ,``).
+
+The scheme is read from the backend tokenizer's own JSON (model, normalizer, pre-tokenizer,
+decoder), never from the Python class name, so an unknown wrapper class cannot mislead it.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from tokenizers import Tokenizer
+
+from mergekit_tokenplug.errors import InputError
+
+SchemeKind = Literal["byte_level", "metaspace", "wordpiece", "plain"]
+
+#: Roles mapped between tokenizers when their strings differ (in this preference order).
+ROLES: tuple[str, ...] = ("eos", "bos", "unk", "pad", "cls", "sep", "mask")
+
+
+@dataclass(frozen=True)
+class TokenScheme:
+    """How a tokenizer spells its vocabulary entries (see the module docstring)."""
+
+    kind: SchemeKind
+    model_type: str = ""  # BPE / WordPiece / Unigram / WordLevel (from the JSON)
+    space_marker: str = "\u2581"  # metaspace: the character standing for a space
+    byte_fallback: bool = False  # `<0xNN>` pieces stand for single bytes
+    continuation_prefix: str = "##"  # wordpiece: marks a piece continuing a word
+
+
+# --------------------------------------------------------------------------- backend access
+
+
+def backend_of(tokenizer: Any) -> Tokenizer:
+    """The `tokenizers.Tokenizer` behind a transformers fast tokenizer (or the object itself)."""
+    if isinstance(tokenizer, Tokenizer):
+        return tokenizer
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if isinstance(backend, Tokenizer):
+        return backend
+    raise InputError(
+        f"expected a fast tokenizer backed by the `tokenizers` library (tokenizer.json), "
+        f"got {type(tokenizer).__name__}"
+    )
+
+
+def _component_json(backend: Tokenizer) -> dict[str, Any]:
+    """The parts of tokenizer.json that define the scheme (without the vocabulary itself)."""
+    data = json.loads(backend.to_str())
+    model = {k: v for k, v in (data.get("model") or {}).items() if k not in ("vocab", "merges")}
+    return {
+        "model": model,
+        "normalizer": data.get("normalizer"),
+        "pre_tokenizer": data.get("pre_tokenizer"),
+        "decoder": data.get("decoder"),
+    }
+
+
+def _walk(node: Any) -> Iterator[dict[str, Any]]:
+    """Every component inside a (possibly nested) Sequence normalizer/pre-tokenizer/decoder."""
+    if not isinstance(node, dict):
+        return
+    yield node
+    for value in node.values():
+        if isinstance(value, list):
+            for child in value:
+                yield from _walk(child)
+
+
+def _string_pattern(node: dict[str, Any]) -> str | None:
+    pattern = node.get("pattern")
+    if isinstance(pattern, dict):
+        return pattern.get("String")
+    return None
+
+
+def detect_scheme(tokenizer: Any) -> TokenScheme:
+    """Read the token spelling scheme from the tokenizer's model/normalizer/pre-tokenizer/decoder."""
+    parts = _component_json(backend_of(tokenizer))
+    model = parts["model"]
+    model_type = str(model.get("type") or "")
+    pre = list(_walk(parts["pre_tokenizer"]))
+    dec = list(_walk(parts["decoder"]))
+    norm = list(_walk(parts["normalizer"]))
+    byte_fallback = bool(model.get("byte_fallback")) or any(
+        n.get("type") == "ByteFallback" for n in dec
+    )
+
+    if any(n.get("type") == "ByteLevel" for n in pre + dec + norm):
+        return TokenScheme("byte_level", model_type, byte_fallback=byte_fallback)
+
+    marker = None
+    for n in pre + dec:
+        if n.get("type") == "Metaspace":
+            marker = n.get("replacement") or "\u2581"
+            break
+    if marker is None:  # SentencePiece conversions without Metaspace (Llama-2, Gemma)
+        for n in dec:
+            pat = _string_pattern(n)
+            if n.get("type") == "Replace" and n.get("content") == " " and pat and pat != " ":
+                marker = pat
+                break
+    if marker is None:
+        for n in norm:
+            content = n.get("content")
+            if n.get("type") == "Replace" and _string_pattern(n) == " " and content:
+                if content != " ":
+                    marker = content
+                    break
+    if marker is not None:
+        return TokenScheme("metaspace", model_type, space_marker=marker, byte_fallback=byte_fallback)
+
+    wp_decoder = next((n for n in dec if n.get("type") == "WordPiece"), None)
+    if model_type == "WordPiece" or wp_decoder is not None:
+        prefix = model.get("continuing_subword_prefix") or (wp_decoder or {}).get("prefix") or "##"
+        return TokenScheme("wordpiece", model_type, byte_fallback=byte_fallback, continuation_prefix=prefix)
+
+    return TokenScheme("plain", model_type, byte_fallback=byte_fallback)
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character map (the alphabet of byte-level BPE)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    keep += list(range(ord("®"), ord("ÿ") + 1))
+    mapping = {b: chr(b) for b in keep}
+    extra = 0
+    for b in range(256):
+        if b not in mapping:
+            mapping[b] = chr(256 + extra)
+            extra += 1
+    return mapping
+
+
+def _byte_level_table() -> dict[int, str]:
+    """str.translate table: alphabet char -> chr(byte); other chars <= 255 -> an unencodable
+    sentinel, so `.encode("latin-1")` fails for any token outside the alphabet."""
+    table: dict[int, str] = {c: "\uffff" for c in range(256)}
+    for b, ch in _bytes_to_unicode().items():
+        table[ord(ch)] = chr(b)
+    return table
+
+
+_BYTE_LEVEL_TABLE = _byte_level_table()
+_HEX = "0123456789ABCDEFabcdef"
+
+
+def _byte_piece(token: str) -> int | None:
+    """The byte a SentencePiece byte-fallback piece `<0xNN>` stands for, else None."""
+    if len(token) == 6 and token.startswith("<0x") and token[5] == ">":
+        hi, lo = token[3], token[4]
+        if hi in _HEX and lo in _HEX:
+            return int(token[3:5], 16)
+    return None
+
+
+def is_byte_piece(token: str) -> bool:
+    return _byte_piece(token) is not None
+
+
+def _splits_off_alone(token: str) -> bool:
+    """One punctuation or CJK character: BERT makes it a word of its own (no leading space)."""
+    if len(token) != 1:
+        return False
+    cp = ord(token)
+    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
+        return True
+    if unicodedata.category(token).startswith("P"):
+        return True
+    return (
+        0x4E00 <= cp <= 0x9FFF
+        or 0x3400 <= cp <= 0x4DBF
+        or 0x20000 <= cp <= 0x2A6DF
+        or 0xF900 <= cp <= 0xFAFF
+        or 0x2F800 <= cp <= 0x2FA1F
+    )
+
+
+def convert_tokens(scheme: TokenScheme, tokens: Iterable[str]) -> list[bytes]:
+    """Canonical bytes of each token string spelled in ``scheme`` (one pass, C-level str ops).
+
+    Byte-level tokens with a character outside the GPT-2 alphabet are taken as their literal
+    UTF-8, as the ByteLevel decoder does.
+    """
+    fallback = scheme.byte_fallback
+    out: list[bytes] = []
+    append = out.append
+    if scheme.kind == "byte_level":
+        table = _BYTE_LEVEL_TABLE
+        for tok in tokens:
+            try:
+                append(tok.translate(table).encode("latin-1"))
+            except UnicodeEncodeError:
+                b = _byte_piece(tok) if fallback else None
+                append(bytes([b]) if b is not None else tok.encode("utf-8"))
+        return out
+    if scheme.kind == "metaspace":
+        marker = scheme.space_marker
+        for tok in tokens:
+            b = _byte_piece(tok) if fallback else None
+            append(bytes([b]) if b is not None else tok.replace(marker, " ").encode("utf-8"))
+        return out
+    if scheme.kind == "wordpiece":
+        prefix = scheme.continuation_prefix
+        n = len(prefix)
+        for tok in tokens:
+            if len(tok) > n and tok.startswith(prefix):
+                append(tok[n:].encode("utf-8"))
+            elif _splits_off_alone(tok):
+                append(tok.encode("utf-8"))
+            else:
+                append(b" " + tok.encode("utf-8"))
+        return out
+    for tok in tokens:
+        b = _byte_piece(tok) if fallback else None
+        append(bytes([b]) if b is not None else tok.encode("utf-8"))
+    return out
+
+
+# --------------------------------------------------------------------------- vocabulary view
+
+
+@dataclass
+class VocabView:
+    """One tokenizer's vocabulary by id, read once: what alignment and texts need."""
+
+    scheme: TokenScheme
+    size: int  # max id + 1 (ids without a token in between are holes)
+    tokens: list[str | None]  # token string by id, None for a hole
+    regular_ids: list[int]  # ids of model-vocabulary entries that are not added tokens
+    added: dict[int, tuple[str, bool]]  # added-token id -> (content, special flag)
+    special_ids: set[int]  # special added tokens plus every role token
+    roles: dict[str, int] = field(default_factory=dict)  # "bos"/"eos"/... -> id
+    id_roles: dict[int, list[str]] = field(default_factory=dict)  # id -> its roles
+
+
+def read_vocab(tokenizer: Any, scheme: TokenScheme | None = None) -> VocabView:
+    """Collect ids, added/special tokens and roles (bos/eos/... from the transformers wrapper)."""
+    backend = backend_of(tokenizer)
+    scheme = scheme or detect_scheme(tokenizer)
+    full = backend.get_vocab(with_added_tokens=True)
+    size = max(full.values(), default=-1) + 1
+    tokens: list[str | None] = [None] * size
+    for tok, i in full.items():
+        tokens[i] = tok
+    added: dict[int, tuple[str, bool]] = {
+        i: (t.content, bool(t.special)) for i, t in backend.get_added_tokens_decoder().items()
+    }
+    for i, (content, _) in added.items():  # the added content wins over a model entry
+        if i >= len(tokens):
+            tokens.extend([None] * (i + 1 - len(tokens)))
+        tokens[i] = content
+    size = len(tokens)
+    regular_ids = sorted(i for i in backend.get_vocab(with_added_tokens=False).values() if i not in added)
+    special_ids = {i for i, (_, special) in added.items() if special}
+    roles: dict[str, int] = {}
+    id_roles: dict[int, list[str]] = {}
+    if not isinstance(tokenizer, Tokenizer):
+        for role in ROLES:
+            tok = getattr(tokenizer, f"{role}_token", None)
+            i = full.get(str(tok)) if tok is not None else None
+            if i is not None:
+                roles[role] = i
+                id_roles.setdefault(i, []).append(role)
+                special_ids.add(i)
+        for i in getattr(tokenizer, "all_special_ids", None) or []:
+            if i is not None and 0 <= int(i) < size:
+                special_ids.add(int(i))
+    return VocabView(scheme, size, tokens, regular_ids, added, special_ids, roles, id_roles)
+
+
+def canonical_forms(tokenizer: Any, scheme: TokenScheme | None = None) -> dict[int, bytes]:
+    """Canonical bytes of every regular (non-added) token, keyed by token id.
+
+    Keyed by id rather than string because callers work in ids (alignment, decoded texts) and
+    a hole-free id lookup is what they need. Added/special tokens are left out on purpose:
+    they are matched by string and role, not by the text they spell.
+    """
+    view = read_vocab(tokenizer, scheme)
+    return view_canonical(view)
+
+
+def view_canonical(view: VocabView) -> dict[int, bytes]:
+    ids = view.regular_ids
+    tokens = view.tokens
+    forms = convert_tokens(view.scheme, [tokens[i] for i in ids])  # type: ignore[misc]
+    return dict(zip(ids, forms))

@@ -1,0 +1,172 @@
+"""CW2V: convex-combination rows, skip-gram training on a structured corpus, determinism,
+corpus errors. The corpus is synthetic token ids (the seam tokenizes real text)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mergekit_tokenplug.errors import ConfigError
+from mergekit_tokenplug.methods.base import EstimationProblem
+from mergekit_tokenplug.methods.cw2v import CW2VParams, cw2v_mixing, estimate_cw2v
+
+N_CLUSTERS, PER_CLUSTER, D = 4, 10, 8
+V_OLD = N_CLUSTERS * PER_CLUSTER  # output ids 0..39 are old tokens, 40..43 new
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: thread hand-offs cost more than the math on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _problem(seed: int = 0, corpus: list[torch.Tensor] | None = None, **extras) -> EstimationProblem:
+    g = torch.Generator().manual_seed(123)
+    centroids = 2.0 * torch.linalg.qr(torch.randn(D, N_CLUSTERS, generator=g))[0].T  # orthogonal
+    base = centroids.repeat_interleave(PER_CLUSTER, 0) + 0.2 * torch.randn(V_OLD, D, generator=g)
+    if corpus is None:
+        corpus = _corpus()
+    out_to_base = torch.cat([torch.arange(V_OLD), torch.full((N_CLUSTERS,), -1)])
+    out_to_target = torch.cat([torch.full((V_OLD,), -1), torch.arange(N_CLUSTERS)])
+    ex = {
+        "corpus_ids": corpus,
+        "out_to_base": out_to_base,
+        "out_to_target": out_to_target,
+        "context_matrix": base.clone(),
+    }
+    ex.update(extras)
+    return EstimationProblem(
+        base=base,
+        anchor_ids=torch.arange(V_OLD),
+        n_targets=N_CLUSTERS,
+        seed=seed,
+        show_progress=False,
+        extras={k: v for k, v in ex.items() if v is not None},
+    )
+
+
+def _corpus(n_seq: int = 60, length: int = 12) -> list[torch.Tensor]:
+    """Each sequence stays inside one cluster; new token 40+c occurs only in cluster c."""
+    g = torch.Generator().manual_seed(7)
+    seqs = []
+    for s in range(n_seq):
+        c = s % N_CLUSTERS
+        seq = c * PER_CLUSTER + torch.randint(0, PER_CLUSTER, (length,), generator=g)
+        seq[torch.randint(0, length, (3,), generator=g)] = V_OLD + c
+        seqs.append(seq)
+    return seqs
+
+
+def _params(**kw) -> CW2VParams:
+    base = dict(corpus=["corpus.txt"], rank=8, epochs=10, window=2, negatives=3, lr=0.1, batch_size=128)
+    base.update(kw)
+    return CW2VParams(**base)
+
+
+def _independent_sgns_loss(rows: torch.Tensor, problem: EstimationProblem) -> float:
+    """Skip-gram NS loss written out with plain loops and a fixed negative sample."""
+    ctx = problem.extras["context_matrix"]
+    counts = torch.zeros(V_OLD)
+    for seq in problem.extras["corpus_ids"]:
+        for tok in seq.tolist():
+            if tok < V_OLD:
+                counts[tok] += 1
+    probs = counts**0.75 / (counts**0.75).sum()
+    g = torch.Generator().manual_seed(99)
+    total, n = 0.0, 0
+    for seq in problem.extras["corpus_ids"]:
+        toks = seq.tolist()
+        for i, tok in enumerate(toks):
+            if tok < V_OLD:
+                continue
+            centre = rows[tok - V_OLD]
+            for j in range(max(0, i - 2), min(len(toks), i + 3)):
+                if j == i or toks[j] >= V_OLD:
+                    continue
+                negs = torch.multinomial(probs, 3, replacement=True, generator=g)
+                pos = torch.nn.functional.logsigmoid(centre @ ctx[toks[j]])
+                neg = torch.nn.functional.logsigmoid(-(ctx[negs] @ centre)).sum()
+                total -= float(pos + neg)
+                n += 1
+    return total / n
+
+
+def test_rows_are_convex_combinations_of_old_rows():
+    problem = _problem()
+    params = _params()
+    weights, old_ids = cw2v_mixing(problem, params)
+    assert weights.shape == (N_CLUSTERS, V_OLD)
+    assert torch.all(weights >= 0)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(N_CLUSTERS), rtol=0, atol=1e-6)
+    rows = estimate_cw2v(problem, params)
+    torch.testing.assert_close(rows, weights @ problem.base[old_ids], rtol=1e-5, atol=1e-5)
+    # training moved away from the uniform start
+    assert float((weights - 1.0 / V_OLD).abs().max()) > 1e-3
+
+
+def test_untrained_rows_are_exactly_the_mean_row():
+    problem = _problem()
+    rows = estimate_cw2v(problem, _params(epochs=0))
+    expected = problem.base.mean(0).expand(N_CLUSTERS, -1)
+    torch.testing.assert_close(rows, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_training_lowers_skipgram_loss_and_finds_the_cluster():
+    problem = _problem()
+    before = estimate_cw2v(problem, _params(epochs=0))
+    after = estimate_cw2v(problem, _params())
+    assert _independent_sgns_loss(after, problem) < _independent_sgns_loss(before, problem) - 0.4
+    centroids = torch.stack([problem.base[c * PER_CLUSTER : (c + 1) * PER_CLUSTER].mean(0) for c in range(N_CLUSTERS)])
+    cos = torch.nn.functional.cosine_similarity(after[:, None, :], centroids[None, :, :], dim=-1)
+    assert torch.equal(cos.argmax(-1), torch.arange(N_CLUSTERS))
+
+
+def test_deterministic_and_seed_param_overrides_problem_seed():
+    a = estimate_cw2v(_problem(seed=1), _params(epochs=2))
+    b = estimate_cw2v(_problem(seed=1), _params(epochs=2))
+    assert torch.equal(a, b)
+    c = estimate_cw2v(_problem(seed=2), _params(epochs=2))
+    assert not torch.equal(a, c)
+    d = estimate_cw2v(_problem(seed=1), _params(epochs=2, seed=5))
+    e = estimate_cw2v(_problem(seed=2), _params(epochs=2, seed=5))
+    assert torch.equal(d, e)
+
+
+def test_target_absent_from_corpus_stays_at_mean_row():
+    corpus = [s for s in _corpus() if (s != V_OLD + 3).all()]
+    problem = _problem(corpus=corpus)
+    rows = estimate_cw2v(problem, _params(epochs=3))
+    torch.testing.assert_close(rows[3], problem.base.mean(0), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(rows[0], problem.base.mean(0), atol=1e-3)
+
+
+@pytest.mark.parametrize("corpus", [[], [torch.tensor([3])], [torch.tensor([], dtype=torch.long)]])
+def test_empty_corpus_is_a_config_error(corpus):
+    with pytest.raises(ConfigError, match=r"tokenizer\.approximation\.corpus: needs a non-empty text corpus"):
+        estimate_cw2v(_problem(corpus=corpus), _params())
+
+
+def test_missing_corpus_names_the_key():
+    problem = _problem()
+    del problem.extras["corpus_ids"]
+    with pytest.raises(ConfigError, match=r"cw2v method needs a corpus.*list of text files or globs"):
+        estimate_cw2v(problem, _params())
+
+
+def test_params_validation_and_registration():
+    from mergekit_tokenplug.registry import Need, get
+
+    spec = get("cw2v")
+    assert Need.CORPUS in spec.needs
+    with pytest.raises(ConfigError, match="corpus"):
+        spec.parse_params({"corpus": []})
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        spec.parse_params({"corpus": ["a.txt"], "ranks": 4})
+    p = spec.parse_params({"corpus": ["*.txt"]})
+    assert (p.rank, p.epochs, p.window, p.negatives, p.batch_size) == (64, 3, 5, 5, 1024)
+    assert math.isclose(p.lr, 3e-4)
