@@ -15,7 +15,7 @@ import importlib.abc
 import importlib.machinery
 import sys
 
-WATCHED = frozenset({"mergekit.config", "mergekit.plan", "mergekit.merge"})
+WATCHED = frozenset({"mergekit.config", "mergekit.plan", "mergekit.merge", "mergekit.scripts.run_yaml", "mergekit.scripts.multimerge"})
 
 
 class _PostImportLoader(importlib.abc.Loader):

@@ -22,9 +22,18 @@ from __future__ import annotations
 import itertools
 import json
 import random
+from collections import Counter
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 CHAT_TOKENS: tuple[str, ...] = ("<|im_start|>", "<|im_end|>")
@@ -40,22 +49,97 @@ BYTE_PIECES: tuple[str, ...] = tuple(f"<0x{b:02X}>" for b in range(256))
 
 # ----------------------------------------------------------------------------- corpus
 
-_SUBJECTS = ["the cat", "a dog", "my friend", "the old man", "our teacher", "the small bird",
-             "every student", "the engineer", "this model", "the river", "her brother",
-             "the city council", "a young woman", "the computer", "each player"]
-_VERBS = ["sees", "likes", "builds", "reads", "writes", "finds", "carries", "watches",
-          "remembers", "explains", "follows", "opens", "paints", "answers", "changes"]
-_OBJECTS = ["the house", "a long letter", "the green garden", "an interesting book",
-            "the morning train", "a bright window", "the hidden answer", "some fresh bread",
-            "the quiet street", "a difficult problem", "the open door", "many small stones",
-            "the summer festival", "a new language", "the evening news"]
-_ENDINGS = ["today", "again", "in the morning", "after dinner", "near the station",
-            "without a word", "with great care", "before the storm", "every Sunday",
-            "at the café", "in Zürich", "for the naïve reader", "during the winter"]
-_WORDS = ["because", "however", "although", "therefore", "meanwhile", "quickly", "slowly",
-          "running", "playing", "thinking", "wonderful", "beautiful", "important", "information",
-          "international", "understanding", "development", "government", "education",
-          "résumé", "façade", "coöperate", "jalapeño"]
+_SUBJECTS = [
+    "the cat",
+    "a dog",
+    "my friend",
+    "the old man",
+    "our teacher",
+    "the small bird",
+    "every student",
+    "the engineer",
+    "this model",
+    "the river",
+    "her brother",
+    "the city council",
+    "a young woman",
+    "the computer",
+    "each player",
+]
+_VERBS = [
+    "sees",
+    "likes",
+    "builds",
+    "reads",
+    "writes",
+    "finds",
+    "carries",
+    "watches",
+    "remembers",
+    "explains",
+    "follows",
+    "opens",
+    "paints",
+    "answers",
+    "changes",
+]
+_OBJECTS = [
+    "the house",
+    "a long letter",
+    "the green garden",
+    "an interesting book",
+    "the morning train",
+    "a bright window",
+    "the hidden answer",
+    "some fresh bread",
+    "the quiet street",
+    "a difficult problem",
+    "the open door",
+    "many small stones",
+    "the summer festival",
+    "a new language",
+    "the evening news",
+]
+_ENDINGS = [
+    "today",
+    "again",
+    "in the morning",
+    "after dinner",
+    "near the station",
+    "without a word",
+    "with great care",
+    "before the storm",
+    "every Sunday",
+    "at the café",
+    "in Zürich",
+    "for the naïve reader",
+    "during the winter",
+]
+_WORDS = [
+    "because",
+    "however",
+    "although",
+    "therefore",
+    "meanwhile",
+    "quickly",
+    "slowly",
+    "running",
+    "playing",
+    "thinking",
+    "wonderful",
+    "beautiful",
+    "important",
+    "information",
+    "international",
+    "understanding",
+    "development",
+    "government",
+    "education",
+    "résumé",
+    "façade",
+    "coöperate",
+    "jalapeño",
+]
 _RARE = ["東京", "日本語", "🙂", "Ωμέγα", "данные", "ß"]
 _CODE = [
     "def add(a, b):\n    return a + b\n",
@@ -202,22 +286,31 @@ def build_sentencepiece_bpe(
     for piece, _ in sorted(learned["vocab"].items(), key=lambda kv: kv[1]):
         vocab.setdefault(piece, len(vocab))
     tok = Tokenizer(
-        models.BPE(vocab=vocab, merges=merges, unk_token=unk, byte_fallback=byte_fallback, fuse_unk=True)
+        models.BPE(
+            vocab=vocab, merges=merges, unk_token=unk, byte_fallback=byte_fallback, fuse_unk=True
+        )
     )
     if style == "llama":
         tok.normalizer = normalizers.Sequence(
             [normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")]
         )
         tok.decoder = decoders.Sequence(
-            [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
-             decoders.Strip(" ", 1, 0)]
+            [
+                decoders.Replace("\u2581", " "),
+                decoders.ByteFallback(),
+                decoders.Fuse(),
+                decoders.Strip(" ", 1, 0),
+            ]
         )
     else:
         tok.pre_tokenizer = pre_tokenizers.Metaspace(
             replacement="\u2581", prepend_scheme="always", split=False
         )
         tok.decoder = decoders.Sequence(
-            [decoders.ByteFallback(), decoders.Metaspace(replacement="\u2581", prepend_scheme="always")]
+            [
+                decoders.ByteFallback(),
+                decoders.Metaspace(replacement="\u2581", prepend_scheme="always"),
+            ]
         )
     tok.add_special_tokens(specials)
     return _save_and_load(tok, out_dir, roles, extra_special, chat_template)
@@ -237,71 +330,92 @@ def build_wordpiece(
     chat_template: str | None = None,
     seed: int = 0,
 ) -> PreTrainedTokenizerFast:
-    """BERT-style WordPiece (BertNormalizer, BertPreTokenizer, ``##`` continuations)."""
+    """BERT-style WordPiece (BertNormalizer, BertPreTokenizer, ``##`` continuations).
+
+    The vocabulary is chosen by counting (the `tokenizers` WordPiece trainer breaks ties
+    differently from run to run): every character as a word start and as ``##`` piece, the
+    most frequent word endings as ``##`` pieces, then the most frequent whole words.
+    """
     roles, specials = _roles(pad=pad, unk=unk, cls=cls, sep=sep, mask=mask)
-    tok = Tokenizer(models.WordPiece(unk_token=unk))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    pre = pre_tokenizers.BertPreTokenizer()
+    words: Counter[str] = Counter()
+    for doc in corpus_documents(seed=seed):
+        words.update(w for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(doc)))
+    chars = sorted({c for w in words for c in w})
+    endings: Counter[str] = Counter()
+    for w, n in words.items():
+        for k in range(2, min(len(w), 6)):
+            endings[w[-k:]] += n
+    by_count = sorted(endings.items(), key=lambda kv: (-kv[1], kv[0]))
+    vocab_list = list(specials) + chars + ["##" + c for c in chars]
+    vocab_list += ["##" + e for e, _ in by_count[: max(0, (vocab_size - len(vocab_list)) // 4)]]
+    for w, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])):
+        if len(vocab_list) >= vocab_size:
+            break
+        if w not in vocab_list:
+            vocab_list.append(w)
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(vocab_list))}
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token=unk))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre
     tok.decoder = decoders.WordPiece(prefix="##")
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=specials, show_progress=False
-    )
-    tok.train_from_iterator(corpus_documents(seed=seed), trainer)
     tok.post_processor = processors.TemplateProcessing(
         single=f"{cls} $A {sep}",
         pair=f"{cls} $A {sep} $B:1 {sep}:1",
-        special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))],
+        special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])],
     )
+    tok.add_special_tokens(specials)
     return _save_and_load(tok, out_dir, roles, extra_special, chat_template)
 
 
-def synthetic_words(n: int, seed: int = 0) -> list[str]:
-    """``n`` distinct generated word-like strings (syllable products, shuffled)."""
-    syllables = [c + v for c in "bcdfghjklmnprstvz" for v in "aeiou"][:64] + ["x", "q"]
+def synthetic_words(n: int) -> list[str]:
+    """The first ``n`` distinct word-like strings in a fixed syllable order (deterministic)."""
+    syllables = [c + v for c in "bcdfghjklmnprstvz" for v in "aeiou"][:64]
     words: list[str] = []
     for length in itertools.count(1):
-        for combo in itertools.product(syllables, repeat=length):
-            words.append("".join(combo))
-            if len(words) >= n:
-                random.Random(seed).shuffle(words)
-                return words
+        words.extend(
+            map(
+                "".join,
+                itertools.islice(itertools.product(syllables, repeat=length), n - len(words)),
+            )
+        )
+        if len(words) >= n:
+            return words
     raise AssertionError("unreachable")
 
 
 def build_synthetic_vocab(
-    n_tokens: int,
-    *,
-    scheme: str = "byte_level",
-    seed: int = 0,
-    out_dir: str | Path | None = None,
-) -> PreTrainedTokenizerFast:
-    """A BPE tokenizer with ``n_tokens`` generated entries (no merges; for speed checks).
+    n_tokens: int, *, scheme: str = "byte_level", wrap: bool = True
+) -> PreTrainedTokenizerFast | Tokenizer:
+    """A BPE tokenizer with ``n_tokens`` entries of generated words (no merges; for speed).
 
-    ``scheme``: "byte_level" (``Ġ`` word starts, byte symbols such as ``Ã©``) or "metaspace"
-    (``▁`` word starts plus the 256 ``<0xNN>`` pieces). About half the entries are word starts.
-    The vocabulary is stored in memory unless ``out_dir`` is given.
+    ``scheme``: "byte_level" (``Ġ`` word starts, every 7th entry ending in ``Ã©`` = "é") or
+    "metaspace" (``▁`` word starts plus the 256 ``<0xNN>`` pieces). Entries alternate word
+    start / continuation, so the two schemes share most canonical forms and few raw strings.
+    ``wrap=False`` returns the bare `tokenizers.Tokenizer` (skips the wrapper's deep copy).
     """
-    words = synthetic_words(n_tokens, seed)
     if scheme == "byte_level":
-        marks = ("\u0120", "")  # Ġ
-        fixed = ["<|endoftext|>"] + sorted(set(pre_tokenizers.ByteLevel.alphabet()))
+        mark, accent = "\u0120", "\u00c3\u00a9"  # Ġ, Ã© (= "é")
+        fixed = ["<|endoftext|>", *sorted(set(pre_tokenizers.ByteLevel.alphabet()))]
         roles = {"bos": "<|endoftext|>", "eos": "<|endoftext|>"}
-        byte_fallback = False
     elif scheme == "metaspace":
-        marks = ("\u2581", "")
+        mark, accent = "\u2581", ""
         fixed = ["<unk>", "<s>", "</s>", *BYTE_PIECES]
         roles = {"unk": "<unk>", "bos": "<s>", "eos": "</s>"}
-        byte_fallback = True
     else:
         raise ValueError(f"scheme must be 'byte_level' or 'metaspace', got {scheme!r}")
-    vocab = {t: i for i, t in enumerate(fixed)}
-    for k, word in enumerate(words):
-        if len(vocab) >= n_tokens:
-            break
-        accent = "\u00c3\u00a9" if scheme == "byte_level" and k % 7 == 0 else ""
-        vocab.setdefault(marks[k % 2] + word + accent, len(vocab))
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], byte_fallback=byte_fallback,
-                               unk_token=roles.get("unk")))
+    words = synthetic_words(n_tokens - len(fixed))
+    entries = [
+        (mark if k % 2 == 0 else "") + w + (accent if k % 7 == 0 else "")
+        for k, w in enumerate(words)
+    ]
+    vocab = {t: i for i, t in enumerate(fixed + entries)}
+    tok = Tokenizer(
+        models.BPE(
+            vocab=vocab, merges=[], byte_fallback=scheme == "metaspace", unk_token=roles.get("unk")
+        )
+    )
     if scheme == "byte_level":
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
@@ -309,7 +423,8 @@ def build_synthetic_vocab(
         tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
         tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace()])
     tok.add_special_tokens(sorted(set(roles.values())))
-    if out_dir is not None:
-        return _save_and_load(tok, out_dir, roles, (), None)
-    kwargs = {f"{role}_token": value for role, value in roles.items()}
-    return PreTrainedTokenizerFast(tokenizer_object=tok, **kwargs)
+    if not wrap:
+        return tok
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, **{f"{r}_token": v for r, v in roles.items()}
+    )

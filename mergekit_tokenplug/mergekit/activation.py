@@ -19,6 +19,8 @@ from mergekit_tokenplug.mergekit import SUPPORTED_MERGEKIT_VERSIONS
 LOG = logging.getLogger("mergekit_tokenplug")
 _LOCK = threading.RLock()
 _DONE: set[str] = set()
+# mergekit's recipe commands and the name of their recipe-file argument.
+CLI_MODULES = {"mergekit.scripts.run_yaml": "config_file", "mergekit.scripts.multimerge": "config_file"}
 
 
 def mergekit_version() -> str:
@@ -61,6 +63,10 @@ def on_module_loaded(name: str, module: ModuleType) -> None:
             from mergekit_tokenplug.mergekit import run
 
             run.apply(module)
+        elif name in CLI_MODULES:
+            from mergekit_tokenplug.mergekit import cli_patch
+
+            cli_patch.apply(module, CLI_MODULES[name])
 
 
 def activate() -> None:

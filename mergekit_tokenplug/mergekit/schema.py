@@ -58,7 +58,7 @@ class ApproximationConfig(BaseModel):
 class TokenplugTokenizerConfig(TokenizerConfig, frozen=True):
     """mergekit's ``TokenizerConfig`` plus the plugin's keys."""
 
-    approximation: ApproximationConfig = Field(default_factory=ApproximationConfig)
+    approximation: ApproximationConfig
 
 
 def _tokenizer_kind(value: Any) -> str:

@@ -28,11 +28,10 @@ import numpy as np
 
 from mergekit_tokenplug.errors import InputError
 from mergekit_tokenplug.vocab.canonical import (
+    BYTE_PIECES,
     TokenScheme,
-    VocabView,
-    convert_tokens,
-    is_byte_piece,
     read_vocab,
+    view_added_forms,
     view_canonical,
 )
 
@@ -89,7 +88,7 @@ class VocabAlignment:
 
 def _first_wins(keys: list, ids: list[int]) -> dict:
     """key -> id where the earliest occurrence wins (dict() keeps the last, so reverse)."""
-    return dict(zip(reversed(keys), reversed(ids)))
+    return dict(zip(reversed(keys), reversed(ids), strict=True))
 
 
 def align_vocab(
@@ -117,10 +116,14 @@ def align_vocab(
     m_str_regular = {model.tokens[i]: i for i in m_regular}
     m_marked = sorted(i for i in set(model.added) | model.special_ids if i < model_rows)
     m_str_marked = _first_wins([model.tokens[i] for i in m_marked], m_marked)
-    m_plain = [i for i in m_regular if not is_byte_piece(model.tokens[i])]  # type: ignore[arg-type]
-    m_bytes = [i for i in m_regular if is_byte_piece(model.tokens[i])]  # type: ignore[arg-type]
+    m_bytes = [m_str_regular[t] for t in BYTE_PIECES if m_str_regular.get(t) is not None]
+    if model.scheme.byte_fallback and m_bytes:
+        byte_set = set(m_bytes)
+        m_plain = [i for i in m_regular if i not in byte_set]
+    else:
+        m_bytes, m_plain = [], m_regular
     m_added_plain = [i for i in m_marked if i in model.added and i not in model.special_ids]
-    added_forms = _added_forms(model, m_added_plain)
+    added_forms = view_added_forms(model)
     ordered = m_plain + m_bytes + m_added_plain
     keys = [m_canon_by_id[i] if i in m_canon_by_id else added_forms[i] for i in ordered]
     m_canon = _first_wins(keys, ordered)
@@ -149,8 +152,7 @@ def align_vocab(
     # ---- added / special output tokens
     unmatched_special: list[int] = []
     unmatched_added: list[int] = []
-    o_added_plain = [i for i in out.added if i not in out.special_ids]
-    o_added_forms = _added_forms(out, o_added_plain)
+    o_added_forms = view_added_forms(out)
     for i in sorted(set(out.added) | out.special_ids):
         text = tokens[i]
         j = m_str_marked.get(text)
@@ -182,9 +184,3 @@ def align_vocab(
     return VocabAlignment(
         src, how, unmatched_special, unmatched_added, holes, out.scheme, model.scheme
     )
-
-
-def _added_forms(view: VocabView, ids: list[int]) -> dict[int, bytes]:
-    """Bytes a non-special added token decodes to (its content, through the scheme)."""
-    forms = convert_tokens(view.scheme, [view.added[i][0] for i in ids])
-    return dict(zip(ids, forms))

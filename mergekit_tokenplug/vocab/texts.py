@@ -11,7 +11,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from mergekit_tokenplug.vocab.canonical import backend_of, convert_tokens, read_vocab, view_canonical
+from mergekit_tokenplug.vocab.canonical import (
+    backend_of,
+    convert_tokens,
+    detect_scheme,
+    read_vocab,
+    view_added_forms,
+    view_canonical,
+)
 
 
 def token_texts(tokenizer: Any, ids: Iterable[int]) -> list[str]:
@@ -25,9 +32,7 @@ def token_texts(tokenizer: Any, ids: Iterable[int]) -> list[str]:
     """
     view = read_vocab(tokenizer)
     forms = view_canonical(view)
-    plain_added = [i for i in view.added if i not in view.special_ids]
-    for i, form in zip(plain_added, convert_tokens(view.scheme, [view.added[i][0] for i in plain_added])):
-        forms[i] = form
+    forms.update(view_added_forms(view))
     tokens = view.tokens
     size = len(tokens)
     result: list[str] = []
@@ -44,11 +49,21 @@ def token_texts(tokenizer: Any, ids: Iterable[int]) -> list[str]:
     return result
 
 
+def _first_forms(tokenizer: Any, pieces: list[list[int]]) -> list[bytes | None]:
+    """Canonical bytes of the first piece of each id list (cheap: no full vocabulary read)."""
+    backend = backend_of(tokenizer)
+    firsts = [backend.id_to_token(p[0]) if p else None for p in pieces]
+    known = [t for t in firsts if t is not None]
+    forms = iter(convert_tokens(detect_scheme(tokenizer), known))
+    return [next(forms) if t is not None else None for t in firsts]
+
+
 def prepends_space(tokenizer: Any) -> bool:
     """Whether the tokenizer turns the start of a text into a word start (SentencePiece's
     prepended ``▁``, byte-level ``add_prefix_space``): checked on the tokenizer itself."""
     ids = backend_of(tokenizer).encode("a", add_special_tokens=False).ids
-    return "".join(token_texts(tokenizer, ids)).startswith(" ")
+    (form,) = _first_forms(tokenizer, [ids])
+    return bool(form) and form.startswith(b" ")
 
 
 def split_texts(
@@ -60,7 +75,9 @@ def split_texts(
     ``running_text=True`` the pieces are those of the text inside running text, for
     tokenizers that prepend a word-start space: a text starting with " " is encoded without
     that space (the prepended marker supplies it), and a lone leading space piece the
-    tokenizer added to a text without one is dropped.
+    tokenizer added to a text without one is dropped (a text such as "ing" still comes back
+    as a word start, ``▁ing``, where the vocabulary has that piece: the tokenizer gives no
+    way to ask for a word continuation).
     """
     if not texts:
         return []
@@ -71,12 +88,7 @@ def split_texts(
     encodings = backend.encode_batch(inputs, add_special_tokens=False)
     pieces = [list(enc.ids) for enc in encodings]
     if adjust:
-        firsts = token_texts(tokenizer, [p[0] for p in pieces if p])
-        k = 0
-        for text, ids in zip(texts, pieces):
-            if not ids:
-                continue
-            if firsts[k] == " " and not text.startswith(" ") and len(ids) > 1:
+        for text, ids, first in zip(texts, pieces, _first_forms(tokenizer, pieces), strict=True):
+            if first == b" " and len(ids) > 1 and not text.startswith(" "):
                 del ids[0]
-            k += 1
     return pieces

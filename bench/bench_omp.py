@@ -1,0 +1,165 @@
+"""Benchmark: our batch_omp against mergekit's tokensurgeon batch_omp on the same inputs.
+
+Random data shaped like embeddings (anisotropic Gaussian: a shared mean direction, a decaying
+spectrum and per-row norm spread, fixed seed). Each run happens in a forked child so its
+peak RSS (``resource`` rusage of that child) is its own and no run warms caches for another.
+
+    python bench/bench_omp.py --targets 2000 --atoms 20000 --dim 512 --k 64 --repeats 1 \
+        --threads 2 --json omp.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def make_data(n_targets: int, n_atoms: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embedding-like rows: mean offset + power-law spectrum in a random basis + norm spread."""
+    gen = torch.Generator().manual_seed(seed)
+    basis, _ = torch.linalg.qr(torch.randn(dim, dim, generator=gen))
+    scales = (torch.arange(1, dim + 1, dtype=torch.float32) ** -0.5) * 4.0
+    mean = torch.randn(dim, generator=gen) * 0.5
+
+    def rows(n: int) -> torch.Tensor:
+        z = torch.randn(n, dim, generator=gen) * scales
+        norm_spread = torch.exp(0.25 * torch.randn(n, 1, generator=gen))
+        return ((z @ basis.T) + mean) * norm_spread
+
+    rows_all = rows(n_atoms + n_targets)
+    return rows_all[n_atoms:].contiguous(), rows_all[:n_atoms].contiguous()
+
+
+def run_in_child(fn: Callable[[], object]) -> tuple[float, int, object]:
+    """Run fn in a forked child; return (seconds, peak RSS bytes, fn's result)."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(read_fd)
+        try:
+            start = time.perf_counter()
+            result = fn()
+            payload = pickle.dumps((time.perf_counter() - start, result))
+        except BaseException as exc:  # report, never return into the parent's code
+            payload = pickle.dumps((None, repr(exc)))
+        with os.fdopen(write_fd, "wb") as fh:
+            fh.write(payload)
+        os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as fh:
+        data = fh.read()
+    _, _status, usage = os.wait4(pid, 0)
+    seconds, result = pickle.loads(data)
+    if seconds is None:
+        raise RuntimeError(f"child failed: {result}")
+    return seconds, int(usage.ru_maxrss) * 1024, result
+
+
+def matmul_gflops(x: torch.Tensor, atoms: torch.Tensor, repeats: int = 3) -> float:
+    """GFLOP/s of one plain (B, D) @ (D, N) fp32 matmul, the shape of a correlation pass."""
+    x @ atoms.T
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        x @ atoms.T
+        times.append(time.perf_counter() - start)
+    return 2 * x.shape[0] * atoms.shape[0] * x.shape[1] / statistics.median(times) / 1e9
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--targets", type=int, default=2000)
+    ap.add_argument("--atoms", type=int, default=20000)
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--k", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--strategy", default="auto", choices=["auto", "gram", "direct"])
+    ap.add_argument("--skip-mergekit", action="store_true", help="time only ours")
+    ap.add_argument("--json", default=None, help="write the figures here")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    from mergekit.tokensurgeon.omp import batch_omp as mergekit_omp
+
+    from mergekit_tokenplug.methods.omp import batch_omp
+
+    x, atoms = make_data(args.targets, args.atoms, args.dim, args.seed)
+    print(
+        f"B={args.targets} N={args.atoms} D={args.dim} k={args.k} threads={args.threads} "
+        f"strategy={args.strategy} torch={torch.__version__}",
+        flush=True,
+    )
+
+    def ours() -> tuple[torch.Tensor, torch.Tensor]:
+        return batch_omp(x, atoms, args.k, strategy=args.strategy)
+
+    def theirs() -> tuple[torch.Tensor, torch.Tensor]:
+        return mergekit_omp(x, atoms, args.k)
+
+    runs: dict[str, list[tuple[float, int]]] = {"ours": [], "mergekit": []}
+    results: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    impls = [("ours", ours)] + ([] if args.skip_mergekit else [("mergekit", theirs)])
+    for rep in range(args.repeats):
+        for name, fn in impls:  # interleaved, so machine load affects both alike
+            seconds, rss, res = run_in_child(fn)
+            runs[name].append((seconds, rss))
+            results[name] = res
+            print(f"run {rep + 1} {name:9s} {seconds:8.2f} s  peak RSS {rss / 2**20:8.0f} MiB", flush=True)
+
+    gflops_plain = matmul_gflops(x, atoms)
+    corr_flops = 2.0 * args.targets * args.atoms * args.dim * args.k  # k residual passes
+    summary: dict[str, object] = {"args": vars(args), "matmul_gflops": gflops_plain}
+    for name in runs:
+        if not runs[name]:
+            continue
+        med = statistics.median(s for s, _ in runs[name])
+        summary[name] = {
+            "seconds": [s for s, _ in runs[name]],
+            "median_s": med,
+            "peak_rss_mib": max(r for _, r in runs[name]) / 2**20,
+            "effective_corr_gflops": corr_flops / med / 1e9,
+        }
+        print(
+            f"{name:9s} median {med:8.2f} s  effective correlation-phase {corr_flops / med / 1e9:6.1f} "
+            f"GFLOP/s (plain torch.matmul of the same shape: {gflops_plain:6.1f} GFLOP/s)"
+        )
+    idx_ours = results["ours"][0]
+    summary["unique_atoms_ours"] = int(torch.unique(idx_ours).numel())
+    print(f"distinct atoms selected (ours): {summary['unique_atoms_ours']}")
+    if "mergekit" in results:
+        idx_mk, coef_mk = results["mergekit"]
+        coef_ours = results["ours"][1]
+        same = (idx_ours == idx_mk).all(dim=1)
+        same_set = (idx_ours.sort(dim=1).values == idx_mk.sort(dim=1).values).all(dim=1)
+        rel = (coef_ours - coef_mk).norm(dim=1) / coef_mk.norm(dim=1).clamp_min(1e-30)
+        speedup = summary["mergekit"]["median_s"] / summary["ours"]["median_s"]
+        summary.update(
+            speedup=speedup,
+            identical_support_fraction=float(same.float().mean()),
+            identical_support_set_fraction=float(same_set.float().mean()),
+            max_rel_coef_diff_on_identical=float(rel[same].max()) if bool(same.any()) else None,
+        )
+        print(
+            f"speedup (mergekit / ours, medians): {speedup:.2f}x; identical supports "
+            f"(same order): {same.float().mean():.4f}; same sets: {same_set.float().mean():.4f}; "
+            f"max relative coefficient difference on identical rows: "
+            f"{summary['max_rel_coef_diff_on_identical']}"
+        )
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(summary, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

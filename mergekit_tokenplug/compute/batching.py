@@ -1,0 +1,120 @@
+"""Batch sizing from free memory, with out-of-memory back-off.
+
+Heavy kernels (OMP, neighbour search) process their rows in batches whose size is a memory
+trade-off: larger batches mean larger matmuls (faster), smaller ones fit. The starting size
+comes from the memory actually free (``torch.cuda.mem_get_info`` on CUDA; on CPU the
+available RAM, capped at :data:`CPU_BUDGET_CAP` so a kernel never claims the whole machine).
+If a batch still runs out of memory, :func:`run_batched` halves the batch size through
+``accelerate.utils.find_executable_batch_size`` and continues from the first unfinished row,
+so work already done is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import TypeVar
+
+import torch
+from accelerate.utils import find_executable_batch_size
+from accelerate.utils.memory import should_reduce_batch_size
+
+LOG = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# CPU working-memory budget: half the available RAM, but never more than this. A few GB is
+# enough for full-speed matmuls, and other processes (the merge itself) need the rest.
+CPU_BUDGET_CAP = 4 * 1024**3
+CPU_BUDGET_FRACTION = 0.5
+CUDA_BUDGET_FRACTION = 0.8  # leave room for the allocator's fragmentation and cuBLAS workspaces
+_FALLBACK_CPU_BYTES = 1024**3  # when the OS does not tell us what is available
+
+
+def available_cpu_memory() -> int:
+    """Bytes of RAM available now (``os.sysconf``), or a conservative guess."""
+    try:
+        pages = os.sysconf("SC_AVPHYS_PAGES")
+        page_size = os.sysconf("SC_PAGE_SIZE")
+        if pages > 0 and page_size > 0:
+            return int(pages) * int(page_size)
+    except (ValueError, OSError, AttributeError):
+        pass
+    return _FALLBACK_CPU_BYTES
+
+
+def working_memory_budget(device: torch.device | str) -> int:
+    """Bytes a kernel may use for its working tensors on ``device``."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free * CUDA_BUDGET_FRACTION)
+    return int(min(available_cpu_memory() * CPU_BUDGET_FRACTION, CPU_BUDGET_CAP))
+
+
+def suggest_batch_size(
+    per_item_bytes: int,
+    device: torch.device | str,
+    *,
+    fixed_bytes: int = 0,
+    minimum: int = 1,
+    maximum: int | None = None,
+    budget_bytes: int | None = None,
+) -> int:
+    """Largest batch whose working set (``fixed_bytes + n * per_item_bytes``) fits the budget."""
+    budget = working_memory_budget(device) if budget_bytes is None else int(budget_bytes)
+    n = (budget - int(fixed_bytes)) // max(1, int(per_item_bytes))
+    n = max(int(minimum), int(n))
+    if maximum is not None:
+        n = min(n, max(int(minimum), int(maximum)))
+    return n
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for allocation failures worth retrying with a smaller batch (CUDA or CPU)."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, Exception) and should_reduce_batch_size(exc)
+
+
+def run_batched(
+    fn: Callable[[int, int], T],
+    n_items: int,
+    start_batch_size: int,
+    *,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> list[T]:
+    """Apply ``fn(start, stop)`` to consecutive batches of ``range(n_items)``.
+
+    On an out-of-memory error the batch size is halved and the failed batch is retried; the
+    results of finished batches are kept. ``on_batch(start, stop)`` runs after each success
+    (progress bars). Raises ``RuntimeError`` if even a batch of one does not fit.
+    """
+    results: list[T] = []
+    done = 0
+    size = max(1, int(start_batch_size))
+
+    def halve() -> int:
+        nonlocal size
+        size //= 2
+        LOG.info("out of memory: retrying with batch size %d", size)
+        return size
+
+    def body(batch_size: int) -> None:
+        nonlocal done
+        while done < n_items:
+            stop = min(n_items, done + batch_size)
+            try:
+                out = fn(done, stop)
+            except Exception as exc:
+                # accelerate only recognises some messages; normalise CPU/CUDA OOM to one it knows.
+                if is_out_of_memory(exc) and not should_reduce_batch_size(exc):
+                    raise RuntimeError(f"DefaultCPUAllocator: can't allocate memory ({exc})") from exc
+                raise
+            results.append(out)
+            if on_batch is not None:
+                on_batch(done, stop)
+            done = stop
+
+    find_executable_batch_size(body, starting_batch_size=size, reduce_batch_size_fn=halve)()
+    return results

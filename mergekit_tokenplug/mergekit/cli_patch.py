@@ -1,0 +1,55 @@
+"""One-line errors from ``mergekit-yaml`` / ``mergekit-multi`` for recipes the plugin reads.
+
+Stock mergekit prints a traceback for malformed YAML and a multi-line pydantic report for a
+bad key. The wrapped click callbacks turn malformed YAML (any recipe) and validation errors
+of recipes that use the plugin's keys into ``Error: FILE[:LINE]: key: message`` and exit 1.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import ModuleType
+from typing import Any
+
+import pydantic
+import yaml
+
+from mergekit_tokenplug.errors import ConfigError
+from mergekit_tokenplug.mergekit.schema import PLUGIN_TOKENIZER_KEYS, one_line_validation_error
+
+
+def _uses_plugin_keys(path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            docs = list(yaml.safe_load_all(fh))
+    except (OSError, yaml.YAMLError):
+        return False
+    return any(isinstance(d, dict) and isinstance(d.get("tokenizer"), dict) and any(k in d["tokenizer"] for k in PLUGIN_TOKENIZER_KEYS) for d in docs)
+
+
+def yaml_error(exc: yaml.YAMLError, path: str) -> ConfigError:
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}" if mark is not None else path
+    return ConfigError(f"malformed YAML ({getattr(exc, 'problem', None) or exc})", where=where)
+
+
+def apply(script_module: ModuleType, config_arg: str) -> None:
+    command = script_module.main
+    callback = command.callback
+    if getattr(callback, "_tokenplug_wrapped", False):
+        return
+
+    @functools.wraps(callback)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        path = kwargs.get(config_arg, "")
+        try:
+            return callback(*args, **kwargs)
+        except yaml.YAMLError as exc:
+            raise yaml_error(exc, path) from None
+        except pydantic.ValidationError as exc:
+            if _uses_plugin_keys(path):
+                raise ConfigError(one_line_validation_error(exc, path)) from None
+            raise
+
+    wrapped._tokenplug_wrapped = True  # type: ignore[attr-defined]
+    command.callback = wrapped

@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny real models and tokenizers built once per session (no downloads)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from models_factory import build_llama  # noqa: E402
+from tokenizers_factory import CHAT_TOKENS, CHATML_TEMPLATE, build_byte_level_bpe, build_sentencepiece_bpe  # noqa: E402
+
+
+class Zoo:
+    """Paths of the tiny models used across tests."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        tok_sp = build_sentencepiece_bpe(root / "tok_sp", vocab_size=700)
+        tok_bl = build_byte_level_bpe(root / "tok_bl", vocab_size=600, extra_special=CHAT_TOKENS, chat_template=CHATML_TEMPLATE)
+        tok_bl_big = build_byte_level_bpe(root / "tok_bl_big", vocab_size=760, extra_special=CHAT_TOKENS, chat_template=CHATML_TEMPLATE)
+        self.sp_untied = build_llama(root / "sp_untied", tok_sp, seed=1)
+        self.sp_tied = build_llama(root / "sp_tied", tok_sp, seed=2, tied=True)
+        self.bl_tied = build_llama(root / "bl_tied", tok_bl, seed=3, tied=True)
+        self.bl_untied = build_llama(root / "bl_untied", tok_bl, seed=4)
+        self.bl_big = build_llama(root / "bl_big", tok_bl_big, seed=5)
+        self.bl_big_padded = build_llama(root / "bl_big_padded", tok_bl_big, seed=6, extra_rows=40)
+        self.tok_bl_only = root / "tok_bl"  # a tokenizer-only directory
+
+
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory) -> Zoo:
+    return Zoo(tmp_path_factory.mktemp("zoo"))

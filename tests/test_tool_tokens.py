@@ -1,0 +1,203 @@
+"""Tool tokens: prior scaling, regularizer value, row-only training on a tiny Llama with a
+tiny byte-level BPE tokenizer built here, dataset generation and the JSONL reader."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from mergekit_tokenplug.errors import InputError
+from mergekit_tokenplug.methods.tool import tool_input_rows, tool_prior, tool_token_regularizer
+from mergekit_tokenplug.tooltokens import (
+    add_tool_tokens,
+    generate_arithmetic_dataset,
+    init_tool_rows,
+    learn_tool_tokens,
+    pooled_hidden_states,
+    read_jsonl,
+)
+from mergekit_tokenplug.tooltokens.data import CALCULATOR
+
+DESCRIPTION = "Evaluates an arithmetic expression"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: thread hand-offs cost more than the math on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _tokenizer() -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    texts = [r["prompt"] + " " + r["completion"] for r in generate_arithmetic_dataset(200, seed=3, tool_token="")]
+    texts.append(DESCRIPTION)
+    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok)
+
+
+def _model(vocab: int, tied: bool) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=tied,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def _setup(tied: bool, init: str = "prior"):
+    tokenizer = _tokenizer()
+    model = _model(len(tokenizer), tied)
+    ids = add_tool_tokens(model, tokenizer, [CALCULATOR])
+    priors = init_tool_rows(model, tokenizer, ids, [DESCRIPTION], init=init, device="cpu")
+    return model, tokenizer, ids, priors
+
+
+def test_tool_prior_scaling():
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(50, 16, generator=g) * torch.rand(50, 1, generator=g)
+    pooled = torch.randn(3, 16, generator=g) * 7
+    med = tool_prior(pooled, target, "median_norm")
+    torch.testing.assert_close(med.norm(dim=-1), torch.full((3,), float(target.norm(dim=-1).median())))
+    sq = tool_prior(pooled, target, "sqrt_d")
+    torch.testing.assert_close(sq.norm(dim=-1), torch.full((3,), 1 / math.sqrt(16)))
+    # direction is the pooled state's
+    torch.testing.assert_close(torch.nn.functional.cosine_similarity(sq, pooled), torch.ones(3))
+    with pytest.raises(InputError):
+        tool_prior(pooled, torch.randn(5, 8), "median_norm")
+
+
+def test_regularizer_is_lam_times_frobenius_norm():
+    g = torch.Generator().manual_seed(1)
+    w, p = torch.randn(2, 5, generator=g), torch.randn(2, 5, generator=g)
+    expected = 0.03 * math.sqrt(sum((a - b) ** 2 for a, b in zip(w.flatten().tolist(), p.flatten().tolist())))
+    assert math.isclose(float(tool_token_regularizer(w, p, 0.03)), expected, rel_tol=1e-6)
+    # default lambda is 1e-2; gradient is finite (zero) exactly at the prior
+    assert math.isclose(float(tool_token_regularizer(w, p)), expected / 3, rel_tol=1e-6)
+    x = p.clone().requires_grad_(True)
+    tool_token_regularizer(x, p).backward()
+    assert torch.equal(x.grad, torch.zeros_like(p))
+
+
+def test_tool_input_rows_mean_and_fallback():
+    base = torch.arange(12.0).view(6, 2)
+    rows = tool_input_rows([[0, 2], [5], []], base)
+    torch.testing.assert_close(rows[0], (base[0] + base[2]) / 2)
+    torch.testing.assert_close(rows[1], base[5])
+    torch.testing.assert_close(rows[2], base.mean(0))
+
+
+def test_pooled_hidden_states_match_unpadded_final_norm_output():
+    tokenizer = _tokenizer()
+    model = _model(len(tokenizer), tied=False)
+    texts = [DESCRIPTION, "What is 3 + 4?"]
+    pooled = pooled_hidden_states(model, tokenizer, texts, "cpu")
+    for i, t in enumerate(texts):
+        ids = torch.tensor([tokenizer(t, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            last = model.model(input_ids=ids).last_hidden_state  # after the final RMSNorm
+        torch.testing.assert_close(pooled[i], last[0].mean(0), rtol=1e-4, atol=1e-5)
+
+
+def test_prior_init_sets_rows():
+    model, tokenizer, ids, priors = _setup(tied=False)
+    head = model.get_output_embeddings().weight.detach()
+    others = head[: ids[0]]
+    assert math.isclose(float(head[ids[0]].norm()), float(others.norm(dim=-1).median()), rel_tol=1e-5)
+    pieces = tokenizer(DESCRIPTION, add_special_tokens=False)["input_ids"]
+    emb = model.get_input_embeddings().weight.detach()
+    torch.testing.assert_close(emb[ids[0]], emb[pieces].mean(0))
+    torch.testing.assert_close(priors["prior_out"][0], head[ids[0]])
+
+
+def test_dataset_puts_tool_token_first_and_is_correct():
+    rows = generate_arithmetic_dataset(30, seed=5)
+    assert rows == generate_arithmetic_dataset(30, seed=5)
+    assert rows != generate_arithmetic_dataset(30, seed=6)
+    tokenizer = _tokenizer()
+    (tid,) = add_tool_tokens(_model(len(tokenizer), False), tokenizer, [CALCULATOR])
+    for r in rows:
+        assert tokenizer(r["completion"], add_special_tokens=False)["input_ids"][0] == tid
+        m = re.fullmatch(re.escape(CALCULATOR) + r"(\d+)([-+*])(\d+)</tool> = (-?\d+)", r["completion"])
+        a, op, b, res = int(m[1]), m[2], int(m[3]), int(m[4])
+        assert res == {"+": a + b, "-": a - b, "*": a * b}[op]
+        assert f"{a} {op} {b}" in r["prompt"]
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_learning_changes_only_tool_rows(tied):
+    model, tokenizer, ids, priors = _setup(tied)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train = generate_arithmetic_dataset(24, seed=1)
+    evals = generate_arithmetic_dataset(8, seed=2)
+    out = learn_tool_tokens(
+        model, tokenizer, ids, train, evals, steps=12, lr=0.1, lam=1e-2,
+        prior_out=priors["prior_out"], prior_in=priors["prior_in"], device="cpu", seed=0,
+        show_progress=False, batch_size=4,
+    )  # fmt: skip
+    assert out["tied"] is tied
+    after = model.state_dict()
+    emb_key = "model.embed_tokens.weight"
+    matrices = [emb_key, "lm_head.weight"]  # one shared tensor when tied
+    for k, v in before.items():
+        if k in matrices:
+            mask = torch.ones(v.shape[0], dtype=torch.bool)
+            mask[ids] = False
+            assert torch.equal(after[k][mask], v[mask]), k
+            assert not torch.equal(after[k][ids], v[ids]), k
+        else:
+            assert torch.equal(after[k], v), k
+    if tied:
+        assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())  # flags restored
+    first, last = out["history"][0], out["final"]
+    assert last["step"] == 12 and len(out["train_loss"]) == 12
+    assert last["tool_logprob"] > first["tool_logprob"]
+    assert 0.0 <= last["tool_acc"] <= 1.0 and last["tool_rank"] >= 1.0
+
+
+def test_learning_is_deterministic_and_lam_zero_disables_regularizer():
+    runs = []
+    for lam in (1e-2, 1e-2, 0.0):
+        model, tokenizer, ids, priors = _setup(tied=False, init="mean")
+        learn_tool_tokens(
+            model, tokenizer, ids, generate_arithmetic_dataset(12, seed=1), generate_arithmetic_dataset(4, seed=2),
+            steps=4, lr=0.05, lam=lam, prior_out=priors["prior_out"], prior_in=priors["prior_in"],
+            device="cpu", seed=0, show_progress=False, batch_size=4,
+        )  # fmt: skip
+        runs.append(model.lm_head.weight[ids].clone())
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0], runs[2])
+
+
+def test_read_jsonl_errors_name_file_and_line(tmp_path):
+    good = tmp_path / "ok.jsonl"
+    good.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n\n" + json.dumps({"prompt": "c", "completion": "d", "x": 1}) + "\n")
+    assert read_jsonl(good) == [{"prompt": "a", "completion": "b"}, {"prompt": "c", "completion": "d"}]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n\n{not json\n")
+    with pytest.raises(InputError, match=re.escape(f"{bad}:3: invalid JSON")):
+        read_jsonl(bad)
+    missing = tmp_path / "missing.jsonl"
+    missing.write_text(json.dumps({"prompt": "a"}) + "\n")
+    with pytest.raises(InputError, match=re.escape(f"{missing}:1: missing or non-string key(s) completion")):
+        read_jsonl(missing)
+    with pytest.raises(InputError, match="cannot read"):
+        read_jsonl(tmp_path / "absent.jsonl")
