@@ -15,7 +15,11 @@ from mergekit_tokenplug.registry import Need
 
 def _problem(base: torch.Tensor, n_targets: int, **kw) -> EstimationProblem:
     return EstimationProblem(
-        base=base, anchor_ids=torch.arange(base.shape[0]), n_targets=n_targets, show_progress=False, **kw
+        base=base,
+        anchor_ids=torch.arange(base.shape[0]),
+        n_targets=n_targets,
+        show_progress=False,
+        **kw,
     )
 
 

@@ -73,7 +73,9 @@ def _softmax(xs):
 
 
 def _combo(weights, rows):
-    return torch.tensor([sum(w * float(BASE[r, j]) for w, r in zip(weights, rows, strict=True)) for j in range(2)])
+    return torch.tensor(
+        [sum(w * float(BASE[r, j]) for w, r in zip(weights, rows, strict=True)) for j in range(2)]
+    )
 
 
 def _local_ref(text, pieces, tau):
@@ -85,7 +87,9 @@ def _local_ref(text, pieces, tau):
 
 
 def _global_ref(text, top_k, threshold, tau):
-    sims = sorted(((_dot(VEC[t], VEC[text]), j) for j, t in enumerate(VOCAB) if t), reverse=True)[:top_k]
+    sims = sorted(((_dot(VEC[t], VEC[text]), j) for j, t in enumerate(VOCAB) if t), reverse=True)[
+        :top_k
+    ]
     kept = [(s, j) for s, j in sims if s >= threshold]
     if not kept:
         return None
@@ -177,11 +181,15 @@ def test_self_space_embedder_normalized_mean_of_pieces():
     mean_abc = (BASE[2] + BASE[3]) / 2
     assert torch.allclose(vecs[0], mean_abc / mean_abc.norm(), atol=1e-6)
     assert torch.allclose(vecs[1], BASE[0] / BASE[0].norm(), atol=1e-6)
-    assert torch.allclose(vecs[0].norm(), torch.tensor(1.0)) and torch.equal(vecs[2], torch.zeros(2))
+    assert torch.allclose(vecs[0].norm(), torch.tensor(1.0)) and torch.equal(
+        vecs[2], torch.zeros(2)
+    )
 
 
 def test_self_space_tokenadapt_runs_and_single_piece_global_is_itself():
-    problem = _problem(["abc", "xab", "x"], _split(["abc", "xab", "x"]), extras={"split_texts": _split})
+    problem = _problem(
+        ["abc", "xab", "x"], _split(["abc", "xab", "x"]), extras={"split_texts": _split}
+    )
     out = _run(problem, beta=1.0, top_k=1)
     # "xab" splits to [ab]: its self-space vector is row 2's direction, so its neighbour is row 2
     assert torch.allclose(out[1], BASE[2], atol=1e-6)
@@ -190,7 +198,20 @@ def test_self_space_tokenadapt_runs_and_single_piece_global_is_itself():
 
 # --- auxiliary embedder from a directory -------------------------------------------------
 
-WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", "token", "##s", "plug", "the", "a"]
+WORDS = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "hello",
+    "world",
+    "token",
+    "##s",
+    "plug",
+    "the",
+    "a",
+]
 
 
 def _save_tokenizer(d: Path):

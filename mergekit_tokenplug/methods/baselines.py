@@ -40,7 +40,9 @@ def estimate_mean(problem: EstimationProblem, params: NoParams) -> torch.Tensor:
 
 def estimate_zero(problem: EstimationProblem, params: NoParams) -> torch.Tensor:
     """Zeros: what mergekit gives tokens no model has. A poor choice (see summary)."""
-    return torch.zeros(problem.n_targets, problem.base.shape[1], dtype=torch.float32, device=problem.device)
+    return torch.zeros(
+        problem.n_targets, problem.base.shape[1], dtype=torch.float32, device=problem.device
+    )
 
 
 def covariance_cholesky(base: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -87,7 +89,9 @@ def estimate_hewitt(problem: EstimationProblem, params: HewittParams) -> torch.T
     return mu.unsqueeze(0) + (params.scale**0.5) * (z @ chol.T)
 
 
-def flatten_pieces(pieces: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def flatten_pieces(
+    pieces: list[list[int]], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Concatenated piece ids and the segment (target index) of each, as long tensors."""
     lengths = torch.tensor([len(p) for p in pieces], dtype=torch.long)
     flat = torch.tensor([i for p in pieces for i in p], dtype=torch.long)
@@ -95,7 +99,9 @@ def flatten_pieces(pieces: list[list[int]], device: torch.device) -> tuple[torch
     return flat.to(device), seg.to(device)
 
 
-def mean_of_pieces(base: torch.Tensor, pieces: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+def mean_of_pieces(
+    base: torch.Tensor, pieces: list[list[int]]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean of the rows of each piece list (segment mean via ``index_add_``).
 
     Returns (rows (T, d) float32, has_pieces (T,) bool); rows without pieces are zero.
@@ -117,7 +123,9 @@ def estimate_subword_mean(problem: EstimationProblem, params: NoParams) -> torch
     if problem.target_pieces is None:
         raise ValueError("subword_mean needs target_pieces (the base tokenizer split)")
     if len(problem.target_pieces) != problem.n_targets:
-        raise ValueError(f"target_pieces has {len(problem.target_pieces)} entries for {problem.n_targets} targets")
+        raise ValueError(
+            f"target_pieces has {len(problem.target_pieces)} entries for {problem.n_targets} targets"
+        )
     rows, has = mean_of_pieces(problem.base, problem.target_pieces)
     return torch.where(has.unsqueeze(1), rows, problem.mean_row().to(torch.float32).unsqueeze(0))
 

@@ -33,12 +33,22 @@ _EPS = 1e-12
 
 
 class TokenAdaptParams(MethodParams):
-    tau: float = Field(0.3, gt=0.0, description="softmax temperature for piece and neighbour weights")
-    beta: float = Field(0.3, ge=0.0, le=1.0, description="weight of the global (neighbour) estimate")
+    tau: float = Field(
+        0.3, gt=0.0, description="softmax temperature for piece and neighbour weights"
+    )
+    beta: float = Field(
+        0.3, ge=0.0, le=1.0, description="weight of the global (neighbour) estimate"
+    )
     top_k: int = Field(3, ge=1, description="neighbours in the auxiliary text space")
-    threshold: float = Field(0.0, ge=-1.0, le=1.0, description="neighbours with lower cosine are dropped")
-    embedder: str = Field("self", min_length=1, description='sentence-embedder directory, or "self"')
-    chunk_size: int | None = Field(None, ge=1, description="targets per neighbour-search chunk (auto)")
+    threshold: float = Field(
+        0.0, ge=-1.0, le=1.0, description="neighbours with lower cosine are dropped"
+    )
+    embedder: str = Field(
+        "self", min_length=1, description='sentence-embedder directory, or "self"'
+    )
+    chunk_size: int | None = Field(
+        None, ge=1, description="targets per neighbour-search chunk (auto)"
+    )
 
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
@@ -74,7 +84,9 @@ def _embed_unique(embed: EmbedFn, texts: list[str], device: torch.device) -> tor
 _VOCAB_CACHE: dict[str, object] = {}
 
 
-def _vocab_embeddings(embed: EmbedFn, texts: list[str], device: torch.device, cacheable: bool) -> torch.Tensor:
+def _vocab_embeddings(
+    embed: EmbedFn, texts: list[str], device: torch.device, cacheable: bool
+) -> torch.Tensor:
     key = (len(texts), hash(tuple(texts)))
     if cacheable and _VOCAB_CACHE.get("fn") is embed and _VOCAB_CACHE.get("key") == key:
         return _VOCAB_CACHE["vecs"].to(device)  # type: ignore[union-attr]
@@ -107,6 +119,14 @@ def _padded(pieces: list[list[int]], device: torch.device) -> tuple[torch.Tensor
     return ids, mask
 
 
+def _weighted_rows(base: torch.Tensor, ids: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """sum_j w[:, j] * base[ids[:, j]], one column at a time: memory stays (T, d), not (T, P, d)."""
+    rows = torch.zeros(ids.shape[0], base.shape[1], dtype=torch.float32, device=base.device)
+    for j in range(ids.shape[1]):
+        rows.addcmul_(w[:, j : j + 1], base.index_select(0, ids[:, j]))
+    return rows
+
+
 def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dim restricted to ``mask``; all-masked rows give zeros."""
     scores = scores.masked_fill(~mask, float("-inf"))
@@ -126,11 +146,13 @@ def _local(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Local estimates for one chunk: sum_i softmax(((w1_i + len_i) / 2) / tau) E_B[p_i]."""
     ids, mask = _padded(pieces, base.device)
-    cos = torch.einsum("tpe,te->tp", vocab_vecs[ids], target_vecs)
+    cos = torch.stack(
+        [(vocab_vecs[ids[:, j]] * target_vecs).sum(dim=1) for j in range(ids.shape[1])], dim=1
+    )
     w1 = _masked_softmax(cos, mask)
     share = vocab_chars[ids] / target_chars.clamp_min(1.0).unsqueeze(1)
     w = _masked_softmax((w1 + share) / 2.0 / tau, mask)
-    rows = torch.einsum("tp,tpd->td", w, base[ids].to(torch.float32))
+    rows = _weighted_rows(base, ids, w)
     return rows, mask.any(dim=1)
 
 
@@ -149,7 +171,7 @@ def _global(
     target_valid = target_vecs.norm(dim=1) > 0.5  # normalized vectors are 1 or 0
     keep = (top >= params.threshold) & torch.isfinite(top) & target_valid.unsqueeze(1)
     w = _masked_softmax(torch.where(keep, top, torch.zeros_like(top)) / params.tau, keep)
-    rows = torch.einsum("tk,tkd->td", w, base[idx].to(torch.float32))
+    rows = _weighted_rows(base, idx, w)
     return rows, keep.any(dim=1)
 
 
@@ -165,18 +187,26 @@ def _resolve_embedder(problem: EstimationProblem, params: TokenAdaptParams) -> t
         )
     split = problem.extras.get("split_texts")
     if split is None:
-        raise ValueError("tokenadapt with embedder 'self' needs extras['split_texts'] (the base tokenizer split)")
+        raise ValueError(
+            "tokenadapt with embedder 'self' needs extras['split_texts'] (the base tokenizer split)"
+        )
     return self_space_embedder(problem.base, split), False
 
 
 def estimate_tokenadapt(problem: EstimationProblem, params: TokenAdaptParams) -> torch.Tensor:
     """(1 - beta) e_local + beta e_global; the one that exists if only one; else the mean row."""
-    texts, pieces, vocab_texts = problem.target_texts, problem.target_pieces, problem.base_vocab_texts
+    texts, pieces, vocab_texts = (
+        problem.target_texts,
+        problem.target_pieces,
+        problem.base_vocab_texts,
+    )
     if texts is None or pieces is None or vocab_texts is None:
         raise ValueError("tokenadapt needs target_texts, target_pieces and base_vocab_texts")
     t, (v, d) = problem.n_targets, problem.base.shape
     if len(texts) != t or len(pieces) != t or len(vocab_texts) != v:
-        raise ValueError("tokenadapt: target_texts/target_pieces must have n_targets entries, base_vocab_texts one per base row")
+        raise ValueError(
+            "tokenadapt: target_texts/target_pieces must have n_targets entries, base_vocab_texts one per base row"
+        )
     device = problem.device
     base = problem.base.to(torch.float32)
     if t == 0:
@@ -196,10 +226,14 @@ def estimate_tokenadapt(problem: EstimationProblem, params: TokenAdaptParams) ->
     out = torch.empty(t, d, dtype=torch.float32, device=device)
     starts = range(0, t, chunk)
     desc = f"tokenadapt {problem.label}".strip()
-    for s in tqdm(starts, desc=desc, unit="chunk", disable=not problem.show_progress or len(starts) < 2):
+    for s in tqdm(
+        starts, desc=desc, unit="chunk", disable=not problem.show_progress or len(starts) < 2
+    ):
         e = min(s + chunk, t)
         tv = target_vecs[s:e]
-        loc, has_loc = _local(base, tv, vocab_vecs, vocab_chars, target_chars[s:e], pieces[s:e], params.tau)
+        loc, has_loc = _local(
+            base, tv, vocab_vecs, vocab_chars, target_chars[s:e], pieces[s:e], params.tau
+        )
         glo, has_glo = _global(base, tv, vocab_vecs, vocab_valid, params)
         both = (1.0 - params.beta) * loc + params.beta * glo
         rows = torch.where(has_glo.unsqueeze(1), glo, mean.unsqueeze(0).expand_as(glo))

@@ -19,7 +19,14 @@ from tqdm.auto import tqdm
 from mergekit_tokenplug.errors import InputError
 
 KEY = "tokenizer.approximation.embedder"
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model")
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+)
 _MAX_LENGTH = 512  # token texts are short; this only bounds pathological inputs
 
 _MODELS: dict[tuple[str, str], tuple[object, object]] = {}
@@ -62,15 +69,24 @@ def _load(p: Path, device: str) -> tuple[object, object]:
     except Exception as exc:
         raise _fail(path, f"has an unreadable config.json ({type(exc).__name__}: {exc})") from None
     if _is_causal_lm(config):
-        raise _fail(path, f"holds a causal language model ({getattr(config, 'model_type', '?')}), not a text encoder; expected a sentence-embedding model such as all-MiniLM-L6-v2")
+        raise _fail(
+            path,
+            f"holds a causal language model ({getattr(config, 'model_type', '?')}), not a text encoder; expected a sentence-embedding model such as all-MiniLM-L6-v2",
+        )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, local_files_only=True, trust_remote_code=False
+        )
     except Exception as exc:
         raise _fail(path, f"has no loadable tokenizer ({type(exc).__name__}: {exc})") from None
     try:
-        model = AutoModel.from_pretrained(path, local_files_only=True, trust_remote_code=False, use_safetensors=True)
+        model = AutoModel.from_pretrained(
+            path, local_files_only=True, trust_remote_code=False, use_safetensors=True
+        )
     except Exception as exc:
-        raise _fail(path, f"could not be loaded as a text encoder ({type(exc).__name__}: {exc})") from None
+        raise _fail(
+            path, f"could not be loaded as a text encoder ({type(exc).__name__}: {exc})"
+        ) from None
     model.eval().to(device)
     return model, tokenizer
 
@@ -95,7 +111,9 @@ def load_text_embedder(
         if (real, dev) not in _MODELS:
             _MODELS[(real, dev)] = _load(p, dev)
         model, tokenizer = _MODELS[(real, dev)]
-    max_len = min(_MAX_LENGTH, int(getattr(tokenizer, "model_max_length", _MAX_LENGTH) or _MAX_LENGTH))
+    max_len = min(
+        _MAX_LENGTH, int(getattr(tokenizer, "model_max_length", _MAX_LENGTH) or _MAX_LENGTH)
+    )
     max_pos = getattr(model.config, "max_position_embeddings", None)
     if max_pos:
         max_len = min(max_len, int(max_pos))
@@ -106,12 +124,21 @@ def load_text_embedder(
         out = torch.empty(len(texts), hidden, dtype=torch.float32, device=dev)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         starts = range(0, len(texts), batch_size)
-        bar = tqdm(starts, desc="embedding texts", unit="batch", disable=not show_progress or len(starts) < 8)
+        bar = tqdm(
+            starts,
+            desc="embedding texts",
+            unit="batch",
+            disable=not show_progress or len(starts) < 8,
+        )
         with torch.inference_mode():
             for s in bar:
                 idx = order[s : s + batch_size]
                 enc = tokenizer(
-                    [texts[i] for i in idx], padding=True, truncation=True, max_length=max_len, return_tensors="pt"
+                    [texts[i] for i in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=max_len,
+                    return_tensors="pt",
                 ).to(dev)
                 states = model(**enc).last_hidden_state.to(torch.float32)
                 mask = enc["attention_mask"].unsqueeze(-1).to(torch.float32)

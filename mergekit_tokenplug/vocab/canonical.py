@@ -275,7 +275,7 @@ class VocabView:
     scheme: TokenScheme
     size: int  # max id + 1 (ids without a token in between are holes)
     tokens: list[str | None]  # token string by id, None for a hole
-    regular_ids: list[int]  # ids of model-vocabulary entries that are not added tokens
+    regular_ids: list[int]  # ids of model-vocabulary entries that are neither added nor special
     added: dict[int, tuple[str, bool]]  # added-token id -> (content, special flag)
     special_ids: set[int]  # special added tokens plus every role token
     roles: dict[str, int] = field(default_factory=dict)  # "bos"/"eos"/... -> id
@@ -323,11 +323,13 @@ def read_vocab(tokenizer: Any, scheme: TokenScheme | None = None) -> VocabView:
         for i in getattr(tokenizer, "all_special_ids", None) or []:
             if i is not None and 0 <= int(i) < len(tokens) and tokens[int(i)] is not None:
                 special_ids.add(int(i))
+    if not special_ids.issubset(added):  # a role token that is a plain vocab entry is special
+        regular_ids = [i for i in regular_ids if i not in special_ids]
     return VocabView(scheme, len(tokens), tokens, regular_ids, added, special_ids, roles, id_roles)
 
 
 def canonical_forms(tokenizer: Any, scheme: TokenScheme | None = None) -> dict[int, bytes]:
-    """Canonical bytes of every regular (non-added) token, keyed by token id.
+    """Canonical bytes of every regular token (neither added nor special), keyed by token id.
 
     Keyed by id rather than string because callers work in ids (alignment, decoded texts) and
     a hole-free id lookup is what they need. Added/special tokens are left out on purpose:

@@ -1,0 +1,339 @@
+"""Vocabulary alignment on real (small, trained-in-test) tokenizers: scheme detection,
+canonical forms, special-token mapping, model-row limits, holes, texts and a 262k run.
+
+Expectations are derived independently of the code under test: from each tokenizer's own
+``decode`` / ``encode`` and from token strings looked up with ``convert_tokens_to_ids``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers_factory import (
+    CHAT_TOKENS,
+    CHATML_TEMPLATE,
+    build_byte_level_bpe,
+    build_sentencepiece_bpe,
+    build_synthetic_vocab,
+    build_wordpiece,
+    corpus_documents,
+)
+from transformers import PreTrainedTokenizerFast
+
+from mergekit_tokenplug.vocab.align import CANONICAL, EXACT, MISSING, SPECIAL, align_vocab
+from mergekit_tokenplug.vocab.canonical import canonical_forms, detect_scheme
+from mergekit_tokenplug.vocab.texts import split_texts, token_texts
+
+EXTRA_TEXTS = ["Hello world\n東京 café 🙂", "naïve résumé, ß and Ωμέγα!", "  x = 1\n\tfor i in y:"]
+
+
+@pytest.fixture(scope="module")
+def toks(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toks")
+    return {
+        # GPT-2 style: one string for bos and eos, ChatML markers as extra specials
+        "bl": build_byte_level_bpe(
+            root / "bl", pad="<|pad|>", extra_special=CHAT_TOKENS, chat_template=CHATML_TEMPLATE
+        ),
+        # Llama-3 style role strings, no chat markers
+        "bl3": build_byte_level_bpe(root / "bl3", bos="<|begin_of_text|>", eos="<|end_of_text|>"),
+        # Llama-2 style (Prepend/Replace normalizer, Replace+ByteFallback decoder)
+        "ms": build_sentencepiece_bpe(root / "ms"),
+        # Metaspace pre-tokenizer/decoder, with the same chat markers
+        "ms2": build_sentencepiece_bpe(root / "ms2", style="metaspace", extra_special=CHAT_TOKENS),
+        "wp": build_wordpiece(root / "wp"),
+    }
+
+
+def context_text(tok, i: int) -> str:
+    """What token ``i`` adds to running text, by the tokenizer's own decoder: decode it after
+    an anchor token and drop the anchor's text (SentencePiece decoders strip a leading space
+    of the first token only)."""
+    anchor = tok.convert_tokens_to_ids("a")
+    kw = {"skip_special_tokens": False, "clean_up_tokenization_spaces": False}
+    return tok.decode([anchor, int(i)], **kw)[len(tok.decode([anchor], **kw)) :]
+
+
+def is_utf8(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------------- schemes
+
+
+def test_detect_scheme_of_each_builder(toks):
+    kinds = {name: detect_scheme(t).kind for name, t in toks.items()}
+    assert kinds == {
+        "bl": "byte_level",
+        "bl3": "byte_level",
+        "ms": "metaspace",
+        "ms2": "metaspace",
+        "wp": "wordpiece",
+    }
+    assert detect_scheme(toks["ms"]).byte_fallback and detect_scheme(toks["ms2"]).byte_fallback
+    assert not detect_scheme(toks["bl"]).byte_fallback
+    assert detect_scheme(toks["wp"]).continuation_prefix == "##"
+    plain = Tokenizer(models.WordLevel({"[UNK]": 0, "hi": 1}, unk_token="[UNK]"))
+    plain.pre_tokenizer = pre_tokenizers.Whitespace()
+    assert detect_scheme(plain).kind == "plain"
+
+
+def test_scheme_ignores_python_class(toks):
+    """A wrapper class named after another family, or the bare backend, changes nothing."""
+
+    class LlamaTokenizerFast(PreTrainedTokenizerFast):  # misleading name on purpose
+        pass
+
+    class BertTokenizerFast(PreTrainedTokenizerFast):
+        pass
+
+    for name, cls in (
+        ("bl", LlamaTokenizerFast),
+        ("ms", BertTokenizerFast),
+        ("wp", LlamaTokenizerFast),
+    ):
+        tok = toks[name]
+        backend = Tokenizer.from_str(tok.backend_tokenizer.to_str())
+        renamed = cls(tokenizer_object=backend)
+        assert detect_scheme(renamed) == detect_scheme(tok)
+        assert detect_scheme(backend) == detect_scheme(tok)
+        assert canonical_forms(backend) == canonical_forms(tok)
+
+
+# ----------------------------------------------------------------------------- canonical forms
+
+
+@pytest.mark.parametrize("name", ["bl", "ms", "ms2", "wp"])
+def test_canonical_form_is_decoded_text(toks, name):
+    """Every regular token's canonical bytes are what the tokenizer's own decoder writes for
+    it in running text (tokens that are not valid UTF-8 alone are checked by round trip)."""
+    tok = toks[name]
+    forms = canonical_forms(tok)
+    added = set(tok.added_tokens_decoder)
+    assert forms and not (set(forms) & added)
+    checked = 0
+    for i, form in forms.items():
+        if not is_utf8(form):
+            continue
+        text = form.decode("utf-8")
+        if name == "wp" and not (text.strip().isascii() and text.strip().isalnum()):
+            continue  # BERT's decoder cleanup rewrites spaces around some punctuation
+        assert text == context_text(tok, i), (tok.convert_ids_to_tokens(i), form)
+        checked += 1
+    assert checked > 0.5 * len(forms)
+
+
+@pytest.mark.parametrize("name", ["bl", "ms", "ms2"])
+def test_canonical_forms_round_trip_encodings(toks, name):
+    """Joining the canonical bytes of an encoding gives the text back (byte pieces and split
+    multi-byte characters included); SentencePiece may add one leading word-start space."""
+    tok = toks[name]
+    forms = canonical_forms(tok)
+    for text in corpus_documents(n_docs=40) + EXTRA_TEXTS:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        joined = b"".join(forms[i] for i in ids)
+        if name == "bl":
+            assert joined == text.encode("utf-8")
+        elif text.startswith(" "):
+            assert joined in (text.encode("utf-8"), b" " + text.encode("utf-8"))
+        else:
+            assert joined == b" " + text.encode("utf-8")
+
+
+def test_wordpiece_convention(toks):
+    tok = toks["wp"]
+    forms = canonical_forms(tok)
+    by_token = {tok.convert_ids_to_tokens(i): f for i, f in forms.items()}
+    cont = [t for t in by_token if t.startswith("##") and len(t) > 2]
+    assert cont and all(by_token[t] == t[2:].encode() for t in cont)
+    words = [t for t in by_token if t.isalpha() and len(t) > 1]
+    assert words and all(by_token[t] == b" " + t.encode() for t in words)
+    assert by_token[","] == b"," and by_token["."] == b"."
+
+
+# ----------------------------------------------------------------------------- alignment
+
+
+def regular_strings(tok) -> set[str]:
+    added = set(tok.added_tokens_decoder)
+    return {t for t, i in tok.get_vocab().items() if i not in added}
+
+
+@pytest.mark.parametrize("pair", [("bl", "ms"), ("ms", "bl"), ("bl", "ms2"), ("wp", "bl")])
+def test_canonical_matching_beats_raw_and_is_correct(toks, pair):
+    out, model = toks[pair[0]], toks[pair[1]]
+    al = align_vocab(out, model, model_rows=len(model))
+    raw = len(regular_strings(out) & regular_strings(model))
+    counts = al.counts()
+    assert counts["canonical"] > 0
+    assert counts["exact"] + counts["canonical"] > raw
+    assert sum(counts[k] for k in ("missing", "exact", "canonical", "special")) == al.size
+    ids, src = al.matched(EXACT, CANONICAL)
+    forms_out, forms_model = canonical_forms(out), canonical_forms(model)
+    compared = 0
+    for i, j in zip(ids.tolist(), src.tolist(), strict=True):
+        assert forms_out[i] == forms_model[j]
+        text = forms_out[i].decode("utf-8", errors="replace")
+        wp_punct = pair[0] == "wp" and not (text.strip().isascii() and text.strip().isalnum())
+        if not is_utf8(forms_out[i]) or wp_punct:
+            continue
+        assert context_text(out, i) == context_text(model, j), (i, j)
+        compared += 1
+    assert compared > 0.6 * len(ids)
+
+
+def test_exact_means_same_string_and_same_bytes(toks):
+    out, model = toks["bl"], toks["ms"]
+    al = align_vocab(out, model, model_rows=len(model))
+    ids, src = al.matched(EXACT)
+    assert len(ids) > 0
+    assert out.convert_ids_to_tokens(ids.tolist()) == model.convert_ids_to_tokens(src.tolist())
+    # same tokenizer on both sides: everything regular is an exact identity match
+    same = align_vocab(model, model, model_rows=len(model))
+    regular = [i for i in range(len(model)) if i not in model.added_tokens_decoder]
+    assert (same.how[regular] == EXACT).all() and (same.src_ids[regular] == regular).all()
+
+
+def test_byte_fallback_pieces_map(toks):
+    bl, ms = toks["bl"], toks["ms"]
+    assert "\n" not in ms.get_vocab() and "<0x0A>" in ms.get_vocab()
+    al = align_vocab(bl, ms, model_rows=len(ms))
+    newline = bl.convert_tokens_to_ids("Ċ")
+    assert al.src_ids[newline] == ms.convert_tokens_to_ids("<0x0A>")
+    assert al.how[newline] == CANONICAL
+    # a lead byte of a character ms only has as bytes ("東" = E6 9D B1)
+    lead = bl.convert_tokens_to_ids("æ")
+    assert al.src_ids[lead] == ms.convert_tokens_to_ids("<0xE6>")
+    # a regular piece beats the byte piece with the same bytes
+    assert al.src_ids[bl.convert_tokens_to_ids("a")] == ms.convert_tokens_to_ids("a")
+    # and back: each byte piece lands on GPT-2's symbol for that byte
+    back = align_vocab(ms, bl, model_rows=len(bl))
+    for b, symbol in {0x0A: "Ċ", 0x20: "Ġ", 0x61: "a", 0xE6: "æ", 0xC3: "Ã"}.items():
+        piece = ms.convert_tokens_to_ids(f"<0x{b:02X}>")
+        assert back.src_ids[piece] == bl.convert_tokens_to_ids(symbol)
+
+
+def test_special_tokens_map_by_string_and_role(toks):
+    bl, ms2, bl3, ms = toks["bl"], toks["ms2"], toks["bl3"], toks["ms"]
+    al = align_vocab(bl, ms2, model_rows=len(ms2))
+    eot = bl.convert_tokens_to_ids("<|endoftext|>")  # bos and eos of bl
+    assert al.how[eot] == SPECIAL and al.src_ids[eot] == ms2.eos_token_id
+    chat_out = [bl.convert_tokens_to_ids(t) for t in CHAT_TOKENS]
+    chat_model = [ms2.convert_tokens_to_ids(t) for t in CHAT_TOKENS]
+    assert al.src_ids[chat_out].tolist() == chat_model
+    assert (al.how[chat_out] == SPECIAL).all()
+    pad = bl.convert_tokens_to_ids("<|pad|>")  # ms2 has no pad: nothing to copy
+    assert al.src_ids[pad] == -1 and al.unmatched_special == [pad]
+
+    # different strings per role: <s> -> <|begin_of_text|>, </s> -> <|end_of_text|>
+    roles = align_vocab(ms, bl3, model_rows=len(bl3))
+    assert roles.src_ids[ms.bos_token_id] == bl3.bos_token_id
+    assert roles.src_ids[ms.eos_token_id] == bl3.eos_token_id
+    assert roles.unmatched_special == [ms.unk_token_id]  # bl3 has no unk
+
+    # chat markers without a counterpart stay missing, each its own entry
+    lone = align_vocab(bl, ms, model_rows=len(ms))
+    assert set(chat_out) <= set(lone.unmatched_special)
+    assert (lone.how[chat_out] == MISSING).all() and (lone.src_ids[chat_out] == -1).all()
+
+
+def test_additional_special_tokens_never_share_a_source(tmp_path):
+    extra = ("<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>", "<|fim|>")
+    out = build_byte_level_bpe(tmp_path / "out", vocab_size=400, extra_special=extra)
+    model = build_sentencepiece_bpe(
+        tmp_path / "model",
+        vocab_size=400,
+        extra_special=("<tool_call>", "<|im_end|>", "<|im_start|>"),
+    )
+    al = align_vocab(out, model, model_rows=len(model))
+    ids = [out.convert_tokens_to_ids(t) for t in extra]
+    src = al.src_ids[ids]
+    matched = src[src >= 0].tolist()
+    assert len(matched) == 3 and len(set(matched)) == 3
+    for t, s in zip(extra, src.tolist(), strict=True):
+        assert s == (model.convert_tokens_to_ids(t) if s >= 0 else -1)
+    assert sorted(al.unmatched_special) == sorted(
+        out.convert_tokens_to_ids(t) for t in ("</tool_call>", "<|fim|>")
+    )
+
+
+def test_model_ids_beyond_rows_are_never_sources(toks):
+    """Gemma-3 style: the model's tokenizer knows ids its embedding matrix does not have."""
+    tok = toks["ms2"]
+    rows = len(tok) - 60  # cuts the chat markers and the last learned pieces
+    al = align_vocab(tok, tok, model_rows=rows)
+    assert al.src_ids.max() < rows
+    below = np.arange(rows)
+    assert (al.src_ids[below] == below).all()
+    for t in CHAT_TOKENS:
+        assert tok.convert_tokens_to_ids(t) in al.unmatched_special
+    cut = [i for i in range(rows, len(tok)) if i not in tok.added_tokens_decoder]
+    assert cut and (al.how[cut] == MISSING).all()
+
+
+def test_holes_in_output_ids():
+    vocab = {"[UNK]": 0, "hello": 1, "world": 4, "again": 5}
+    out_backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    out_backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    out = PreTrainedTokenizerFast(tokenizer_object=out_backend, unk_token="[UNK]")
+    model_backend = Tokenizer(
+        models.WordLevel({"<unk>": 0, "again": 1, "hello": 2}, unk_token="<unk>")
+    )
+    model = PreTrainedTokenizerFast(tokenizer_object=model_backend, unk_token="<unk>")
+    al = align_vocab(out, model, model_rows=3, out_rows=8)
+    assert al.size == 8
+    assert al.holes == [2, 3, 6, 7]
+    assert al.src_ids.tolist() == [0, 2, -1, -1, -1, 1, -1, -1]
+    assert al.how.tolist() == [SPECIAL, EXACT, 0, 0, 0, EXACT, 0, 0]
+    assert al.missing_ids().tolist() == [4]
+    assert al.counts() == {"missing": 5, "exact": 2, "canonical": 0, "special": 1, "holes": 4}
+
+
+# ----------------------------------------------------------------------------- texts
+
+
+def test_token_texts(toks):
+    bl, ms = toks["bl"], toks["ms"]
+    ids = bl.convert_tokens_to_ids(["Ġw", "Ċ", "<|im_start|>", "ĠcafÃ©"])
+    assert token_texts(bl, ids + [10**6]) == [" w", "\n", "<|im_start|>", " café", ""]
+    ms_ids = ms.convert_tokens_to_ids(["▁w", "<0x0A>", "<s>", "<0xE6>"])
+    assert token_texts(ms, np.asarray(ms_ids)) == [" w", "\n", "<s>", "\ufffd"]
+    everything = token_texts(ms, range(len(ms)))
+    assert len(everything) == len(ms)
+
+
+@pytest.mark.parametrize("name", ["bl", "ms", "ms2", "wp"])
+def test_split_texts_reassembles(toks, name):
+    tok = toks[name]
+    texts = ["the cat sees the house", " running quickly", "Hello world\nat the café"]
+    if name == "wp":
+        texts = texts[:2]
+    pieces = split_texts(tok, texts)
+    assert pieces == [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    joined = ["".join(token_texts(tok, p)) for p in pieces]
+    for text, got in zip(texts, joined, strict=True):
+        assert got.strip() == text.strip()
+    running = split_texts(tok, [" the cat", " w"], running_text=True)
+    assert ["".join(token_texts(tok, p)) for p in running] == [" the cat", " w"]
+    assert split_texts(tok, []) == []
+
+
+# ----------------------------------------------------------------------------- scale
+
+
+def test_align_262k_vocabularies_runs():
+    """Two synthetic 262,144-entry vocabularies (byte-level vs metaspace) align in one pass."""
+    n = 262_144
+    out = build_synthetic_vocab(n, scheme="byte_level", wrap=False)
+    model = build_synthetic_vocab(n, scheme="metaspace", wrap=False)
+    al = align_vocab(out, model, model_rows=n)
+    counts = al.counts()
+    assert al.size == n
+    # words without the "é" suffix exist in both (half as word starts): canonical or exact
+    assert counts["canonical"] > n // 3 and counts["exact"] > n // 3
+    assert al.src_ids.max() < n
