@@ -15,7 +15,15 @@ import importlib.abc
 import importlib.machinery
 import sys
 
-WATCHED = frozenset({"mergekit.config", "mergekit.plan", "mergekit.merge", "mergekit.scripts.run_yaml", "mergekit.scripts.multimerge"})
+WATCHED = frozenset(
+    {
+        "mergekit.config",
+        "mergekit.plan",
+        "mergekit.merge",
+        "mergekit.scripts.run_yaml",
+        "mergekit.scripts.multimerge",
+    }
+)
 
 
 class _PostImportLoader(importlib.abc.Loader):

@@ -26,7 +26,9 @@ def parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 def setup_logging(quiet: bool, verbose: int) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -39,21 +41,69 @@ def main() -> None:
 @click.argument("base")
 @click.argument("donor")
 @click.argument("out")
-@click.option("--method", "-m", default="omp", show_default=True, help="Approximation method (see `mergekit-tokenplug methods`).")
+@click.option(
+    "--method",
+    "-m",
+    default="omp",
+    show_default=True,
+    help="Approximation method (see `mergekit-tokenplug methods`).",
+)
 @click.option("--k", type=int, default=None, help="OMP sparsity (shortcut for --param k=N).")
-@click.option("--param", "-p", "param_pairs", multiple=True, metavar="KEY=VALUE", help="Method parameter; repeatable.")
+@click.option(
+    "--param",
+    "-p",
+    "param_pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Method parameter; repeatable.",
+)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--cuda", is_flag=True, help="Same as --device cuda.")
 @click.option("--seed", type=int, default=None, help="Seed for stochastic methods.")
-@click.option("--dtype", default=None, help="Compute/output dtype (e.g. float32, bfloat16); default: the inputs'.")
-@click.option("--pad-to-multiple-of", type=int, default=None, help="Pad the output vocabulary to a multiple of N rows.")
+@click.option(
+    "--dtype",
+    default=None,
+    help="Compute/output dtype (e.g. float32, bfloat16); default: the inputs'.",
+)
+@click.option(
+    "--pad-to-multiple-of",
+    type=int,
+    default=None,
+    help="Pad the output vocabulary to a multiple of N rows.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists and is not empty.")
-@click.option("--allow-pickle", is_flag=True, help="Allow loading .bin/.pt pickle checkpoints (can run code).")
+@click.option(
+    "--allow-pickle", is_flag=True, help="Allow loading .bin/.pt pickle checkpoints (can run code)."
+)
 @click.option("--dry-run", is_flag=True, help="Print the recipe that would run and exit.")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write a JSON summary of the run.")
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write a JSON summary of the run.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Warnings only, no progress bars.")
 @click.option("--verbose", "-v", count=True)
-def transplant(base: str, donor: str, out: str, method: str, k: int | None, param_pairs: tuple[str, ...], device: str, cuda: bool, seed: int | None, dtype: str | None, pad_to_multiple_of: int | None, overwrite: bool, allow_pickle: bool, dry_run: bool, json_out: str | None, quiet: bool, verbose: int) -> None:
+def transplant(
+    base: str,
+    donor: str,
+    out: str,
+    method: str,
+    k: int | None,
+    param_pairs: tuple[str, ...],
+    device: str,
+    cuda: bool,
+    seed: int | None,
+    dtype: str | None,
+    pad_to_multiple_of: int | None,
+    overwrite: bool,
+    allow_pickle: bool,
+    dry_run: bool,
+    json_out: str | None,
+    quiet: bool,
+    verbose: int,
+) -> None:
     """Give BASE the tokenizer of DONOR, writing a new checkpoint to OUT."""
     from mergekit_tokenplug.surgery import transplant as run_transplant
     from mergekit_tokenplug.surgery import transplant_recipe
@@ -63,15 +113,44 @@ def transplant(base: str, donor: str, out: str, method: str, k: int | None, para
     if k is not None:
         params["k"] = k
     if dry_run:
-        click.echo(yaml.safe_dump(transplant_recipe(base, donor, method, params, dtype=dtype, seed=seed, pad_to_multiple_of=pad_to_multiple_of), sort_keys=False), nl=False)
+        click.echo(
+            yaml.safe_dump(
+                transplant_recipe(
+                    base,
+                    donor,
+                    method,
+                    params,
+                    dtype=dtype,
+                    seed=seed,
+                    pad_to_multiple_of=pad_to_multiple_of,
+                ),
+                sort_keys=False,
+            ),
+            nl=False,
+        )
         return
-    summary = run_transplant(base, donor, out, method, params, device="cuda" if cuda else device, seed=seed, dtype=dtype, pad_to_multiple_of=pad_to_multiple_of, overwrite=overwrite, quiet=quiet, allow_pickle=allow_pickle)
+    summary = run_transplant(
+        base,
+        donor,
+        out,
+        method,
+        params,
+        device="cuda" if cuda else device,
+        seed=seed,
+        dtype=dtype,
+        pad_to_multiple_of=pad_to_multiple_of,
+        overwrite=overwrite,
+        quiet=quiet,
+        allow_pickle=allow_pickle,
+    )
     if json_out:
         with open(json_out, "w", encoding="utf-8") as fh:
             json.dump({"out": out, **summary}, fh, indent=2)
     if not quiet:
         vocab = summary["vocabulary"]
-        click.echo(f"wrote {out}: {vocab.get('output_tokens')} tokens in {vocab.get('output_rows')} rows")
+        click.echo(
+            f"wrote {out}: {vocab.get('output_tokens')} tokens in {vocab.get('output_rows')} rows"
+        )
 
 
 @main.command("methods")
@@ -85,8 +164,23 @@ def list_methods(as_json: bool) -> None:
         params = []
         for pname, f in spec.params.model_fields.items():
             default = "(required)" if f.is_required() else f.get_default(call_default_factory=True)
-            params.append({"name": pname, "type": _type_name(f.annotation), "default": default, "help": f.description or ""})
-        records.append({"name": name, "summary": spec.summary, "needs": sorted(n.value for n in spec.needs), "fallback": spec.fallback, "params": params})
+            params.append(
+                {
+                    "name": pname,
+                    "type": _type_name(f.annotation),
+                    "default": default,
+                    "help": f.description or "",
+                }
+            )
+        records.append(
+            {
+                "name": name,
+                "summary": spec.summary,
+                "needs": sorted(n.value for n in spec.needs),
+                "fallback": spec.fallback,
+                "params": params,
+            }
+        )
     if as_json:
         click.echo(json.dumps(records, indent=2, default=str))
         return
@@ -94,7 +188,10 @@ def list_methods(as_json: bool) -> None:
         needs = ", ".join(rec["needs"]) or "nothing"
         click.echo(f"{rec['name']}: {rec['summary']}  [needs: {needs}]")
         for p in rec["params"]:
-            click.echo(f"    {p['name']}: {p['type']} = {p['default']!r}" + (f"  {p['help']}" if p["help"] else ""))
+            click.echo(
+                f"    {p['name']}: {p['type']} = {p['default']!r}"
+                + (f"  {p['help']}" if p["help"] else "")
+            )
 
 
 def _type_name(annotation: Any) -> str:
@@ -103,19 +200,49 @@ def _type_name(annotation: Any) -> str:
 
 @main.command()
 @click.argument("models", nargs=-1, required=True)
-@click.option("--text", "texts", multiple=True, required=True, type=click.Path(), help="Text file; repeatable.")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the records as JSON.")
+@click.option(
+    "--text",
+    "texts",
+    multiple=True,
+    required=True,
+    type=click.Path(),
+    help="Text file; repeatable.",
+)
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the records as JSON.",
+)
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--window", type=int, default=512, show_default=True, help="Tokens per evaluation window.")
+@click.option(
+    "--window", type=int, default=512, show_default=True, help="Tokens per evaluation window."
+)
 @click.option("--allow-pickle", is_flag=True)
 @click.option("--quiet", "-q", is_flag=True)
-def evaluate(models: tuple[str, ...], texts: tuple[str, ...], json_out: str | None, device: str, window: int, allow_pickle: bool, quiet: bool) -> None:
+def evaluate(
+    models: tuple[str, ...],
+    texts: tuple[str, ...],
+    json_out: str | None,
+    device: str,
+    window: int,
+    allow_pickle: bool,
+    quiet: bool,
+) -> None:
     """Bits per byte of each MODEL (with its own tokenizer) on each --text file."""
     from mergekit_tokenplug.evaluate.bpb import evaluate_models, format_table
     from mergekit_tokenplug.surgery import resolve_device
 
     setup_logging(quiet, 0)
-    records = evaluate_models(list(models), list(texts), device=resolve_device(device), window=window, show_progress=not quiet, allow_pickle=allow_pickle)
+    records = evaluate_models(
+        list(models),
+        list(texts),
+        device=resolve_device(device),
+        window=window,
+        show_progress=not quiet,
+        allow_pickle=allow_pickle,
+    )
     click.echo(format_table(records))
     if json_out:
         with open(json_out, "w", encoding="utf-8") as fh:

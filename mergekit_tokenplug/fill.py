@@ -40,7 +40,9 @@ class TextSupport:
     """Tokenizer-side callables for methods that need texts (built lazily by the caller)."""
 
     out_texts: Callable[[np.ndarray], list[str]]  # decoded text of output ids
-    split_base: Callable[[list[str]], list[list[int]]]  # texts -> rows of the model (base tokenizer)
+    split_base: Callable[
+        [list[str]], list[list[int]]
+    ]  # texts -> rows of the model (base tokenizer)
     base_vocab_texts: Callable[[], list[str]]  # decoded text of every model row
     extras: dict[str, Any] = field(default_factory=dict)  # method-specific capabilities
 
@@ -72,7 +74,10 @@ def check_finite(matrix: torch.Tensor, what: str) -> None:
     bad = ~torch.isfinite(matrix.reshape(matrix.shape[0], -1)).all(dim=1)
     if bool(bad.any()):
         rows = bad.nonzero().flatten()[:5].tolist()
-        raise InputError(f"contains NaN or Inf values (rows {rows}{'...' if int(bad.sum()) > 5 else ''}); expected finite embeddings", where=what)
+        raise InputError(
+            f"contains NaN or Inf values (rows {rows}{'...' if int(bad.sum()) > 5 else ''}); expected finite embeddings",
+            where=what,
+        )
 
 
 def fill_matrix(
@@ -117,9 +122,19 @@ def fill_matrix(
     if len(missing):
         spec = get(method)
         estimates = _estimate_missing(
-            model=model, role=role, base=flat, src_ids=src_ids, missing=missing, sources=sources,
-            spec=spec, params=params, anchor_mask=anchor_mask, texts=texts, seed=seed,
-            show_progress=show_progress, report=report,
+            model=model,
+            role=role,
+            base=flat,
+            src_ids=src_ids,
+            missing=missing,
+            sources=sources,
+            spec=spec,
+            params=params,
+            anchor_mask=anchor_mask,
+            texts=texts,
+            seed=seed,
+            show_progress=show_progress,
+            report=report,
         )
         out[torch.as_tensor(missing, device=device)] = estimates.to(device=device, dtype=flat.dtype)
         report.estimated = len(missing)
@@ -132,9 +147,20 @@ def fill_matrix(
 
 
 def _estimate_missing(
-    *, model: str, role: str, base: torch.Tensor, src_ids: np.ndarray, missing: np.ndarray,
-    sources: list[SourceSpace], spec: MethodSpec, params: Any, anchor_mask: np.ndarray | None,
-    texts: TextSupport | None, seed: int, show_progress: bool, report: FillReport,
+    *,
+    model: str,
+    role: str,
+    base: torch.Tensor,
+    src_ids: np.ndarray,
+    missing: np.ndarray,
+    sources: list[SourceSpace],
+    spec: MethodSpec,
+    params: Any,
+    anchor_mask: np.ndarray | None,
+    texts: TextSupport | None,
+    seed: int,
+    show_progress: bool,
+    report: FillReport,
 ) -> torch.Tensor:
     """Estimates for ``missing`` output ids, in the order given."""
     base32 = base.float()
@@ -149,7 +175,13 @@ def _estimate_missing(
                 unassigned &= ~known
         if unassigned.any():
             fallback = spec.fallback or "mean"
-            LOG.info("%s %s: %d tokens are known in no other space; using %r for them", model, role, int(unassigned.sum()), fallback)
+            LOG.info(
+                "%s %s: %d tokens are known in no other space; using %r for them",
+                model,
+                role,
+                int(unassigned.sum()),
+                fallback,
+            )
             groups.append((fallback, np.nonzero(unassigned)[0], None))
     else:
         groups.append((spec.name, np.arange(len(missing)), None))
@@ -160,8 +192,11 @@ def _estimate_missing(
         group_params = params if method_name == spec.name else group_spec.parse_params({})
         out_ids = missing[positions]
         problem = EstimationProblem(
-            base=base32, anchor_ids=torch.empty(0, dtype=torch.long, device=base.device), n_targets=len(out_ids),
-            role=role, seed=stable_seed(seed, model, role, method_name, space.name if space else ""),
+            base=base32,
+            anchor_ids=torch.empty(0, dtype=torch.long, device=base.device),
+            n_targets=len(out_ids),
+            role=role,
+            seed=stable_seed(seed, model, role, method_name, space.name if space else ""),
             label=f"{method_name} {model} {role}" + (f" <- {space.name}" if space else ""),
             show_progress=show_progress,
         )
@@ -171,16 +206,26 @@ def _estimate_missing(
                 anchors &= space.anchor_mask
             anchor_out = np.nonzero(anchors)[0]
             if anchor_out.size == 0:
-                raise InputError(f"model {model} shares no regular tokens with {space.name}; cannot estimate with {method_name!r}", where="tokenizer.approximation")
+                raise InputError(
+                    f"model {model} shares no regular tokens with {space.name}; cannot estimate with {method_name!r}",
+                    where="tokenizer.approximation",
+                )
             dev = base.device
             problem.anchor_ids = torch.as_tensor(src_ids[anchor_out], dtype=torch.long, device=dev)
             problem.donor = space.matrix.float().reshape(space.matrix.shape[0], -1).to(dev)
-            problem.donor_anchor_ids = torch.as_tensor(space.src_ids[anchor_out], dtype=torch.long, device=dev)
-            problem.donor_target_ids = torch.as_tensor(space.src_ids[out_ids], dtype=torch.long, device=dev)
+            problem.donor_anchor_ids = torch.as_tensor(
+                space.src_ids[anchor_out], dtype=torch.long, device=dev
+            )
+            problem.donor_target_ids = torch.as_tensor(
+                space.src_ids[out_ids], dtype=torch.long, device=dev
+            )
         needs = group_spec.needs
         if needs & {Need.BASE_TOKENIZER, Need.BASE_VOCAB_TEXTS, Need.CORPUS, Need.MODEL_FORWARD}:
             if texts is None:
-                raise InputError(f"method {method_name!r} needs the tokenizers, which are not available here", where="tokenizer.approximation.method")
+                raise InputError(
+                    f"method {method_name!r} needs the tokenizers, which are not available here",
+                    where="tokenizer.approximation.method",
+                )
             problem.target_texts = texts.out_texts(out_ids)
             problem.extras.update(texts.extras)
             problem.extras.setdefault("split_texts", texts.split_base)
@@ -191,9 +236,13 @@ def _estimate_missing(
                 problem.base_vocab_texts = texts.base_vocab_texts()
         rows = group_spec.estimate(problem, group_params)
         if rows.shape != (len(out_ids), base.shape[1]):
-            raise RuntimeError(f"method {method_name!r} returned shape {tuple(rows.shape)}, expected {(len(out_ids), base.shape[1])}")
+            raise RuntimeError(
+                f"method {method_name!r} returned shape {tuple(rows.shape)}, expected {(len(out_ids), base.shape[1])}"
+            )
         if not bool(torch.isfinite(rows).all()):
-            raise RuntimeError(f"method {method_name!r} produced non-finite rows for {model} {role}")
+            raise RuntimeError(
+                f"method {method_name!r} produced non-finite rows for {model} {role}"
+            )
         result[torch.as_tensor(positions, device=base.device)] = rows.float().to(base.device)
         key = space.name if space else "(none)"
         report.by_source[key] = report.by_source.get(key, 0) + len(out_ids)

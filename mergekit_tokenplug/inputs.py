@@ -28,7 +28,14 @@ def has_tokenizer(path: str | Path) -> bool:
     return any((Path(path) / name).exists() for name in TOKENIZER_FILES)
 
 
-def check_model_dir(path: str, *, where: str, need_weights: bool = True, need_tokenizer: bool = False, allow_pickle: bool = False) -> None:
+def check_model_dir(
+    path: str,
+    *,
+    where: str,
+    need_weights: bool = True,
+    need_tokenizer: bool = False,
+    allow_pickle: bool = False,
+) -> None:
     """Validate a local model directory; hub ids are left to mergekit (offline they fail there)."""
     if not is_local(path):
         return
@@ -38,15 +45,25 @@ def check_model_dir(path: str, *, where: str, need_weights: bool = True, need_to
     if not p.is_dir():
         raise InputError(f"{path} is not a directory; expected a model directory", where=where)
     if need_tokenizer and not has_tokenizer(p):
-        raise InputError(f"{path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); expected a model or tokenizer directory", where=where)
+        raise InputError(
+            f"{path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); expected a model or tokenizer directory",
+            where=where,
+        )
     if not need_weights:
         return
     if not (p / "config.json").exists():
-        raise InputError(f"{path} has no config.json; expected a Hugging Face model directory", where=where)
+        raise InputError(
+            f"{path} has no config.json; expected a Hugging Face model directory", where=where
+        )
     if any(p.glob("*.safetensors")):
         return
     pickles = sorted(f.name for f in p.iterdir() if f.suffix in PICKLE_SUFFIXES)
     if pickles and not (allow_pickle or allow_pickle_requested()):
-        raise InputError(f"{path} holds only pickle checkpoints ({', '.join(pickles[:3])}); loading them can run arbitrary code — convert to safetensors, or opt in with --allow-pickle / {ALLOW_PICKLE_ENV}=1", where=where)
+        raise InputError(
+            f"{path} holds only pickle checkpoints ({', '.join(pickles[:3])}); loading them can run arbitrary code — convert to safetensors, or opt in with --allow-pickle / {ALLOW_PICKLE_ENV}=1",
+            where=where,
+        )
     if not pickles:
-        raise InputError(f"{path} has no weights (*.safetensors); expected a model directory", where=where)
+        raise InputError(
+            f"{path} has no weights (*.safetensors); expected a model directory", where=where
+        )

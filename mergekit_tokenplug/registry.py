@@ -92,7 +92,9 @@ def _load_entry_points() -> None:
             if not isinstance(spec, MethodSpec):
                 raise TypeError(f"entry point gave {type(spec).__name__}, not MethodSpec")
             if spec.name in _REGISTRY:
-                LOG.warning("entry point %s: method %r already registered, skipped", ep.name, spec.name)
+                LOG.warning(
+                    "entry point %s: method %r already registered, skipped", ep.name, spec.name
+                )
                 continue
             register(spec)
         except Exception as exc:  # a broken third-party package must not break the rest
@@ -116,7 +118,10 @@ def get(name: str) -> MethodSpec:
     methods = all_methods()
     if name not in methods:
         valid = ", ".join(sorted(methods))
-        raise ConfigError(f"unknown method {name!r}; expected one of: {valid}", where="tokenizer.approximation.method")
+        raise ConfigError(
+            f"unknown method {name!r}; expected one of: {valid}",
+            where="tokenizer.approximation.method",
+        )
     return methods[name]
 
 

@@ -15,7 +15,16 @@ import yaml
 from mergekit_tokenplug.errors import ConfigError, InputError
 
 
-def transplant_recipe(base: str, donor: str, method: str = "omp", params: dict[str, Any] | None = None, *, dtype: str | None = None, seed: int | None = None, pad_to_multiple_of: int | None = None) -> dict[str, Any]:
+def transplant_recipe(
+    base: str,
+    donor: str,
+    method: str = "omp",
+    params: dict[str, Any] | None = None,
+    *,
+    dtype: str | None = None,
+    seed: int | None = None,
+    pad_to_multiple_of: int | None = None,
+) -> dict[str, Any]:
     """The recipe ``transplant`` runs (also printed by ``--dry-run``).
 
     Local paths are made absolute: mergekit treats a relative name as a hub id in places
@@ -28,7 +37,11 @@ def transplant_recipe(base: str, donor: str, method: str = "omp", params: dict[s
     tokenizer: dict[str, Any] = {"source": donor, "approximation": approximation}
     if pad_to_multiple_of:
         tokenizer["pad_to_multiple_of"] = pad_to_multiple_of
-    recipe: dict[str, Any] = {"merge_method": "passthrough", "models": [{"model": base}], "tokenizer": tokenizer}
+    recipe: dict[str, Any] = {
+        "merge_method": "passthrough",
+        "models": [{"model": base}],
+        "tokenizer": tokenizer,
+    }
     if dtype:
         recipe["dtype"] = dtype
     return recipe
@@ -46,7 +59,10 @@ def resolve_device(device: str | None) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("CUDA was requested but no CUDA device is available; use --device cpu or --device auto", where="--device")
+        raise InputError(
+            "CUDA was requested but no CUDA device is available; use --device cpu or --device auto",
+            where="--device",
+        )
     return name
 
 
@@ -66,7 +82,10 @@ def load_recipe(recipe: dict[str, Any] | str, source_name: str = "recipe") -> An
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = f":{mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"malformed YAML ({getattr(exc, 'problem', None) or exc})", where=f"{source_name}{line}") from None
+            raise ConfigError(
+                f"malformed YAML ({getattr(exc, 'problem', None) or exc})",
+                where=f"{source_name}{line}",
+            ) from None
     if not isinstance(recipe, dict):
         raise ConfigError("expected a mapping of recipe keys", where=source_name)
     try:
@@ -77,7 +96,19 @@ def load_recipe(recipe: dict[str, Any] | str, source_name: str = "recipe") -> An
         raise ConfigError(str(exc), where=source_name) from None
 
 
-def run_recipe(merge_config: Any, out: str, *, device: str | None = "cpu", seed: int | None = None, overwrite: bool = False, quiet: bool = False, allow_pickle: bool = False, trust_remote_code: bool = False, config_source: str | None = None, **options: Any) -> dict[str, Any]:
+def run_recipe(
+    merge_config: Any,
+    out: str,
+    *,
+    device: str | None = "cpu",
+    seed: int | None = None,
+    overwrite: bool = False,
+    quiet: bool = False,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    config_source: str | None = None,
+    **options: Any,
+) -> dict[str, Any]:
     """Run a validated plugin recipe atomically; return the run's report."""
     import mergekit.merge
     from mergekit.options import MergeOptions
@@ -86,7 +117,15 @@ def run_recipe(merge_config: Any, out: str, *, device: str | None = "cpu", seed:
     from mergekit_tokenplug.inputs import ALLOW_PICKLE_ENV
     from mergekit_tokenplug.mergekit.run import run_plugin_merge
 
-    opts = MergeOptions(device=resolve_device(device), random_seed=seed, quiet=quiet, trust_remote_code=trust_remote_code, write_model_card=True, lazy_unpickle=False, **options)
+    opts = MergeOptions(
+        device=resolve_device(device),
+        random_seed=seed,
+        quiet=quiet,
+        trust_remote_code=trust_remote_code,
+        write_model_card=True,
+        lazy_unpickle=False,
+        **options,
+    )
     opts.apply_global_options()
     original = getattr(mergekit.merge.run_merge, "__wrapped__", mergekit.merge.run_merge)
     previous = os.environ.get(ALLOW_PICKLE_ENV)
@@ -103,9 +142,34 @@ def run_recipe(merge_config: Any, out: str, *, device: str | None = "cpu", seed:
     return report.snapshot()
 
 
-def transplant(base: str, donor: str, out: str, method: str = "omp", params: dict[str, Any] | None = None, *, device: str | None = "cpu", seed: int | None = None, dtype: str | None = None, pad_to_multiple_of: int | None = None, overwrite: bool = False, quiet: bool = False, allow_pickle: bool = False) -> dict[str, Any]:
+def transplant(
+    base: str,
+    donor: str,
+    out: str,
+    method: str = "omp",
+    params: dict[str, Any] | None = None,
+    *,
+    device: str | None = "cpu",
+    seed: int | None = None,
+    dtype: str | None = None,
+    pad_to_multiple_of: int | None = None,
+    overwrite: bool = False,
+    quiet: bool = False,
+    allow_pickle: bool = False,
+) -> dict[str, Any]:
     """Give ``base`` the tokenizer of ``donor`` (rows estimated with ``method``), written to ``out``."""
-    recipe = transplant_recipe(base, donor, method, params, dtype=dtype, seed=seed, pad_to_multiple_of=pad_to_multiple_of)
+    recipe = transplant_recipe(
+        base, donor, method, params, dtype=dtype, seed=seed, pad_to_multiple_of=pad_to_multiple_of
+    )
     text = yaml.safe_dump(recipe, sort_keys=False)
     merge_config = load_recipe(recipe, "transplant")
-    return run_recipe(merge_config, out, device=device, seed=seed, overwrite=overwrite, quiet=quiet, allow_pickle=allow_pickle, config_source=text)
+    return run_recipe(
+        merge_config,
+        out,
+        device=device,
+        seed=seed,
+        overwrite=overwrite,
+        quiet=quiet,
+        allow_pickle=allow_pickle,
+        config_source=text,
+    )

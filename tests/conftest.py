@@ -13,7 +13,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from models_factory import build_llama  # noqa: E402
-from tokenizers_factory import CHAT_TOKENS, CHATML_TEMPLATE, build_byte_level_bpe, build_sentencepiece_bpe  # noqa: E402
+from tokenizers_factory import (  # noqa: E402
+    CHAT_TOKENS,
+    CHATML_TEMPLATE,
+    build_byte_level_bpe,
+    build_sentencepiece_bpe,
+)
 
 
 class Zoo:
@@ -22,8 +27,18 @@ class Zoo:
     def __init__(self, root: Path):
         self.root = root
         tok_sp = build_sentencepiece_bpe(root / "tok_sp", vocab_size=700)
-        tok_bl = build_byte_level_bpe(root / "tok_bl", vocab_size=600, extra_special=CHAT_TOKENS, chat_template=CHATML_TEMPLATE)
-        tok_bl_big = build_byte_level_bpe(root / "tok_bl_big", vocab_size=760, extra_special=CHAT_TOKENS, chat_template=CHATML_TEMPLATE)
+        tok_bl = build_byte_level_bpe(
+            root / "tok_bl",
+            vocab_size=600,
+            extra_special=CHAT_TOKENS,
+            chat_template=CHATML_TEMPLATE,
+        )
+        tok_bl_big = build_byte_level_bpe(
+            root / "tok_bl_big",
+            vocab_size=760,
+            extra_special=CHAT_TOKENS,
+            chat_template=CHATML_TEMPLATE,
+        )
         self.sp_untied = build_llama(root / "sp_untied", tok_sp, seed=1)
         self.sp_tied = build_llama(root / "sp_tied", tok_sp, seed=2, tied=True)
         self.bl_tied = build_llama(root / "bl_tied", tok_bl, seed=3, tied=True)

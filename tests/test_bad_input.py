@@ -43,7 +43,9 @@ def copy_model(src: Path, dst: Path) -> Path:
 
 def test_unknown_method(zoo, tmp_path):
     out = tmp_path / "out"
-    res = run_cli("transplant", str(zoo.sp_untied), str(zoo.bl_untied), str(out), "--method", "nope")
+    res = run_cli(
+        "transplant", str(zoo.sp_untied), str(zoo.bl_untied), str(out), "--method", "nope"
+    )
     assert_clean_failure(res, out, "tokenizer.approximation.method", "nope", "omp")
 
 
@@ -110,7 +112,16 @@ def test_output_exists_and_not_empty(zoo, tmp_path):
     res = run_cli("transplant", str(zoo.sp_untied), str(zoo.bl_untied), str(out), "--k", "4")
     assert res.exit_code != 0 and "not empty" in res.output and "--overwrite" in res.output
     assert (out / "keep.txt").read_text() == "user data"
-    res = run_cli("transplant", str(zoo.sp_untied), str(zoo.bl_untied), str(out), "--k", "4", "--overwrite", "-q")
+    res = run_cli(
+        "transplant",
+        str(zoo.sp_untied),
+        str(zoo.bl_untied),
+        str(out),
+        "--k",
+        "4",
+        "--overwrite",
+        "-q",
+    )
     assert res.exit_code == 0, res.output
     assert not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
 
@@ -129,7 +140,12 @@ def test_malformed_yaml_through_mergekit_yaml(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("merge_method: passthrough\nmodels: [\n  - model: x\n")
     out = tmp_path / "out"
-    proc = subprocess.run([str(BIN / "mergekit-yaml"), str(path), str(out)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(BIN / "mergekit-yaml"), str(path), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error:")]
     assert len(lines) == 1 and "bad.yaml:" in lines[0] and "malformed YAML" in lines[0]
@@ -137,25 +153,45 @@ def test_malformed_yaml_through_mergekit_yaml(tmp_path):
 
 
 def test_plugin_recipe_refused_while_disabled(zoo, tmp_path):
-    recipe = {"merge_method": "passthrough", "models": [{"model": str(zoo.sp_untied)}],
-              "tokenizer": {"source": str(zoo.bl_untied), "approximation": {"method": "omp"}}}
+    recipe = {
+        "merge_method": "passthrough",
+        "models": [{"model": str(zoo.sp_untied)}],
+        "tokenizer": {"source": str(zoo.bl_untied), "approximation": {"method": "omp"}},
+    }
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
     out = tmp_path / "out"
     env = {**os.environ, "MERGEKIT_TOKENPLUG_DISABLE": "1"}
-    proc = subprocess.run([str(BIN / "mergekit-yaml"), str(path), str(out)], capture_output=True, text=True, timeout=120, env=env)
+    proc = subprocess.run(
+        [str(BIN / "mergekit-yaml"), str(path), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert proc.returncode != 0
     assert "disabled" in proc.stderr and "tokenizer.approximation" in proc.stderr
     assert not out.exists()
 
 
 def test_unknown_method_through_mergekit_yaml(zoo, tmp_path):
-    recipe = {"merge_method": "passthrough", "models": [{"model": str(zoo.sp_untied)}],
-              "tokenizer": {"source": str(zoo.bl_untied), "approximation": {"method": "omp", "k": "lots"}}}
+    recipe = {
+        "merge_method": "passthrough",
+        "models": [{"model": str(zoo.sp_untied)}],
+        "tokenizer": {
+            "source": str(zoo.bl_untied),
+            "approximation": {"method": "omp", "k": "lots"},
+        },
+    }
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
     out = tmp_path / "out"
-    proc = subprocess.run([str(BIN / "mergekit-yaml"), str(path), str(out)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(BIN / "mergekit-yaml"), str(path), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error:")]
     assert len(lines) == 1 and "k" in lines[0], proc.stderr[-1500:]

@@ -62,12 +62,20 @@ def test_omp_rows_match_independent_estimate_and_shared_rows_are_copied(zoo, tmp
 
 
 def test_stock_mergekit_yaml_picks_up_plugin(zoo, tmp_path):
-    recipe = {"merge_method": "passthrough", "models": [{"model": str(zoo.sp_untied)}],
-              "tokenizer": {"source": str(zoo.bl_untied), "approximation": {"method": "omp", "k": 4}}}
+    recipe = {
+        "merge_method": "passthrough",
+        "models": [{"model": str(zoo.sp_untied)}],
+        "tokenizer": {"source": str(zoo.bl_untied), "approximation": {"method": "omp", "k": 4}},
+    }
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
     out = tmp_path / "out"
-    proc = subprocess.run([str(BIN / "mergekit-yaml"), str(path), str(out), "--no-write-model-card", "--quiet"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(BIN / "mergekit-yaml"), str(path), str(out), "--no-write-model-card", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = tensors(out)
     rows = got[EMB]
@@ -80,10 +88,15 @@ def test_stock_mergekit_yaml_picks_up_plugin(zoo, tmp_path):
 
 def test_union_merge_estimates_in_each_models_own_space(zoo, tmp_path):
     """Union of two byte-level models: the base's missing rows are OMP estimates from the other."""
-    recipe = {"merge_method": "linear", "base_model": str(zoo.bl_untied),
-              "models": [{"model": str(zoo.bl_untied), "parameters": {"weight": 1.0}},
-                         {"model": str(zoo.bl_big), "parameters": {"weight": 0.0}}],
-              "tokenizer": {"source": "union", "approximation": {"method": "omp", "k": 8}}}
+    recipe = {
+        "merge_method": "linear",
+        "base_model": str(zoo.bl_untied),
+        "models": [
+            {"model": str(zoo.bl_untied), "parameters": {"weight": 1.0}},
+            {"model": str(zoo.bl_big), "parameters": {"weight": 0.0}},
+        ],
+        "tokenizer": {"source": "union", "approximation": {"method": "omp", "k": 8}},
+    }
     out = tmp_path / "out"
     run_recipe(load_recipe(recipe), str(out), quiet=True)
     base_v, other_v = regular_vocab(zoo.bl_untied), regular_vocab(zoo.bl_big)
@@ -99,15 +112,22 @@ def test_union_merge_estimates_in_each_models_own_space(zoo, tmp_path):
 
 
 def test_union_of_different_schemes_fills_mean_in_own_space(zoo, tmp_path):
-    recipe = {"merge_method": "linear", "base_model": str(zoo.sp_untied),
-              "models": [{"model": str(zoo.sp_untied), "parameters": {"weight": 1.0}},
-                         {"model": str(zoo.bl_untied), "parameters": {"weight": 0.0}}],
-              "tokenizer": {"source": "union", "approximation": {"method": "mean"}}}
+    recipe = {
+        "merge_method": "linear",
+        "base_model": str(zoo.sp_untied),
+        "models": [
+            {"model": str(zoo.sp_untied), "parameters": {"weight": 1.0}},
+            {"model": str(zoo.bl_untied), "parameters": {"weight": 0.0}},
+        ],
+        "tokenizer": {"source": "union", "approximation": {"method": "mean"}},
+    }
     out = tmp_path / "out"
     summary = run_recipe(load_recipe(recipe), str(out), quiet=True)
     got, base = tensors(out), tensors(zoo.sp_untied)
     sp_counts = next(v for k, v in summary["vocabulary"]["per_model"].items() if "sp_untied" in k)
-    assert sp_counts["canonical"] > 0, "byte-level tokens must match SentencePiece tokens canonically"
+    assert sp_counts["canonical"] > 0, (
+        "byte-level tokens must match SentencePiece tokens canonically"
+    )
     mean_row = base[EMB].mean(dim=0)
     est = next(r for r in summary["matrices"] if "sp_untied" in r["model"] and r["weight"] == EMB)
     assert est["estimated"] > 0
@@ -134,7 +154,9 @@ def test_untied_base_with_tied_donor_rebuilds_both(zoo, tmp_path):
 
 def test_special_and_chat_tokens_are_distinct_rows(zoo, tmp_path):
     out = tmp_path / "out"
-    summary = transplant(str(zoo.sp_untied), str(zoo.bl_untied), str(out), "omp", {"k": 4}, quiet=True)
+    summary = transplant(
+        str(zoo.sp_untied), str(zoo.bl_untied), str(out), "omp", {"k": 4}, quiet=True
+    )
     tok = transformers.AutoTokenizer.from_pretrained(str(out))
     got = tensors(out)[EMB]
     a, b = (tok.convert_tokens_to_ids(t) for t in ("<|im_start|>", "<|im_end|>"))
@@ -154,7 +176,9 @@ def test_output_padded_to_donor_vocab_size(zoo, tmp_path):
     n_tokens = len(transformers.AutoTokenizer.from_pretrained(str(out)))
     got = tensors(out)[EMB]
     assert got.shape[0] == rows == config(out)["vocab_size"] and rows > n_tokens
-    torch.testing.assert_close(got[n_tokens:], got[:n_tokens].mean(dim=0).expand(rows - n_tokens, -1))
+    torch.testing.assert_close(
+        got[n_tokens:], got[:n_tokens].mean(dim=0).expand(rows - n_tokens, -1)
+    )
     model = transformers.AutoModelForCausalLM.from_pretrained(str(out))
     assert model.get_input_embeddings().weight.shape[0] == rows
 
@@ -163,7 +187,9 @@ def test_same_inputs_and_seed_give_identical_bytes(zoo, tmp_path):
     digests = set()
     for i in range(2):
         out = tmp_path / f"out{i}"
-        transplant(str(zoo.sp_untied), str(zoo.bl_untied), str(out), "hewitt", {}, seed=7, quiet=True)
+        transplant(
+            str(zoo.sp_untied), str(zoo.bl_untied), str(out), "hewitt", {}, seed=7, quiet=True
+        )
         digests.add(safetensors_digest(out))
     assert len(digests) == 1
 

@@ -20,7 +20,10 @@ LOG = logging.getLogger("mergekit_tokenplug")
 _LOCK = threading.RLock()
 _DONE: set[str] = set()
 # mergekit's recipe commands and the name of their recipe-file argument.
-CLI_MODULES = {"mergekit.scripts.run_yaml": "config_file", "mergekit.scripts.multimerge": "config_file"}
+CLI_MODULES = {
+    "mergekit.scripts.run_yaml": "config_file",
+    "mergekit.scripts.multimerge": "config_file",
+}
 
 
 def mergekit_version() -> str:
@@ -32,7 +35,12 @@ def mergekit_version() -> str:
 
 def refusal_reason() -> str | None:
     """Why the plugin must not patch behaviour (None when it may)."""
-    if os.environ.get("MERGEKIT_TOKENPLUG_DISABLE", "").strip().lower() in {"1", "true", "yes", "on"}:
+    if os.environ.get("MERGEKIT_TOKENPLUG_DISABLE", "").strip().lower() in {
+        "1",
+        "true",
+        "yes",
+        "on",
+    }:
         return "the plugin is disabled (MERGEKIT_TOKENPLUG_DISABLE is set)"
     found = mergekit_version()
     if found not in SUPPORTED_MERGEKIT_VERSIONS:
@@ -78,4 +86,8 @@ def activate() -> None:
 
 
 def is_active() -> bool:
-    return {"mergekit.config", "mergekit.plan", "mergekit.merge"} <= _DONE and refusal_reason() is None
+    return {
+        "mergekit.config",
+        "mergekit.plan",
+        "mergekit.merge",
+    } <= _DONE and refusal_reason() is None

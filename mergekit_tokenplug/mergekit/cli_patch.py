@@ -24,7 +24,12 @@ def _uses_plugin_keys(path: str) -> bool:
             docs = list(yaml.safe_load_all(fh))
     except (OSError, yaml.YAMLError):
         return False
-    return any(isinstance(d, dict) and isinstance(d.get("tokenizer"), dict) and any(k in d["tokenizer"] for k in PLUGIN_TOKENIZER_KEYS) for d in docs)
+    return any(
+        isinstance(d, dict)
+        and isinstance(d.get("tokenizer"), dict)
+        and any(k in d["tokenizer"] for k in PLUGIN_TOKENIZER_KEYS)
+        for d in docs
+    )
 
 
 def yaml_error(exc: yaml.YAMLError, path: str) -> ConfigError:

@@ -21,7 +21,9 @@ def apply(config_module: ModuleType, refuse_reason: str | None = None) -> None:
     merge_cfg = config_module.MergeConfiguration
     field = merge_cfg.model_fields["tokenizer"]
     if refuse_reason is None:
-        field.annotation = Optional[PluginTokenizerField]
+        field.annotation = Optional[PluginTokenizerField]  # noqa: UP045 (runtime type)
     else:
-        field.annotation = Optional[Annotated[TokenizerConfig, BeforeValidator(refuse_plugin_keys(refuse_reason))]]
+        field.annotation = Optional[
+            Annotated[TokenizerConfig, BeforeValidator(refuse_plugin_keys(refuse_reason))]
+        ]  # noqa: UP045
     merge_cfg.model_rebuild(force=True)

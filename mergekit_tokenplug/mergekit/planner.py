@@ -10,7 +10,7 @@ import functools
 import logging
 import re
 from types import ModuleType
-from typing import Any, Optional
+from typing import Any
 
 from mergekit.architecture import WeightInfo, arch_info_for_config
 from mergekit.common import ImmutableMap, ModelReference
@@ -37,12 +37,18 @@ def donor_weight(donor: ModelReference, role: str, trust_remote_code: bool) -> W
     cfg = donor.config(trust_remote_code=trust_remote_code)
     arch = arch_info_for_config(cfg)
     if arch is None:
-        raise InputError(f"mergekit does not know the architecture {getattr(cfg, 'architectures', None)} of the donor {donor.model.path}", where="tokenizer.source")
+        raise InputError(
+            f"mergekit does not know the architecture {getattr(cfg, 'architectures', None)} of the donor {donor.model.path}",
+            where="tokenizer.source",
+        )
     vocab_weights = [w for w in arch.all_weights(cfg) if w.vocabulary_axis is not None]
     inputs = [w for w in vocab_weights if weight_role(w) == "input"]
     outputs = [w for w in vocab_weights if weight_role(w) == "output"]
     if not inputs:
-        raise InputError(f"found no input embedding tensor in the donor {donor.model.path}", where="tokenizer.source")
+        raise InputError(
+            f"found no input embedding tensor in the donor {donor.model.path}",
+            where="tokenizer.source",
+        )
     if role == "output" and outputs:
         head = outputs[0]
         tied = tuple(head.tied_names or ()) or (inputs[0].name,)
@@ -60,7 +66,9 @@ def apply(plan_module: ModuleType) -> None:
     @functools.wraps(original_init)
     def __init__(self, config, arch_info, options, out_model_config):  # noqa: N807
         original_init(self, config, arch_info, options, out_model_config)
-        self._tokenplug_align = _align_task(self) if uses_plugin(config) and self._tokenizer_task else None
+        self._tokenplug_align = (
+            _align_task(self) if uses_plugin(config) and self._tokenizer_task else None
+        )
 
     @functools.wraps(original_plan_tensor)
     def plan_tensor(self, weight, weights_in, models, cfg_reader):
@@ -79,7 +87,10 @@ def apply(plan_module: ModuleType) -> None:
         if type(permuted) is not PermutedVocabulary:
             return
         replacement = _seam_task(self, permuted, weight, align)
-        self._tensors[-1] = (planned_weight, task.model_copy(update={"gather_tensors": replacement}))
+        self._tensors[-1] = (
+            planned_weight,
+            task.model_copy(update={"gather_tensors": replacement}),
+        )
 
     planner_cls.__init__ = __init__
     planner_cls.plan_tensor = plan_tensor
@@ -95,7 +106,7 @@ def _align_task(planner: Any) -> AlignVocabulary:
     config = planner.config
     source = config.tokenizer.source
     models = tuple(config.referenced_models())
-    donor: Optional[ModelReference] = None
+    donor: ModelReference | None = None
     if isinstance(source, ModelReference):
         reference, cut = source, True
         if source not in models and needs_donor_embeddings(config):
@@ -113,12 +124,18 @@ def _align_task(planner: Any) -> AlignVocabulary:
     )
 
 
-def _seam_task(planner: Any, permuted: PermutedVocabulary, weight: WeightInfo, align: AlignVocabulary) -> ApproximatedVocabulary:
+def _seam_task(
+    planner: Any, permuted: PermutedVocabulary, weight: WeightInfo, align: AlignVocabulary
+) -> ApproximatedVocabulary:
     role = weight_role(weight)
     donor_tensors = None
     if align.donor is not None:
         donor_tensors = GatherTensors(
-            weight_info=ImmutableMap(data={align.donor: donor_weight(align.donor, role, planner.options.trust_remote_code)}),
+            weight_info=ImmutableMap(
+                data={
+                    align.donor: donor_weight(align.donor, role, planner.options.trust_remote_code)
+                }
+            ),
             dtype=permuted.gather_tensors.dtype,
             device=permuted.gather_tensors.device,
         )

@@ -20,7 +20,7 @@ from mergekit_tokenplug import report
 from mergekit_tokenplug.inputs import check_model_dir
 from mergekit_tokenplug.mergekit.schema import uses_plugin
 from mergekit_tokenplug.output.atomic import atomic_directory
-from mergekit_tokenplug.output.card import vocabulary_section
+from mergekit_tokenplug.output.card import model_card, vocabulary_section
 from mergekit_tokenplug.output.config_fix import fix_config
 from mergekit_tokenplug.output.manifest import input_record, write_manifest
 
@@ -42,14 +42,29 @@ def apply(merge_module: ModuleType) -> None:
     merge_module.run_merge = run_merge
 
 
-def run_plugin_merge(original: Any, merge_config: Any, out_path: str, options: Any, config_source: str | None, overwrite: bool = False) -> None:
+def run_plugin_merge(
+    original: Any,
+    merge_config: Any,
+    out_path: str,
+    options: Any,
+    config_source: str | None,
+    overwrite: bool = False,
+) -> None:
     """Stock merge into a temp dir, then finalize and move into place."""
     recipe = config_source or merge_config.to_yaml()
     check_inputs(merge_config)
     report.reset()
+    # The plugin writes the whole card itself: stock card generation looks local relative
+    # paths up on the hub, which fails offline and in CI.
+    write_card = options.write_model_card
     with atomic_directory(out_path, overwrite=overwrite) as tmp:
-        original(merge_config, str(tmp), options, config_source=recipe)
-        finalize(tmp, merge_config, recipe, options)
+        original(
+            merge_config,
+            str(tmp),
+            options.model_copy(update={"write_model_card": False}),
+            config_source=recipe,
+        )
+        finalize(tmp, merge_config, recipe, options, write_card=write_card)
     LOG.info("wrote %s", out_path)
 
 
@@ -61,10 +76,17 @@ def check_inputs(merge_config: Any) -> None:
         check_model_dir(model.model.path, where=f"models: {model.model.path}")
     source = merge_config.tokenizer.source
     if isinstance(source, ModelReference) and source not in merge_config.referenced_models():
-        check_model_dir(source.model.path, where="tokenizer.source", need_tokenizer=True, need_weights=needs_donor_embeddings(merge_config))
+        check_model_dir(
+            source.model.path,
+            where="tokenizer.source",
+            need_tokenizer=True,
+            need_weights=needs_donor_embeddings(merge_config),
+        )
 
 
-def finalize(out_dir: Path, merge_config: Any, recipe: str, options: Any) -> dict[str, Any]:
+def finalize(
+    out_dir: Path, merge_config: Any, recipe: str, options: Any, write_card: bool = True
+) -> dict[str, Any]:
     """Config fix-ups, generation config, model card section and manifest."""
     import transformers
 
@@ -78,13 +100,35 @@ def finalize(out_dir: Path, merge_config: Any, recipe: str, options: Any) -> dic
             shutil.copyfile(gen, out_dir / "generation_config.json")
     changes = fix_config(out_dir, rows=rows, tokenizer=tokenizer)
     approx = merge_config.tokenizer.approximation
-    section = vocabulary_section(method=approx.method, params=approx.method_params(), report=snap)
-    card = out_dir / "README.md"
-    card.write_text((card.read_text(encoding="utf-8") + "\n" if card.exists() else "") + section, encoding="utf-8")
+    if write_card:
+        section = vocabulary_section(
+            method=approx.method, params=approx.method_params(), report=snap
+        )
+        (out_dir / "README.md").write_text(
+            model_card(merge_config, recipe, section), encoding="utf-8"
+        )
+        (out_dir / "mergekit_config.yml").write_text(recipe, encoding="utf-8")
     for rec in snap["matrices"]:
-        LOG.info("%s %s: copied %d, estimated %d (%s), padded %d", rec["model"], rec["weight"], rec["copied"], rec["estimated"], rec["by_method"], rec["padded"])
-    inputs = [{"role": "model", **input_record(m.model.path)} for m in sorted(merge_config.referenced_models(), key=str)]
+        LOG.info(
+            "%s %s: copied %d, estimated %d (%s), padded %d",
+            rec["model"],
+            rec["weight"],
+            rec["copied"],
+            rec["estimated"],
+            rec["by_method"],
+            rec["padded"],
+        )
+    inputs = [
+        {"role": "model", **input_record(m.model.path)}
+        for m in sorted(merge_config.referenced_models(), key=str)
+    ]
     if isinstance(source, ModelReference) and source not in merge_config.referenced_models():
         inputs.append({"role": "donor", **input_record(source.model.path)})
-    write_manifest(out_dir, inputs=inputs, recipe=recipe, report=snap, extra={"config_changes": changes, "seed": options.random_seed})
+    write_manifest(
+        out_dir,
+        inputs=inputs,
+        recipe=recipe,
+        report=snap,
+        extra={"config_changes": changes, "seed": options.random_seed},
+    )
     return snap

@@ -9,7 +9,7 @@ a callable discriminator that routes any value carrying a plugin key to the exte
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Optional, Union
+from typing import Annotated, Any
 
 import pydantic
 from mergekit.tokenizer.config import TokenizerConfig
@@ -26,7 +26,9 @@ class ApproximationConfig(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     method: str = "omp"
-    seed: Optional[int] = Field(None, description="seed for stochastic methods (defaults to --random-seed, else 0)")
+    seed: int | None = Field(
+        None, description="seed for stochastic methods (defaults to --random-seed, else 0)"
+    )
 
     @pydantic.model_validator(mode="after")
     def _check_method(self) -> ApproximationConfig:
@@ -47,7 +49,10 @@ class ApproximationConfig(BaseModel):
 
     def key(self) -> str:
         """A canonical, hashable form for mergekit's frozen task fields."""
-        return json.dumps({"method": self.method, "seed": self.seed, "params": self.method_params()}, sort_keys=True)
+        return json.dumps(
+            {"method": self.method, "seed": self.seed, "params": self.method_params()},
+            sort_keys=True,
+        )
 
     @classmethod
     def from_key(cls, key: str) -> ApproximationConfig:
@@ -70,7 +75,7 @@ def _tokenizer_kind(value: Any) -> str:
 
 
 PluginTokenizerField = Annotated[
-    Union[Annotated[TokenplugTokenizerConfig, Tag("plugin")], Annotated[TokenizerConfig, Tag("stock")]],
+    Annotated[TokenplugTokenizerConfig, Tag("plugin")] | Annotated[TokenizerConfig, Tag("stock")],
     Discriminator(_tokenizer_kind),
 ]
 
@@ -85,7 +90,10 @@ def refuse_plugin_keys(reason: str):
 
     def _refuse(value: Any) -> Any:
         if _tokenizer_kind(value) == "plugin":
-            raise ConfigError(f"this recipe uses mergekit-tokenplug's keys but {reason}; refusing to run it with stock mergekit (which would copy raw rows or write zeros)", where="tokenizer.approximation")
+            raise ConfigError(
+                f"this recipe uses mergekit-tokenplug's keys but {reason}; refusing to run it with stock mergekit (which would copy raw rows or write zeros)",
+                where="tokenizer.approximation",
+            )
         return value
 
     return _refuse

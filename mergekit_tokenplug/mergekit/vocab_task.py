@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,7 +54,7 @@ class VocabPlan:
     rows: int  # output rows (>= n_tokens: padding after)
     regular: np.ndarray  # (n_tokens,) bool: regular (non-special, non-added) output tokens
     models: dict[str, ModelVocab]
-    donor: Optional[ModelVocab] = None
+    donor: ModelVocab | None = None
     _texts: dict[str, TextSupport] = field(default_factory=dict)
 
     def text_support(self, key: str) -> TextSupport:
@@ -81,10 +81,16 @@ def model_key(model: ModelReference) -> str:
 def _load_tokenizer(model: ModelReference, trust_remote_code: bool, where: str) -> Any:
     try:
         return transformers.AutoTokenizer.from_pretrained(
-            model.model.path, revision=model.model.revision, trust_remote_code=trust_remote_code, use_fast=True
+            model.model.path,
+            revision=model.model.revision,
+            trust_remote_code=trust_remote_code,
+            use_fast=True,
         )
     except Exception as exc:
-        raise InputError(f"cannot load a tokenizer from {model.model.path} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); expected a directory with tokenizer.json or tokenizer.model", where=where) from None
+        raise InputError(
+            f"cannot load a tokenizer from {model.model.path} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); expected a directory with tokenizer.json or tokenizer.model",
+            where=where,
+        ) from None
 
 
 def _model_rows(model: ModelReference, tokenizer: Any, trust_remote_code: bool) -> int:
@@ -108,10 +114,10 @@ class AlignVocabulary(Task[VocabPlan]):
 
     tokenizer_task: BuildTokenizer
     models: tuple[ModelReference, ...]
-    donor: Optional[ModelReference] = None
-    reference_rows_model: Optional[ModelReference] = None  # whose config vocab_size sets the rows
+    donor: ModelReference | None = None
+    reference_rows_model: ModelReference | None = None  # whose config vocab_size sets the rows
     cut_to_reference: bool = False  # True when the output tokenizer is that model's own
-    pad_to_multiple_of: Optional[int] = None
+    pad_to_multiple_of: int | None = None
     trust_remote_code: bool = False
 
     def arguments(self) -> dict[str, Task]:
@@ -122,7 +128,9 @@ class AlignVocabulary(Task[VocabPlan]):
         max_id = max(out_tok.get_vocab().values()) + 1
         rows = max_id
         if self.reference_rows_model is not None:
-            ref_rows = get_vocab_size(self.reference_rows_model.model, trust_remote_code=self.trust_remote_code)
+            ref_rows = get_vocab_size(
+                self.reference_rows_model.model, trust_remote_code=self.trust_remote_code
+            )
             if ref_rows:
                 rows = int(ref_rows) if self.cut_to_reference else max(max_id, int(ref_rows))
         n_tokens = min(max_id, rows)
@@ -134,12 +142,24 @@ class AlignVocabulary(Task[VocabPlan]):
             model_rows = _model_rows(model, tok, self.trust_remote_code)
             alignment = align_vocab(out_tok, tok, model_rows=model_rows, out_rows=n_tokens)
             if alignment.size > n_tokens:  # output ids past the reference rows cannot be embedded
-                alignment.src_ids, alignment.how = alignment.src_ids[:n_tokens], alignment.how[:n_tokens]
-            return ModelVocab(name=model_key(model), tokenizer=tok, rows=model_rows, alignment=alignment)
+                alignment.src_ids, alignment.how = (
+                    alignment.src_ids[:n_tokens],
+                    alignment.how[:n_tokens],
+                )
+            return ModelVocab(
+                name=model_key(model), tokenizer=tok, rows=model_rows, alignment=alignment
+            )
 
         models = {model_key(m): vocab_for(m, f"models: {m.model.path}") for m in self.models}
         donor = vocab_for(self.donor, "tokenizer.source") if self.donor is not None else None
-        plan = VocabPlan(tokenizer=out_tok, n_tokens=n_tokens, rows=rows, regular=_regular_mask(out_tok, n_tokens), models=models, donor=donor)
+        plan = VocabPlan(
+            tokenizer=out_tok,
+            n_tokens=n_tokens,
+            rows=rows,
+            regular=_regular_mask(out_tok, n_tokens),
+            models=models,
+            donor=donor,
+        )
         summary = {
             "output_tokens": n_tokens,
             "output_rows": rows,
@@ -157,7 +177,7 @@ class ApproximatedVocabulary(PermutedVocabulary):
     """``PermutedVocabulary`` whose missing rows are estimated in each model's own space."""
 
     align_task: AlignVocabulary
-    donor_tensors: Optional[GatherTensors] = None
+    donor_tensors: GatherTensors | None = None
     approximation: str  # ApproximationConfig.key()
     role: str  # "input" | "output"
     weight_name: str
@@ -165,7 +185,11 @@ class ApproximatedVocabulary(PermutedVocabulary):
     show_progress: bool = True
 
     def arguments(self) -> dict[str, Task]:
-        args: dict[str, Task] = {"tokenizer_info": self.tokenizer_task, "tensors": self.gather_tensors, "plan": self.align_task}
+        args: dict[str, Task] = {
+            "tokenizer_info": self.tokenizer_task,
+            "tensors": self.gather_tensors,
+            "plan": self.align_task,
+        }
         if self.donor_tensors is not None:
             args["donor"] = self.donor_tensors
         return args
@@ -178,7 +202,7 @@ class ApproximatedVocabulary(PermutedVocabulary):
         tokenizer_info: TokenizerInfo,
         tensors: dict[ModelReference, torch.Tensor],
         plan: VocabPlan,
-        donor: Optional[dict[ModelReference, torch.Tensor]] = None,
+        donor: dict[ModelReference, torch.Tensor] | None = None,
     ) -> dict[ModelReference, torch.Tensor]:
         if not tensors:
             return {}
@@ -193,15 +217,24 @@ class ApproximatedVocabulary(PermutedVocabulary):
             mv = plan.models[model_key(m)]
             self._check_rows(views[m], mv, f"models: {m.model.path} ({self.weight_name})")
             check_finite(views[m], f"{m.model.path}: {self.weight_name}")
-            spaces[mv.name] = SourceSpace(mv.name, views[m], mv.alignment.src_ids, anchor_mask=plan.regular)
+            spaces[mv.name] = SourceSpace(
+                mv.name, views[m], mv.alignment.src_ids, anchor_mask=plan.regular
+            )
         order = sorted(models, key=lambda m: (m != self.base_model, models.index(m)))
         donor_space = None
         if donor:
             d_ref, d_tensor = next(iter(donor.items()))
             d_view = d_tensor.movedim(self.vocabulary_axis, 0) if d_tensor.ndim > 1 else d_tensor
-            self._check_rows(d_view, plan.donor, f"tokenizer.source: {d_ref.model.path} ({self.weight_name})")
+            self._check_rows(
+                d_view, plan.donor, f"tokenizer.source: {d_ref.model.path} ({self.weight_name})"
+            )
             check_finite(d_view, f"{d_ref.model.path}: donor {self.role} embeddings")
-            donor_space = SourceSpace(f"donor {d_ref.model.path}", d_view, plan.donor.alignment.src_ids, anchor_mask=plan.regular)
+            donor_space = SourceSpace(
+                f"donor {d_ref.model.path}",
+                d_view,
+                plan.donor.alignment.src_ids,
+                anchor_mask=plan.regular,
+            )
 
         forced, explicit = self._token_overrides(plan)
         result = {}
@@ -211,18 +244,36 @@ class ApproximatedVocabulary(PermutedVocabulary):
             if donor_space is not None:
                 sources.append(donor_space)
             filled, rep = fill_matrix(
-                model=mv.name, role=self.role, matrix=views[m], src_ids=mv.alignment.src_ids, out_rows=plan.rows,
-                sources=sources, method=approx.method, params=params, anchor_mask=plan.regular,
-                texts=plan.text_support(mv.name), seed=self.seed if approx.seed is None else approx.seed,
-                force_estimate=forced, show_progress=self.show_progress,
+                model=mv.name,
+                role=self.role,
+                matrix=views[m],
+                src_ids=mv.alignment.src_ids,
+                out_rows=plan.rows,
+                sources=sources,
+                method=approx.method,
+                params=params,
+                anchor_mask=plan.regular,
+                texts=plan.text_support(mv.name),
+                seed=self.seed if approx.seed is None else approx.seed,
+                force_estimate=forced,
+                show_progress=self.show_progress,
             )
             filled = filled.to(dtype)
             if explicit:
                 stock_views = {o: views[o] for o in models}
                 for token, token_id in explicit.items():
-                    if forced is not None and forced[token_id] or mv.alignment.src_ids[token_id] < 0:
+                    if (
+                        forced is not None
+                        and forced[token_id]
+                        or mv.alignment.src_ids[token_id] < 0
+                    ):
                         filled[token_id] = self.compute_default_embedding(
-                            tokenizer_info, stock_views, tokenizer_info.permutations, token, token_id, self.tokens[token]
+                            tokenizer_info,
+                            stock_views,
+                            tokenizer_info.permutations,
+                            token,
+                            token_id,
+                            self.tokens[token],
                         ).to(dtype)
             report.add_fill({**rep.as_dict(), "weight": self.weight_name, "method": approx.method})
             result[m] = filled.movedim(0, self.vocabulary_axis)
@@ -232,12 +283,18 @@ class ApproximatedVocabulary(PermutedVocabulary):
     def _check_rows(view: torch.Tensor, mv: ModelVocab, where: str) -> None:
         rows = view.shape[0]
         if rows != mv.rows:
-            raise InputError(f"has {rows} rows but the model's config declares vocab_size {mv.rows}; expected them to agree", where=where)
+            raise InputError(
+                f"has {rows} rows but the model's config declares vocab_size {mv.rows}; expected them to agree",
+                where=where,
+            )
         regular = len(mv.tokenizer.get_vocab()) - len(mv.tokenizer.added_tokens_decoder)
         if rows < regular:
-            raise InputError(f"has {rows} rows but its tokenizer has {regular} regular tokens; expected at least one row per token", where=where)
+            raise InputError(
+                f"has {rows} rows but its tokenizer has {regular} regular tokens; expected at least one row per token",
+                where=where,
+            )
 
-    def _token_overrides(self, plan: VocabPlan) -> tuple[Optional[np.ndarray], dict[str, int]]:
+    def _token_overrides(self, plan: VocabPlan) -> tuple[np.ndarray | None, dict[str, int]]:
         """Tokens listed under ``tokenizer.tokens``: which are forced, which have explicit sources."""
         if not self.tokens:
             return None, {}

@@ -22,9 +22,15 @@ def check_output_dir(out_path: str | os.PathLike, overwrite: bool = False) -> Pa
     """Refuse a non-empty OUT unless overwriting was asked for; return it resolved."""
     out = Path(out_path).expanduser().resolve()
     if out.exists() and not out.is_dir():
-        raise InputError("exists and is not a directory; expected a new or empty directory", where=f"output path {out}")
+        raise InputError(
+            "exists and is not a directory; expected a new or empty directory",
+            where=f"output path {out}",
+        )
     if out.is_dir() and any(out.iterdir()) and not (overwrite or overwrite_requested()):
-        raise InputError(f"exists and is not empty; expected a new or empty directory (pass --overwrite or set {OVERWRITE_ENV}=1 to replace it)", where=f"output path {out}")
+        raise InputError(
+            f"exists and is not empty; expected a new or empty directory (pass --overwrite or set {OVERWRITE_ENV}=1 to replace it)",
+            where=f"output path {out}",
+        )
     return out
 
 

@@ -26,8 +26,45 @@ def vocabulary_section(*, method: str, params: dict[str, Any], report: dict[str,
     per_model.update({f"{k} (donor)": v for k, v in vocab.get("donor", {}).items()})
     for name, counts in per_model.items():
         lines.append(f"| {name} | " + " | ".join(str(counts.get(k, 0)) for k in COUNT_KEYS) + " |")
-    lines += ["", "| model | matrix | copied | estimated | padded | estimated from |", "|---|---|---:|---:|---:|---|"]
+    lines += [
+        "",
+        "| model | matrix | copied | estimated | padded | estimated from |",
+        "|---|---|---:|---:|---:|---|",
+    ]
     for rec in report.get("matrices", []):
         sources = ", ".join(f"{k}: {v}" for k, v in rec.get("by_source", {}).items()) or "-"
-        lines.append(f"| {rec['model']} | {rec['weight']} | {rec['copied']} | {rec['estimated']} | {rec['padded']} | {sources} |")
+        lines.append(
+            f"| {rec['model']} | {rec['weight']} | {rec['copied']} | {rec['estimated']} | {rec['padded']} | {sources} |"
+        )
     return "\n".join(lines) + "\n"
+
+
+def model_card(merge_config: Any, recipe: str, vocabulary_md: str) -> str:
+    """The whole README.md: what was built, from what, with which recipe."""
+    models = sorted(str(m.model.path) for m in merge_config.referenced_models())
+    source = merge_config.tokenizer.source
+    lines = [
+        "---",
+        "library_name: transformers",
+        "tags:",
+        "- mergekit",
+        "- merge",
+        "- mergekit-tokenplug",
+        "---",
+        "",
+        "# Merged model",
+        "",
+        f"Built with [mergekit](https://github.com/arcee-ai/mergekit) (`{merge_config.merge_method}`) and mergekit-tokenplug.",
+        "",
+        "Models: " + ", ".join(f"`{m}`" for m in models) + ".",
+        f"Tokenizer: `{getattr(getattr(source, 'model', None), 'path', source)}`.",
+        "",
+        vocabulary_md,
+        "## Recipe",
+        "",
+        "```yaml",
+        recipe.rstrip(),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)

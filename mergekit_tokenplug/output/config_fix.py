@@ -20,12 +20,18 @@ def token_role_ids(tokenizer: Any) -> dict[str, int | None]:
     return {key: getattr(tokenizer, key, None) for key in ROLE_KEYS}
 
 
-def fix_config(out_dir: Path, *, rows: int | None, tokenizer: Any, vocab_key: str = "vocab_size") -> dict[str, Any]:
+def fix_config(
+    out_dir: Path, *, rows: int | None, tokenizer: Any, vocab_key: str = "vocab_size"
+) -> dict[str, Any]:
     """Rewrite config.json (and generation_config.json if present) in place; return the changes."""
     cfg_path = out_dir / "config.json"
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     changes: dict[str, Any] = {}
-    target = cfg.get("text_config", cfg) if vocab_key not in cfg and isinstance(cfg.get("text_config"), dict) else cfg
+    target = (
+        cfg.get("text_config", cfg)
+        if vocab_key not in cfg and isinstance(cfg.get("text_config"), dict)
+        else cfg
+    )
     if rows is not None and target.get(vocab_key) != rows:
         changes[vocab_key] = rows
         target[vocab_key] = rows

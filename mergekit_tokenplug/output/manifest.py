@@ -19,7 +19,9 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def hash_tree(root: str | os.PathLike, pattern: str = "*", exclude: tuple[str, ...] = ()) -> dict[str, str]:
+def hash_tree(
+    root: str | os.PathLike, pattern: str = "*", exclude: tuple[str, ...] = ()
+) -> dict[str, str]:
     """sha256 of every file under ``root`` matching ``pattern`` (relative posix paths, sorted)."""
     base = Path(root)
     files = sorted(p for p in base.rglob(pattern) if p.is_file() and p.name not in exclude)
@@ -33,16 +35,31 @@ def versions() -> dict[str, str]:
 
     import mergekit_tokenplug
 
-    return {"mergekit-tokenplug": mergekit_tokenplug.__version__, "mergekit": version("mergekit"), "torch": torch.__version__, "transformers": version("transformers")}
+    return {
+        "mergekit-tokenplug": mergekit_tokenplug.__version__,
+        "mergekit": version("mergekit"),
+        "torch": torch.__version__,
+        "transformers": version("transformers"),
+    }
 
 
 def input_record(path: str) -> dict[str, Any]:
     """A model input: its path and the sha256 of each of its safetensors files."""
     p = Path(path)
-    return {"path": str(p.resolve()) if p.exists() else path, "safetensors": hash_tree(p, "*.safetensors") if p.is_dir() else {}}
+    return {
+        "path": str(p.resolve()) if p.exists() else path,
+        "safetensors": hash_tree(p, "*.safetensors") if p.is_dir() else {},
+    }
 
 
-def write_manifest(out_dir: str | os.PathLike, *, inputs: list[dict[str, Any]], recipe: str, report: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
+def write_manifest(
+    out_dir: str | os.PathLike,
+    *,
+    inputs: list[dict[str, Any]],
+    recipe: str,
+    report: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Write the manifest last, hashing every other output file."""
     out = Path(out_dir)
     manifest = {
@@ -66,6 +83,8 @@ def verify_manifest(out_dir: str | os.PathLike) -> list[str]:
     recorded: dict[str, str] = manifest["outputs"]
     actual = hash_tree(out, exclude=(MANIFEST_NAME,))
     problems = [f"missing: {name}" for name in recorded if name not in actual]
-    problems += [f"changed: {name}" for name in recorded if name in actual and actual[name] != recorded[name]]
+    problems += [
+        f"changed: {name}" for name in recorded if name in actual and actual[name] != recorded[name]
+    ]
     problems += [f"unexpected: {name}" for name in actual if name not in recorded]
     return problems
