@@ -337,3 +337,17 @@ def test_align_262k_vocabularies_runs():
     # words without the "é" suffix exist in both (half as word starts): canonical or exact
     assert counts["canonical"] > n // 3 and counts["exact"] > n // 3
     assert al.src_ids.max() < n
+
+
+def test_non_special_added_tokens(tmp_path, toks):
+    """Added tokens that are plain text match by string or by the text they decode to; the
+    rest are reported apart from the special ones."""
+    out = build_sentencepiece_bpe(tmp_path / "out", vocab_size=400)
+    out.add_tokens(["  ", "<tool>"])  # non-special: literal text
+    bl = toks["bl"]
+    al = align_vocab(out, bl, model_rows=len(bl))
+    spaces, tool = out.convert_tokens_to_ids(["  ", "<tool>"])
+    assert al.how[spaces] == CANONICAL and al.src_ids[spaces] == bl.convert_tokens_to_ids("ĠĠ")
+    assert al.src_ids[tool] == -1 and al.unmatched_added == [tool]
+    assert tool not in al.unmatched_special
+    assert token_texts(out, [spaces, tool]) == ["  ", "<tool>"]

@@ -23,7 +23,6 @@ def apply(config_module: ModuleType, refuse_reason: str | None = None) -> None:
     if refuse_reason is None:
         field.annotation = Optional[PluginTokenizerField]  # noqa: UP045 (runtime type)
     else:
-        field.annotation = Optional[
-            Annotated[TokenizerConfig, BeforeValidator(refuse_plugin_keys(refuse_reason))]
-        ]  # noqa: UP045
+        guarded = Annotated[TokenizerConfig, BeforeValidator(refuse_plugin_keys(refuse_reason))]
+        field.annotation = Optional[guarded]  # noqa: UP045 (runtime type)
     merge_cfg.model_rebuild(force=True)

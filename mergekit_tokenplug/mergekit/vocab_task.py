@@ -57,6 +57,17 @@ class VocabPlan:
     donor: ModelVocab | None = None
     _texts: dict[str, TextSupport] = field(default_factory=dict)
 
+    def summary(self) -> dict[str, Any]:
+        """Counts for the log, card and manifest."""
+        out: dict[str, Any] = {
+            "output_tokens": self.n_tokens,
+            "output_rows": self.rows,
+            "per_model": {k: v.alignment.counts() for k, v in self.models.items()},
+        }
+        if self.donor is not None:
+            out["donor"] = {self.donor.name: self.donor.alignment.counts()}
+        return out
+
     def text_support(self, key: str) -> TextSupport:
         """Tokenizer callables for methods that need texts, built once per model."""
         if key not in self._texts:
@@ -124,53 +135,64 @@ class AlignVocabulary(Task[VocabPlan]):
         return {"tokenizer_info": self.tokenizer_task}
 
     def execute(self, tokenizer_info: TokenizerInfo) -> VocabPlan:
-        out_tok = tokenizer_info.tokenizer
-        max_id = max(out_tok.get_vocab().values()) + 1
-        rows = max_id
-        if self.reference_rows_model is not None:
-            ref_rows = get_vocab_size(
-                self.reference_rows_model.model, trust_remote_code=self.trust_remote_code
-            )
-            if ref_rows:
-                rows = int(ref_rows) if self.cut_to_reference else max(max_id, int(ref_rows))
-        n_tokens = min(max_id, rows)
-        if self.pad_to_multiple_of and rows % self.pad_to_multiple_of:
-            rows += self.pad_to_multiple_of - rows % self.pad_to_multiple_of
-
-        def vocab_for(model: ModelReference, where: str) -> ModelVocab:
-            tok = _load_tokenizer(model, self.trust_remote_code, where)
-            model_rows = _model_rows(model, tok, self.trust_remote_code)
-            alignment = align_vocab(out_tok, tok, model_rows=model_rows, out_rows=n_tokens)
-            if alignment.size > n_tokens:  # output ids past the reference rows cannot be embedded
-                alignment.src_ids, alignment.how = (
-                    alignment.src_ids[:n_tokens],
-                    alignment.how[:n_tokens],
-                )
-            return ModelVocab(
-                name=model_key(model), tokenizer=tok, rows=model_rows, alignment=alignment
-            )
-
-        models = {model_key(m): vocab_for(m, f"models: {m.model.path}") for m in self.models}
-        donor = vocab_for(self.donor, "tokenizer.source") if self.donor is not None else None
-        plan = VocabPlan(
-            tokenizer=out_tok,
-            n_tokens=n_tokens,
-            rows=rows,
-            regular=_regular_mask(out_tok, n_tokens),
-            models=models,
-            donor=donor,
+        plan = make_vocab_plan(
+            tokenizer_info.tokenizer,
+            self.models,
+            donor=self.donor,
+            reference_rows_model=self.reference_rows_model,
+            cut_to_reference=self.cut_to_reference,
+            pad_to_multiple_of=self.pad_to_multiple_of,
+            trust_remote_code=self.trust_remote_code,
         )
-        summary = {
-            "output_tokens": n_tokens,
-            "output_rows": rows,
-            "per_model": {k: v.alignment.counts() for k, v in models.items()},
-        }
-        if donor is not None:
-            summary["donor"] = {donor.name: donor.alignment.counts()}
-        report.set_vocab(summary)
-        for name, mv in models.items():
+        report.set_vocab(plan.summary())
+        for name, mv in plan.models.items():
             LOG.info("vocabulary %s: %s", name, mv.alignment.counts())
         return plan
+
+
+def make_vocab_plan(
+    out_tok: Any,
+    models: tuple[ModelReference, ...] | list[ModelReference],
+    *,
+    donor: ModelReference | None = None,
+    reference_rows_model: ModelReference | None = None,
+    cut_to_reference: bool = False,
+    pad_to_multiple_of: int | None = None,
+    trust_remote_code: bool = False,
+) -> VocabPlan:
+    """Decide the output rows and align every model (and the donor) onto the output vocabulary.
+
+    Also used without running a merge (``plan``, ``recipes validate``): it reads tokenizers and
+    configs only, never weights.
+    """
+    max_id = max(out_tok.get_vocab().values()) + 1
+    rows = max_id
+    if reference_rows_model is not None:
+        ref_rows = get_vocab_size(reference_rows_model.model, trust_remote_code=trust_remote_code)
+        if ref_rows:
+            rows = int(ref_rows) if cut_to_reference else max(max_id, int(ref_rows))
+    n_tokens = min(max_id, rows)
+    if pad_to_multiple_of and rows % pad_to_multiple_of:
+        rows += pad_to_multiple_of - rows % pad_to_multiple_of
+
+    def vocab_for(model: ModelReference, where: str) -> ModelVocab:
+        tok = _load_tokenizer(model, trust_remote_code, where)
+        model_rows = _model_rows(model, tok, trust_remote_code)
+        alignment = align_vocab(out_tok, tok, model_rows=model_rows, out_rows=n_tokens)
+        if alignment.size > n_tokens:  # output ids past the reference rows cannot be embedded
+            alignment.src_ids, alignment.how = alignment.src_ids[:n_tokens], alignment.how[:n_tokens]
+        return ModelVocab(name=model_key(model), tokenizer=tok, rows=model_rows, alignment=alignment)
+
+    vocabs = {model_key(m): vocab_for(m, f"models: {m.model.path}") for m in models}
+    donor_vocab = vocab_for(donor, "tokenizer.source") if donor is not None else None
+    return VocabPlan(
+        tokenizer=out_tok,
+        n_tokens=n_tokens,
+        rows=rows,
+        regular=_regular_mask(out_tok, n_tokens),
+        models=vocabs,
+        donor=donor_vocab,
+    )
 
 
 class ApproximatedVocabulary(PermutedVocabulary):
