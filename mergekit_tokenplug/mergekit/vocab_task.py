@@ -57,6 +57,14 @@ class VocabPlan:
     donor: ModelVocab | None = None
     _texts: dict[str, TextSupport] = field(default_factory=dict)
 
+    @functools.cached_property
+    def _output_texts(self) -> list[str]:
+        return token_texts(self.tokenizer, list(range(self.n_tokens)))
+
+    def output_texts(self) -> list[str]:
+        """Decoded text of every output token, computed once per merge."""
+        return self._output_texts
+
     def summary(self) -> dict[str, Any]:
         """Counts for the log, card and manifest."""
         out: dict[str, Any] = {
@@ -72,13 +80,14 @@ class VocabPlan:
         """Tokenizer callables for methods that need texts, built once per model."""
         if key not in self._texts:
             mv = self.models[key]
-            out_tok, model_tok, rows = self.tokenizer, mv.tokenizer, mv.rows
+            model_tok, rows = mv.tokenizer, mv.rows
 
             def split_base(texts: list[str]) -> list[list[int]]:
-                return [[i for i in ids if i < rows] for ids in split_texts(model_tok, texts)]
+                pieces = split_texts(model_tok, texts, running_text=True)
+                return [[i for i in ids if i < rows] for ids in pieces]
 
             self._texts[key] = TextSupport(
-                out_texts=lambda ids: token_texts(out_tok, list(map(int, ids))),
+                out_texts=lambda ids: [self.output_texts()[int(i)] for i in ids],
                 split_base=split_base,
                 base_vocab_texts=functools.cache(lambda: token_texts(model_tok, list(range(rows)))),
             )

@@ -87,7 +87,7 @@ _VOCAB_CACHE: dict[str, object] = {}
 def _vocab_embeddings(
     embed: EmbedFn, texts: list[str], device: torch.device, cacheable: bool
 ) -> torch.Tensor:
-    key = (len(texts), hash(tuple(texts)))
+    key = tuple(texts)
     if cacheable and _VOCAB_CACHE.get("fn") is embed and _VOCAB_CACHE.get("key") == key:
         return _VOCAB_CACHE["vecs"].to(device)  # type: ignore[union-attr]
     vecs = _embed_unique(embed, texts, device)
@@ -164,8 +164,11 @@ def _global(
     params: TokenAdaptParams,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Global estimates for one chunk: softmax(sim / tau) over the kept top-k neighbours."""
-    sims = target_vecs @ vocab_vecs.T
-    sims = sims.masked_fill(~vocab_valid.unsqueeze(0), float("-inf"))
+    if bool(vocab_valid.all()):
+        sims = target_vecs @ vocab_vecs.T
+    else:  # rows without a vector get -inf, fused into the matmul
+        bias = torch.zeros(vocab_vecs.shape[0], dtype=torch.float32, device=vocab_vecs.device)
+        sims = torch.addmm(bias.masked_fill(~vocab_valid, float("-inf")), target_vecs, vocab_vecs.T)
     k = min(params.top_k, vocab_vecs.shape[0])
     top, idx = torch.topk(sims, k, dim=1)
     target_valid = target_vecs.norm(dim=1) > 0.5  # normalized vectors are 1 or 0

@@ -79,6 +79,27 @@ CHECK_STOCK = (
     "assert ann == typing.Optional[TokenizerConfig], f'schema is patched: {ann}'\n"
     "assert 'mergekit_tokenplug.mergekit.activation' not in sys.modules, 'plugin was loaded'\n"
 )
+# Root conftest of the work dir: records, at the end of the real test session, whether the
+# patches were in place in the very process that ran mergekit's tests.
+STATE_CONFTEST = (
+    '"""Written by run_suite.py: reports the plugin state seen inside the pytest process."""\n'
+    "import json, os, sys\n\n\n"
+    "def pytest_sessionfinish(session, exitstatus):\n"
+    "    path = os.environ.get('MERGEKIT_SUITE_STATE_FILE')\n"
+    "    if not path:\n"
+    "        return\n"
+    "    act = sys.modules.get('mergekit_tokenplug.mergekit.activation')\n"
+    "    state = {'mergekit_plan_loaded': 'mergekit.plan' in sys.modules,\n"
+    "             'plugin_loaded': act is not None,\n"
+    "             'plugin_active': bool(act is not None and act.is_active())}\n"
+    "    with open(path, 'w') as fd:\n"
+    "        json.dump(state, fd)\n"
+)
+EXPECTED_STATE = {
+    "active": {"mergekit_plan_loaded": True, "plugin_loaded": True, "plugin_active": True},
+    "disabled": {"mergekit_plan_loaded": True, "plugin_loaded": True, "plugin_active": False},
+    "stock": {"mergekit_plan_loaded": True, "plugin_loaded": False, "plugin_active": False},
+}
 # sitecustomize runs after the .pth files: removing the finder leaves mergekit untouched.
 STOCK_SITECUSTOMIZE = (
     '"""Removes the mergekit-tokenplug import hook: a pristine-mergekit baseline."""\n'
@@ -95,6 +116,7 @@ class SuiteResult:
     seconds: float
     outcomes: dict[str, str] = field(default_factory=dict)
     messages: dict[str, str] = field(default_factory=dict)
+    state: dict[str, bool] | None = None  # plugin state seen inside the pytest process
 
     def ids(self, outcome: str) -> set[str]:
         return {tid for tid, out in self.outcomes.items() if out == outcome}
@@ -155,6 +177,7 @@ def extract_tests(sdist: Path, workdir: Path) -> Path:
         lines.append("filterwarnings =")
         lines += [f"    {f}" for f in ini["filterwarnings"]]
     (workdir / "pytest.ini").write_text("\n".join(lines) + "\n")
+    (workdir / "conftest.py").write_text(STATE_CONFTEST)
     return tests_dir
 
 
@@ -206,7 +229,10 @@ def run_pytest(python: str, mode: str, workdir: Path, selection: list[str]) -> S
     env = child_env(mode, workdir)
     verify_mode(python, mode, env, workdir)
     xml = workdir / f"junit-{mode}.xml"
+    state_file = workdir / f"state-{mode}.json"
     xml.unlink(missing_ok=True)
+    state_file.unlink(missing_ok=True)
+    env["MERGEKIT_SUITE_STATE_FILE"] = str(state_file)
     cmd = [python, "-m", "pytest", "-c", str(workdir / "pytest.ini"), "--rootdir", str(workdir)]
     cmd += ["-p", "no:cacheprovider", "-q", "-rfE", f"--junitxml={xml}", *selection]
     print(f"[{mode}] {' '.join(cmd)}", flush=True)
@@ -215,6 +241,8 @@ def run_pytest(python: str, mode: str, workdir: Path, selection: list[str]) -> S
         proc = subprocess.run(cmd, env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
     seconds = time.monotonic() - start
     result = SuiteResult(mode, proc.returncode, seconds)
+    if state_file.is_file():
+        result.state = json.loads(state_file.read_text())
     if xml.is_file():
         result.outcomes, result.messages = parse_junit(xml)
     print(f"[{mode}] rc={proc.returncode} {seconds:.0f}s {result.counts()}", flush=True)
@@ -245,6 +273,12 @@ def broken(result: SuiteResult) -> str | None:
         return f"pytest exited {result.returncode} in the {result.mode} run (see pytest-{result.mode}.log)"
     if not result.outcomes:
         return f"the {result.mode} run produced no test results"
+    if result.state is None:
+        return f"the {result.mode} run did not report the plugin state (conftest not loaded?)"
+    expected = EXPECTED_STATE[result.mode]
+    # a selection that never imports mergekit.plan cannot show the patches: no verdict then
+    if result.state["mergekit_plan_loaded"] and result.state != expected:
+        return f"the {result.mode} run saw plugin state {result.state}, expected {expected}"
     return None
 
 
