@@ -33,7 +33,10 @@ def _model_dir() -> Path:
 
         return model_dir(MODEL_KEY)
     except ImportError:
-        root = os.environ.get("MERGEKIT_TOKENPLUG_CACHE") or Path.home() / ".cache" / "mergekit-tokenplug"
+        root = (
+            os.environ.get("MERGEKIT_TOKENPLUG_CACHE")
+            or Path.home() / ".cache" / "mergekit-tokenplug"
+        )
         return Path(root) / "models" / "smollm2-135m"
 
 
@@ -43,13 +46,18 @@ def _fmt(x) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", type=Path, default=None, help="HF checkpoint dir (default: bench asset)")
-    ap.add_argument("--train", type=int, default=200, help="training rows")
-    ap.add_argument("--eval", type=int, default=100, help="held-out rows")
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument(
+        "--model", type=Path, default=None, help="HF checkpoint dir (default: bench asset)"
+    )
+    ap.add_argument("--train", type=int, default=64, help="training rows")
+    ap.add_argument("--eval", type=int, default=32, help="held-out rows")
+    ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-2)
-    ap.add_argument("--eval-every", type=int, default=20)
+    ap.add_argument("--eval-every", type=int, default=0, help="0: evaluate only before and after")
+    ap.add_argument(
+        "--inits", default="mean,prior", help="inits to train: mean, prior, prior_sqrt_d"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -58,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
 
     path = args.model or _model_dir()
     if not (path / "config.json").is_file():
-        print(f"model not found at {path}; create it with: python bench/assets.py --only smollm2 --install")
+        print(
+            f"model not found at {path}; create it with: python bench/assets.py --only smollm2 --install"
+        )
         return 0
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -80,7 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     (tool_id,) = add_tool_tokens(model, tokenizer, [CALCULATOR])
     train = generate_arithmetic_dataset(args.train, seed=args.seed)
     seen = {r["prompt"] for r in train}
-    evals = [r for r in generate_arithmetic_dataset(args.eval * 2, seed=args.seed + 1) if r["prompt"] not in seen][: args.eval]
+    evals = [
+        r
+        for r in generate_arithmetic_dataset(args.eval * 2, seed=args.seed + 1)
+        if r["prompt"] not in seen
+    ][: args.eval]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     enc_eval = _encode(tokenizer, evals, {tool_id}, "eval")
     rows = model.get_input_embeddings().weight  # tied: one matrix
@@ -96,14 +110,22 @@ def main(argv: list[str] | None = None) -> int:
 
     # before training: the three initializations (sqrt_d only measured, not trained)
     inits = {}
-    for name, init, scale in (("mean", "mean", "median_norm"), ("prior", "prior", "median_norm"), ("prior_sqrt_d", "prior", "sqrt_d")):
-        priors = init_tool_rows(model, tokenizer, [tool_id], [DESCRIPTION], init=init, device=args.device, scale=scale)
+    for name, init, scale in (
+        ("mean", "mean", "median_norm"),
+        ("prior", "prior", "median_norm"),
+        ("prior_sqrt_d", "prior", "sqrt_d"),
+    ):
+        priors = init_tool_rows(
+            model, tokenizer, [tool_id], [DESCRIPTION], init=init, device=args.device, scale=scale
+        )
         inits[name] = (rows.detach()[tool_id].clone(), priors)
-        results["before"][name] = evaluate_tool_rows(model, enc_eval, [tool_id], pad_id=pad, device=args.device)
+        results["before"][name] = evaluate_tool_rows(
+            model, enc_eval, [tool_id], pad_id=pad, device=args.device
+        )
         results["before"][name]["row_norm"] = float(inits[name][0].norm())
         print(f"[before] {name}: {results['before'][name]}  ({time.time() - t0:.0f}s)", flush=True)
 
-    for name in ("mean", "prior"):
+    for name in args.inits.split(","):
         for lam in (1e-2, 0.0):
             row, priors = inits[name]
             with torch.no_grad():
@@ -111,11 +133,15 @@ def main(argv: list[str] | None = None) -> int:
             out = learn_tool_tokens(
                 model, tokenizer, [tool_id], train, evals, steps=args.steps, lr=args.lr, lam=lam,
                 prior_out=priors["prior_out"], prior_in=priors["prior_in"], device=args.device,
-                seed=args.seed, show_progress=True, batch_size=args.batch_size, eval_every=args.eval_every,
+                seed=args.seed, show_progress=True, batch_size=args.batch_size,
+                eval_every=args.eval_every or args.steps, initial_eval=results["before"][name],
             )  # fmt: skip
             moved = float((rows.detach()[tool_id] - row).norm())
             results["runs"].append({"init": name, "lam": lam, "row_moved_l2": moved, **out})
-            print(f"[train] init={name} lam={lam}: {out['final']}  ({time.time() - t0:.0f}s)", flush=True)
+            print(
+                f"[train] init={name} lam={lam}: {out['final']}  ({time.time() - t0:.0f}s)",
+                flush=True,
+            )
     results["seconds"] = round(time.time() - t0, 1)
 
     lines = [
@@ -127,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|---|---|---|---|",
     ]
     for name, ev in results["before"].items():
-        lines.append(f"| {name} | (before) | 0 | {_fmt(ev['eval_loss'])} | {_fmt(ev.get('tool_acc'))} | {_fmt(ev.get('tool_logprob'))} | {_fmt(ev.get('tool_rank'))} |")
+        lines.append(
+            f"| {name} | (before) | 0 | {_fmt(ev['eval_loss'])} | {_fmt(ev.get('tool_acc'))} | {_fmt(ev.get('tool_logprob'))} | {_fmt(ev.get('tool_rank'))} |"
+        )
     for run in results["runs"]:
         for ev in run["history"][1:]:
             lines.append(
@@ -140,7 +168,18 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.json}")
     else:
-        print(json.dumps({"before": results["before"], "final": [{k: r[k] for k in ("init", "lam", "final", "row_moved_l2")} for r in results["runs"]]}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "before": results["before"],
+                    "final": [
+                        {k: r[k] for k in ("init", "lam", "final", "row_moved_l2")}
+                        for r in results["runs"]
+                    ],
+                },
+                indent=1,
+            )
+        )
     return 0
 
 

@@ -230,6 +230,11 @@ def _estimate_missing(
             problem.extras.update(texts.extras)
             problem.extras.setdefault("split_texts", texts.split_base)
             problem.extras["target_out_ids"] = torch.as_tensor(out_ids, dtype=torch.long)
+            if Need.CORPUS in needs:
+                out_to_target = torch.full((len(src_ids),), -1, dtype=torch.long, device=base.device)
+                out_to_target[torch.as_tensor(out_ids, device=base.device)] = torch.arange(len(out_ids), device=base.device)
+                problem.extras["out_to_base"] = torch.as_tensor(src_ids, dtype=torch.long, device=base.device)
+                problem.extras["out_to_target"] = out_to_target
             if Need.BASE_TOKENIZER in needs:
                 problem.target_pieces = texts.split_base(problem.target_texts)
             if Need.BASE_VOCAB_TEXTS in needs:

@@ -12,17 +12,30 @@ from typing import Any
 _LOCK = threading.Lock()
 _FILLS: list[dict[str, Any]] = []
 _VOCAB: dict[str, Any] = {}
+_TOOLS: list[dict[str, Any]] = []
 
 
 def reset() -> None:
     with _LOCK:
         _FILLS.clear()
         _VOCAB.clear()
+        _TOOLS.clear()
 
 
 def add_fill(record: dict[str, Any]) -> None:
     with _LOCK:
         _FILLS.append(record)
+
+
+def add_tool_rows(model: str, weight: str, tokens: list[str], ids: list[int], rows: Any) -> None:
+    """The prior rows given to tool tokens (exported with the model for regularized training)."""
+    with _LOCK:
+        _TOOLS.append({"model": model, "weight": weight, "tokens": tokens, "ids": ids, "rows": rows})
+
+
+def tool_rows() -> list[dict[str, Any]]:
+    with _LOCK:
+        return sorted(_TOOLS, key=lambda r: (r["model"], r["weight"]))
 
 
 def set_vocab(summary: dict[str, Any]) -> None:

@@ -25,7 +25,9 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def _problem(seed: int = 0, corpus: list[torch.Tensor] | None = None, **extras) -> EstimationProblem:
+def _problem(
+    seed: int = 0, corpus: list[torch.Tensor] | None = None, **extras
+) -> EstimationProblem:
     g = torch.Generator().manual_seed(123)
     centroids = 2.0 * torch.linalg.qr(torch.randn(D, N_CLUSTERS, generator=g))[0].T  # orthogonal
     base = centroids.repeat_interleave(PER_CLUSTER, 0) + 0.2 * torch.randn(V_OLD, D, generator=g)
@@ -63,7 +65,9 @@ def _corpus(n_seq: int = 60, length: int = 12) -> list[torch.Tensor]:
 
 
 def _params(**kw) -> CW2VParams:
-    base = dict(corpus=["corpus.txt"], rank=8, epochs=10, window=2, negatives=3, lr=0.1, batch_size=128)
+    base = dict(
+        corpus=["corpus.txt"], rank=8, epochs=10, window=2, negatives=3, lr=0.1, batch_size=128
+    )
     base.update(kw)
     return CW2VParams(**base)
 
@@ -121,7 +125,9 @@ def test_training_lowers_skipgram_loss_and_finds_the_cluster():
     before = estimate_cw2v(problem, _params(epochs=0))
     after = estimate_cw2v(problem, _params())
     assert _independent_sgns_loss(after, problem) < _independent_sgns_loss(before, problem) - 0.4
-    centroids = torch.stack([problem.base[c * PER_CLUSTER : (c + 1) * PER_CLUSTER].mean(0) for c in range(N_CLUSTERS)])
+    centroids = torch.stack(
+        [problem.base[c * PER_CLUSTER : (c + 1) * PER_CLUSTER].mean(0) for c in range(N_CLUSTERS)]
+    )
     cos = torch.nn.functional.cosine_similarity(after[:, None, :], centroids[None, :, :], dim=-1)
     assert torch.equal(cos.argmax(-1), torch.arange(N_CLUSTERS))
 
@@ -147,14 +153,18 @@ def test_target_absent_from_corpus_stays_at_mean_row():
 
 @pytest.mark.parametrize("corpus", [[], [torch.tensor([3])], [torch.tensor([], dtype=torch.long)]])
 def test_empty_corpus_is_a_config_error(corpus):
-    with pytest.raises(ConfigError, match=r"tokenizer\.approximation\.corpus: needs a non-empty text corpus"):
+    with pytest.raises(
+        ConfigError, match=r"tokenizer\.approximation\.corpus: needs a non-empty text corpus"
+    ):
         estimate_cw2v(_problem(corpus=corpus), _params())
 
 
 def test_missing_corpus_names_the_key():
     problem = _problem()
     del problem.extras["corpus_ids"]
-    with pytest.raises(ConfigError, match=r"cw2v method needs a corpus.*list of text files or globs"):
+    with pytest.raises(
+        ConfigError, match=r"cw2v method needs a corpus.*list of text files or globs"
+    ):
         estimate_cw2v(problem, _params())
 
 

@@ -27,7 +27,7 @@ TRAIN_TEXT = (
 EVAL_TEXT = (
     "A lazy fox packs five boxes; the brown dog jumps. def zip_merge(x):\n"
     "    return [y for y in x]\nModels predict pieces of text, tokenizers split them. "
-) * 3
+) * 2
 NON_ASCII = "Grüße aus Köln — 日本語のテキスト. "
 
 
@@ -86,7 +86,7 @@ def _byte_decoder() -> dict[str, int]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
+    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
 
 
 def _reference_bits(model_dir: Path, windows: list[list[int]]) -> float:
@@ -140,8 +140,9 @@ def test_bpb_without_bos_skips_first_token_of_each_window(tmp_path):
     windows = [enc.ids[i : i + WINDOW] for i in range(0, len(enc.ids), WINDOW)]
     bits = _reference_bits(model_dir, windows)
     dec = _byte_decoder()
-    first_bytes = sum(len(enc.tokens[i]) for i in range(0, len(enc.ids), WINDOW))
-    assert all(c in dec for c in "".join(enc.tokens))  # every char is one byte-level byte
+    token_bytes = [bytes(dec[c] for c in tok) for tok in enc.tokens]
+    assert b"".join(token_bytes) == EVAL_TEXT.encode("utf-8")
+    first_bytes = sum(len(token_bytes[i]) for i in range(0, len(enc.ids), WINDOW))
     n_bytes = len(EVAL_TEXT.encode("utf-8")) - first_bytes
     assert rec["bos"] is False
     assert rec["scored_tokens"] == len(enc.ids) - len(windows)

@@ -40,9 +40,14 @@ def _tokenizer() -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    texts = [r["prompt"] + " " + r["completion"] for r in generate_arithmetic_dataset(200, seed=3, tool_token="")]
+    texts = [
+        r["prompt"] + " " + r["completion"]
+        for r in generate_arithmetic_dataset(200, seed=3, tool_token="")
+    ]
     texts.append(DESCRIPTION)
-    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
     tok.train_from_iterator(texts, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok)
 
@@ -75,7 +80,9 @@ def test_tool_prior_scaling():
     target = torch.randn(50, 16, generator=g) * torch.rand(50, 1, generator=g)
     pooled = torch.randn(3, 16, generator=g) * 7
     med = tool_prior(pooled, target, "median_norm")
-    torch.testing.assert_close(med.norm(dim=-1), torch.full((3,), float(target.norm(dim=-1).median())))
+    torch.testing.assert_close(
+        med.norm(dim=-1), torch.full((3,), float(target.norm(dim=-1).median()))
+    )
     sq = tool_prior(pooled, target, "sqrt_d")
     torch.testing.assert_close(sq.norm(dim=-1), torch.full((3,), 1 / math.sqrt(16)))
     # direction is the pooled state's
@@ -87,7 +94,9 @@ def test_tool_prior_scaling():
 def test_regularizer_is_lam_times_frobenius_norm():
     g = torch.Generator().manual_seed(1)
     w, p = torch.randn(2, 5, generator=g), torch.randn(2, 5, generator=g)
-    expected = 0.03 * math.sqrt(sum((a - b) ** 2 for a, b in zip(w.flatten().tolist(), p.flatten().tolist())))
+    expected = 0.03 * math.sqrt(
+        sum((a - b) ** 2 for a, b in zip(w.flatten().tolist(), p.flatten().tolist(), strict=True))
+    )
     assert math.isclose(float(tool_token_regularizer(w, p, 0.03)), expected, rel_tol=1e-6)
     # default lambda is 1e-2; gradient is finite (zero) exactly at the prior
     assert math.isclose(float(tool_token_regularizer(w, p)), expected / 3, rel_tol=1e-6)
@@ -120,7 +129,9 @@ def test_prior_init_sets_rows():
     model, tokenizer, ids, priors = _setup(tied=False)
     head = model.get_output_embeddings().weight.detach()
     others = head[: ids[0]]
-    assert math.isclose(float(head[ids[0]].norm()), float(others.norm(dim=-1).median()), rel_tol=1e-5)
+    assert math.isclose(
+        float(head[ids[0]].norm()), float(others.norm(dim=-1).median()), rel_tol=1e-5
+    )
     pieces = tokenizer(DESCRIPTION, add_special_tokens=False)["input_ids"]
     emb = model.get_input_embeddings().weight.detach()
     torch.testing.assert_close(emb[ids[0]], emb[pieces].mean(0))
@@ -135,7 +146,9 @@ def test_dataset_puts_tool_token_first_and_is_correct():
     (tid,) = add_tool_tokens(_model(len(tokenizer), False), tokenizer, [CALCULATOR])
     for r in rows:
         assert tokenizer(r["completion"], add_special_tokens=False)["input_ids"][0] == tid
-        m = re.fullmatch(re.escape(CALCULATOR) + r"(\d+)([-+*])(\d+)</tool> = (-?\d+)", r["completion"])
+        m = re.fullmatch(
+            re.escape(CALCULATOR) + r"(\d+)([-+*])(\d+)</tool> = (-?\d+)", r["completion"]
+        )
         a, op, b, res = int(m[1]), m[2], int(m[3]), int(m[4])
         assert res == {"+": a + b, "-": a - b, "*": a * b}[op]
         assert f"{a} {op} {b}" in r["prompt"]
@@ -189,15 +202,56 @@ def test_learning_is_deterministic_and_lam_zero_disables_regularizer():
 
 def test_read_jsonl_errors_name_file_and_line(tmp_path):
     good = tmp_path / "ok.jsonl"
-    good.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n\n" + json.dumps({"prompt": "c", "completion": "d", "x": 1}) + "\n")
-    assert read_jsonl(good) == [{"prompt": "a", "completion": "b"}, {"prompt": "c", "completion": "d"}]
+    good.write_text(
+        json.dumps({"prompt": "a", "completion": "b"})
+        + "\n\n"
+        + json.dumps({"prompt": "c", "completion": "d", "x": 1})
+        + "\n"
+    )
+    assert read_jsonl(good) == [
+        {"prompt": "a", "completion": "b"},
+        {"prompt": "c", "completion": "d"},
+    ]
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n\n{not json\n")
     with pytest.raises(InputError, match=re.escape(f"{bad}:3: invalid JSON")):
         read_jsonl(bad)
     missing = tmp_path / "missing.jsonl"
     missing.write_text(json.dumps({"prompt": "a"}) + "\n")
-    with pytest.raises(InputError, match=re.escape(f"{missing}:1: missing or non-string key(s) completion")):
+    with pytest.raises(
+        InputError, match=re.escape(f"{missing}:1: missing or non-string key(s) completion")
+    ):
         read_jsonl(missing)
     with pytest.raises(InputError, match="cannot read"):
         read_jsonl(tmp_path / "absent.jsonl")
+
+
+def test_registered_tool_kernel_uses_prior_and_description_pieces():
+    from mergekit_tokenplug.methods.base import EstimationProblem
+    from mergekit_tokenplug.methods.tool import ToolParams, estimate_tool
+
+    tokenizer = _tokenizer()
+    model = _model(len(tokenizer), tied=False)
+    pieces = [tokenizer(DESCRIPTION, add_special_tokens=False)["input_ids"]]
+    extras = {
+        "tool_descriptions": [DESCRIPTION],
+        "tool_description_pieces": pieces,
+        "model_forward": lambda texts: pooled_hidden_states(model, tokenizer, texts, "cpu"),
+    }
+    head = model.lm_head.weight.detach()
+    emb = model.model.embed_tokens.weight.detach()
+    out = estimate_tool(
+        EstimationProblem(
+            base=head, anchor_ids=torch.arange(5), n_targets=1, role="output", extras=extras
+        ),
+        ToolParams(),
+    )
+    pooled = pooled_hidden_states(model, tokenizer, [DESCRIPTION], "cpu")
+    torch.testing.assert_close(out, tool_prior(pooled, head, "median_norm"))
+    inp = estimate_tool(
+        EstimationProblem(
+            base=emb, anchor_ids=torch.arange(5), n_targets=1, role="input", extras=extras
+        ),
+        ToolParams(),
+    )
+    torch.testing.assert_close(inp[0], emb[pieces[0]].mean(0))

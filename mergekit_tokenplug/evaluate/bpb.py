@@ -119,7 +119,9 @@ def bits_per_byte(
             continue  # a lone token has nothing predicting it
         logits = model(input_ids=inp).logits[:, :-1, :].float()
         target = inp[:, 1:]
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum")
+        nll = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum"
+        )
         total_nats += float(nll)
         scored += target.numel()
     covered = total_bytes - first_bytes
@@ -182,12 +184,13 @@ def evaluate_models(
     dtype: torch.dtype = torch.float32,
     batch_size: int = 1,
     allow_pickle: bool = False,
+    bos: bool | None = None,
     show_progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Bits per byte of every model on every text file: one record per (model, file).
 
     All inputs are validated before any model is loaded so a typo fails in a second, not
-    after minutes of loading.
+    after minutes of loading. ``bos`` overrides the per-tokenizer BOS choice (module doc).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -226,6 +229,7 @@ def evaluate_models(
                 window=window,
                 device=device,
                 batch_size=batch_size,
+                bos=bos,
                 show_progress=show_progress,
             )
             records.append(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Annotated, Optional
+from typing import Annotated, Optional, Union
 
+from mergekit.common import ModelReference
 from mergekit.tokenizer.config import TokenizerConfig
 from pydantic import BeforeValidator
 
@@ -21,8 +22,23 @@ def apply(config_module: ModuleType, refuse_reason: str | None = None) -> None:
     merge_cfg = config_module.MergeConfiguration
     field = merge_cfg.model_fields["tokenizer"]
     if refuse_reason is None:
+        _allow_tool_sources()
         field.annotation = Optional[PluginTokenizerField]  # noqa: UP045 (runtime type)
     else:
         guarded = Annotated[TokenizerConfig, BeforeValidator(refuse_plugin_keys(refuse_reason))]
         field.annotation = Optional[guarded]  # noqa: UP045 (runtime type)
     merge_cfg.model_rebuild(force=True)
+
+
+def _allow_tool_sources() -> None:
+    """Add ``kind: tool`` to the per-token sources and rebuild the models that embed them."""
+    from mergekit.tokenizer import config as tok_config
+
+    from mergekit_tokenplug.mergekit.schema import TokenplugTokenizerConfig, ToolTokenSource
+
+    emb_cfg = tok_config.TokenEmbeddingConfig
+    emb_cfg.model_fields["source"].annotation = Union[  # noqa: UP007 (runtime type)
+        tok_config.ModelTokenEmbedding, tok_config.ZeroEmbedding, ToolTokenSource, ModelReference, None
+    ]
+    for model in (emb_cfg, tok_config.TokenizerConfig, TokenplugTokenizerConfig):
+        model.model_rebuild(force=True)

@@ -32,8 +32,8 @@ def weight_role(weight: WeightInfo) -> str:
     return "output" if weight.tied_names or _HEAD_NAME.search(weight.name) else "input"
 
 
-def donor_weight(donor: ModelReference, role: str, trust_remote_code: bool) -> WeightInfo:
-    """The donor's own tensor for a role, found from its architecture (donor may differ from base)."""
+def role_weight(donor: ModelReference, role: str, trust_remote_code: bool) -> WeightInfo:
+    """A model's own tensor for a role, found from its architecture (a donor may differ from the base)."""
     cfg = donor.config(trust_remote_code=trust_remote_code)
     arch = arch_info_for_config(cfg)
     if arch is None:
@@ -133,7 +133,7 @@ def _seam_task(
         donor_tensors = GatherTensors(
             weight_info=ImmutableMap(
                 data={
-                    align.donor: donor_weight(align.donor, role, planner.options.trust_remote_code)
+                    align.donor: role_weight(align.donor, role, planner.options.trust_remote_code)
                 }
             ),
             dtype=permuted.gather_tensors.dtype,

@@ -84,6 +84,30 @@ def check_inputs(merge_config: Any) -> None:
         )
 
 
+TOOL_PRIORS_NAME = "tool_token_priors.safetensors"
+
+
+def write_tool_priors(out_dir: Path, merge_config: Any) -> None:
+    """Export the tool-token priors (the base model's) so training code can regularize toward them.
+
+    Keys: one ``(n, d)`` tensor per written matrix (named like the weight) plus ``token_ids``;
+    metadata ``tokens`` (JSON list, same order) and ``model``.
+    """
+    records = report.tool_rows()
+    if not records:
+        return
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    base = str(merge_config.base_model) if merge_config.base_model else records[0]["model"]
+    mine = [r for r in records if r["model"] == base] or [r for r in records if r["model"] == records[0]["model"]]
+    tensors = {r["weight"]: r["rows"].contiguous() for r in mine}
+    tensors["token_ids"] = torch.tensor(mine[0]["ids"], dtype=torch.int64)
+    save_file(tensors, str(out_dir / TOOL_PRIORS_NAME), metadata={"tokens": json.dumps(mine[0]["tokens"]), "model": mine[0]["model"]})
+
+
 def finalize(
     out_dir: Path, merge_config: Any, recipe: str, options: Any, write_card: bool = True
 ) -> dict[str, Any]:
@@ -99,6 +123,7 @@ def finalize(
         if gen.exists() and not (out_dir / "generation_config.json").exists():
             shutil.copyfile(gen, out_dir / "generation_config.json")
     changes = fix_config(out_dir, rows=rows, tokenizer=tokenizer)
+    write_tool_priors(out_dir, merge_config)
     approx = merge_config.tokenizer.approximation
     if write_card:
         section = vocabulary_section(

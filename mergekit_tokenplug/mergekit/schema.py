@@ -9,7 +9,7 @@ a callable discriminator that routes any value carrying a plugin key to the exte
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import pydantic
 from mergekit.tokenizer.config import TokenizerConfig
@@ -35,6 +35,8 @@ class ApproximationConfig(BaseModel):
         from mergekit_tokenplug import registry
 
         spec = registry.get(self.method)
+        if registry.Need.MODEL_FORWARD in spec.needs:
+            raise ConfigError(f"method {self.method!r} initializes individual tokens; use tokenizer.tokens.<token>.source: {{kind: {self.method}, name: ..., description: ...}}", where="tokenizer.approximation.method")
         spec.parse_params(self.method_params())
         return self
 
@@ -60,16 +62,51 @@ class ApproximationConfig(BaseModel):
         return cls(method=data["method"], seed=data["seed"], **data["params"])
 
 
+class ToolTokenSource(BaseModel, frozen=True):
+    """``tokenizer.tokens.<token>.source: {kind: tool, name, description}``: a tool token whose
+    rows come from the re-initialization prior (the frozen model reading the description)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["tool"]
+    name: str | None = None
+    description: str | None = None
+    scale: Literal["median_norm", "sqrt_d"] = "median_norm"
+
+    @pydantic.model_validator(mode="after")
+    def _needs_text(self) -> ToolTokenSource:
+        if not (self.name or "").strip() and not (self.description or "").strip():
+            raise ConfigError("a tool token needs a non-empty name or description (the prior is built from that text)", where="tokenizer.tokens.<token>.source")
+        return self
+
+    def text(self) -> str:
+        """What the frozen model reads: the description, prefixed by the name when both exist."""
+        parts = [p.strip() for p in (self.name, self.description) if p and p.strip()]
+        return ": ".join(parts)
+
+
 class TokenplugTokenizerConfig(TokenizerConfig, frozen=True):
     """mergekit's ``TokenizerConfig`` plus the plugin's keys."""
 
-    approximation: ApproximationConfig
+    approximation: ApproximationConfig = Field(default_factory=lambda: ApproximationConfig(method="omp"))
+
+
+def has_tool_tokens(tokens: Any) -> bool:
+    """Whether a raw or validated ``tokenizer.tokens`` mapping holds a ``kind: tool`` source."""
+    if not isinstance(tokens, dict):
+        return False
+    for cfg in tokens.values():
+        source = cfg.get("source") if isinstance(cfg, dict) else getattr(cfg, "source", None)
+        kind = source.get("kind") if isinstance(source, dict) else getattr(source, "kind", None)
+        if kind == "tool":
+            return True
+    return False
 
 
 def _tokenizer_kind(value: Any) -> str:
     if isinstance(value, TokenplugTokenizerConfig):
         return "plugin"
-    if isinstance(value, dict) and any(k in value for k in PLUGIN_TOKENIZER_KEYS):
+    if isinstance(value, dict) and (any(k in value for k in PLUGIN_TOKENIZER_KEYS) or has_tool_tokens(value.get("tokens"))):
         return "plugin"
     return "stock"
 

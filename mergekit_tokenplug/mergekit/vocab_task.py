@@ -10,8 +10,10 @@ rows each model has and fills the rest with the configured method in that model'
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,10 +27,12 @@ from mergekit.tokenizer.build import BuildTokenizer, TokenizerInfo, get_vocab_si
 from mergekit.tokenizer.config import TokenEmbeddingConfig
 from mergekit.tokenizer.embed import PermutedVocabulary
 
-from mergekit_tokenplug import report
+from mergekit_tokenplug import registry, report
 from mergekit_tokenplug.errors import InputError
 from mergekit_tokenplug.fill import SourceSpace, TextSupport, check_finite, fill_matrix
-from mergekit_tokenplug.mergekit.schema import ApproximationConfig
+from mergekit_tokenplug.mergekit.schema import ApproximationConfig, ToolTokenSource
+from mergekit_tokenplug.mergekit.method_resources import method_extras
+from mergekit_tokenplug.mergekit.tool_rows import tool_token_rows
 from mergekit_tokenplug.vocab.align import VocabAlignment, align_vocab
 from mergekit_tokenplug.vocab.texts import split_texts, token_texts
 
@@ -56,6 +60,15 @@ class VocabPlan:
     models: dict[str, ModelVocab]
     donor: ModelVocab | None = None
     _texts: dict[str, TextSupport] = field(default_factory=dict)
+    _corpora: dict[tuple[str, ...], list[torch.Tensor]] = field(default_factory=dict)
+
+    def corpus_ids(self, patterns: tuple[str, ...]) -> list[torch.Tensor]:
+        """The corpus tokenized by the output tokenizer, read once per merge."""
+        from mergekit_tokenplug.resources.corpus import read_corpus, resolve_corpus, tokenize_corpus
+
+        if patterns not in self._corpora:
+            self._corpora[patterns] = tokenize_corpus(self.tokenizer, read_corpus(resolve_corpus(list(patterns))))
+        return self._corpora[patterns]
 
     @functools.cached_property
     def _output_texts(self) -> list[str]:
@@ -113,9 +126,17 @@ def _load_tokenizer(model: ModelReference, trust_remote_code: bool, where: str) 
         ) from None
 
 
-def _model_rows(model: ModelReference, tokenizer: Any, trust_remote_code: bool) -> int:
+def config_rows(model: ModelReference, trust_remote_code: bool) -> int | None:
+    """The config's vocab_size, or None for a tokenizer-only directory (no model config)."""
+    path = model.model.path
+    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "config.json")):
+        return None
     rows = get_vocab_size(model.model, trust_remote_code=trust_remote_code)
-    return int(rows) if rows else len(tokenizer)
+    return int(rows) if rows else None
+
+
+def _model_rows(model: ModelReference, tokenizer: Any, trust_remote_code: bool) -> int:
+    return config_rows(model, trust_remote_code) or len(tokenizer)
 
 
 def _regular_mask(tokenizer: Any, n_tokens: int) -> np.ndarray:
@@ -177,9 +198,9 @@ def make_vocab_plan(
     max_id = max(out_tok.get_vocab().values()) + 1
     rows = max_id
     if reference_rows_model is not None:
-        ref_rows = get_vocab_size(reference_rows_model.model, trust_remote_code=trust_remote_code)
+        ref_rows = config_rows(reference_rows_model, trust_remote_code)
         if ref_rows:
-            rows = int(ref_rows) if cut_to_reference else max(max_id, int(ref_rows))
+            rows = ref_rows if cut_to_reference else max(max_id, ref_rows)
     n_tokens = min(max_id, rows)
     if pad_to_multiple_of and rows % pad_to_multiple_of:
         rows += pad_to_multiple_of - rows % pad_to_multiple_of
@@ -239,6 +260,7 @@ class ApproximatedVocabulary(PermutedVocabulary):
             return {}
         approx = ApproximationConfig.from_key(self.approximation)
         params = approx.parsed_params()
+        spec = registry.get(approx.method)
         models = list(tensors)
         views = {m: t.movedim(self.vocabulary_axis, 0) for m, t in tensors.items()}
         dtype = functools.reduce(torch.promote_types, (t.dtype for t in views.values()))
@@ -267,13 +289,17 @@ class ApproximatedVocabulary(PermutedVocabulary):
                 anchor_mask=plan.regular,
             )
 
-        forced, explicit = self._token_overrides(plan)
+        forced, explicit, tools = self._token_overrides(plan)
         result = {}
         for m in models:
             mv = plan.models[model_key(m)]
             sources = [spaces[model_key(o)] for o in order if o != m]
             if donor_space is not None:
                 sources.append(donor_space)
+            texts = plan.text_support(mv.name)
+            extras = method_extras(spec, params, model=m, plan=plan, role=self.role, device=views[m].device)
+            if extras:
+                texts = dataclasses.replace(texts, extras={**texts.extras, **extras})
             filled, rep = fill_matrix(
                 model=mv.name,
                 role=self.role,
@@ -284,7 +310,7 @@ class ApproximatedVocabulary(PermutedVocabulary):
                 method=approx.method,
                 params=params,
                 anchor_mask=plan.regular,
-                texts=plan.text_support(mv.name),
+                texts=texts,
                 seed=self.seed if approx.seed is None else approx.seed,
                 force_estimate=forced,
                 show_progress=self.show_progress,
@@ -306,6 +332,14 @@ class ApproximatedVocabulary(PermutedVocabulary):
                             token_id,
                             self.tokens[token],
                         ).to(dtype)
+            if tools:
+                ids = torch.tensor([token_id for token_id, _ in tools.values()], device=filled.device)
+                rows = tool_token_rows(
+                    model=m, tokenizer=mv.tokenizer, matrix=views[m], role=self.role,
+                    tools=[src for _, src in tools.values()], split_base=plan.text_support(mv.name).split_base,
+                )
+                filled[ids] = rows.to(device=filled.device, dtype=dtype)
+                report.add_tool_rows(mv.name, self.weight_name, list(tools), ids.tolist(), rows.cpu())
             report.add_fill({**rep.as_dict(), "weight": self.weight_name, "method": approx.method})
             result[m] = filled.movedim(0, self.vocabulary_axis)
         return result
@@ -325,10 +359,13 @@ class ApproximatedVocabulary(PermutedVocabulary):
                 where=where,
             )
 
-    def _token_overrides(self, plan: VocabPlan) -> tuple[np.ndarray | None, dict[str, int]]:
-        """Tokens listed under ``tokenizer.tokens``: which are forced, which have explicit sources."""
+    def _token_overrides(
+        self, plan: VocabPlan
+    ) -> tuple[np.ndarray | None, dict[str, int], dict[str, tuple[int, ToolTokenSource]]]:
+        """Tokens listed under ``tokenizer.tokens``: forced ones, stock explicit sources, tool tokens."""
+        tools: dict[str, tuple[int, ToolTokenSource]] = {}
         if not self.tokens:
-            return None, {}
+            return None, {}, tools
         vocab = plan.tokenizer.get_vocab()
         forced = np.zeros(plan.n_tokens, dtype=bool)
         explicit: dict[str, int] = {}
@@ -338,6 +375,8 @@ class ApproximatedVocabulary(PermutedVocabulary):
                 continue
             assert isinstance(cfg, TokenEmbeddingConfig)
             forced[token_id] = bool(cfg.force)
-            if cfg.source is not None:
+            if isinstance(cfg.source, ToolTokenSource):
+                tools[token] = (token_id, cfg.source)
+            elif cfg.source is not None:
                 explicit[token] = token_id
-        return (forced if forced.any() else None), explicit
+        return (forced if forced.any() else None), explicit, tools

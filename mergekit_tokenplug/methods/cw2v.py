@@ -166,9 +166,7 @@ def cw2v_train(problem: EstimationProblem, params: CW2VParams) -> CW2VResult:
     e_old = problem.base.to(torch.float32)
     n_old, t = e_old.shape[0], problem.n_targets
     if ctx_matrix.shape[0] != n_old:
-        raise InputError(
-            f"cw2v: context_matrix has {ctx_matrix.shape[0]} rows, base has {n_old}"
-        )
+        raise InputError(f"cw2v: context_matrix has {ctx_matrix.shape[0]} rows, base has {n_old}")
     if ctx_matrix.shape[1] != e_old.shape[1]:
         raise InputError(
             f"cw2v: context_matrix width {ctx_matrix.shape[1]} != base width {e_old.shape[1]}"

@@ -22,7 +22,9 @@ from mergekit_tokenplug.registry import MethodParams, MethodSpec, Need, register
 Scale = Literal["sqrt_d", "median_norm"]
 
 
-def tool_prior(pooled: torch.Tensor, target: torch.Tensor, scale: Scale = "median_norm") -> torch.Tensor:
+def tool_prior(
+    pooled: torch.Tensor, target: torch.Tensor, scale: Scale = "median_norm"
+) -> torch.Tensor:
     """Scale L2-normalized pooled hidden states ``(n, d)`` into rows of ``target (V, d)``.
 
     - ``"median_norm"`` (default): every prior row gets the median row norm of ``target``, so
@@ -31,6 +33,11 @@ def tool_prior(pooled: torch.Tensor, target: torch.Tensor, scale: Scale = "media
       the unit vector divided by ``sqrt(d)``, i.e. row norm ``1/sqrt(d)`` (per-coordinate RMS
       ``1/d``). That is far smaller than typical embedding rows (a near-zero logit), which is
       why it is not the default.
+
+    Measured caveat (bench/bench_tool_tokens.py, SmolLM2-135M, tied): the pooled final state
+    points along the direction most hidden states share, so a ``median_norm`` output row
+    out-scores every token at every position (held-out loss 4.8 -> 94), while ``sqrt_d``
+    stays harmless (4.3). Prefer ``sqrt_d`` for tied models until the prior is centred.
     """
     if pooled.ndim != 2 or target.ndim != 2 or pooled.shape[1] != target.shape[1]:
         raise InputError(
@@ -63,7 +70,9 @@ def tool_input_rows(pieces: list[list[int]], base: torch.Tensor) -> torch.Tensor
     return rows
 
 
-def tool_token_regularizer(weight: torch.Tensor, prior: torch.Tensor, lam: float = 1e-2) -> torch.Tensor:
+def tool_token_regularizer(
+    weight: torch.Tensor, prior: torch.Tensor, lam: float = 1e-2
+) -> torch.Tensor:
     """``lam * ||weight - prior||_F`` (Frobenius norm, not squared), added to the task loss.
 
     The gradient at ``weight == prior`` is zero (torch defines it so), so training can start
@@ -91,7 +100,9 @@ def estimate_tool(problem: EstimationProblem, params: ToolParams) -> torch.Tenso
         texts = problem.extras.get("tool_descriptions") or problem.target_texts
         forward = problem.extras.get("model_forward")
         if texts is None or forward is None:
-            raise InputError("tool method: the seam supplied no descriptions or model_forward for the prior")
+            raise InputError(
+                "tool method: the seam supplied no descriptions or model_forward for the prior"
+            )
         pooled = forward(list(texts)).to(problem.device)
         return tool_prior(pooled, problem.base, params.scale)
     pieces = problem.extras.get("tool_description_pieces") or problem.target_pieces

@@ -57,7 +57,9 @@ def read_jsonl(path: str | Path) -> list[dict[str, str]]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
-        raise InputError(f"cannot read JSONL file: {exc.strerror or exc}", where=str(path)) from None
+        raise InputError(
+            f"cannot read JSONL file: {exc.strerror or exc}", where=str(path)
+        ) from None
     except UnicodeDecodeError:
         raise InputError("not UTF-8 text; expected JSON lines", where=str(path)) from None
     rows = []
@@ -68,7 +70,9 @@ def read_jsonl(path: str | Path) -> list[dict[str, str]]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise InputError(f"invalid JSON ({exc.msg}); expected one object per line", where=where) from None
+            raise InputError(
+                f"invalid JSON ({exc.msg}); expected one object per line", where=where
+            ) from None
         if not isinstance(obj, dict):
             raise InputError(f"expected a JSON object, got {type(obj).__name__}", where=where)
         missing = [k for k in ("prompt", "completion") if not isinstance(obj.get(k), str)]

@@ -45,9 +45,14 @@ def pooled_hidden_states(
     model.eval()
     out = []
     for start in range(0, len(texts), batch_size):
-        enc = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts[start : start + batch_size]]
+        enc = [
+            tokenizer(t, add_special_tokens=False)["input_ids"]
+            for t in texts[start : start + batch_size]
+        ]
         if any(len(e) == 0 for e in enc):
-            raise InputError("tool description is empty after tokenization; give a non-empty description")
+            raise InputError(
+                "tool description is empty after tokenization; give a non-empty description"
+            )
         width = max(len(e) for e in enc)
         ids = torch.zeros(len(enc), width, dtype=torch.long)
         mask = torch.zeros(len(enc), width, dtype=torch.long)
@@ -55,7 +60,9 @@ def pooled_hidden_states(
             ids[i, : len(e)] = torch.tensor(e)
             mask[i, : len(e)] = 1
         ids, mask = ids.to(device), mask.to(device)
-        hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+        hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[
+            -1
+        ]
         m = mask.unsqueeze(-1).to(hidden.dtype)
         out.append(((hidden * m).sum(1) / m.sum(1)).float())
     return torch.cat(out)
@@ -116,7 +123,9 @@ def init_tool_rows(
     return {"prior_in": prior_in, "prior_out": prior_out}
 
 
-def _encode(tokenizer, rows: Sequence[dict], tool_ids: set[int], what: str) -> list[tuple[list[int], list[int], int]]:
+def _encode(
+    tokenizer, rows: Sequence[dict], tool_ids: set[int], what: str
+) -> list[tuple[list[int], list[int], int]]:
     """(prompt ids, completion ids, index in the sequence of the first tool token or -1)."""
     encoded = []
     for i, row in enumerate(rows):
@@ -153,7 +162,9 @@ def _shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 @torch.no_grad()
-def evaluate_tool_rows(model, encoded, tool_ids: Sequence[int], *, pad_id: int, device, batch_size: int = 16) -> dict[str, float]:
+def evaluate_tool_rows(
+    model, encoded, tool_ids: Sequence[int], *, pad_id: int, device, batch_size: int = 16
+) -> dict[str, float]:
     """Completion loss (mean token NLL) and, at the position before each row's first tool
     token: accuracy (argmax is that tool token), mean log-prob, mean 1-based rank."""
     model.eval()
@@ -163,7 +174,11 @@ def evaluate_tool_rows(model, encoded, tool_ids: Sequence[int], *, pad_id: int, 
         b = _batch(encoded[start : start + batch_size], pad_id, device)
         logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
         lg, lb = _shifted(logits, b["labels"])
-        nll_sum += float(F.cross_entropy(lg.reshape(-1, lg.shape[-1]), lb.reshape(-1), ignore_index=IGNORE, reduction="sum"))
+        nll_sum += float(
+            F.cross_entropy(
+                lg.reshape(-1, lg.shape[-1]), lb.reshape(-1), ignore_index=IGNORE, reduction="sum"
+            )
+        )
         n_tok += int((lb != IGNORE).sum())
         has = b["tool_pos"] >= 1
         if bool(has.any()):
@@ -178,7 +193,9 @@ def evaluate_tool_rows(model, encoded, tool_ids: Sequence[int], *, pad_id: int, 
             n_rows += int(rows.numel())
     out = {"eval_loss": nll_sum / max(n_tok, 1)}
     if n_rows:
-        out.update(tool_acc=correct / n_rows, tool_logprob=logp_sum / n_rows, tool_rank=rank_sum / n_rows)
+        out.update(
+            tool_acc=correct / n_rows, tool_logprob=logp_sum / n_rows, tool_rank=rank_sum / n_rows
+        )
     return out
 
 
@@ -200,13 +217,15 @@ def learn_tool_tokens(
     batch_size: int = 8,
     eval_every: int | None = None,
     eval_batch_size: int = 16,
+    initial_eval: dict | None = None,
 ) -> dict:
     """Train only the tool tokens' rows (input embeddings and, if untied, lm_head) with the
     completion LM loss plus ``lam * ||rows - prior||_F`` (``lam = 0`` or no prior disables it).
 
     Returns ``{"tied", "tool_token_ids", "train_loss": [per step], "history": [eval dicts with
     "step"], "final": last eval}``; evaluation runs at step 0, every ``eval_every`` steps
-    (default ``steps // 4``) and at the end."""
+    (default ``steps // 4``) and at the end; pass ``initial_eval`` (an earlier
+    :func:`evaluate_tool_rows` result for the same rows) to skip the step-0 evaluation."""
     if not tool_token_ids:
         raise InputError("learn_tool_tokens: no tool token ids given")
     if not train_rows:
@@ -231,13 +250,21 @@ def learn_tool_tokens(
     opt = torch.optim.Adam(rows, lr=lr)
     gen = torch.Generator().manual_seed(int(seed))
     every = eval_every or max(1, steps // 4)
-    history = [{"step": 0, **evaluate_tool_rows(model, evals, tool_token_ids, pad_id=pad_id, device=device, batch_size=eval_batch_size)}]
+    if initial_eval is None:
+        initial_eval = evaluate_tool_rows(
+            model, evals, tool_token_ids, pad_id=pad_id, device=device, batch_size=eval_batch_size
+        )
+    history = [{"step": 0, **initial_eval}]
     train_loss: list[float] = []
     order: list[int] = []
     try:
-        for step in tqdm(range(1, steps + 1), desc="tool tokens", disable=not show_progress, unit="step"):
+        for step in tqdm(
+            range(1, steps + 1), desc="tool tokens", disable=not show_progress, unit="step"
+        ):
             if len(order) < batch_size:
-                order += torch.randperm(len(train), generator=gen).tolist() * math.ceil(batch_size / len(train))
+                order += torch.randperm(len(train), generator=gen).tolist() * math.ceil(
+                    batch_size / len(train)
+                )
             pick, order = order[:batch_size], order[batch_size:]
             b = _batch([train[i] for i in pick], pad_id, device)
             model.eval()  # no dropout: the rows are the only thing that changes
@@ -247,20 +274,31 @@ def learn_tool_tokens(
             for m in mats:
                 m.grad = None
             lm.backward()
-            for r, m in zip(rows, mats):
+            for r, m in zip(rows, mats, strict=True):
                 r.grad = m.grad[ids].float().clone()
                 m.grad = None
-            reg_terms = [tool_token_regularizer(r, p, lam) for r, p in zip(rows, priors) if p is not None and lam > 0]
+            reg_terms = [
+                tool_token_regularizer(r, p, lam)
+                for r, p in zip(rows, priors, strict=True)
+                if p is not None and lam > 0
+            ]
             reg = torch.stack(reg_terms).sum() if reg_terms else torch.zeros(())
             if reg_terms:
                 reg.backward()
             opt.step()
             with torch.no_grad():
-                for r, m in zip(rows, mats):
+                for r, m in zip(rows, mats, strict=True):
                     m[ids] = r.to(m.dtype)
             train_loss.append(float(lm.detach()) + float(reg.detach()))
             if step % every == 0 or step == steps:
-                ev = evaluate_tool_rows(model, evals, tool_token_ids, pad_id=pad_id, device=device, batch_size=eval_batch_size)
+                ev = evaluate_tool_rows(
+                    model,
+                    evals,
+                    tool_token_ids,
+                    pad_id=pad_id,
+                    device=device,
+                    batch_size=eval_batch_size,
+                )
                 history.append({"step": step, "train_loss": train_loss[-1], **ev})
                 LOG.info("tool tokens step %d: %s", step, history[-1])
     finally:

@@ -1,0 +1,35 @@
+"""Inputs some methods need beyond the matrices: an auxiliary embedder, a corpus, the other matrix.
+
+Kernels stay pure: this module does the I/O (loading an embedder, reading corpus files,
+reading the model's other vocabulary tensor through mergekit's lazy loader) and hands the
+results to the kernel through ``EstimationProblem.extras``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from mergekit.common import ModelReference
+from mergekit.io.tasks import LoaderCache
+
+from mergekit_tokenplug.registry import MethodSpec, Need
+
+
+def method_extras(spec: MethodSpec, params: Any, *, model: ModelReference, plan: Any, role: str, device: torch.device, trust_remote_code: bool = False) -> dict[str, Any]:
+    """The ``extras`` a method needs for one matrix of one model."""
+    from mergekit_tokenplug.mergekit.planner import role_weight
+
+    extras: dict[str, Any] = {}
+    embedder = getattr(params, "embedder", None)
+    if isinstance(embedder, str) and embedder != "self":
+        from mergekit_tokenplug.resources.embedder import load_text_embedder
+
+        extras["embed_texts"] = load_text_embedder(embedder, device=str(device))
+    if Need.CORPUS in spec.needs:
+        extras["corpus_ids"] = plan.corpus_ids(tuple(params.corpus))
+        other = role_weight(model, "output" if role == "input" else "input", trust_remote_code)
+        names = [*(other.aliases or ()), *(other.tied_names or ())]
+        tensor = LoaderCache().get(model).get_tensor(other.name, aliases=names)
+        extras["context_matrix"] = tensor.float().to(device)
+    return extras

@@ -1,0 +1,103 @@
+"""Key path -> line number, read from the YAML node tree.
+
+pydantic and our own checks name a problem by its key path (``tokenizer.approximation.k``);
+a person fixing a recipe needs the line. PyYAML's composer keeps the start mark of every node,
+so one walk of the tree gives the line of every key and list item.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+Path = tuple[Any, ...]  # str keys and int list indices
+# pydantic adds union-branch labels to error locations (``ModelReference``, ``str``,
+# ``function-after[...]``, ``plugin``): they are not keys of the document.
+_KEY_LIKE = re.compile(r"[a-z_][a-z0-9_]*")
+_TYPE_LABELS = {"str", "int", "float", "bool", "dict", "list", "none", "plugin", "stock"}
+
+
+@dataclass
+class LineMap:
+    """Lines (1-based) of every key path of one YAML document."""
+
+    start_line: int  # the document's first line
+    lines: dict[Path, int] = field(default_factory=dict)
+
+    def resolve(self, loc: Iterable[Any]) -> tuple[Path, int]:
+        """The document path a pydantic-style location names, and the line to report.
+
+        Elements that are not keys at that point (union-branch labels) are dropped; a last
+        element that looks like a field name is kept even when absent (a missing key), and
+        its line is the nearest existing ancestor's.
+        """
+        loc = list(loc)
+        path: list[Any] = []
+        line = self.start_line
+        for i, part in enumerate(loc):
+            candidate = (*path, part)
+            if candidate in self.lines:
+                path.append(part)
+                line = self.lines[candidate]
+                continue
+            if isinstance(part, int) and (*path, str(part)) in self.lines:
+                path.append(str(part))
+                line = self.lines[tuple(path)]
+                continue
+            is_last = i == len(loc) - 1
+            if is_last and isinstance(part, str) and _looks_like_key(part):
+                path.append(part)
+        return tuple(path), line
+
+    def line_of(self, path: Sequence[Any]) -> int:
+        return self.resolve(path)[1]
+
+
+def _looks_like_key(part: str) -> bool:
+    return bool(_KEY_LIKE.fullmatch(part)) and part not in _TYPE_LABELS
+
+
+def key_string(path: Sequence[Any]) -> str:
+    """``tokenizer.approximation.k`` / ``models[0].model``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _walk(node: yaml.Node, path: Path, lines: dict[Path, int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key: Any = key_node.value
+            child = (*path, key)
+            lines.setdefault(child, key_node.start_mark.line + 1)
+            _walk(value_node, child, lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            child = (*path, index)
+            lines.setdefault(child, item.start_mark.line + 1)
+            _walk(item, child, lines)
+
+
+def line_map(node: yaml.Node) -> LineMap:
+    """The line map of one composed document."""
+    lines: dict[Path, int] = {}
+    _walk(node, (), lines)
+    return LineMap(start_line=node.start_mark.line + 1, lines=lines)
+
+
+def document_line_maps(text: str) -> list[LineMap]:
+    """One map per document of ``text`` (raises ``yaml.YAMLError`` on bad syntax).
+
+    Documents are returned in the same order as ``yaml.safe_load_all`` yields them.
+    """
+    return [line_map(node) for node in yaml.compose_all(text, Loader=yaml.SafeLoader)]
