@@ -1,8 +1,9 @@
 """Benchmark: our batch_omp against mergekit's tokensurgeon batch_omp on the same inputs.
 
 Random data shaped like embeddings (anisotropic Gaussian: a shared mean direction, a decaying
-spectrum and per-row norm spread, fixed seed). Each run happens in a forked child so its
-peak RSS (``resource`` rusage of that child) is its own and no run warms caches for another.
+spectrum and per-row norm spread, fixed seed). Each run happens in a fresh child
+process so its peak RSS (the child's ``resource`` rusage) is its own and no run warms caches for
+another.
 
     python bench/bench_omp.py --targets 2000 --atoms 20000 --dim 512 --k 64 --repeats 1 \
         --threads 2 --json omp.json
@@ -13,16 +14,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
 
 import torch
 
 
-def make_data(n_targets: int, n_atoms: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def make_data(
+    n_targets: int, n_atoms: int, dim: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Embedding-like rows: mean offset + power-law spectrum in a random basis + norm spread."""
     gen = torch.Generator().manual_seed(seed)
     basis, _ = torch.linalg.qr(torch.randn(dim, dim, generator=gen))
@@ -38,29 +41,49 @@ def make_data(n_targets: int, n_atoms: int, dim: int, seed: int) -> tuple[torch.
     return rows_all[n_atoms:].contiguous(), rows_all[:n_atoms].contiguous()
 
 
-def run_in_child(fn: Callable[[], object]) -> tuple[float, int, object]:
-    """Run fn in a forked child; return (seconds, peak RSS bytes, fn's result)."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        os.close(read_fd)
-        try:
-            start = time.perf_counter()
-            result = fn()
-            payload = pickle.dumps((time.perf_counter() - start, result))
-        except BaseException as exc:  # report, never return into the parent's code
-            payload = pickle.dumps((None, repr(exc)))
-        with os.fdopen(write_fd, "wb") as fh:
-            fh.write(payload)
-        os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as fh:
-        data = fh.read()
-    _, _status, usage = os.wait4(pid, 0)
-    seconds, result = pickle.loads(data)
-    if seconds is None:
-        raise RuntimeError(f"child failed: {result}")
-    return seconds, int(usage.ru_maxrss) * 1024, result
+def run_in_child(
+    argv: list[str], which: str
+) -> tuple[float, int, tuple[torch.Tensor, torch.Tensor]]:
+    """Run one implementation in a fresh interpreter (``--worker``); return (seconds, peak RSS
+    bytes from the child's rusage, (indices, coefficients)). A fresh process, not a fork:
+    forking after OpenMP threads have started can deadlock."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "result.pt")
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            *argv,
+            "--worker",
+            which,
+            "--worker-out",
+            out,
+        ]
+        proc = subprocess.Popen(cmd)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{which} worker failed with exit code {proc.returncode}")
+        payload = torch.load(out)
+    return payload["seconds"], int(usage.ru_maxrss) * 1024, (payload["idx"], payload["coef"])
+
+
+def worker(args: argparse.Namespace) -> int:
+    """Child side: build the same data from the seed, time one implementation, save results."""
+    torch.set_num_threads(args.threads)
+    x, atoms = make_data(args.targets, args.atoms, args.dim, args.seed)
+    if args.worker == "ours":
+        from mergekit_tokenplug.methods.omp import batch_omp
+
+        start = time.perf_counter()
+        idx, coef = batch_omp(x, atoms, args.k, strategy=args.strategy)
+    else:
+        from mergekit.tokensurgeon.omp import batch_omp as mergekit_omp
+
+        start = time.perf_counter()
+        idx, coef = mergekit_omp(x, atoms, args.k)
+    seconds = time.perf_counter() - start
+    torch.save({"seconds": seconds, "idx": idx, "coef": coef}, args.worker_out)
+    return 0
 
 
 def matmul_gflops(x: torch.Tensor, atoms: torch.Tensor, repeats: int = 3) -> float:
@@ -86,35 +109,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--strategy", default="auto", choices=["auto", "gram", "direct"])
     ap.add_argument("--skip-mergekit", action="store_true", help="time only ours")
     ap.add_argument("--json", default=None, help="write the figures here")
+    ap.add_argument("--worker", choices=["ours", "mergekit"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.worker:
+        return worker(args)
 
     torch.set_num_threads(args.threads)
-    from mergekit.tokensurgeon.omp import batch_omp as mergekit_omp
-
-    from mergekit_tokenplug.methods.omp import batch_omp
-
     x, atoms = make_data(args.targets, args.atoms, args.dim, args.seed)
     print(
         f"B={args.targets} N={args.atoms} D={args.dim} k={args.k} threads={args.threads} "
         f"strategy={args.strategy} torch={torch.__version__}",
         flush=True,
     )
-
-    def ours() -> tuple[torch.Tensor, torch.Tensor]:
-        return batch_omp(x, atoms, args.k, strategy=args.strategy)
-
-    def theirs() -> tuple[torch.Tensor, torch.Tensor]:
-        return mergekit_omp(x, atoms, args.k)
-
+    child_argv = [
+        f"--targets={args.targets}", f"--atoms={args.atoms}", f"--dim={args.dim}",
+        f"--k={args.k}", f"--threads={args.threads}", f"--seed={args.seed}",
+        f"--strategy={args.strategy}",
+    ]  # fmt: skip
     runs: dict[str, list[tuple[float, int]]] = {"ours": [], "mergekit": []}
     results: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    impls = [("ours", ours)] + ([] if args.skip_mergekit else [("mergekit", theirs)])
+    impls = ["ours"] + ([] if args.skip_mergekit else ["mergekit"])
     for rep in range(args.repeats):
-        for name, fn in impls:  # interleaved, so machine load affects both alike
-            seconds, rss, res = run_in_child(fn)
+        for name in impls:  # interleaved, so machine load affects both alike
+            seconds, rss, res = run_in_child(child_argv, name)
             runs[name].append((seconds, rss))
             results[name] = res
-            print(f"run {rep + 1} {name:9s} {seconds:8.2f} s  peak RSS {rss / 2**20:8.0f} MiB", flush=True)
+            print(
+                f"run {rep + 1} {name:9s} {seconds:8.2f} s  peak RSS {rss / 2**20:8.0f} MiB",
+                flush=True,
+            )
 
     gflops_plain = matmul_gflops(x, atoms)
     corr_flops = 2.0 * args.targets * args.atoms * args.dim * args.k  # k residual passes

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--eval-every", type=int, default=0, help="0: evaluate only before and after")
     ap.add_argument(
-        "--inits", default="mean,prior", help="inits to train: mean, prior, prior_sqrt_d"
+        "--inits", default="mean,prior", help="inits to train: mean, prior (sqrt_d scale), prior_median_norm"
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -108,12 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [],
     }
 
-    # before training: the three initializations (sqrt_d only measured, not trained)
+    # before training: the three initializations (median_norm only measured, not trained)
     inits = {}
     for name, init, scale in (
-        ("mean", "mean", "median_norm"),
-        ("prior", "prior", "median_norm"),
-        ("prior_sqrt_d", "prior", "sqrt_d"),
+        ("mean", "mean", "sqrt_d"),
+        ("prior", "prior", "sqrt_d"),
+        ("prior_median_norm", "prior", "median_norm"),
     ):
         priors = init_tool_rows(
             model, tokenizer, [tool_id], [DESCRIPTION], init=init, device=args.device, scale=scale

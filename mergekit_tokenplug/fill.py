@@ -231,9 +231,15 @@ def _estimate_missing(
             problem.extras.setdefault("split_texts", texts.split_base)
             problem.extras["target_out_ids"] = torch.as_tensor(out_ids, dtype=torch.long)
             if Need.CORPUS in needs:
-                out_to_target = torch.full((len(src_ids),), -1, dtype=torch.long, device=base.device)
-                out_to_target[torch.as_tensor(out_ids, device=base.device)] = torch.arange(len(out_ids), device=base.device)
-                problem.extras["out_to_base"] = torch.as_tensor(src_ids, dtype=torch.long, device=base.device)
+                out_to_target = torch.full(
+                    (len(src_ids),), -1, dtype=torch.long, device=base.device
+                )
+                out_to_target[torch.as_tensor(out_ids, device=base.device)] = torch.arange(
+                    len(out_ids), device=base.device
+                )
+                problem.extras["out_to_base"] = torch.as_tensor(
+                    src_ids, dtype=torch.long, device=base.device
+                )
                 problem.extras["out_to_target"] = out_to_target
             if Need.BASE_TOKENIZER in needs:
                 problem.target_pieces = texts.split_base(problem.target_texts)

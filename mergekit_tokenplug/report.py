@@ -30,7 +30,9 @@ def add_fill(record: dict[str, Any]) -> None:
 def add_tool_rows(model: str, weight: str, tokens: list[str], ids: list[int], rows: Any) -> None:
     """The prior rows given to tool tokens (exported with the model for regularized training)."""
     with _LOCK:
-        _TOOLS.append({"model": model, "weight": weight, "tokens": tokens, "ids": ids, "rows": rows})
+        _TOOLS.append(
+            {"model": model, "weight": weight, "tokens": tokens, "ids": ids, "rows": rows}
+        )
 
 
 def tool_rows() -> list[dict[str, Any]]:

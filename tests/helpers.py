@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 def tensors(model_dir: str | Path) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
-    for f in sorted(Path(model_dir).glob("*.safetensors")):
+    for f in sorted(Path(model_dir).glob("model*.safetensors")):
         out.update(load_file(f))
     return out
 
@@ -23,6 +23,6 @@ def config(model_dir: str | Path) -> dict:
 
 def safetensors_digest(model_dir: str | Path) -> str:
     h = hashlib.sha256()
-    for f in sorted(Path(model_dir).glob("*.safetensors")):
+    for f in sorted(Path(model_dir).glob("model*.safetensors")):
         h.update(f.read_bytes())
     return h.hexdigest()

@@ -24,35 +24,42 @@ def _reference_min_gaps(x: torch.Tensor, atoms: torch.Tensor, k: int) -> torch.T
     the best and second-best |correlation| over the k steps (where ties make supports ambiguous)."""
     x, atoms = x.double(), atoms.double()
     gaps = torch.full((x.shape[0],), float("inf"), dtype=torch.float64)
-    for b in range(x.shape[0]):
-        support: list[int] = []
-        resid = x[b]
-        for _ in range(k):
-            corr = (atoms @ resid).abs()
-            corr[support] = -1.0
-            top = corr.topk(2).values
-            gaps[b] = min(gaps[b], float((top[0] - top[1]) / top[0].clamp_min(1e-300)))
-            support.append(int(corr.argmax()))
-            sub = atoms[support].T
-            coef = torch.linalg.lstsq(sub, x[b].unsqueeze(1)).solution.squeeze(1)
-            resid = x[b] - sub @ coef
+    support = torch.zeros((x.shape[0], 0), dtype=torch.long)
+    resid = x
+    for _ in range(k):
+        corr = (resid @ atoms.T).abs()
+        corr.scatter_(1, support, -1.0)
+        top = corr.topk(2, dim=1).values
+        gaps = torch.minimum(gaps, (top[:, 0] - top[:, 1]) / top[:, 0].clamp_min(1e-300))
+        support = torch.cat([support, corr.argmax(dim=1, keepdim=True)], dim=1)
+        sub = atoms[support].mT  # (B, D, t)
+        coef = torch.linalg.lstsq(sub, x.unsqueeze(-1)).solution
+        resid = x - (sub @ coef).squeeze(-1)
     return gaps
 
 
-def test_parity_with_mergekit() -> None:
+@pytest.fixture(scope="module")
+def parity_case() -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
     b, n, dim, k = 64, 800, 48, 12
     x = _embedding_like(gen, b, dim)
     atoms = _embedding_like(gen, n, dim)
     idx_mk, coef_mk = mergekit_batch_omp(x, atoms, k)
-    idx, coef = batch_omp(x, atoms, k)
-    assert idx.shape == (b, k) and coef.shape == (b, k) and coef.dtype == torch.float32
+    gaps = _reference_min_gaps(x, atoms, k)
+    return {"x": x, "atoms": atoms, "k": k, "idx_mk": idx_mk, "coef_mk": coef_mk, "gaps": gaps}
 
-    unambiguous = _reference_min_gaps(x, atoms, k) > 1e-4
+
+@pytest.mark.parametrize("strategy", ["auto", "gram", "direct"])
+def test_parity_with_mergekit(parity_case: dict, strategy: str) -> None:
+    c = parity_case
+    idx, coef = batch_omp(c["x"], c["atoms"], c["k"], strategy=strategy)
+    assert idx.shape == c["idx_mk"].shape and coef.dtype == torch.float32
+
+    unambiguous = c["gaps"] > 1e-4
     assert unambiguous.float().mean() > 0.8  # the comparison covers most rows
-    same = (idx == idx_mk).all(dim=1)
+    same = (idx == c["idx_mk"]).all(dim=1)
     assert bool(same[unambiguous].all()), "supports differ on rows without near-ties"
-    rel = (coef - coef_mk).norm(dim=1) / coef_mk.norm(dim=1)
+    rel = (coef - c["coef_mk"]).norm(dim=1) / c["coef_mk"].norm(dim=1)
     assert float(rel[same].max()) < 1e-4
 
 
@@ -125,7 +132,10 @@ def _problem(k_anchors: int, targets_per_combo: int = 5) -> tuple[EstimationProb
     v_donor = k_anchors + targets_per_combo + 6
     perm = torch.randperm(v_donor, generator=gen)
     donor = torch.randn(v_donor, d_donor, generator=gen)
-    donor_anchor_ids, donor_target_ids = perm[:k_anchors], perm[k_anchors : k_anchors + targets_per_combo]
+    donor_anchor_ids, donor_target_ids = (
+        perm[:k_anchors],
+        perm[k_anchors : k_anchors + targets_per_combo],
+    )
     donor[donor_anchor_ids] = anchors_donor
     donor[donor_target_ids] = targets_donor
     # Base matrix: the anchors' rows (mapped by M) at other, shuffled positions.

@@ -129,9 +129,8 @@ def test_prior_init_sets_rows():
     model, tokenizer, ids, priors = _setup(tied=False)
     head = model.get_output_embeddings().weight.detach()
     others = head[: ids[0]]
-    assert math.isclose(
-        float(head[ids[0]].norm()), float(others.norm(dim=-1).median()), rel_tol=1e-5
-    )
+    # default scale: unit vector / sqrt(d)
+    assert math.isclose(float(head[ids[0]].norm()), others.shape[1] ** -0.5, rel_tol=1e-5)
     pieces = tokenizer(DESCRIPTION, add_special_tokens=False)["input_ids"]
     emb = model.get_input_embeddings().weight.detach()
     torch.testing.assert_close(emb[ids[0]], emb[pieces].mean(0))
@@ -247,7 +246,7 @@ def test_registered_tool_kernel_uses_prior_and_description_pieces():
         ToolParams(),
     )
     pooled = pooled_hidden_states(model, tokenizer, [DESCRIPTION], "cpu")
-    torch.testing.assert_close(out, tool_prior(pooled, head, "median_norm"))
+    torch.testing.assert_close(out, tool_prior(pooled, head, "sqrt_d"))
     inp = estimate_tool(
         EstimationProblem(
             base=emb, anchor_ids=torch.arange(5), n_targets=1, role="input", extras=extras

@@ -109,7 +109,9 @@ def run_batched(
             except Exception as exc:
                 # accelerate only recognises some messages; normalise CPU/CUDA OOM to one it knows.
                 if is_out_of_memory(exc) and not should_reduce_batch_size(exc):
-                    raise RuntimeError(f"DefaultCPUAllocator: can't allocate memory ({exc})") from exc
+                    raise RuntimeError(
+                        f"DefaultCPUAllocator: can't allocate memory ({exc})"
+                    ) from exc
                 raise
             results.append(out)
             if on_batch is not None:

@@ -38,7 +38,11 @@ def _allow_tool_sources() -> None:
 
     emb_cfg = tok_config.TokenEmbeddingConfig
     emb_cfg.model_fields["source"].annotation = Union[  # noqa: UP007 (runtime type)
-        tok_config.ModelTokenEmbedding, tok_config.ZeroEmbedding, ToolTokenSource, ModelReference, None
+        tok_config.ModelTokenEmbedding,
+        tok_config.ZeroEmbedding,
+        ToolTokenSource,
+        ModelReference,
+        None,
     ]
     for model in (emb_cfg, tok_config.TokenizerConfig, TokenplugTokenizerConfig):
         model.model_rebuild(force=True)

@@ -16,7 +16,16 @@ from mergekit.io.tasks import LoaderCache
 from mergekit_tokenplug.registry import MethodSpec, Need
 
 
-def method_extras(spec: MethodSpec, params: Any, *, model: ModelReference, plan: Any, role: str, device: torch.device, trust_remote_code: bool = False) -> dict[str, Any]:
+def method_extras(
+    spec: MethodSpec,
+    params: Any,
+    *,
+    model: ModelReference,
+    plan: Any,
+    role: str,
+    device: torch.device,
+    trust_remote_code: bool = False,
+) -> dict[str, Any]:
     """The ``extras`` a method needs for one matrix of one model."""
     from mergekit_tokenplug.mergekit.planner import role_weight
 

@@ -15,11 +15,12 @@ from typing import Any
 from mergekit.architecture import WeightInfo, arch_info_for_config
 from mergekit.common import ImmutableMap, ModelReference
 from mergekit.io.tasks import GatherTensors
+from mergekit.tokenizer.build import BuildTokenizer, TokenizerInfo
 from mergekit.tokenizer.embed import PermutedVocabulary
 
 from mergekit_tokenplug import registry
 from mergekit_tokenplug.errors import InputError
-from mergekit_tokenplug.mergekit.schema import uses_plugin
+from mergekit_tokenplug.mergekit.schema import ToolTokenSource, uses_plugin
 from mergekit_tokenplug.mergekit.vocab_task import AlignVocabulary, ApproximatedVocabulary
 from mergekit_tokenplug.registry import Need
 
@@ -66,9 +67,10 @@ def apply(plan_module: ModuleType) -> None:
     @functools.wraps(original_init)
     def __init__(self, config, arch_info, options, out_model_config):  # noqa: N807
         original_init(self, config, arch_info, options, out_model_config)
-        self._tokenplug_align = (
-            _align_task(self) if uses_plugin(config) and self._tokenizer_task else None
-        )
+        plugin = uses_plugin(config) and self._tokenizer_task is not None
+        if plugin:
+            _swap_tool_aware_tokenizer(self)
+        self._tokenplug_align = _align_task(self) if plugin else None
 
     @functools.wraps(original_plan_tensor)
     def plan_tensor(self, weight, weights_in, models, cfg_reader):
@@ -95,6 +97,40 @@ def apply(plan_module: ModuleType) -> None:
     planner_cls.__init__ = __init__
     planner_cls.plan_tensor = plan_tensor
     planner_cls._tokenplug_patched = True
+
+
+class ToolAwareBuildTokenizer(BuildTokenizer):
+    """Stock tokenizer build, then tool tokens added as unnormalized tokens.
+
+    Stock ``add_tokens(str)`` makes a normalized added token, which a SentencePiece-style
+    normalizer only matches after a space; a tool token must match wherever it appears.
+    """
+
+    tool_tokens: tuple[str, ...] = ()
+
+    def execute(self, **kwargs: Any) -> TokenizerInfo:
+        from tokenizers import AddedToken
+
+        info = super().execute(**kwargs)
+        vocab = info.tokenizer.get_vocab()
+        new = [t for t in self.tool_tokens if t not in vocab]
+        info.tokenizer.add_tokens([AddedToken(t, normalized=False, special=False) for t in new])
+        vocab = info.tokenizer.get_vocab()
+        for perm in info.permutations.values():
+            for token in new:
+                perm[vocab[token]] = -1
+        return info
+
+
+def _swap_tool_aware_tokenizer(planner: Any) -> None:
+    tokens = planner.config.tokenizer.tokens or {}
+    tools = tuple(t for t, c in tokens.items() if isinstance(c.source, ToolTokenSource))
+    if not tools:
+        return
+    stock = planner._tokenizer_task
+    fields = {k: getattr(stock, k) for k in BuildTokenizer.model_fields}
+    fields["add_tokens"] = tuple(t for t in stock.add_tokens or () if t not in tools)
+    planner._tokenizer_task = ToolAwareBuildTokenizer(**fields, tool_tokens=tools)
 
 
 def needs_donor_embeddings(config: Any) -> bool:

@@ -90,7 +90,7 @@ TOOL_PRIORS_NAME = "tool_token_priors.safetensors"
 def write_tool_priors(out_dir: Path, merge_config: Any) -> None:
     """Export the tool-token priors (the base model's) so training code can regularize toward them.
 
-    Keys: one ``(n, d)`` tensor per written matrix (named like the weight) plus ``token_ids``;
+    Keys: ``prior/<weight name>`` (one ``(n, d)`` tensor per written matrix) plus ``token_ids``;
     metadata ``tokens`` (JSON list, same order) and ``model``.
     """
     records = report.tool_rows()
@@ -102,10 +102,16 @@ def write_tool_priors(out_dir: Path, merge_config: Any) -> None:
     from safetensors.torch import save_file
 
     base = str(merge_config.base_model) if merge_config.base_model else records[0]["model"]
-    mine = [r for r in records if r["model"] == base] or [r for r in records if r["model"] == records[0]["model"]]
-    tensors = {r["weight"]: r["rows"].contiguous() for r in mine}
+    mine = [r for r in records if r["model"] == base] or [
+        r for r in records if r["model"] == records[0]["model"]
+    ]
+    tensors = {f"prior/{r['weight']}": r["rows"].contiguous() for r in mine}
     tensors["token_ids"] = torch.tensor(mine[0]["ids"], dtype=torch.int64)
-    save_file(tensors, str(out_dir / TOOL_PRIORS_NAME), metadata={"tokens": json.dumps(mine[0]["tokens"]), "model": mine[0]["model"]})
+    save_file(
+        tensors,
+        str(out_dir / TOOL_PRIORS_NAME),
+        metadata={"tokens": json.dumps(mine[0]["tokens"]), "model": mine[0]["model"]},
+    )
 
 
 def finalize(

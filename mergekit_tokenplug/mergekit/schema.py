@@ -36,7 +36,10 @@ class ApproximationConfig(BaseModel):
 
         spec = registry.get(self.method)
         if registry.Need.MODEL_FORWARD in spec.needs:
-            raise ConfigError(f"method {self.method!r} initializes individual tokens; use tokenizer.tokens.<token>.source: {{kind: {self.method}, name: ..., description: ...}}", where="tokenizer.approximation.method")
+            raise ConfigError(
+                f"method {self.method!r} initializes individual tokens; use tokenizer.tokens.<token>.source: {{kind: {self.method}, name: ..., description: ...}}",
+                where="tokenizer.approximation.method",
+            )
         spec.parse_params(self.method_params())
         return self
 
@@ -71,12 +74,15 @@ class ToolTokenSource(BaseModel, frozen=True):
     kind: Literal["tool"]
     name: str | None = None
     description: str | None = None
-    scale: Literal["median_norm", "sqrt_d"] = "median_norm"
+    scale: Literal["sqrt_d", "median_norm"] = "sqrt_d"
 
     @pydantic.model_validator(mode="after")
     def _needs_text(self) -> ToolTokenSource:
         if not (self.name or "").strip() and not (self.description or "").strip():
-            raise ConfigError("a tool token needs a non-empty name or description (the prior is built from that text)", where="tokenizer.tokens.<token>.source")
+            raise ConfigError(
+                "a tool token needs a non-empty name or description (the prior is built from that text)",
+                where="tokenizer.tokens.<token>.source",
+            )
         return self
 
     def text(self) -> str:
@@ -88,7 +94,9 @@ class ToolTokenSource(BaseModel, frozen=True):
 class TokenplugTokenizerConfig(TokenizerConfig, frozen=True):
     """mergekit's ``TokenizerConfig`` plus the plugin's keys."""
 
-    approximation: ApproximationConfig = Field(default_factory=lambda: ApproximationConfig(method="omp"))
+    approximation: ApproximationConfig = Field(
+        default_factory=lambda: ApproximationConfig(method="omp")
+    )
 
 
 def has_tool_tokens(tokens: Any) -> bool:
@@ -106,7 +114,9 @@ def has_tool_tokens(tokens: Any) -> bool:
 def _tokenizer_kind(value: Any) -> str:
     if isinstance(value, TokenplugTokenizerConfig):
         return "plugin"
-    if isinstance(value, dict) and (any(k in value for k in PLUGIN_TOKENIZER_KEYS) or has_tool_tokens(value.get("tokens"))):
+    if isinstance(value, dict) and (
+        any(k in value for k in PLUGIN_TOKENIZER_KEYS) or has_tool_tokens(value.get("tokens"))
+    ):
         return "plugin"
     return "stock"
 

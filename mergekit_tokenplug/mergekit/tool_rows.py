@@ -13,15 +13,17 @@ import torch
 import transformers
 from mergekit.common import ModelReference
 
-from mergekit_tokenplug.methods.base import EstimationProblem
 from mergekit_tokenplug.mergekit.schema import ToolTokenSource
+from mergekit_tokenplug.methods.base import EstimationProblem
 from mergekit_tokenplug.registry import get
 from mergekit_tokenplug.tooltokens.train import pooled_hidden_states
 
 
 @functools.lru_cache(maxsize=2)
 def _frozen_model(path: str, trust_remote_code: bool) -> Any:
-    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, trust_remote_code=trust_remote_code
+    )
     return model.eval().requires_grad_(False)
 
 
@@ -42,7 +44,9 @@ def tool_token_rows(
     """
     texts = [t.text() for t in tools]
     device = matrix.device
-    tied = bool(getattr(model.config(trust_remote_code=trust_remote_code), "tie_word_embeddings", False))
+    tied = bool(
+        getattr(model.config(trust_remote_code=trust_remote_code), "tie_word_embeddings", False)
+    )
 
     def forward(batch: list[str]) -> torch.Tensor:
         net = _frozen_model(model.model.path, trust_remote_code)
@@ -67,5 +71,7 @@ def tool_token_rows(
                 "tool_description_pieces": [pieces[i] for i in idx],
             },
         )
-        rows[torch.tensor(idx, device=device)] = spec.estimate(problem, spec.parse_params({"scale": scale})).float()
+        rows[torch.tensor(idx, device=device)] = spec.estimate(
+            problem, spec.parse_params({"scale": scale})
+        ).float()
     return rows

@@ -30,8 +30,8 @@ from mergekit.tokenizer.embed import PermutedVocabulary
 from mergekit_tokenplug import registry, report
 from mergekit_tokenplug.errors import InputError
 from mergekit_tokenplug.fill import SourceSpace, TextSupport, check_finite, fill_matrix
-from mergekit_tokenplug.mergekit.schema import ApproximationConfig, ToolTokenSource
 from mergekit_tokenplug.mergekit.method_resources import method_extras
+from mergekit_tokenplug.mergekit.schema import ApproximationConfig, ToolTokenSource
 from mergekit_tokenplug.mergekit.tool_rows import tool_token_rows
 from mergekit_tokenplug.vocab.align import VocabAlignment, align_vocab
 from mergekit_tokenplug.vocab.texts import split_texts, token_texts
@@ -67,7 +67,9 @@ class VocabPlan:
         from mergekit_tokenplug.resources.corpus import read_corpus, resolve_corpus, tokenize_corpus
 
         if patterns not in self._corpora:
-            self._corpora[patterns] = tokenize_corpus(self.tokenizer, read_corpus(resolve_corpus(list(patterns))))
+            self._corpora[patterns] = tokenize_corpus(
+                self.tokenizer, read_corpus(resolve_corpus(list(patterns)))
+            )
         return self._corpora[patterns]
 
     @functools.cached_property
@@ -210,8 +212,13 @@ def make_vocab_plan(
         model_rows = _model_rows(model, tok, trust_remote_code)
         alignment = align_vocab(out_tok, tok, model_rows=model_rows, out_rows=n_tokens)
         if alignment.size > n_tokens:  # output ids past the reference rows cannot be embedded
-            alignment.src_ids, alignment.how = alignment.src_ids[:n_tokens], alignment.how[:n_tokens]
-        return ModelVocab(name=model_key(model), tokenizer=tok, rows=model_rows, alignment=alignment)
+            alignment.src_ids, alignment.how = (
+                alignment.src_ids[:n_tokens],
+                alignment.how[:n_tokens],
+            )
+        return ModelVocab(
+            name=model_key(model), tokenizer=tok, rows=model_rows, alignment=alignment
+        )
 
     vocabs = {model_key(m): vocab_for(m, f"models: {m.model.path}") for m in models}
     donor_vocab = vocab_for(donor, "tokenizer.source") if donor is not None else None
@@ -297,7 +304,9 @@ class ApproximatedVocabulary(PermutedVocabulary):
             if donor_space is not None:
                 sources.append(donor_space)
             texts = plan.text_support(mv.name)
-            extras = method_extras(spec, params, model=m, plan=plan, role=self.role, device=views[m].device)
+            extras = method_extras(
+                spec, params, model=m, plan=plan, role=self.role, device=views[m].device
+            )
             if extras:
                 texts = dataclasses.replace(texts, extras={**texts.extras, **extras})
             filled, rep = fill_matrix(
@@ -333,13 +342,21 @@ class ApproximatedVocabulary(PermutedVocabulary):
                             self.tokens[token],
                         ).to(dtype)
             if tools:
-                ids = torch.tensor([token_id for token_id, _ in tools.values()], device=filled.device)
+                ids = torch.tensor(
+                    [token_id for token_id, _ in tools.values()], device=filled.device
+                )
                 rows = tool_token_rows(
-                    model=m, tokenizer=mv.tokenizer, matrix=views[m], role=self.role,
-                    tools=[src for _, src in tools.values()], split_base=plan.text_support(mv.name).split_base,
+                    model=m,
+                    tokenizer=mv.tokenizer,
+                    matrix=views[m],
+                    role=self.role,
+                    tools=[src for _, src in tools.values()],
+                    split_base=plan.text_support(mv.name).split_base,
                 )
                 filled[ids] = rows.to(device=filled.device, dtype=dtype)
-                report.add_tool_rows(mv.name, self.weight_name, list(tools), ids.tolist(), rows.cpu())
+                report.add_tool_rows(
+                    mv.name, self.weight_name, list(tools), ids.tolist(), rows.cpu()
+                )
             report.add_fill({**rep.as_dict(), "weight": self.weight_name, "method": approx.method})
             result[m] = filled.movedim(0, self.vocabulary_axis)
         return result

@@ -85,12 +85,13 @@ class _GramCache:
         n = atoms.shape[0]
         self.atoms = atoms
         self.n = n
-        self.n_chunks = math.ceil(n / GRAM_CHUNK)
+        self.chunk = min(GRAM_CHUNK, n)
+        self.n_chunks = math.ceil(n / self.chunk)
         self.capacity = int(capacity)
         self.count = 0
         self.slot = torch.full((n,), -1, dtype=torch.long, device=atoms.device)
         self.buf = torch.empty(
-            (self.n_chunks, self.capacity, GRAM_CHUNK), dtype=atoms.dtype, device=atoms.device
+            (self.n_chunks, self.capacity, self.chunk), dtype=atoms.dtype, device=atoms.device
         )
 
     def ensure(self, atom_ids: torch.Tensor) -> bool:
@@ -102,12 +103,12 @@ class _GramCache:
             return True
         if self.count + m > self.capacity:
             return False
-        pad = self.n_chunks * GRAM_CHUNK - self.n
+        pad = self.n_chunks * self.chunk - self.n
         step = 1024
         for lo in range(0, m, step):
             ids = missing[lo : lo + step]
             rows = self.atoms[ids] @ self.atoms.T  # (m, N)
-            rows = F.pad(rows, (0, pad)).view(len(ids), self.n_chunks, GRAM_CHUNK)
+            rows = F.pad(rows, (0, pad)).view(len(ids), self.n_chunks, self.chunk)
             start = self.count + lo
             self.buf[:, start : start + len(ids)].copy_(rows.transpose(0, 1))
         self.slot[missing] = torch.arange(self.count, self.count + m, device=self.slot.device)
@@ -122,8 +123,8 @@ class _GramCache:
         weights = gamma.contiguous()
         out = torch.empty_like(alpha0)
         for c in range(self.n_chunks):
-            lo = c * GRAM_CHUNK
-            hi = min(self.n, lo + GRAM_CHUNK)
+            lo = c * self.chunk
+            hi = min(self.n, lo + self.chunk)
             part = F.embedding_bag(
                 slots, self.buf[c, : self.count], per_sample_weights=weights, mode="sum"
             )
@@ -276,7 +277,8 @@ def batch_omp(
         gram = None
         want_gram = select_dtype is None and k > 1 and _use_gram_step(1, dim, device, strategy)
         if want_gram:
-            row_bytes = math.ceil(n_atoms / GRAM_CHUNK) * GRAM_CHUNK * elt
+            chunk = min(GRAM_CHUNK, n_atoms)
+            row_bytes = math.ceil(n_atoms / chunk) * chunk * elt
             capacity = min(n_atoms, n_targets * k, int(budget * GRAM_BUDGET_FRACTION) // row_bytes)
             if capacity >= 1:
                 gram = _GramCache(atoms, capacity)
@@ -324,7 +326,11 @@ def estimate_omp(problem: EstimationProblem, params: OmpParams) -> torch.Tensor:
     d_base = problem.base.shape[1]
     if problem.n_targets == 0:
         return torch.zeros((0, d_base), dtype=torch.float32, device=problem.device)
-    if problem.donor is None or problem.donor_anchor_ids is None or problem.donor_target_ids is None:
+    if (
+        problem.donor is None
+        or problem.donor_anchor_ids is None
+        or problem.donor_target_ids is None
+    ):
         raise ValueError("omp needs donor embeddings (donor, donor_anchor_ids, donor_target_ids)")
     n_anchors = int(problem.anchor_ids.numel())
     if params.k > n_anchors:
@@ -333,9 +339,9 @@ def estimate_omp(problem: EstimationProblem, params: OmpParams) -> torch.Tensor:
             where="tokenizer.approximation.k",
         )
     device = problem.device
-    donor = problem.donor.to(device)
-    targets = donor[problem.donor_target_ids.to(device)].float()
-    dictionary = donor[problem.donor_anchor_ids.to(device)].float()
+    donor = problem.donor
+    targets = donor[problem.donor_target_ids.to(donor.device)].to(device, torch.float32)
+    dictionary = donor[problem.donor_anchor_ids.to(donor.device)].to(device, torch.float32)
     label = f"OMP {problem.label}".strip()
     idx, coef = batch_omp(
         targets,

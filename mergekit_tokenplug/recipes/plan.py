@@ -99,7 +99,7 @@ def align_settings(config: Any) -> dict[str, Any]:
         if source not in models and needs_donor(config):
             donor = source
     else:
-        reference, cut = (config.base_model or input_order(config)[0]), False
+        reference, cut = (config.base_model or models[0]), False
     return {
         "donor": donor,
         "reference_rows_model": reference,
@@ -113,18 +113,45 @@ def needs_donor(config: Any) -> bool:
 
 
 def output_tokenizer(config: Any, trust_remote_code: bool = False) -> Any:
-    """The output tokenizer exactly as mergekit builds it (tokenizers only)."""
-    from mergekit.tokenizer.build import build_tokenizer
+    """The output tokenizer as mergekit's ``build_tokenizer`` makes it (tokenizers only).
 
-    tokens = config.tokenizer.tokens or {}
-    info = build_tokenizer(
-        base_model=config.base_model,
-        referenced_models=list(config.referenced_models()),
-        tokenizer_source=config.tokenizer.source,
-        trust_remote_code=trust_remote_code,
-        add_tokens=list(tokens),
-    )
-    return info.tokenizer
+    Its tokenizer half, with mergekit's own helpers, minus the permutation tables (and their
+    progress bar) that a plan does not need.
+    """
+    import transformers
+    from mergekit.common import ModelReference
+    from mergekit.tokenizer.build import build_union_tokenizer, get_stripped_tokenizer
+
+    models = list(config.referenced_models())
+    base = config.base_model or models[0]
+    source = config.tokenizer.source
+
+    def load(ref: Any) -> Any:
+        return transformers.AutoTokenizer.from_pretrained(
+            ref.model.path, revision=ref.model.revision, trust_remote_code=trust_remote_code
+        )
+
+    if isinstance(source, ModelReference):
+        out = load(source)
+    else:
+        base_tok = get_stripped_tokenizer(base.model, trust_remote_code=trust_remote_code)
+        if source == "base":
+            out = base_tok
+        else:
+            tokenizers = {base: base_tok}
+            for ref in models:
+                if ref != base:
+                    try:
+                        tokenizers[ref] = load(ref)
+                    except Exception:  # mergekit also skips (and assumes the base's)
+                        continue
+            out = build_union_tokenizer(base_tok, tokenizers, trust_remote_code=trust_remote_code)
+    existing = set(out.get_vocab())
+    for token in config.tokenizer.tokens or {}:
+        if token not in existing:
+            out.add_tokens(token)
+            existing.add(token)
+    return out
 
 
 def _forced_mask(config: Any, out_tok: Any, n_tokens: int) -> np.ndarray:
@@ -251,8 +278,14 @@ def _hidden_size(model: Any, trust_remote_code: bool) -> int:
 
 
 def method_cost(
-    method: str, params: Any, targets: int, anchors: int, dim_source: int, dim_model: int,
-    model_rows: int, budget: int,
+    method: str,
+    params: Any,
+    targets: int,
+    anchors: int,
+    dim_source: int,
+    dim_model: int,
+    model_rows: int,
+    budget: int,
 ) -> tuple[int, float | None]:
     """(working bytes, flops or None) of estimating ``targets`` rows with ``method``."""
     if targets == 0:
@@ -317,13 +350,11 @@ def plan_recipe(
     vocab = rv.vocab
     spec = registry.get(rv.method)
     budget = _budget(dev, available)
-    out_model = config.base_model or rv.inputs[0]
+    out_model = config.base_model or config.referenced_models()[0]  # as mergekit's out config
     out_cfg = out_model.config(trust_remote_code=trust_remote_code)
     tied_out = bool(getattr(out_cfg, "tie_word_embeddings", False))
     out_weights = [
-        w
-        for w in vocab_weights(out_model, trust_remote_code)
-        if not (w.tied_names and tied_out)
+        w for w in vocab_weights(out_model, trust_remote_code) if not (w.tied_names and tied_out)
     ]
     settings = align_settings(config)
     donor = settings["donor"]
@@ -363,13 +394,21 @@ def plan_recipe(
         for m in rv.inputs:
             fill = rv.fills[str(m)]
             for g in fill.groups:
-                d_src = d_donor if g.source and g.source.startswith("donor ") else dims.get(
-                    g.source or str(m), dims[str(m)]
+                d_src = (
+                    d_donor
+                    if g.source and g.source.startswith("donor ")
+                    else dims.get(g.source or str(m), dims[str(m)])
                 )
                 params = rv.params if g.method == rv.method else None
                 wb, fl = method_cost(
-                    g.method, params, g.count, g.anchors or 0, d_src, dims[str(m)],
-                    fill.rows, budget,
+                    g.method,
+                    params,
+                    g.count,
+                    g.anchors or 0,
+                    d_src,
+                    dims[str(m)],
+                    fill.rows,
+                    budget,
                 )
                 working = max(working, wb)
                 if fl is None:
@@ -449,7 +488,8 @@ def format_plan(plan: dict[str, Any]) -> str:
         return f"{plan['note']}; device {dev}"
     params = ", ".join(f"{k}={v}" for k, v in plan["params"].items())
     lines = [
-        f"method: {plan['method']}" + (f" ({params})" if params else "")
+        f"method: {plan['method']}"
+        + (f" ({params})" if params else "")
         + f"; fallback for tokens no source space has: {plan['fallback'] or 'none'}; device: {dev}",
         f"output vocabulary: {plan['output']['tokens']} tokens in {plan['output']['rows']} rows"
         f" (tokenizer.source: {plan['output']['tokenizer_source']})",

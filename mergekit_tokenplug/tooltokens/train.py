@@ -90,7 +90,7 @@ def init_tool_rows(
     *,
     init: Literal["mean", "prior"],
     device: torch.device | str,
-    scale: Scale = "median_norm",
+    scale: Scale = "sqrt_d",
 ) -> dict[str, torch.Tensor | None]:
     """Write initial rows for the tool tokens and return the priors for regularization.
 

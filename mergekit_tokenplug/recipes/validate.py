@@ -1,0 +1,623 @@
+"""``recipes validate``: every problem of a recipe file, without loading a single weight.
+
+A merge that fails after an hour on a typo, or silently ignores a misspelt key (mergekit drops
+unknown keys), is what this prevents. Checks, each reported as ``FILE:LINE key: message``:
+YAML syntax; unknown top-level keys; mergekit's schema with the plugin's keys; the method and
+its parameters; local model directories (exist, tokenizer, weights where needed); the
+method's resources (corpus files, auxiliary embedder); OMP's ``k`` against the shared tokens
+of every model and its source spaces (tokenizers only); tool tokens; ``mergekit-multi`` stage
+names and references.
+"""
+
+from __future__ import annotations
+
+import copy
+import glob
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import yaml
+
+from mergekit_tokenplug.errors import TokenplugError
+from mergekit_tokenplug.recipes.yaml_lines import LineMap, document_line_maps, key_string
+
+APPROX = ("tokenizer", "approximation")
+_WHERE_PREFIX = re.compile(r"^([A-Za-z_][\w.<>\[\]-]*): (.+)$", re.S)
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+@dataclass
+class Problem:
+    """One finding, located by file, line and key path."""
+
+    file: str
+    line: int | None
+    key: str
+    message: str
+    severity: str = "error"  # "error" | "warning"
+
+    def format(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        text = ("warning: " if self.severity == "warning" else "") + self.message
+        return f"{where} {self.key}: {text}" if self.key else f"{where} {text}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Options:
+    check_models: bool = True  # False: syntax, schema and parameters only
+    allow_hub: bool = False  # names that look like hub ids are skipped instead of errors
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DocResult:
+    """One YAML document: its stage name (None = final/only), config when it validated."""
+
+    index: int
+    name: str | None
+    config: Any = None
+    stage_refs: set[str] = field(default_factory=set)
+
+
+@dataclass
+class FileResult:
+    file: str
+    problems: list[Problem] = field(default_factory=list)
+    documents: list[DocResult] = field(default_factory=list)
+    multi: bool = False
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+
+def validate_path(path: str | os.PathLike, options: Options | None = None) -> FileResult:
+    """Validate one recipe file (single- or multi-document)."""
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return FileResult(name, [Problem(name, None, "", f"cannot read the file ({exc})")])
+    return validate_text(text, name, options)
+
+
+def validate_text(text: str, file: str = "recipe", options: Options | None = None) -> FileResult:
+    """Validate recipe text; ``file`` is the name used in the messages."""
+    options = options or Options()
+    result = FileResult(file)
+    try:
+        maps = document_line_maps(text)
+        docs = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        line = mark.line + 1 if mark is not None else None
+        result.problems.append(Problem(file, line, "", f"malformed YAML ({problem})"))
+        return result
+    if not docs:
+        result.problems.append(Problem(file, 1, "", "the file holds no recipe"))
+        return result
+    result.multi = len(docs) > 1 or any(isinstance(d, dict) and "name" in d for d in docs)
+    stages = _stage_names(docs, maps, result)
+    for index, (doc, lines) in enumerate(zip(docs, maps, strict=True)):
+        checker = _DocChecker(file, index, doc, lines, options, result, stages)
+        result.documents.append(checker.run())
+    if result.multi:
+        _check_cycles(result, stages, maps)
+    result.problems.sort(key=lambda p: p.line or 0)
+    return result
+
+
+# ---------------------------------------------------------------- multi-document structure
+
+
+def _stage_names(docs: list[Any], maps: list[LineMap], result: FileResult) -> dict[str, int]:
+    """Stage name -> document index; duplicate/invalid names and extra final docs are errors."""
+    stages: dict[str, int] = {}
+    unnamed: list[int] = []
+    for index, (doc, lines) in enumerate(zip(docs, maps, strict=True)):
+        if not isinstance(doc, dict):
+            continue
+        if "name" not in doc:
+            unnamed.append(index)
+            if result.multi and len(unnamed) > 1:
+                result.problems.append(
+                    Problem(
+                        result.file,
+                        lines.start_line,
+                        "",
+                        f"a second unnamed (final) document (the first starts on line {maps[unnamed[0]].start_line}); mergekit-multi allows one, give the others a name",
+                    )
+                )
+            continue
+        name = doc["name"]
+        line = lines.line_of(("name",))
+        if not isinstance(name, str) or not name.strip():
+            result.problems.append(
+                Problem(result.file, line, "name", f"expected a non-empty stage name, got {name!r}")
+            )
+        elif name in stages:
+            first = maps[stages[name]].line_of(("name",))
+            result.problems.append(
+                Problem(
+                    result.file,
+                    line,
+                    "name",
+                    f"duplicate stage name {name!r} (first defined on line {first}); stage names must be unique",
+                )
+            )
+        else:
+            stages[name] = index
+    return stages
+
+
+def _check_cycles(result: FileResult, stages: dict[str, int], maps: list[LineMap]) -> None:
+    deps = {d.name: d.stage_refs for d in result.documents if d.name is not None}
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+
+    def visit(name: str, trail: list[str]) -> None:
+        state[name] = 1
+        for dep in sorted(deps.get(name, ())):
+            if state.get(dep) == 1:
+                cycle = " -> ".join([*trail[trail.index(dep) :], dep]) if dep in trail else dep
+                line = maps[stages[name]].line_of(("name",))
+                result.problems.append(
+                    Problem(
+                        result.file,
+                        line,
+                        "name",
+                        f"stages depend on each other in a cycle: {cycle}",
+                    )
+                )
+            elif state.get(dep) is None and dep in deps:
+                visit(dep, [*trail, dep])
+        state[name] = 2
+
+    for name in sorted(deps):
+        if state.get(name) is None:
+            visit(name, [name])
+
+
+# ---------------------------------------------------------------- one document
+
+
+def _merge_configuration() -> Any:
+    from mergekit_tokenplug.mergekit.activation import activate
+
+    activate()
+    from mergekit.config import MergeConfiguration
+
+    return MergeConfiguration
+
+
+def _is_tool_source(source: Any) -> bool:
+    return isinstance(source, dict) and source.get("kind") == "tool"
+
+
+def _tool_tokens(tokenizer: Any) -> list[str]:
+    tokens = tokenizer.get("tokens") if isinstance(tokenizer, dict) else None
+    if not isinstance(tokens, dict):
+        return []
+    return [
+        t
+        for t, cfg in tokens.items()
+        if isinstance(cfg, dict) and _is_tool_source(cfg.get("source"))
+    ]
+
+
+def uses_plugin_keys(doc: Any) -> bool:
+    """Whether a raw recipe document uses keys only the plugin understands."""
+    tok = doc.get("tokenizer") if isinstance(doc, dict) else None
+    return isinstance(tok, dict) and ("approximation" in tok or bool(_tool_tokens(tok)))
+
+
+class _DocChecker:
+    def __init__(
+        self,
+        file: str,
+        index: int,
+        doc: Any,
+        lines: LineMap,
+        options: Options,
+        result: FileResult,
+        stages: dict[str, int],
+    ):
+        self.file, self.index, self.doc, self.lines = file, index, doc, lines
+        self.options, self.result, self.stages = options, result, stages
+        self.out = DocResult(index, doc.get("name") if isinstance(doc, dict) else None)
+        self.errors = 0
+
+    # -- reporting
+    def add(self, loc: tuple | list, message: str, severity: str = "error") -> None:
+        path, line = self.lines.resolve(loc)
+        self.result.problems.append(
+            Problem(self.file, line, key_string(path), " ".join(str(message).split()), severity)
+        )
+        if severity == "error":
+            self.errors += 1
+
+    def add_tokenplug_error(self, exc: TokenplugError, default: tuple = ()) -> None:
+        match = _WHERE_PREFIX.match(exc.message)
+        if match and "/" not in match.group(1):
+            key = [p for p in re.split(r"\.(?![^<]*>)", match.group(1)) if p]
+            self.add(tuple(key), match.group(2))
+        else:
+            self.add(default, exc.message)
+
+    # -- checks
+    def run(self) -> DocResult:
+        doc = self.doc
+        if doc is None:
+            self.add(
+                (), "empty YAML document; expected a recipe mapping (mergekit-multi fails on it)"
+            )
+            return self.out
+        if not isinstance(doc, dict):
+            self.add((), f"expected a mapping of recipe keys, got {type(doc).__name__}")
+            return self.out
+        merge_cfg = _merge_configuration()
+        self.check_top_level_keys(merge_cfg)
+        data = {k: v for k, v in doc.items() if k != "name"}
+        plugin = uses_plugin_keys(data)
+        active = True
+        spec = params = None
+        if plugin:
+            from mergekit_tokenplug.mergekit.activation import refusal_reason
+
+            reason = refusal_reason()
+            if reason is not None:
+                active = False
+                self.report_inactive(reason, data)
+                data = self.strip_plugin_keys(data)
+            else:
+                spec, params = self.check_approximation(data)
+                data = self.check_tool_tokens(data)
+                if spec is None and "approximation" in data["tokenizer"]:
+                    data = copy.deepcopy(data)  # keep validating the rest with a stand-in
+                    data["tokenizer"]["approximation"] = {"method": "mean"}
+        config = self.check_schema(merge_cfg, data)
+        if config is not None:
+            self.check_base_order(config)
+        refs_ok = self.check_models(spec) if self.options.check_models else False
+        if plugin and active and spec is not None and self.options.check_models:
+            self.check_resources(spec, params)
+            if config is not None and refs_ok and self.errors == 0:
+                self.check_shared_tokens(config, spec, params)
+            elif self.out.stage_refs and getattr(params, "k", None) is not None:
+                self.add(
+                    (*APPROX, "k"),
+                    f"not checked against the shared tokens: the recipe reads stage output(s) {', '.join(sorted(self.out.stage_refs))} that are built first",
+                    "warning",
+                )
+        self.out.config = config if self.errors == 0 else None
+        return self.out
+
+    def check_top_level_keys(self, merge_cfg: Any) -> None:
+        valid = set(merge_cfg.model_fields) | ({"name"} if self.result.multi else set())
+        for key in self.doc:
+            if key not in valid:
+                self.add(
+                    (str(key),),
+                    f"unknown top-level key (mergekit would silently ignore it); valid keys: {', '.join(sorted(valid))}",
+                )
+        tok = self.doc.get("tokenizer")
+        if isinstance(tok, dict):
+            from mergekit_tokenplug.mergekit.schema import TokenplugTokenizerConfig
+
+            valid_tok = set(TokenplugTokenizerConfig.model_fields)
+            for key in tok:
+                if key not in valid_tok:
+                    self.add(
+                        ("tokenizer", str(key)),
+                        f"unknown tokenizer key (mergekit would silently ignore it and run its stock vocabulary handling); valid keys: {', '.join(sorted(valid_tok))}",
+                    )
+
+    def report_inactive(self, reason: str, data: dict) -> None:
+        tok = data["tokenizer"]
+        loc = APPROX if "approximation" in tok else ("tokenizer", "tokens", _tool_tokens(tok)[0])
+        label = "plugin disabled" if "disabled" in reason else "plugin inactive"
+        self.add(
+            loc,
+            f"{label}: this recipe uses mergekit-tokenplug's keys but {reason}; mergekit-yaml would refuse to run it",
+        )
+
+    @staticmethod
+    def strip_plugin_keys(data: dict) -> dict:
+        data = copy.deepcopy(data)
+        tok = data["tokenizer"]
+        tok.pop("approximation", None)
+        for token in _tool_tokens(tok):
+            del tok["tokens"][token]
+        return data
+
+    def check_approximation(self, data: dict) -> tuple[Any, Any]:
+        """The method and its parameters, error by error (pydantic would stop at the first)."""
+        from mergekit_tokenplug import registry
+
+        approx = data["tokenizer"].get("approximation", {})
+        if approx is None:
+            approx = {}
+        if not isinstance(approx, dict):
+            self.add(APPROX, f"expected a mapping (method and its parameters), got {approx!r}")
+            return None, None
+        method = approx.get("method", "omp")
+        methods = registry.all_methods()
+        if not isinstance(method, str) or method not in methods:
+            self.add(
+                (*APPROX, "method"),
+                f"unknown method {method!r}; expected one of: {', '.join(sorted(methods))}",
+            )
+            return None, None
+        spec = methods[method]
+        seed = approx.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            self.add((*APPROX, "seed"), f"expected an integer seed, got {seed!r}")
+            return None, None
+        raw = {k: v for k, v in approx.items() if k not in ("method", "seed")}
+        try:
+            return spec, spec.params.model_validate(raw)
+        except pydantic.ValidationError as exc:
+            for err in exc.errors():
+                self.add((*APPROX, *err["loc"]), self.param_message(spec, err))
+            return None, None
+
+    @staticmethod
+    def param_message(spec: Any, err: dict) -> str:
+        fields = spec.params.model_fields
+        if err["type"] == "extra_forbidden":
+            valid = ", ".join(sorted(fields)) or "(none)"
+            return f"unknown parameter for method {spec.name!r}; valid: {valid}"
+        if err["type"] == "missing":
+            name = str(err["loc"][0]) if err["loc"] else ""
+            desc = fields[name].description if name in fields else None
+            return f"required by method {spec.name!r}" + (f" ({desc})" if desc else "")
+        return f"{err['msg']} (got {_short(err.get('input'))})"
+
+    def check_tool_tokens(self, data: dict) -> dict:
+        tok = data["tokenizer"]
+        bad = []
+        for token in _tool_tokens(tok):
+            source = tok["tokens"][token]["source"]
+            texts = [source.get("name"), source.get("description")]
+            if not any(isinstance(t, str) and t.strip() for t in texts):
+                self.add(
+                    ("tokenizer", "tokens", token, "source"),
+                    "a tool token needs a non-empty name or description (its prior is built from that text)",
+                )
+                bad.append(token)
+        if not bad:
+            return data
+        data = copy.deepcopy(data)
+        for token in bad:
+            del data["tokenizer"]["tokens"][token]
+        return data
+
+    def check_schema(self, merge_cfg: Any, data: dict) -> Any:
+        """mergekit's own validation (with the plugin's keys), one problem per key."""
+        try:
+            return merge_cfg.model_validate(data)
+        except pydantic.ValidationError as exc:
+            by_key: dict[tuple, list[str]] = {}
+            for err in exc.errors():
+                path, _line = self.lines.resolve(err["loc"])
+                ctx_err = (err.get("ctx") or {}).get("error")
+                msg = str(ctx_err) if isinstance(ctx_err, Exception) else err["msg"]
+                if err["type"] not in ("missing",) and not isinstance(
+                    err.get("input"), dict | list
+                ):
+                    msg += f" (got {_short(err.get('input'))})"
+                by_key.setdefault(path, [])
+                if msg not in by_key[path]:
+                    by_key[path].append(msg)
+            for path, msgs in by_key.items():
+                self.add(path, "; or ".join(msgs) if len(msgs) > 1 else msgs[0])
+        except TokenplugError as exc:
+            self.add_tokenplug_error(exc)
+        except (RuntimeError, ValueError, TypeError) as exc:  # mergekit's own validators
+            self.add((), f"{type(exc).__name__}: {exc}")
+        return None
+
+    def check_base_order(self, config: Any) -> None:
+        """Without ``base_model``, mergekit takes the base tokenizer from an unordered set."""
+        tok = config.tokenizer
+        source = tok.source if tok is not None else config.tokenizer_source
+        if config.base_model is None and source in ("union", "base"):
+            if len(config.referenced_models()) > 1:
+                key = ("tokenizer", "source") if tok is not None else ("tokenizer_source",)
+                self.add(
+                    key,
+                    f"source {source!r} without base_model: mergekit picks the base tokenizer from an unordered set, so token ids (and which model is the base) can change from run to run; set base_model",
+                    "warning",
+                )
+
+    # -- model directories
+    def model_refs(self) -> list[tuple[tuple, str, str]]:
+        """(key path, model path, role) of every model reference in the document."""
+        refs: list[tuple[tuple, str, str]] = []
+
+        def role_of(path: tuple) -> str:
+            if path[:2] == ("tokenizer", "source"):
+                return "donor"
+            if path and path[0] == "tokenizer_source":
+                return "tokenizer"
+            return "weights"
+
+        def add_ref(path: tuple, value: Any) -> None:
+            if not isinstance(value, str):
+                return
+            try:
+                from mergekit.common import ModelReference
+
+                ref = ModelReference.model_validate(value)
+            except Exception:  # reported by the schema check
+                return
+            refs.append((path, ref.model.path, role_of(path)))
+
+        def walk(node: Any, path: tuple) -> None:
+            if isinstance(node, dict):
+                for key, value in node.items():
+                    child = (*path, key)
+                    if key in ("model", "base_model", "tokenizer_source") and isinstance(
+                        value, str
+                    ):
+                        add_ref(child, value)
+                    elif key == "path" and isinstance(value, str) and path and path[-1] == "model":
+                        refs.append((child, value.split("@")[0], role_of(child)))
+                    elif key == "source" and path[-2:-1] == ("tokens",) and isinstance(value, str):
+                        add_ref(child, value)
+                    elif child == ("tokenizer", "source") and isinstance(value, str):
+                        if value not in ("union", "base"):
+                            add_ref(child, value)
+                    else:
+                        walk(value, child)
+            elif isinstance(node, list):
+                for i, item in enumerate(node):
+                    walk(item, (*path, i))
+
+        walk({k: v for k, v in self.doc.items() if k != "name"}, ())
+        return refs
+
+    def check_models(self, spec: Any) -> bool:
+        """True when every reference is an existing local directory (needed to align vocabularies)."""
+        from mergekit_tokenplug.inputs import check_model_dir
+        from mergekit_tokenplug.registry import Need
+
+        all_local = True
+        seen: set[tuple[str, bool]] = set()
+        donor_weights = spec is not None and Need.DONOR_EMBEDDINGS in spec.needs
+        for path, model, role in self.model_refs():
+            if self.result.multi and model in self.stages:
+                self.out.stage_refs.add(model)
+                all_local = False
+                continue
+            if not os.path.exists(os.path.expanduser(model)):
+                all_local = False
+                if self.options.allow_hub and _HUB_ID.fullmatch(model):
+                    self.add(
+                        path,
+                        f"{model!r} is not a local path; treated as a hub id and not checked",
+                        "warning",
+                    )
+                elif self.result.multi:
+                    stages = ", ".join(sorted(self.stages)) or "(none)"
+                    self.add(
+                        path,
+                        f"{model!r} is neither an existing path nor a stage name (stages: {stages})",
+                    )
+                else:
+                    self.add(
+                        path,
+                        f"{model!r} does not exist; expected a local model directory (relative paths are resolved against the current directory, as mergekit-yaml does)",
+                    )
+                continue
+            need_weights = role == "weights" or (role == "donor" and donor_weights)
+            if (model, need_weights) in seen:
+                continue
+            seen.add((model, need_weights))
+            try:
+                check_model_dir(model, where="", need_weights=need_weights, need_tokenizer=True)
+            except TokenplugError as exc:
+                all_local = False
+                self.add(path, exc.message)
+        return all_local
+
+    # -- method resources
+    def check_resources(self, spec: Any, params: Any) -> None:
+        from mergekit_tokenplug.registry import Need
+
+        corpus = getattr(params, "corpus", None)
+        if Need.CORPUS in spec.needs and corpus:
+            files: list[str] = []
+            for i, pattern in enumerate(corpus):
+                matches = sorted(
+                    p
+                    for p in glob.glob(os.path.expanduser(pattern), recursive=True)
+                    if os.path.isfile(p)
+                )
+                if not matches:
+                    self.add(
+                        (*APPROX, "corpus", i),
+                        f"{pattern!r} matches no file; expected text files or globs",
+                    )
+                files.extend(matches)
+            if files and not any(_has_text(f) for f in files):
+                self.add(
+                    (*APPROX, "corpus"),
+                    f"every corpus file is empty ({', '.join(files[:3])}); expected text",
+                )
+        embedder = getattr(params, "embedder", None)
+        if isinstance(embedder, str) and embedder != "self":
+            from mergekit_tokenplug.resources.embedder import _check_dir
+
+            try:
+                _check_dir(embedder)
+            except TokenplugError as exc:
+                self.add_tokenplug_error(exc, (*APPROX, "embedder"))
+
+    # -- OMP's k against the shared tokens
+    def check_shared_tokens(self, config: Any, spec: Any, params: Any) -> None:
+        from mergekit_tokenplug.recipes.plan import recipe_vocab
+
+        k = getattr(params, "k", None)
+        if k is None:
+            return
+        try:
+            rv = recipe_vocab(config, self.options.trust_remote_code)
+        except TokenplugError as exc:
+            self.add_tokenplug_error(exc, APPROX)
+            return
+        except Exception as exc:  # a tokenizer transformers cannot read, etc.
+            self.add(APPROX, f"could not align the vocabularies ({type(exc).__name__}: {exc})")
+            return
+        limits = []
+        for fill in rv.fills.values():
+            for g in fill.groups:
+                if g.anchors is None or g.method != spec.name:
+                    continue
+                if g.anchors == 0:
+                    self.add(
+                        APPROX,
+                        f"model {fill.model} shares no regular tokens with {g.source}; {spec.name!r} cannot estimate its {g.count} missing tokens",
+                    )
+                elif k > g.anchors:
+                    limits.append((g.anchors, fill.model, g.source))
+        if limits:
+            n, model, source = min(limits)
+            self.add(
+                (*APPROX, "k"),
+                f"must be <= {n} shared tokens (got {k}; model {model} and {source} share {n} regular tokens)",
+            )
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _has_text(path: str, chunk: int = 1 << 16) -> bool:
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            if block.strip():
+                return True
+    return False
+
+
+def expand_paths(paths: list[str]) -> list[str]:
+    """Files as given; directories become their ``*.yaml``/``*.yml`` files (sorted)."""
+    files: list[str] = []
+    for p in paths:
+        if os.path.isdir(p):
+            found = sorted(
+                glob.glob(os.path.join(p, "*.yaml")) + glob.glob(os.path.join(p, "*.yml"))
+            )
+            files.extend(found)
+        else:
+            files.append(p)
+    return files

@@ -1,0 +1,179 @@
+"""Every method reachable from a recipe, the CLI and Python, with the same parameters."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+import yaml
+from click.testing import CliRunner
+from helpers import config, tensors
+from safetensors import safe_open
+from tokenizers_factory import corpus_documents
+
+from mergekit_tokenplug.cli import main
+from mergekit_tokenplug.surgery import load_recipe, run_recipe
+
+EMB, HEAD = "model.embed_tokens.weight", "lm_head.weight"
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n".join(corpus_documents()), encoding="utf-8")
+    return path
+
+
+def test_tokenadapt_needs_no_donor_model(zoo, tmp_path):
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["transplant", str(zoo.sp_untied), str(zoo.tok_bl_only), str(out), "--method", "tokenadapt", "-p", "top_k=2", "-q"])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((out / "tokenplug_manifest.json").read_text())
+    assert all(m["by_method"] == {"tokenadapt": m["estimated"]} for m in manifest["report"]["matrices"])
+    rows = tensors(out)[EMB]
+    assert not (rows == 0).all(dim=1).any()
+
+
+def test_cw2v_rows_are_convex_and_deterministic(zoo, tmp_path, corpus):
+    """Two runs (separate processes, as two CLI calls are) give identical bytes."""
+    digests = []
+    for i in range(2):
+        out = tmp_path / f"out{i}"
+        args = [str(BIN / "mergekit-tokenplug"), "transplant", str(zoo.sp_untied), str(zoo.bl_untied), str(out),
+                "--method", "cw2v", "-p", f"corpus=[{corpus}]", "-p", "epochs=1", "-p", "rank=8", "--seed", "3", "-q"]
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        digests.append(tensors(out)[EMB])
+    assert torch.equal(digests[0], digests[1])
+    base = tensors(zoo.sp_untied)[EMB]
+    lo, hi = base.min(dim=0).values, base.max(dim=0).values
+    # convex combinations of old rows stay inside the per-coordinate bounding box of the old rows
+    assert bool(((digests[0] >= lo - 1e-5) & (digests[0] <= hi + 1e-5)).all())
+
+
+def test_cw2v_without_corpus_is_a_clear_error(zoo, tmp_path):
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["transplant", str(zoo.sp_untied), str(zoo.bl_untied), str(out), "--method", "cw2v"])
+    assert res.exit_code != 0 and "corpus" in res.output and "Traceback" not in res.output
+    assert not out.exists()
+
+
+def test_cw2v_with_empty_corpus(zoo, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["transplant", str(zoo.sp_untied), str(zoo.bl_untied), str(out), "--method", "cw2v", "-p", f"corpus=[{empty}]"])
+    assert res.exit_code != 0 and "tokenizer.approximation.corpus" in res.output
+    assert not out.exists()
+
+
+def test_tokenadapt_embedder_must_exist(zoo, tmp_path):
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["transplant", str(zoo.sp_untied), str(zoo.tok_bl_only), str(out), "--method", "tokenadapt", "-p", f"embedder={tmp_path / 'nope'}"])
+    assert res.exit_code != 0 and "tokenizer.approximation.embedder" in res.output
+    assert not out.exists()
+
+
+def test_tokenadapt_embedder_must_be_a_text_encoder(zoo, tmp_path):
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["transplant", str(zoo.sp_untied), str(zoo.tok_bl_only), str(out), "--method", "tokenadapt", "-p", f"embedder={zoo.bl_untied}"])
+    assert res.exit_code != 0 and "tokenizer.approximation.embedder" in res.output
+    assert not out.exists()
+
+
+TOOL_RECIPE = """
+merge_method: passthrough
+models:
+  - model: {base}
+tokenizer:
+  source: base
+  tokens:
+    "<tool:calculator>":
+      source: {{kind: tool, name: calculator, description: "Evaluates an arithmetic expression"}}
+"""
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_tool_token_prior_through_mergekit_yaml(zoo, tmp_path, tied):
+    base = zoo.sp_tied if tied else zoo.sp_untied
+    path = tmp_path / "tool.yaml"
+    path.write_text(TOOL_RECIPE.format(base=base))
+    out = tmp_path / "out"
+    proc = subprocess.run([str(BIN / "mergekit-yaml"), str(path), str(out), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    tok = transformers.AutoTokenizer.from_pretrained(str(out))
+    tid = tok.convert_tokens_to_ids("<tool:calculator>")
+    assert tok.tokenize("x <tool:calculator> y").count("<tool:calculator>") == 1
+    got = tensors(out)
+    head = got[EMB] if tied else got[HEAD]
+    orig_head = tensors(base)[EMB if tied else HEAD]
+    assert head.shape[0] == orig_head.shape[0] + 1
+    # default scale: the authors' unit vector / sqrt(d)
+    assert torch.isclose(head[tid].norm(), torch.tensor(head.shape[1] ** -0.5), rtol=1e-5)
+    assert not torch.equal(head[tid], orig_head.mean(dim=0))
+    with safe_open(str(out / "tool_token_priors.safetensors"), "pt") as fh:
+        assert json.loads(fh.metadata()["tokens"]) == ["<tool:calculator>"]
+        assert fh.get_tensor("token_ids").tolist() == [tid]
+        assert torch.equal(fh.get_tensor("prior/" + (EMB if tied else HEAD))[0], head[tid])
+    assert config(out)["vocab_size"] == head.shape[0]
+
+
+def test_tool_token_without_text_is_refused(zoo, tmp_path):
+    recipe = yaml.safe_load(TOOL_RECIPE.format(base=zoo.sp_untied))
+    recipe["tokenizer"]["tokens"]["<tool:calculator>"]["source"] = {"kind": "tool"}
+    with pytest.raises(Exception, match="name or description"):
+        load_recipe(recipe)
+
+
+def test_method_params_identical_across_recipe_and_cli(zoo, tmp_path):
+    """The same parameters through a recipe and through the CLI give the same bytes."""
+    out_cli, out_recipe = tmp_path / "cli", tmp_path / "recipe"
+    res = CliRunner().invoke(main, ["transplant", str(zoo.sp_untied), str(zoo.bl_untied), str(out_cli), "--method", "hewitt", "-p", "scale=0.001", "--seed", "5", "-q"])
+    assert res.exit_code == 0, res.output
+    recipe = {"merge_method": "passthrough", "models": [{"model": str(zoo.sp_untied)}],
+              "tokenizer": {"source": str(zoo.bl_untied), "approximation": {"method": "hewitt", "scale": 0.001}}}
+    run_recipe(load_recipe(recipe), str(out_recipe), seed=5, quiet=True)
+    assert torch.equal(tensors(out_cli)[EMB], tensors(out_recipe)[EMB])
+
+
+def test_third_party_method_via_entry_point(zoo, tmp_path):
+    """A tiny distribution installed into a private site dir registers a method by entry point."""
+    site = tmp_path / "site"
+    pkg = site / "tp_method"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(textwrap.dedent('''
+        import torch
+        from mergekit_tokenplug.registry import MethodParams, MethodSpec
+
+        class Params(MethodParams):
+            value: float = 2.5
+
+        def estimate(problem, params):
+            return torch.full((problem.n_targets, problem.base.shape[1]), params.value)
+
+        SPEC = MethodSpec(name="constant", params=Params, estimate=estimate, summary="every new row = value")
+    '''))
+    dist = site / "tp_method-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tp-method\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[mergekit_tokenplug.methods]\nconstant = tp_method:SPEC\n")
+    env = {"PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1", "PATH": str(BIN)}
+    listing = subprocess.run([str(BIN / "mergekit-tokenplug"), "methods"], capture_output=True, text=True, env=env, timeout=120)
+    assert "constant: every new row = value" in listing.stdout and "value: float = 2.5" in listing.stdout
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"merge_method": "passthrough", "models": [{"model": str(zoo.sp_untied)}],
+                                      "tokenizer": {"source": str(zoo.bl_untied), "approximation": {"method": "constant", "value": 1.5}}}))
+    out = tmp_path / "out"
+    proc = subprocess.run([str(BIN / "mergekit-yaml"), str(recipe), str(out), "--quiet"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    manifest = json.loads((out / "tokenplug_manifest.json").read_text())
+    n_est = manifest["report"]["matrices"][0]["estimated"]
+    rows = tensors(out)[EMB]
+    assert int((rows == 1.5).all(dim=1).sum()) == n_est > 0
