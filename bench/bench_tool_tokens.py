@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         learn_tool_tokens,
     )
     from mergekit_tokenplug.tooltokens.data import CALCULATOR
-    from mergekit_tokenplug.tooltokens.train import _encode
+    from mergekit_tokenplug.tooltokens.train import encode_rows
 
     torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         if r["prompt"] not in seen
     ][: args.eval]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    enc_eval = _encode(tokenizer, evals, {tool_id}, "eval")
+    enc_eval = encode_rows(tokenizer, evals, {tool_id}, "eval")
     rows = model.get_input_embeddings().weight  # tied: one matrix
     results: dict = {
         "model": str(path),

@@ -251,5 +251,74 @@ def evaluate(
             json.dump(records, fh, indent=2)
 
 
+@main.command("learn-tool-tokens")
+@click.argument("model", type=click.Path())
+@click.argument("data", type=click.Path())
+@click.argument("out", type=click.Path())
+@click.option(
+    "--tool-token",
+    "tool_tokens",
+    multiple=True,
+    help="Tool token to train (default: those in the model's tool_token_priors.safetensors).",
+)
+@click.option("--steps", type=int, default=100, show_default=True)
+@click.option("--lr", type=float, default=1e-2, show_default=True)
+@click.option(
+    "--lam",
+    type=float,
+    default=1e-2,
+    show_default=True,
+    help="Weight of the prior regularizer (0 disables it).",
+)
+@click.option(
+    "--eval-fraction", type=float, default=0.2, show_default=True, help="Held-out share of DATA."
+)
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True)
+@click.option("--quiet", "-q", is_flag=True)
+def learn_tool_tokens_command(
+    model: str,
+    data: str,
+    out: str,
+    tool_tokens: tuple[str, ...],
+    steps: int,
+    lr: float,
+    lam: float,
+    eval_fraction: float,
+    batch_size: int,
+    device: str,
+    seed: int,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
+    """Train only the tool-token rows of MODEL on DATA.jsonl ({"prompt", "completion"} rows); write OUT."""
+    from mergekit_tokenplug.surgery import resolve_device
+    from mergekit_tokenplug.tooltokens.command import run_learn_tool_tokens
+
+    setup_logging(quiet, 0)
+    metrics = run_learn_tool_tokens(
+        model,
+        data,
+        out,
+        tool_tokens=tool_tokens,
+        steps=steps,
+        lr=lr,
+        lam=lam,
+        eval_fraction=eval_fraction,
+        batch_size=batch_size,
+        device=resolve_device(device),
+        seed=seed,
+        overwrite=overwrite,
+        quiet=quiet,
+    )
+    for phase in ("before", "after"):
+        m = metrics[phase]
+        click.echo(
+            f"{phase}: held-out loss {m['eval_loss']:.4f}, tool-token accuracy {m.get('tool_acc', float('nan')):.3f}, log-prob {m.get('tool_logprob', float('nan')):.3f}"
+        )
+
+
 if __name__ == "__main__":
     main()

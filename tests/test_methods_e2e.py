@@ -177,3 +177,42 @@ def test_third_party_method_via_entry_point(zoo, tmp_path):
     n_est = manifest["report"]["matrices"][0]["estimated"]
     rows = tensors(out)[EMB]
     assert int((rows == 1.5).all(dim=1).sum()) == n_est > 0
+
+
+@pytest.fixture(scope="module")
+def tool_model(zoo, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tool")
+    recipe = yaml.safe_load(TOOL_RECIPE.format(base=zoo.sp_untied))
+    out = root / "model"
+    run_recipe(load_recipe(recipe), str(out), quiet=True)
+    return out
+
+
+def test_learn_tool_tokens_trains_only_tool_rows(tool_model, tmp_path):
+    from mergekit_tokenplug.tooltokens.data import generate_arithmetic_dataset
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in generate_arithmetic_dataset(12, seed=1)) + "\n")
+    out = tmp_path / "trained"
+    res = CliRunner().invoke(main, ["learn-tool-tokens", str(tool_model), str(data), str(out), "--steps", "3", "--batch-size", "4", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "before:" in res.output and "after:" in res.output
+    metrics = json.loads((out / "learn_tool_tokens.json").read_text())
+    assert metrics["n_eval"] >= 1 and metrics["n_train"] >= 1
+    before, after = tensors(tool_model), tensors(out)
+    tid = metrics["tool_token_ids"][0]
+    for name in (EMB, HEAD):
+        keep = torch.ones(before[name].shape[0], dtype=torch.bool)
+        keep[tid] = False
+        assert torch.equal(before[name][keep], after[name][keep])
+    assert not torch.equal(before[HEAD][tid], after[HEAD][tid])
+    assert (out / "tool_token_priors.safetensors").exists() and (out / "tokenplug_manifest.json").exists()
+
+
+def test_learn_tool_tokens_bad_row_names_the_line(tool_model, tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": \n')
+    out = tmp_path / "trained"
+    res = CliRunner().invoke(main, ["learn-tool-tokens", str(tool_model), str(data), str(out)])
+    assert res.exit_code != 0 and f"{data}:2" in res.output and "Traceback" not in res.output
+    assert not out.exists()

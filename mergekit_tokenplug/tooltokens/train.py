@@ -123,7 +123,7 @@ def init_tool_rows(
     return {"prior_in": prior_in, "prior_out": prior_out}
 
 
-def _encode(
+def encode_rows(
     tokenizer, rows: Sequence[dict], tool_ids: set[int], what: str
 ) -> list[tuple[list[int], list[int], int]]:
     """(prompt ids, completion ids, index in the sequence of the first tool token or -1)."""
@@ -232,8 +232,8 @@ def learn_tool_tokens(
         raise InputError("learn_tool_tokens: no training rows")
     ids = torch.tensor(list(tool_token_ids), dtype=torch.long, device=device)
     tool_set = {int(i) for i in tool_token_ids}
-    train = _encode(tokenizer, train_rows, tool_set, "train")
-    evals = _encode(tokenizer, eval_rows, tool_set, "eval")
+    train = encode_rows(tokenizer, train_rows, tool_set, "train")
+    evals = encode_rows(tokenizer, eval_rows, tool_set, "eval")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     model.to(device)
     tied = _is_tied(model)
