@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -12,12 +13,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import torch  # noqa: E402
+import transformers  # noqa: E402
 from models_factory import build_llama  # noqa: E402
 from tokenizers_factory import (  # noqa: E402
     CHAT_TOKENS,
     CHATML_TEMPLATE,
     build_byte_level_bpe,
     build_sentencepiece_bpe,
+    build_wordpiece,
+    corpus_documents,
 )
 
 
@@ -45,7 +50,29 @@ class Zoo:
         self.bl_untied = build_llama(root / "bl_untied", tok_bl, seed=4)
         self.bl_big = build_llama(root / "bl_big", tok_bl_big, seed=5)
         self.bl_big_padded = build_llama(root / "bl_big_padded", tok_bl_big, seed=6, extra_rows=40)
+        self.bl_untied_2 = build_llama(root / "bl_untied_2", tok_bl, seed=7)
         self.tok_bl_only = root / "tok_bl"  # a tokenizer-only directory
+        self.tok_sp_only = root / "tok_sp"
+
+    @functools.cached_property
+    def bert_embedder(self) -> Path:
+        """A tiny BERT sentence encoder (WordPiece) standing in for all-MiniLM-L6-v2."""
+        out = self.root / "bert"
+        tok = build_wordpiece(self.root / "tok_wp", vocab_size=400)
+        cfg = transformers.BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=128)
+        torch.manual_seed(0)
+        transformers.BertModel(cfg).save_pretrained(out, safe_serialization=True)
+        tok.save_pretrained(out)
+        return out
+
+    @functools.cached_property
+    def corpus_dir(self) -> Path:
+        out = self.root / "texts"
+        out.mkdir(exist_ok=True)
+        docs = corpus_documents()
+        for i in range(3):
+            (out / f"part{i}.txt").write_text("\n".join(docs[i::3]) + "\n kubectl systemd apt-get dpkg\n" * 20, encoding="utf-8")
+        return out
 
 
 @pytest.fixture(scope="session")

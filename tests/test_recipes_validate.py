@@ -251,7 +251,9 @@ def test_schema_accepts_good_and_rejects_bad(cli, zoo, workdir):
 @pytest.fixture(scope="module")
 def omp_run(zoo, tmp_path_factory):
     out = tmp_path_factory.mktemp("omp_run") / "out"
-    summary = transplant(str(zoo.sp_untied), str(zoo.bl_untied), str(out), "omp", {"k": 4}, quiet=True)
+    summary = transplant(
+        str(zoo.sp_untied), str(zoo.bl_untied), str(out), "omp", {"k": 4}, quiet=True
+    )
     return out, summary
 
 
@@ -279,7 +281,8 @@ def assert_plan_matches_run(plan: dict, summary: dict) -> None:
 def test_plan_cli_matches_run(cli, zoo, omp_run, tmp_path):
     _out, summary = omp_run
     recipe = write_recipe(
-        tmp_path / "r.yaml", transplant_recipe(str(zoo.sp_untied), str(zoo.bl_untied), "omp", {"k": 4})
+        tmp_path / "r.yaml",
+        transplant_recipe(str(zoo.sp_untied), str(zoo.bl_untied), "omp", {"k": 4}),
     )
     res = invoke(cli, "plan", str(recipe), "--json")
     assert res.exit_code == 0, res.output
@@ -289,7 +292,9 @@ def test_plan_cli_matches_run(cli, zoo, omp_run, tmp_path):
     # OMP cost: 2*k*T*N*d flops with N = the shared regular tokens, d = the donor's width
     (group,) = plan["models"][0]["groups"]
     d = 32  # hidden size of the zoo's models (models_factory.build_llama default)
-    assert plan["weights"][0]["flops"] == pytest.approx(2 * 4 * group["count"] * group["anchors"] * d)
+    assert plan["weights"][0]["flops"] == pytest.approx(
+        2 * 4 * group["count"] * group["anchors"] * d
+    )
     assert plan["peak_bytes"] > 0
     text = invoke(cli, "plan", str(recipe), "--device", "cuda:0").output
     assert "copied" in text and "estimated" in text and "cuda:0" in text
@@ -362,4 +367,6 @@ def test_verify_without_manifest(cli, tmp_path):
     res = invoke(cli, "verify", str(tmp_path))
     assert res.exit_code == 1
     lines = res.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error:") and "tokenplug_manifest.json" in lines[0]
+    assert (
+        len(lines) == 1 and lines[0].startswith("Error:") and "tokenplug_manifest.json" in lines[0]
+    )

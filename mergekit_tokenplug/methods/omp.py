@@ -150,6 +150,7 @@ def _omp_block(
     idx = torch.zeros((b, k), dtype=torch.long, device=device)
     chosen = torch.empty((b, k, dim), dtype=dtype, device=device)  # the support's atoms
     chol = torch.zeros((b, k, k), dtype=dtype, device=device)  # lower factor of G_II
+    inv = torch.zeros((b, k, k), dtype=dtype, device=device)  # its inverse
     z = torch.zeros((b, k), dtype=dtype, device=device)  # chol^-1 (A_I x)
     active = torch.zeros((b, k), dtype=dtype, device=device)  # 0 for dependent atoms
     gamma = torch.zeros((b, 0), dtype=dtype, device=device)
@@ -180,9 +181,12 @@ def _omp_block(
         atom = atoms[new]
         chosen[:, t] = atom
         nn = dic.norms2[new]
+        # New Cholesky row [w, d] of G_II: w = L^-1 G_I,new, d^2 = ||a||^2 - ||w||^2. L^-1 is
+        # kept explicitly (one row per step), so every solve is a batched matmul: thousands of
+        # tiny LAPACK triangular solves per step would cost more than the correlations.
         if t:
             g = torch.bmm(chosen[:, :t], atom.unsqueeze(-1)) * active[:, :t, None]
-            w = torch.linalg.solve_triangular(chol[:, :t, :t], g, upper=False).squeeze(-1)
+            w = torch.bmm(inv[:, :t, :t], g).squeeze(-1)
         else:
             w = atom.new_zeros((b, 0))
         piv2 = nn - (w * w).sum(dim=1)
@@ -192,14 +196,22 @@ def _omp_block(
         chol[:, t, :t] = w
         chol[:, t, t] = diag
         active[:, t] = ok.to(dtype)
+        if t:  # row t of L^-1: [-(w^T L^-1) / d, 1 / d]
+            inv[:, t, :t] = -torch.bmm(w.unsqueeze(1), inv[:, :t, :t]).squeeze(1) / diag[:, None]
+        inv[:, t, t] = 1.0 / diag
         proj = (x * atom).sum(dim=1)
         z[:, t] = torch.where(ok, (proj - (w * z[:, :t]).sum(dim=1)) / diag, 0.0)
-        gamma = _solve_upper(chol[:, : t + 1, : t + 1], z[:, : t + 1])
+        # gamma = L^-T z
+        gamma = torch.bmm(z[:, None, : t + 1], inv[:, : t + 1, : t + 1]).squeeze(1)
         if on_step is not None:
             on_step(t)
 
-    # One step of iterative refinement: the Cholesky solve squares the support's condition
-    # number; correcting with the true residual brings the coefficients to QR accuracy.
+    # Final coefficients by triangular solves with L (not its inverse), then one step of
+    # iterative refinement: the Cholesky route squares the support's condition number and
+    # correcting with the true residual brings the coefficients to QR accuracy.
+    rhs = torch.bmm(chosen, x.unsqueeze(-1)) * active.unsqueeze(-1)  # A_I x
+    y = torch.linalg.solve_triangular(chol, rhs, upper=False).squeeze(-1)
+    gamma = _solve_upper(chol, y) * active
     resid = x - torch.bmm(gamma.unsqueeze(1), chosen).squeeze(1)
     rhs = torch.bmm(chosen, resid.unsqueeze(-1)) * active.unsqueeze(-1)
     y = torch.linalg.solve_triangular(chol, rhs, upper=False).squeeze(-1)
@@ -215,7 +227,7 @@ def _solve_upper(chol: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
 def _per_target_bytes(n: int, dim: int, k: int, elt: int, sel_elt: int, gram: bool) -> int:
     corr = n * sel_elt * (2 if sel_elt != elt else 1)  # scores (+ the cast residual's copy)
     alpha0 = (2 * n + GRAM_CHUNK) * elt if gram else 0  # alpha0, Gram-form scores, one chunk
-    state = (k * dim + k * k + 4 * k + 2 * dim) * elt + k * 8
+    state = (k * dim + 2 * k * k + 4 * k + 2 * dim) * elt + k * 8
     return corr + alpha0 + state
 
 

@@ -6,8 +6,10 @@ Exit codes mean something to CI: 0 valid/OK, 1 invalid/mismatch, 2 usage error (
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -15,10 +17,18 @@ import click
 from mergekit_tokenplug.errors import TokenplugError
 
 
-def _quiet_libraries() -> None:
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[None]:
     """Tokenizer loading logs at INFO/WARNING; validation output must stay one line per problem."""
-    for name in ("mergekit", "transformers", "tokenizers"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    loggers = [logging.getLogger(n) for n in ("mergekit", "transformers", "tokenizers")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 @click.group("recipes")
@@ -56,14 +66,14 @@ def validate(
     """
     from mergekit_tokenplug.recipes.validate import Options, expand_paths, validate_path
 
-    _quiet_libraries()
     files = expand_paths(list(paths))
     if not files:
         raise click.UsageError(f"no *.yaml files in {', '.join(paths)}")
     options = Options(
         check_models=not skip_models, allow_hub=allow_hub, trust_remote_code=trust_remote_code
     )
-    results = [validate_path(f, options) for f in files]
+    with _quiet_libraries():
+        results = [validate_path(f, options) for f in files]
     problems = [p for r in results for p in r.problems]
     errors = [p for p in problems if p.severity == "error"]
     if as_json:
@@ -104,23 +114,23 @@ def plan(recipe: str, device: str, as_json: bool) -> None:
     from mergekit_tokenplug.recipes.plan import format_plan, plan_recipe
     from mergekit_tokenplug.recipes.validate import validate_path
 
-    _quiet_libraries()
-    result = validate_path(recipe)
-    if result.errors:
-        for p in result.errors:
-            click.echo(p.format())
-        click.get_current_context().exit(1)
-    plans = []
-    for doc in result.documents:
-        entry = {"document": doc.index, "name": doc.name}
-        if doc.stage_refs:
-            entry["skipped"] = f"reads stage output(s) {', '.join(sorted(doc.stage_refs))}"
-        else:
-            try:
-                entry.update(plan_recipe(doc.config, device=device))
-            except TokenplugError as exc:
-                raise click.ClickException(f"{recipe}: {exc.message}") from None
-        plans.append(entry)
+    with _quiet_libraries():
+        result = validate_path(recipe)
+        if result.errors:
+            for p in result.errors:
+                click.echo(p.format())
+            click.get_current_context().exit(1)
+        plans = []
+        for doc in result.documents:
+            entry = {"document": doc.index, "name": doc.name}
+            if doc.stage_refs:
+                entry["skipped"] = f"reads stage output(s) {', '.join(sorted(doc.stage_refs))}"
+            else:
+                try:
+                    entry.update(plan_recipe(doc.config, device=device))
+                except TokenplugError as exc:
+                    raise click.ClickException(f"{recipe}: {exc.message}") from None
+            plans.append(entry)
     if as_json:
         click.echo(json.dumps(plans, indent=2, default=str))
         return

@@ -231,7 +231,8 @@ class _DocChecker:
     ):
         self.file, self.index, self.doc, self.lines = file, index, doc, lines
         self.options, self.result, self.stages = options, result, stages
-        self.out = DocResult(index, doc.get("name") if isinstance(doc, dict) else None)
+        name = doc.get("name") if isinstance(doc, dict) else None
+        self.out = DocResult(index, name if isinstance(name, str) else None)
         self.errors = 0
 
     # -- reporting
@@ -342,8 +343,6 @@ class _DocChecker:
         from mergekit_tokenplug import registry
 
         approx = data["tokenizer"].get("approximation", {})
-        if approx is None:
-            approx = {}
         if not isinstance(approx, dict):
             self.add(APPROX, f"expected a mapping (method and its parameters), got {approx!r}")
             return None, None
