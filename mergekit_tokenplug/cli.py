@@ -106,28 +106,26 @@ def transplant(
 ) -> None:
     """Give BASE the tokenizer of DONOR, writing a new checkpoint to OUT."""
     from mergekit_tokenplug.surgery import transplant as run_transplant
-    from mergekit_tokenplug.surgery import transplant_recipe
 
     setup_logging(quiet, verbose)
     params = parse_params(param_pairs)
     if k is not None:
         params["k"] = k
     if dry_run:
-        click.echo(
-            yaml.safe_dump(
-                transplant_recipe(
-                    base,
-                    donor,
-                    method,
-                    params,
-                    dtype=dtype,
-                    seed=seed,
-                    pad_to_multiple_of=pad_to_multiple_of,
-                ),
-                sort_keys=False,
-            ),
-            nl=False,
+        from mergekit_tokenplug.recipes.plan import format_plan, plan_transplant
+
+        plan = plan_transplant(
+            base,
+            donor,
+            method,
+            params,
+            device="cuda" if cuda else device,
+            dtype=dtype,
+            seed=seed,
+            pad_to_multiple_of=pad_to_multiple_of,
         )
+        click.echo(yaml.safe_dump(plan["recipe"], sort_keys=False), nl=False)
+        click.echo(format_plan(plan))
         return
     summary = run_transplant(
         base,
@@ -319,6 +317,15 @@ def learn_tool_tokens_command(
             f"{phase}: held-out loss {m['eval_loss']:.4f}, tool-token accuracy {m.get('tool_acc', float('nan')):.3f}, log-prob {m.get('tool_logprob', float('nan')):.3f}"
         )
 
+
+def _attach_recipe_commands() -> None:
+    from mergekit_tokenplug.recipes.cli import commands
+
+    for command in commands:
+        main.add_command(command)
+
+
+_attach_recipe_commands()
 
 if __name__ == "__main__":
     main()

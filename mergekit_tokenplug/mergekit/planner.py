@@ -138,10 +138,15 @@ def needs_donor_embeddings(config: Any) -> bool:
     return Need.DONOR_EMBEDDINGS in registry.get(config.tokenizer.approximation.method).needs
 
 
-def _align_task(planner: Any) -> AlignVocabulary:
-    config = planner.config
+def align_settings(config: Any) -> dict[str, Any]:
+    """Donor and row-count settings for a plugin config (shared by runs and dry-run plans).
+
+    The donor is the tokenizer source when it is not a merge input and the method reads its
+    embeddings; the output row count follows the source model's config (cut to it: ids past
+    it cannot be embedded there either), else the base model's (never fewer rows than tokens).
+    """
     source = config.tokenizer.source
-    models = tuple(config.referenced_models())
+    models = list(config.referenced_models())
     donor: ModelReference | None = None
     if isinstance(source, ModelReference):
         reference, cut = source, True
@@ -149,14 +154,20 @@ def _align_task(planner: Any) -> AlignVocabulary:
             donor = source
     else:
         reference, cut = (config.base_model or models[0]), False
+    return {
+        "donor": donor,
+        "reference_rows_model": reference,
+        "cut_to_reference": cut,
+        "pad_to_multiple_of": config.tokenizer.pad_to_multiple_of,
+    }
+
+
+def _align_task(planner: Any) -> AlignVocabulary:
     return AlignVocabulary(
         tokenizer_task=planner._tokenizer_task,
-        models=models,
-        donor=donor,
-        reference_rows_model=reference,
-        cut_to_reference=cut,
-        pad_to_multiple_of=config.tokenizer.pad_to_multiple_of,
+        models=tuple(planner.config.referenced_models()),
         trust_remote_code=planner.options.trust_remote_code,
+        **align_settings(planner.config),
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from mergekit_tokenplug import registry
+from mergekit_tokenplug.mergekit.planner import align_settings
 from mergekit_tokenplug.mergekit.schema import uses_plugin
 from mergekit_tokenplug.registry import Need
 
@@ -85,31 +86,6 @@ def input_order(config: Any) -> list[Any]:
     if config.slices:
         return [s.model for s in config.slices[0].sources]
     return list(config.referenced_models())
-
-
-def align_settings(config: Any) -> dict[str, Any]:
-    """Donor and row-count settings, chosen as ``planner._align_task`` chooses them."""
-    from mergekit.common import ModelReference
-
-    source = config.tokenizer.source
-    models = list(config.referenced_models())
-    donor = None
-    if isinstance(source, ModelReference):
-        reference, cut = source, True
-        if source not in models and needs_donor(config):
-            donor = source
-    else:
-        reference, cut = (config.base_model or models[0]), False
-    return {
-        "donor": donor,
-        "reference_rows_model": reference,
-        "cut_to_reference": cut,
-        "pad_to_multiple_of": config.tokenizer.pad_to_multiple_of,
-    }
-
-
-def needs_donor(config: Any) -> bool:
-    return Need.DONOR_EMBEDDINGS in registry.get(config.tokenizer.approximation.method).needs
 
 
 def output_tokenizer(config: Any, trust_remote_code: bool = False) -> Any:

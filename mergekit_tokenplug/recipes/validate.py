@@ -553,10 +553,10 @@ class _DocChecker:
                 )
         embedder = getattr(params, "embedder", None)
         if isinstance(embedder, str) and embedder != "self":
-            from mergekit_tokenplug.resources.embedder import _check_dir
+            from mergekit_tokenplug.resources.embedder import check_embedder_dir
 
             try:
-                _check_dir(embedder)
+                check_embedder_dir(embedder)
             except TokenplugError as exc:
                 self.add_tokenplug_error(exc, (*APPROX, "embedder"))
 

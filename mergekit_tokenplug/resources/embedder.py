@@ -38,7 +38,7 @@ def _fail(path: str, what: str) -> InputError:
     return InputError(f"{path!r} {what}", where=KEY)
 
 
-def _check_dir(path: str) -> Path:
+def check_embedder_dir(path: str) -> Path:
     p = Path(path).expanduser()
     if not p.exists():
         raise _fail(path, "does not exist; expected a sentence-embedding model directory")
@@ -101,7 +101,7 @@ def load_text_embedder(
     """
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
-    p = _check_dir(path)
+    p = check_embedder_dir(path)
     dev = str(torch.device(device))
     real = os.path.realpath(p)
     with _LOCK:
