@@ -114,7 +114,6 @@ def run_recipe(
     from mergekit.options import MergeOptions
 
     from mergekit_tokenplug import report
-    from mergekit_tokenplug.inputs import ALLOW_PICKLE_ENV
     from mergekit_tokenplug.mergekit.run import run_plugin_merge
 
     opts = MergeOptions(
@@ -128,17 +127,15 @@ def run_recipe(
     )
     opts.apply_global_options()
     original = getattr(mergekit.merge.run_merge, "__wrapped__", mergekit.merge.run_merge)
-    previous = os.environ.get(ALLOW_PICKLE_ENV)
-    if allow_pickle:
-        os.environ[ALLOW_PICKLE_ENV] = "1"
-    try:
-        run_plugin_merge(original, merge_config, out, opts, config_source, overwrite=overwrite)
-    finally:
-        if allow_pickle:
-            if previous is None:
-                os.environ.pop(ALLOW_PICKLE_ENV, None)
-            else:
-                os.environ[ALLOW_PICKLE_ENV] = previous
+    run_plugin_merge(
+        original,
+        merge_config,
+        out,
+        opts,
+        config_source,
+        overwrite=overwrite,
+        allow_pickle=allow_pickle,
+    )
     return report.snapshot()
 
 

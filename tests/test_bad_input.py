@@ -134,6 +134,9 @@ def test_pickle_checkpoint_refused_unless_opted_in(zoo, tmp_path):
     out = tmp_path / "out"
     res = run_cli("transplant", str(zoo.sp_untied), str(model), str(out), "--k", "4")
     assert_clean_failure(res, out, "pickle", "--allow-pickle")
+    res = run_cli("transplant", str(zoo.sp_untied), str(model), str(out), "--k", "4", "--allow-pickle", "-q")
+    assert res.exit_code == 0, res.output
+    assert (out / "model.safetensors").exists()
 
 
 def test_malformed_yaml_through_mergekit_yaml(tmp_path):

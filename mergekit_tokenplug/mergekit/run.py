@@ -49,10 +49,11 @@ def run_plugin_merge(
     options: Any,
     config_source: str | None,
     overwrite: bool = False,
+    allow_pickle: bool = False,
 ) -> None:
     """Stock merge into a temp dir, then finalize and move into place."""
     recipe = config_source or merge_config.to_yaml()
-    check_inputs(merge_config)
+    check_inputs(merge_config, allow_pickle=allow_pickle)
     report.reset()
     # The plugin writes the whole card itself: stock card generation looks local relative
     # paths up on the hub, which fails offline and in CI.
@@ -68,12 +69,14 @@ def run_plugin_merge(
     LOG.info("wrote %s", out_path)
 
 
-def check_inputs(merge_config: Any) -> None:
+def check_inputs(merge_config: Any, allow_pickle: bool = False) -> None:
     """Fail fast, with the path in the message, before mergekit touches any weight."""
     from mergekit_tokenplug.mergekit.planner import needs_donor_embeddings
 
     for model in sorted(merge_config.referenced_models(), key=str):
-        check_model_dir(model.model.path, where=f"models: {model.model.path}")
+        check_model_dir(
+            model.model.path, where=f"models: {model.model.path}", allow_pickle=allow_pickle
+        )
     source = merge_config.tokenizer.source
     if isinstance(source, ModelReference) and source not in merge_config.referenced_models():
         check_model_dir(
@@ -81,6 +84,7 @@ def check_inputs(merge_config: Any) -> None:
             where="tokenizer.source",
             need_tokenizer=True,
             need_weights=needs_donor_embeddings(merge_config),
+            allow_pickle=allow_pickle,
         )
 
 
