@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         "--bos",
         choices=("auto", "on", "off"),
         default="auto",
-        help="BOS per window: auto = when the model's tokenizer adds one (see evaluate/bpb.py)",
+        help="BOS per window: auto = when the tokenizer defines one (see evaluate/bpb.py)",
     )
     args = ap.parse_args(argv)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -25,7 +26,10 @@ def parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 
 def setup_logging(quiet: bool, verbose: int) -> None:
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    from mergekit_tokenplug.compute.distributed import launched_world_size
+
+    worker = launched_world_size() > 1 and os.environ.get("RANK", "0") != "0"
+    level = logging.WARNING if quiet or worker else (logging.DEBUG if verbose > 1 else logging.INFO)
     logging.basicConfig(
         level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
@@ -141,6 +145,10 @@ def transplant(
         quiet=quiet,
         allow_pickle=allow_pickle,
     )
+    from mergekit_tokenplug.compute.distributed import is_main_process
+
+    if not is_main_process():
+        return
     if json_out:
         with open(json_out, "w", encoding="utf-8") as fh:
             json.dump({"out": out, **summary}, fh, indent=2)

@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from mergekit_tokenplug.compute.distributed import chunk_bounds, sharded_rows
 from mergekit_tokenplug.errors import InputError
 from mergekit_tokenplug.methods.base import EstimationProblem
 from mergekit_tokenplug.registry import MethodSpec, Need, get
@@ -146,6 +148,83 @@ def fill_matrix(
     return out.reshape((out_rows, *token_shape)), report
 
 
+def _anchor_ids(
+    base_anchor_ok: np.ndarray, space: SourceSpace | None, model: str, method: str
+) -> np.ndarray | None:
+    """Output ids usable as anchors between the model and ``space`` (regular tokens both have)."""
+    if space is None:
+        return None
+    anchors = base_anchor_ok & (space.src_ids >= 0)
+    if space.anchor_mask is not None:
+        anchors &= space.anchor_mask
+    anchor_out = np.nonzero(anchors)[0]
+    if anchor_out.size == 0:
+        raise InputError(
+            f"model {model} shares no regular tokens with {space.name}; cannot estimate with {method!r}",
+            where="tokenizer.approximation",
+        )
+    return anchor_out
+
+
+def _problem(
+    base32: torch.Tensor,
+    src_ids: np.ndarray,
+    out_ids: np.ndarray,
+    anchor_out: np.ndarray | None,
+    space: SourceSpace | None,
+    spec: MethodSpec,
+    texts: TextSupport | None,
+    *,
+    role: str,
+    seed: int,
+    label: str,
+    show_progress: bool,
+) -> EstimationProblem:
+    """Everything ``spec`` needs to estimate the rows of ``out_ids`` in ``base32``'s space."""
+    dev = base32.device
+    problem = EstimationProblem(
+        base=base32,
+        anchor_ids=torch.empty(0, dtype=torch.long, device=dev),
+        n_targets=len(out_ids),
+        role=role,
+        seed=seed,
+        label=label,
+        show_progress=show_progress,
+    )
+    if space is not None and anchor_out is not None:
+        problem.anchor_ids = torch.as_tensor(src_ids[anchor_out], dtype=torch.long, device=dev)
+        problem.donor = space.matrix.float().reshape(space.matrix.shape[0], -1).to(dev)
+        problem.donor_anchor_ids = torch.as_tensor(
+            space.src_ids[anchor_out], dtype=torch.long, device=dev
+        )
+        problem.donor_target_ids = torch.as_tensor(
+            space.src_ids[out_ids], dtype=torch.long, device=dev
+        )
+    needs = spec.needs
+    if needs & {Need.BASE_TOKENIZER, Need.BASE_VOCAB_TEXTS, Need.CORPUS, Need.MODEL_FORWARD}:
+        if texts is None:
+            raise InputError(
+                f"method {spec.name!r} needs the tokenizers, which are not available here",
+                where="tokenizer.approximation.method",
+            )
+        problem.target_texts = texts.out_texts(out_ids)
+        problem.extras.update(texts.extras)
+        problem.extras.setdefault("split_texts", texts.split_base)
+        problem.extras["target_out_ids"] = torch.as_tensor(out_ids, dtype=torch.long)
+        if Need.CORPUS in needs:
+            out_to_target = torch.full((len(src_ids),), -1, dtype=torch.long, device=dev)
+            out_to_target[torch.as_tensor(out_ids, device=dev)] = torch.arange(
+                len(out_ids), device=dev
+            )
+            problem.extras["out_to_base"] = torch.as_tensor(src_ids, dtype=torch.long, device=dev)
+            problem.extras["out_to_target"] = out_to_target
+        if Need.BASE_TOKENIZER in needs:
+            problem.target_pieces = texts.split_base(problem.target_texts)
+        if Need.BASE_VOCAB_TEXTS in needs:
+            problem.base_vocab_texts = texts.base_vocab_texts()
+    return problem
+
+
 def _estimate_missing(
     *,
     model: str,
@@ -191,70 +270,65 @@ def _estimate_missing(
         group_spec = get(method_name)
         group_params = params if method_name == spec.name else group_spec.parse_params({})
         out_ids = missing[positions]
-        problem = EstimationProblem(
-            base=base32,
-            anchor_ids=torch.empty(0, dtype=torch.long, device=base.device),
-            n_targets=len(out_ids),
-            role=role,
-            seed=stable_seed(seed, model, role, method_name, space.name if space else ""),
-            label=f"{method_name} {model} {role}" + (f" <- {space.name}" if space else ""),
-            show_progress=show_progress,
-        )
-        if space is not None:
-            anchors = base_anchor_ok & (space.src_ids >= 0)
-            if space.anchor_mask is not None:
-                anchors &= space.anchor_mask
-            anchor_out = np.nonzero(anchors)[0]
-            if anchor_out.size == 0:
-                raise InputError(
-                    f"model {model} shares no regular tokens with {space.name}; cannot estimate with {method_name!r}",
-                    where="tokenizer.approximation",
-                )
-            dev = base.device
-            problem.anchor_ids = torch.as_tensor(src_ids[anchor_out], dtype=torch.long, device=dev)
-            problem.donor = space.matrix.float().reshape(space.matrix.shape[0], -1).to(dev)
-            problem.donor_anchor_ids = torch.as_tensor(
-                space.src_ids[anchor_out], dtype=torch.long, device=dev
+        anchor_out = _anchor_ids(base_anchor_ok, space, model, method_name)
+        label = f"{method_name} {model} {role}" + (f" <- {space.name}" if space else "")
+        n_chunks = len(chunk_bounds(len(out_ids))) if group_spec.shardable else 1
+
+        def compute(
+            chunk: int,
+            lo: int,
+            hi: int,
+            *,
+            group_spec=group_spec,
+            group_params=group_params,
+            out_ids=out_ids,
+            anchor_out=anchor_out,
+            space=space,
+            label=label,
+            n_chunks=n_chunks,
+        ) -> torch.Tensor:
+            problem = _problem(
+                base32,
+                src_ids,
+                out_ids[lo:hi],
+                anchor_out,
+                space,
+                group_spec,
+                texts,
+                role=role,
+                seed=stable_seed(
+                    seed, model, role, group_spec.name, space.name if space else "", chunk
+                ),
+                label=label,
+                show_progress=show_progress and n_chunks == 1,
             )
-            problem.donor_target_ids = torch.as_tensor(
-                space.src_ids[out_ids], dtype=torch.long, device=dev
-            )
-        needs = group_spec.needs
-        if needs & {Need.BASE_TOKENIZER, Need.BASE_VOCAB_TEXTS, Need.CORPUS, Need.MODEL_FORWARD}:
-            if texts is None:
-                raise InputError(
-                    f"method {method_name!r} needs the tokenizers, which are not available here",
-                    where="tokenizer.approximation.method",
+            rows = group_spec.estimate(problem, group_params)
+            if rows.shape != (hi - lo, base.shape[1]):
+                raise RuntimeError(
+                    f"method {group_spec.name!r} returned shape {tuple(rows.shape)}, expected {(hi - lo, base.shape[1])}"
                 )
-            problem.target_texts = texts.out_texts(out_ids)
-            problem.extras.update(texts.extras)
-            problem.extras.setdefault("split_texts", texts.split_base)
-            problem.extras["target_out_ids"] = torch.as_tensor(out_ids, dtype=torch.long)
-            if Need.CORPUS in needs:
-                out_to_target = torch.full(
-                    (len(src_ids),), -1, dtype=torch.long, device=base.device
+            if not bool(torch.isfinite(rows).all()):
+                raise RuntimeError(
+                    f"method {group_spec.name!r} produced non-finite rows for {model} {role}"
                 )
-                out_to_target[torch.as_tensor(out_ids, device=base.device)] = torch.arange(
-                    len(out_ids), device=base.device
-                )
-                problem.extras["out_to_base"] = torch.as_tensor(
-                    src_ids, dtype=torch.long, device=base.device
-                )
-                problem.extras["out_to_target"] = out_to_target
-            if Need.BASE_TOKENIZER in needs:
-                problem.target_pieces = texts.split_base(problem.target_texts)
-            if Need.BASE_VOCAB_TEXTS in needs:
-                problem.base_vocab_texts = texts.base_vocab_texts()
-        rows = group_spec.estimate(problem, group_params)
-        if rows.shape != (len(out_ids), base.shape[1]):
-            raise RuntimeError(
-                f"method {method_name!r} returned shape {tuple(rows.shape)}, expected {(len(out_ids), base.shape[1])}"
-            )
-        if not bool(torch.isfinite(rows).all()):
-            raise RuntimeError(
-                f"method {method_name!r} produced non-finite rows for {model} {role}"
-            )
-        result[torch.as_tensor(positions, device=base.device)] = rows.float().to(base.device)
+            return rows.float().to(base.device)
+
+        with tqdm(
+            total=len(out_ids),
+            desc=label,
+            unit="tok",
+            disable=not show_progress or n_chunks == 1,
+            leave=False,
+        ) as bar:
+
+            def tracked(chunk: int, lo: int, hi: int) -> torch.Tensor:
+                rows = compute(chunk, lo, hi)
+                bar.update(hi - lo)
+                return rows
+
+            blocks = sharded_rows(len(out_ids), tracked, shardable=group_spec.shardable)
+        if blocks:
+            result[torch.as_tensor(positions, device=base.device)] = torch.cat(blocks)
         key = space.name if space else "(none)"
         report.by_source[key] = report.by_source.get(key, 0) + len(out_ids)
         report.by_method[method_name] = report.by_method.get(method_name, 0) + len(out_ids)

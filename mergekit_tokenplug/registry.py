@@ -59,6 +59,9 @@ class MethodSpec:
     needs: frozenset[Need] = field(default_factory=frozenset)
     # Method used for rows whose needs cannot be met (e.g. OMP for a token no model has).
     fallback: str | None = "mean"
+    # Rows depend only on their own target (and a per-chunk seed): the seam may compute them
+    # in fixed chunks spread over processes. False for methods that fit all rows jointly.
+    shardable: bool = True
 
     def parse_params(self, raw: dict[str, Any], where: str = "tokenizer.approximation") -> Any:
         """Validate raw parameters, raising a one-line ConfigError that lists valid keys."""

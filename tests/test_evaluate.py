@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from mergekit_tokenplug.errors import InputError
@@ -31,7 +31,8 @@ EVAL_TEXT = (
 NON_ASCII = "Grüße aus Köln — 日本語のテキスト. "
 
 
-def _train_tokenizer(add_bos: bool) -> Tokenizer:
+def _train_tokenizer() -> Tokenizer:
+    """Byte-level BPE with a BOS token it does not add itself (like SmolLM2's)."""
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
@@ -42,17 +43,14 @@ def _train_tokenizer(add_bos: bool) -> Tokenizer:
         show_progress=False,
     )
     tk.train_from_iterator([TRAIN_TEXT], trainer=trainer)
-    if add_bos:
-        bos = tk.token_to_id("<s>")
-        tk.post_processor = processors.TemplateProcessing(
-            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
-        )
     return tk
 
 
-def _save_model(tmp: Path, tk: Tokenizer, *, uniform: bool = False) -> Path:
+def _save_model(
+    tmp: Path, tk: Tokenizer, *, uniform: bool = False, bos_token: str | None = "<s>"
+) -> Path:
     out = tmp / ("uniform" if uniform else "model")
-    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>")
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=bos_token, eos_token="</s>")
     cfg = LlamaConfig(
         vocab_size=tk.get_vocab_size(),
         hidden_size=32,
@@ -105,7 +103,7 @@ def _reference_bits(model_dir: Path, windows: list[list[int]]) -> float:
 @pytest.fixture(scope="module")
 def bos_setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bpb_bos")
-    tk = _train_tokenizer(add_bos=True)
+    tk = _train_tokenizer()
     text_file = tmp / "eval.txt"
     text = EVAL_TEXT + NON_ASCII
     text_file.write_text(text, encoding="utf-8")
@@ -129,8 +127,8 @@ def test_bpb_matches_direct_forward_with_bos(bos_setup):
 
 
 def test_bpb_without_bos_skips_first_token_of_each_window(tmp_path):
-    tk = _train_tokenizer(add_bos=False)
-    model_dir = _save_model(tmp_path, tk)
+    tk = _train_tokenizer()
+    model_dir = _save_model(tmp_path, tk, bos_token=None)  # no BOS token: none prepended
     text_file = tmp_path / "eval.txt"
     text_file.write_text(EVAL_TEXT, encoding="utf-8")
     (rec,) = evaluate_models(

@@ -8,13 +8,15 @@ Windowing (fixed, so figures are reproducible): the text is tokenized once by th
 tokenizer without special tokens and cut into consecutive, non-overlapping windows of
 ``window`` text tokens; every window is scored independently (no carried context).
 
-BOS choice: a window starts with the tokenizer's BOS token when the tokenizer itself adds BOS
-to ``tokenizer("x")`` (``add_special_tokens=True``) -- that is how the model was trained and
-run, e.g. Gemma degrades badly without it. Then every text token is predicted and the bytes
-covered are the whole text. A tokenizer that does not add BOS (e.g. SmolLM2, GPT-2 style)
-gets no BOS: the first token of each window is context only, is not scored, and its bytes are
-left out of the byte count (measured from the tokenizer's character offsets). Pass
-``bos=True/False`` to override.
+BOS choice: every window starts with the tokenizer's BOS token whenever the tokenizer defines
+one (even if it would not add it on its own, e.g. SmolLM2's ``<|im_start|>``). Models are
+trained on documents that start after a BOS/separator and some (Gemma) degrade badly without
+it; a transplanted body keeps its BOS habit whatever tokenizer it now wears; every text token
+is then predicted and the bytes covered are the whole text; and it is the convention of the
+project's reference figures (ASSETS.md). A tokenizer without a BOS token gets none: the first
+token of each window is context only, is not scored, and its bytes are left out of the byte
+count (measured from the tokenizer's character offsets; a character split over several
+tokens counts towards the token where it ends). Pass ``bos=True/False`` to override.
 """
 
 from __future__ import annotations
@@ -33,15 +35,6 @@ from mergekit_tokenplug.errors import InputError
 
 LN2 = math.log(2.0)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
-
-
-def tokenizer_adds_bos(tokenizer: Any) -> bool:
-    """True when the tokenizer prepends its BOS token on its own (i.e. the model expects it)."""
-    bos = getattr(tokenizer, "bos_token_id", None)
-    if bos is None:
-        return False
-    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
-    return len(ids) > 0 and ids[0] == bos
 
 
 def _token_byte_lengths(tokenizer: Any, text: str, ids: list[int]) -> list[int]:
@@ -89,8 +82,8 @@ def bits_per_byte(
         raise InputError(f"window must be >= 2 tokens, got {window}")
     if not text:
         raise InputError("text is empty: nothing to score")
-    use_bos = tokenizer_adds_bos(tokenizer) if bos is None else bos
     bos_id = getattr(tokenizer, "bos_token_id", None)
+    use_bos = (bos_id is not None) if bos is None else bos
     if use_bos and bos_id is None:
         raise InputError("bos=True but the tokenizer has no BOS token")
     ids = list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])

@@ -7,9 +7,12 @@ the directory into place. A failure anywhere leaves no OUT that looks complete.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -17,6 +20,7 @@ from typing import Any
 from mergekit.common import ModelReference
 
 from mergekit_tokenplug import report
+from mergekit_tokenplug.compute.distributed import is_main_process
 from mergekit_tokenplug.inputs import check_model_dir
 from mergekit_tokenplug.mergekit.schema import uses_plugin
 from mergekit_tokenplug.output.atomic import atomic_directory
@@ -55,6 +59,16 @@ def run_plugin_merge(
     recipe = config_source or merge_config.to_yaml()
     check_inputs(merge_config, allow_pickle=allow_pickle)
     report.reset()
+    if not is_main_process():
+        # Launched with N processes: this one only computes its share of the estimated rows
+        # (the collectives inside the seam); the main process writes the checkpoint.
+        with (
+            tempfile.TemporaryDirectory(prefix="tokenplug-worker-") as scratch,
+            discard_tensor_writes(),
+        ):
+            quiet = options.model_copy(update={"write_model_card": False, "quiet": True})
+            original(merge_config, scratch, quiet, config_source=recipe)
+        return
     # The plugin writes the whole card itself: stock card generation looks local relative
     # paths up on the hub, which fails offline and in CI.
     write_card = options.write_model_card
@@ -67,6 +81,31 @@ def run_plugin_merge(
         )
         finalize(tmp, merge_config, recipe, options, write_card=write_card)
     LOG.info("wrote %s", out_path)
+
+
+class _DiscardingWriter:
+    """Stands in for mergekit's TensorWriter on worker processes: accepts tensors, writes nothing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def save_tensor(self, name: str, tensor: Any, clone: bool = False) -> None:
+        pass
+
+    def finalize(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def discard_tensor_writes() -> Iterator[None]:
+    import mergekit.io.tasks as io_tasks
+
+    real = io_tasks.TensorWriter
+    io_tasks.TensorWriter = _DiscardingWriter
+    try:
+        yield
+    finally:
+        io_tasks.TensorWriter = real
 
 
 def check_inputs(merge_config: Any, allow_pickle: bool = False) -> None:

@@ -262,6 +262,7 @@ SPEC = register(
         estimate=estimate_cw2v,
         summary="convex mixtures of old rows learned by skip-gram on a corpus (CW2V)",
         needs=frozenset({Need.CORPUS}),
+        shardable=False,  # the mixing matrices are trained jointly over all new rows
         fallback="mean",
     )
 )

@@ -49,7 +49,7 @@ GRAM_CHUNK = 4096
 # A Gram-form step reads t cached rows per target; a residual step does a d-deep matmul. The
 # Gram form wins while t * ratio < d, where ratio = cost of one gathered multiply-add relative
 # to one matmul multiply-add (measured with bench/bench_omp.py; gathers are memory bound).
-GRAM_COST_RATIO = {"cpu": 16.0, "cuda": 8.0}
+GRAM_COST_RATIO = {"cpu": 32.0, "cuda": 8.0}
 # Fraction of the working-memory budget the Gram cache may take.
 GRAM_BUDGET_FRACTION = 0.5
 # A new atom whose squared distance to the support's span is below this fraction of its

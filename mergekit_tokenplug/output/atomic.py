@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,7 +43,8 @@ def atomic_directory(out_path: str | os.PathLike, overwrite: bool = False) -> It
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        yield tmp
+        with _terminate_as_exception():
+            yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -49,6 +52,24 @@ def atomic_directory(out_path: str | os.PathLike, overwrite: bool = False) -> It
         shutil.rmtree(out)
     os.replace(tmp, out)
     os.chmod(out, 0o777 & ~_umask())
+
+
+@contextlib.contextmanager
+def _terminate_as_exception() -> Iterator[None]:
+    """Turn SIGTERM (a launcher stopping the group, a CI cancel) into SystemExit so the
+    temporary directory is removed instead of left behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _umask() -> int:

@@ -1,0 +1,105 @@
+"""Multi-process sharding of row estimation (``accelerate launch --num_processes N ...``).
+
+Every process runs the same merge graph; only the estimation of missing rows is split. The
+rows of a group are cut into fixed-size chunks (the same chunks whatever the number of
+processes), chunk ``i`` is computed by process ``i % N``, and the results are all-gathered so
+every process continues with identical tensors. Because a chunk is computed the same way
+wherever it runs, the output is byte-identical to a single-process run. The main process
+writes the checkpoint; the others write nothing.
+
+The process group comes from ``accelerate.PartialState`` (gloo on CPU, NCCL on GPU), created
+only when the launcher set ``WORLD_SIZE > 1``. Launch with
+``accelerate launch --multi_gpu --num_processes N -m mergekit_tokenplug transplant ...`` (the
+flag only selects accelerate's torchrun launcher; it works without GPUs) or
+``torchrun --nproc_per_node N -m mergekit_tokenplug ...``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import os
+from collections.abc import Callable
+from typing import TypeVar
+
+import torch
+
+from mergekit_tokenplug.errors import TokenplugError
+
+T = TypeVar("T")
+
+# Rows per chunk: large enough to keep the kernels' matmuls efficient, small enough to spread
+# the work over several processes. Part of the numerical recipe: changing it may change bytes
+# (MERGEKIT_TOKENPLUG_SHARD_CHUNK overrides it; keep it equal across runs you compare).
+SHARD_CHUNK = int(os.environ.get("MERGEKIT_TOKENPLUG_SHARD_CHUNK", "2048"))
+GROUP_TIMEOUT = datetime.timedelta(
+    minutes=int(os.environ.get("MERGEKIT_TOKENPLUG_DIST_TIMEOUT_MIN", "30"))
+)
+
+
+def launched_world_size() -> int:
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+@functools.cache
+def _state():
+    from accelerate import PartialState
+    from accelerate.utils import InitProcessGroupKwargs
+
+    kwargs = InitProcessGroupKwargs(timeout=GROUP_TIMEOUT).to_kwargs()
+    # Without CUDA, accelerate only forms a CPU group (gloo) when asked to with cpu=True.
+    return PartialState(cpu=not torch.cuda.is_available(), **kwargs)
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(this process's index, number of processes); (0, 1) when not launched distributed."""
+    if launched_world_size() <= 1:
+        return 0, 1
+    state = _state()
+    return state.process_index, state.num_processes
+
+
+def is_main_process() -> bool:
+    return rank_and_world()[0] == 0
+
+
+def chunk_bounds(n: int, chunk: int | None = None) -> list[tuple[int, int]]:
+    chunk = chunk or SHARD_CHUNK
+    return [(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
+
+
+def sharded_rows(
+    n: int,
+    compute: Callable[[int, int, int], torch.Tensor],
+    *,
+    shardable: bool = True,
+    chunk: int = SHARD_CHUNK,
+) -> list[torch.Tensor]:
+    """Row blocks for ``[0, n)``: ``compute(chunk_index, lo, hi)`` per chunk, all-gathered.
+
+    Returns the chunks' tensors in order. A method that is not row-independent
+    (``shardable=False``) is computed whole, as one chunk, by every process.
+    """
+    if not shardable:
+        return [compute(0, 0, n)] if n else []
+    bounds = chunk_bounds(n, chunk)
+    rank, world = rank_and_world()
+    mine = {i: compute(i, lo, hi) for i, (lo, hi) in enumerate(bounds) if i % world == rank}
+    if world == 1:
+        return [mine[i] for i in range(len(bounds))]
+    gathered: list[dict[int, torch.Tensor] | None] = [None] * world
+    try:
+        torch.distributed.all_gather_object(gathered, {i: t.cpu() for i, t in mine.items()})
+    except RuntimeError as exc:  # a peer died or timed out
+        raise TokenplugError(
+            f"a process of the group failed during row estimation ({str(exc).splitlines()[0]}); the run is aborted",
+            where="accelerate",
+        ) from None
+    merged: dict[int, torch.Tensor] = {}
+    for part in gathered:
+        merged.update(part or {})
+    device = next(iter(mine.values())).device if mine else None
+    return [merged[i].to(device) if device is not None else merged[i] for i in range(len(bounds))]
