@@ -203,3 +203,49 @@ def test_batch_size_backs_off_on_out_of_memory() -> None:
     with pytest.raises(ValueError):
         run_batched(broken, 3, 2)
     assert suggest_batch_size(100, "cpu", fixed_bytes=200, budget_bytes=1200, maximum=50) == 10
+
+
+def test_bf16_selection_matches_fp32_on_well_separated_correlations() -> None:
+    """bf16 selection picks the same atoms as fp32 when correlations are well separated.
+
+    bf16 keeps 8 significant bits (relative rounding 2^-9 per element); with D = 256 the
+    correlation error stays well under 2% of |<r, a>|, so any step whose best |correlation|
+    leads the runner-up by more than that picks the same atom in both precisions. The fit
+    never uses the reduced dtype, so on identical supports the coefficients agree to fp32
+    accuracy: documented tolerance, relative norm difference < 1e-5 per row.
+    """
+    gen = torch.Generator().manual_seed(6)
+    n, dim, k = 400, 256, 4
+    atoms = torch.randn(n, dim, generator=gen) / dim**0.5  # nearly orthonormal
+    support = torch.stack([torch.randperm(n, generator=gen)[:k] for _ in range(32)])
+    weights = torch.tensor([1.0, 0.6, 0.35, 0.2]) * torch.where(
+        torch.rand(32, k, generator=gen) < 0.5, -1.0, 1.0
+    )
+    x = torch.einsum("bk,bkd->bd", weights, atoms[support])
+    gaps = _reference_min_gaps(x, atoms, k)
+    assert float(gaps.min()) > 0.05  # the premise: well-separated at every step
+
+    idx32, coef32 = batch_omp(x, atoms, k)
+    idx16, coef16 = batch_omp(x, atoms, k, select_dtype=torch.bfloat16)
+    assert coef16.dtype == torch.float32
+    assert torch.equal(idx16, idx32)
+    assert torch.equal(idx32, support)  # greedy order follows the planted weights
+    rel = (coef16 - coef32).norm(dim=1) / coef32.norm(dim=1)
+    assert float(rel.max()) < 1e-5
+    torch.testing.assert_close(coef32, weights, rtol=1e-4, atol=1e-5)
+
+
+def test_select_precision_param() -> None:
+    problem, expected = _problem(40)
+    assert OmpParams().select_precision == "auto"
+    auto = estimate_omp(problem, OmpParams(k=3))
+    fp32 = estimate_omp(problem, OmpParams(k=3, select_precision="fp32"))
+    assert torch.equal(auto, fp32)  # auto is fp32 off CUDA
+    flag = torch.backends.cuda.matmul.allow_tf32
+    tf32 = estimate_omp(problem, OmpParams(k=3, select_precision="tf32"))
+    assert torch.equal(tf32, fp32)  # TF32 affects CUDA matmuls only
+    assert torch.backends.cuda.matmul.allow_tf32 == flag  # the global flag is restored
+    bf16 = estimate_omp(problem, OmpParams(k=3, select_precision="bf16"))
+    torch.testing.assert_close(bf16, expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ConfigError):
+        registry.get("omp").parse_params({"select_precision": "fp16"})

@@ -218,6 +218,17 @@ def test_byte_fallback_pieces_map(toks):
         assert back.src_ids[piece] == bl.convert_tokens_to_ids(symbol)
 
 
+def test_added_piece_beats_byte_fallback_piece(tmp_path):
+    """Gemma's layout: "\n" is an added (non-special) piece and <0x0A> a never-used byte piece."""
+    from tokenizers import AddedToken
+
+    ms = build_sentencepiece_bpe(tmp_path / "ms_nl")
+    ms.add_tokens([AddedToken("\n", normalized=False, special=False)])
+    bl = build_byte_level_bpe(tmp_path / "bl_nl")
+    al = align_vocab(bl, ms, model_rows=len(ms))
+    assert al.src_ids[bl.convert_tokens_to_ids("Ċ")] == ms.convert_tokens_to_ids("\n")
+
+
 def test_special_tokens_map_by_string_and_role(toks):
     bl, ms2, bl3, ms = toks["bl"], toks["ms2"], toks["bl3"], toks["ms"]
     al = align_vocab(bl, ms2, model_rows=len(ms2))

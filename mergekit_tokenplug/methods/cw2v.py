@@ -209,7 +209,11 @@ def cw2v_train(problem: EstimationProblem, params: CW2VParams) -> CW2VResult:
             ).view(idx.numel(), params.negatives)
             uniq, inv = torch.unique(c_t, return_inverse=True)
             mix = torch.softmax(a1[uniq] @ a2, dim=-1)  # (U, V_old): only the batch's rows
-            centre_vecs = (mix @ e_old)[inv]
+            # One-hot matmul instead of indexing: the backward of an index with repeated
+            # entries accumulates with threads on CPU in varying order (not bit-reproducible);
+            # a matmul's reduction order is fixed.
+            onehot = torch.nn.functional.one_hot(inv, uniq.numel()).to(mix.dtype)
+            centre_vecs = onehot @ (mix @ e_old)
             loss = sgns_loss(centre_vecs, ctx_matrix[x_b], ctx_matrix[negs])
             opt.zero_grad(set_to_none=True)
             loss.backward()

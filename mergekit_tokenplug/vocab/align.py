@@ -10,8 +10,9 @@ Rules (ALGORITHMS.md section 0), for each output id:
 * regular tokens: EXACT when the model has the same raw string *and* it means the same bytes
   (a raw match across schemes, e.g. byte-level ``Ã©`` vs a literal ``Ã©``, is no match); else
   CANONICAL when a model token spells the same canonical bytes (see ``canonical.py``). If
-  several model tokens share those bytes, the regular piece beats a ``<0xNN>`` byte piece,
-  which beats a non-special added token; ties go to the lowest id.
+  several model tokens share those bytes, the regular piece beats a non-special added token,
+  which beats a ``<0xNN>`` byte piece (byte pieces are only emitted when nothing else spells
+  those bytes, so their rows are barely trained); ties go to the lowest id.
 * non-special added tokens: EXACT on the identical string of a model added/special token,
   else CANONICAL on the text they decode to; unmatched ones are listed in
   ``unmatched_added``.
@@ -124,7 +125,9 @@ def align_vocab(
         m_bytes, m_plain = [], m_regular
     m_added_plain = [i for i in m_marked if i in model.added and i not in model.special_ids]
     added_forms = view_added_forms(model)
-    ordered = m_plain + m_bytes + m_added_plain
+    # Byte-fallback pieces come last: a tokenizer only emits <0xNN> when no other piece spells
+    # those bytes, so their rows are barely trained (Gemma: "\n" is an added piece, <0x0A> unused).
+    ordered = m_plain + m_added_plain + m_bytes
     keys = [m_canon_by_id[i] if i in m_canon_by_id else added_forms[i] for i in ordered]
     m_canon = _first_wins(keys, ordered)
     m_canon.pop(b"", None)  # an empty spelling matches nothing

