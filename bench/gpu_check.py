@@ -349,6 +349,7 @@ def cmd_omp(args: argparse.Namespace) -> int:
     # mergekit's batch_omp (fp32, its default) on a subset of the same targets, extrapolated.
     mergekit_omp(x_all[:16], atoms, k)  # warm-up
     n_mk = min(args.mk_probe_targets, n_ours)
+    cap = n_ours  # lowered after an out-of-memory error, so the subset never grows back
     while True:
         try:
             _sync(device)
@@ -360,11 +361,12 @@ def cmd_omp(args: argparse.Namespace) -> int:
             if n_mk <= 16:
                 raise
             n_mk //= 2
+            cap = n_mk
             notes.append(f"mergekit's batch_omp ran out of memory; subset halved to {n_mk}")
             torch.cuda.empty_cache()
             continue
         left = deadline - time.perf_counter() - args.reserve_s
-        want = min(n_ours, int(min(args.mk_budget_s, left) / (mk_s / n_mk)))
+        want = min(cap, int(min(args.mk_budget_s, left) / (mk_s / n_mk)))
         if want >= 2 * n_mk:  # enough time for a larger, more representative subset
             n_mk = want
             del idx_mk, coef_mk

@@ -12,6 +12,24 @@
 #   with the real shapes and seeded random weights are then built on the device).
 #   OUT_DIR defaults to $OUT (the device tool's result folder), else bench/out/gpu_check.
 #   --dry-small: tiny sizes on whatever device is there (CPU here) to check every step.
+#
+# Through the device tool (the machine has no network; its image has torch, transformers,
+# accelerate, safetensors, tokenizers but not mergekit or pydantic):
+#   here, once:
+#     .venv/bin/python bench/gpu_check.py pack bench/out/gpu_carry     # ~9 MiB, git-ignored
+#     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#       --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+#       --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl \
+#       mergekit==0.1.5 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
+#       typing-inspection==0.4.5 immutables==0.21                       # ~3 MiB, git-ignored
+#   run: carry [".whl", "bench/out/gpu_carry"], timeout_s 540,
+#        command "bash bench/gpu_check.sh bench/out/gpu_carry"     (results come back in $OUT:
+#        summary.md, env/omp/models/e2e.json, gpu_check.log)
+#   The real fp32 checkpoints (1.1 GB + 0.5 GB) exceed what the tool carries (64 MiB), so (c)
+#   then runs on stand-ins: the real configs and tokenizers (the real vocabularies, alignment
+#   and OMP problem sizes) with seeded random weights; where MODELS_DIR holds the weights
+#   (`pack --with-weights`, or dirs already on the machine) the real models are used and bits
+#   per byte of base and output are measured on the packed texts.
 # Environment: PYTHON (default python3), GPU_CHECK_WHEELS (default REPO/.whl: wheels
 #   installed with pip --no-index into a private folder first), GPU_CHECK_TOTAL_S (450),
 #   GPU_CHECK_WORK (scratch, default /tmp/gpu_check_work).
@@ -23,7 +41,7 @@ if [[ "${1:-}" == "--dry-small" ]]; then
     shift
 fi
 if [[ $# -lt 1 ]]; then
-    sed -n '2,20p' "$0" >&2
+    awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0" >&2
     exit 2
 fi
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -23,9 +23,10 @@ from accelerate.utils.memory import should_reduce_batch_size
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# CPU working-memory budget: half the available RAM, but never more than this. A few GB is
-# enough for full-speed matmuls, and other processes (the merge itself) need the rest.
-CPU_BUDGET_CAP = 4 * 1024**3
+# CPU working-memory budget: half the available RAM, but never more than this. 1 GiB already
+# gives batches of hundreds of targets (full-speed matmuls on CPU) and keeps a transplant's
+# peak RSS near the size of the matrices involved; MERGEKIT_TOKENPLUG_CPU_BUDGET_MB overrides.
+CPU_BUDGET_CAP = int(os.environ.get("MERGEKIT_TOKENPLUG_CPU_BUDGET_MB", "1024")) * 1024**2
 CPU_BUDGET_FRACTION = 0.5
 CUDA_BUDGET_FRACTION = 0.8  # leave room for the allocator's fragmentation and cuBLAS workspaces
 _FALLBACK_CPU_BYTES = 1024**3  # when the OS does not tell us what is available
