@@ -132,7 +132,13 @@ def cmd_env(args: argparse.Namespace) -> int:
     from mergekit_tokenplug.mergekit.activation import activate, is_active
 
     activate()
+    import mergekit
+
     info["tokenplug"] = mergekit_tokenplug.__version__
+    info["paths"] = {
+        "mergekit_tokenplug": mergekit_tokenplug.__file__,
+        "mergekit": mergekit.__file__,
+    }
     info["tokenplug_active"] = is_active()
     _write(Path(args.json), info)
     _log(json.dumps(info))
@@ -643,8 +649,10 @@ def cmd_summarize(args: argparse.Namespace) -> int:
                 f"whole OMP {_fmt(o.get('effective_tflops_whole_omp'), '.4g')} TFLOP/s effective"
             )
         for prec, v in (omp.get("select_variants_vs_fp32") or {}).items():
+            extra = {key: v[key] for key in v if key not in ("targets", "seconds")}
             lines.append(
-                f"- select {prec} on {v.get('targets')} targets: {_fmt(v.get('seconds'))} s {v}"
+                f"- select {prec} on {v.get('targets')} targets: {_fmt(v.get('seconds'))} s; "
+                f"{extra}" + (" (agreement vs fp32)" if prec != "fp32" else "")
             )
         for note in omp.get("notes", []):
             lines.append(f"- note: {note}")
