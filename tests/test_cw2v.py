@@ -16,13 +16,7 @@ N_CLUSTERS, PER_CLUSTER, D = 4, 10, 8
 V_OLD = N_CLUSTERS * PER_CLUSTER  # output ids 0..39 are old tokens, 40..43 new
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: thread hand-offs cost more than the math on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _problem(

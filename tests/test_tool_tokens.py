@@ -27,13 +27,7 @@ from mergekit_tokenplug.tooltokens.data import CALCULATOR
 DESCRIPTION = "Evaluates an arithmetic expression"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: thread hand-offs cost more than the math on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tokenizer() -> PreTrainedTokenizerFast:
