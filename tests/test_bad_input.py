@@ -199,3 +199,10 @@ def test_unknown_method_through_mergekit_yaml(zoo, tmp_path):
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error:")]
     assert len(lines) == 1 and "k" in lines[0], proc.stderr[-1500:]
     assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
+def test_cuda_requested_without_cuda(zoo, tmp_path):
+    out = tmp_path / "out"
+    res = run_cli("transplant", str(zoo.sp_untied), str(zoo.bl_untied), str(out), "--device", "cuda")
+    assert_clean_failure(res, out, "--device", "CUDA")
