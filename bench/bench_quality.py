@@ -29,7 +29,10 @@ disjoint from the evaluation slices (training on the scored text would be a leak
 
 Transplanted models, per-model bpb records and leave-out results are cached under
 ``--out-dir`` and reused (``--redo`` recomputes). Outputs: ``bench/out/quality.json``,
-``bench/out/quality.md`` and the figure.
+``bench/out/quality.md`` and the figure. Cost on 2 busy CPU cores: ``tokenadapt-minilm``
+embeds Gemma's 262k vocabulary texts with MiniLM (~25 min, once in each part); ``omp``,
+``ts-omp``, ``ts-landmark_pca`` and ``cw2v`` take 4-7 min each; the rest seconds to a minute;
+bpb is ~40 s per transplanted model and ~3 min per original model.
 """
 
 from __future__ import annotations
@@ -84,7 +87,6 @@ class Method:
     impl: str  # "ours" | "tokensurgeon"
     name: str  # registry name / tokensurgeon approximation method
     params: dict[str, Any] = field(default_factory=dict)
-    needs_donor: bool = False
 
 
 def minilm_dir() -> Path:
@@ -98,7 +100,7 @@ def minilm_dir() -> Path:
 def all_methods(cw2v_corpus: list[str]) -> list[Method]:
     """Every method of the bench (cw2v's corpus differs between part 1 and part 2)."""
     return [
-        Method("omp", "omp k=64", "ours", "omp", {"k": 64}, needs_donor=True),
+        Method("omp", "omp k=64", "ours", "omp", {"k": 64}),
         Method("tokenadapt-self", "tokenadapt (self)", "ours", "tokenadapt"),
         Method(
             "tokenadapt-minilm",
@@ -111,17 +113,16 @@ def all_methods(cw2v_corpus: list[str]) -> list[Method]:
         Method("mean", "mean", "ours", "mean"),
         Method("hewitt", "hewitt", "ours", "hewitt"),
         Method("cw2v", "cw2v", "ours", "cw2v", {"corpus": cw2v_corpus}),
-        Method("ts-omp", "TS omp k=64", "tokensurgeon", "omp", {"k": 64}, needs_donor=True),
+        Method("ts-omp", "TS omp k=64", "tokensurgeon", "omp", {"k": 64}),
         Method(
             "ts-common_interpolation",
             "TS common_interp k=64",
             "tokensurgeon",
             "common_interpolation",
             {"k": 64},
-            needs_donor=True,
         ),
         Method("ts-subword", "TS subword", "tokensurgeon", "subword"),
-        Method("ts-landmark_pca", "TS landmark_pca", "tokensurgeon", "landmark_pca", needs_donor=True),
+        Method("ts-landmark_pca", "TS landmark_pca", "tokensurgeon", "landmark_pca"),
         Method("ts-mean", "TS mean", "tokensurgeon", "mean"),
     ]
 
@@ -137,9 +138,7 @@ def load_matrix(model_dir: Path) -> torch.Tensor:
         return fh.get_tensor("model.embed_tokens.weight").float()
 
 
-def ensure_gpt2_tokenizer(
-    dest: Path | None = None, download_dir: Path = Path("/tmp/lcpp")
-) -> Path:
+def ensure_gpt2_tokenizer(dest: Path | None = None, download_dir: Path = Path("/tmp/lcpp")) -> Path:
     """GPT-2's tokenizer (tokenizer-only transplant target), saved as a HF tokenizer dir.
 
     Taken from the vocab-only GGUF vendored in the llama-cpp-python sdist (no build, no hub):
@@ -287,11 +286,7 @@ def tokenizer_without(tokenizer: Any, tokens: set[str]) -> Any:
     def pair(m: Any) -> tuple[str, str]:
         return tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1))  # type: ignore[return-value]
 
-    model["merges"] = [
-        m
-        for m in model["merges"]
-        if not ({*pair(m), "".join(pair(m))} & tokens)
-    ]
+    model["merges"] = [m for m in model["merges"] if not ({*pair(m), "".join(pair(m))} & tokens)]
     spec["added_tokens"] = [a for a in spec["added_tokens"] if a["content"] not in tokens]
     return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)))
 
@@ -519,7 +514,11 @@ def part_leave_out(methods: list[Method], cache: dict[str, Any], redo: bool) -> 
     lo = prepare_leave_out()
     setup_s = time.perf_counter() - t0
     print(f"[leave-out] setup {setup_s:.1f}s: {lo.info}", flush=True)
-    prev = cache.get("methods", {}) if cache.get("info", {}).get("hidden_sha") == lo.info["hidden_sha"] else {}
+    prev = (
+        cache.get("methods", {})
+        if cache.get("info", {}).get("hidden_sha") == lo.info["hidden_sha"]
+        else {}
+    )
     results: dict[str, Any] = dict(prev)
     for m in methods:
         if m.slug in results and not redo and "error" not in results[m.slug]:
@@ -531,16 +530,33 @@ def part_leave_out(methods: list[Method], cache: dict[str, Any], redo: bool) -> 
             est = run_ours(lo, m) if m.impl == "ours" else run_tokensurgeon(lo, m)
             secs = time.perf_counter() - t1
             if not bool(torch.isfinite(est).all()):
-                raise RuntimeError(f"{int((~torch.isfinite(est).all(dim=1)).sum())} non-finite rows (a hidden row leaked?)")
-            res = {"label": m.label, "impl": m.impl, "seconds": round(secs, 2), **score(est, lo.true, lo.cats)}
+                raise RuntimeError(
+                    f"{int((~torch.isfinite(est).all(dim=1)).sum())} non-finite rows (a hidden row leaked?)"
+                )
+            res = {
+                "label": m.label,
+                "impl": m.impl,
+                "seconds": round(secs, 2),
+                **score(est, lo.true, lo.cats),
+            }
         except Exception as exc:  # report a crashing method instead of stopping the bench
             LOG.exception("leave-out %s failed", m.slug)
-            res = {"label": m.label, "impl": m.impl, "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+            res = {
+                "label": m.label,
+                "impl": m.impl,
+                "error": f"{type(exc).__name__}: {exc}".splitlines()[0],
+            }
         results[m.slug] = res
         shown = res.get("overall", {}).get("cos")
-        print(f"[leave-out] {m.slug}: cos={shown} ({res.get('seconds', '-')}s) {res.get('error', '')}", flush=True)
+        print(
+            f"[leave-out] {m.slug}: cos={shown} ({res.get('seconds', '-')}s) {res.get('error', '')}",
+            flush=True,
+        )
     n_cat = {k: int(v.sum()) for k, v in lo.cats.items()}
-    return {"info": {**lo.info, "categories": n_cat, "setup_seconds": round(setup_s, 1)}, "methods": results}
+    return {
+        "info": {**lo.info, "categories": n_cat, "setup_seconds": round(setup_s, 1)},
+        "methods": results,
+    }
 
 
 # --------------------------------------------------------------------------- part 2
@@ -552,7 +568,9 @@ def _run_cli(cmd: list[str], log: Path) -> tuple[int, float, float | None]:
     full = ["/usr/bin/time", "-v", *cmd] if use_time else cmd
     t0 = time.perf_counter()
     with open(log, "w") as fh:
-        rc = subprocess.run(full, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"}).returncode
+        rc = subprocess.run(
+            full, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+        ).returncode
     wall = time.perf_counter() - t0
     rss = None
     for line in log.read_text(errors="replace").splitlines():
@@ -575,14 +593,37 @@ def build_model(m: Method, base: Path, donor: Path, out: Path, redo: bool) -> di
         from mergekit_tokenplug.surgery import transplant
 
         t0 = time.perf_counter()
-        summary = transplant(str(base), str(donor), str(out), m.name, dict(m.params), seed=0, dtype="float32", device="cpu", quiet=True)
+        summary = transplant(
+            str(base),
+            str(donor),
+            str(out),
+            m.name,
+            dict(m.params),
+            seed=0,
+            dtype="float32",
+            device="cpu",
+            quiet=True,
+        )
         run = {"seconds": round(time.perf_counter() - t0, 1), **summary}
     else:
         exe = Path(sys.executable).parent / "mergekit-tokensurgeon"
-        cmd = [str(exe), str(base), str(donor), str(out), "-a", m.name, "-k", str(m.params.get("k", 64)), "--device", "cpu"]
+        cmd = [
+            str(exe),
+            str(base),
+            str(donor),
+            str(out),
+            "-a",
+            m.name,
+            "-k",
+            str(m.params.get("k", 64)),
+            "--device",
+            "cpu",
+        ]
         rc, wall, rss = _run_cli(cmd, out.parent / f"{out.name}.log")
         if rc != 0:
-            raise RuntimeError(f"mergekit-tokensurgeon exited {rc} (log {out.parent / (out.name + '.log')})")
+            raise RuntimeError(
+                f"mergekit-tokensurgeon exited {rc} (log {out.parent / (out.name + '.log')})"
+            )
         done.write_text("ok\n")
         run = {"seconds": round(wall, 1), "peak_rss_mib": rss, "command": " ".join(cmd[1:])}
     print(f"[transplant] {out.name}: {run['seconds']}s", flush=True)
@@ -590,7 +631,9 @@ def build_model(m: Method, base: Path, donor: Path, out: Path, redo: bool) -> di
     return run
 
 
-def evaluate_cached(model_dir: Path, texts: list[Path], cache_dir: Path, redo: bool) -> dict[str, Any]:
+def evaluate_cached(
+    model_dir: Path, texts: list[Path], cache_dir: Path, redo: bool
+) -> dict[str, Any]:
     """bpb of one model on every text (records cached per model directory name)."""
     from mergekit_tokenplug.evaluate.bpb import evaluate_models
 
@@ -610,20 +653,39 @@ def evaluate_cached(model_dir: Path, texts: list[Path], cache_dir: Path, redo: b
 
 
 def part_bpb(
-    pair: str, base: Path, donor: Path, methods: list[Method], work: Path, redo: bool, references: dict[str, Path]
+    pair: str,
+    base: Path,
+    donor: Path,
+    methods: list[Method],
+    work: Path,
+    redo: bool,
+    references: dict[str, Path],
 ) -> dict[str, Any]:
     texts = [assets.text_path(n) for n in assets.TEXT_NAMES]
     rows: dict[str, Any] = {}
     for name, path in references.items():
-        rows[name] = {"label": name, "impl": "reference", **evaluate_cached(path, texts, work / "bpb", redo)}
+        rows[name] = {
+            "label": name,
+            "impl": "reference",
+            **evaluate_cached(path, texts, work / "bpb", redo),
+        }
     for m in methods:
         out = work / "models" / f"{pair}-{m.slug}"
         try:
             run = build_model(m, base, donor, out, redo)
-            rows[m.slug] = {"label": m.label, "impl": m.impl, "transplant": run, **evaluate_cached(out, texts, work / "bpb", redo)}
+            rows[m.slug] = {
+                "label": m.label,
+                "impl": m.impl,
+                "transplant": run,
+                **evaluate_cached(out, texts, work / "bpb", redo),
+            }
         except Exception as exc:
             LOG.exception("%s %s failed", pair, m.slug)
-            rows[m.slug] = {"label": m.label, "impl": m.impl, "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+            rows[m.slug] = {
+                "label": m.label,
+                "impl": m.impl,
+                "error": f"{type(exc).__name__}: {exc}".splitlines()[0],
+            }
     return rows
 
 
@@ -637,7 +699,11 @@ def _f(x: Any, digits: int = 3) -> str:
 def leave_out_tables(lo: dict[str, Any]) -> str:
     info, res = lo["info"], lo["methods"]
     n = info["categories"]
-    head = "| method | impl | cos | rel L2 | " + " | ".join(f"{c} (n={n[c]})" for c in CATEGORIES) + " | time s |"
+    head = (
+        "| method | impl | cos | rel L2 | "
+        + " | ".join(f"{c} (n={n[c]})" for c in CATEGORIES)
+        + " | time s |"
+    )
     sep = "|---|---|---:|---:|" + "---:|" * len(CATEGORIES) + "---:|"
     lines = [
         f"Leave-out: {info['hidden']} of {info['shared_regular']} shared regular tokens hidden "
@@ -649,26 +715,46 @@ def leave_out_tables(lo: dict[str, Any]) -> str:
     ]
     for r in res.values():
         if "error" in r:
-            lines.append(f"| {r['label']} | {r['impl']} | crashed: {r['error']} |" + " |" * (len(CATEGORIES) + 2))
+            lines.append(
+                f"| {r['label']} | {r['impl']} | crashed: {r['error']} |"
+                + " |" * (len(CATEGORIES) + 2)
+            )
             continue
         o = r["overall"]
-        cells = [f"{_f(r['by_category'][c]['cos'])} / {_f(r['by_category'][c]['rel_l2'])}" for c in CATEGORIES]
-        lines.append(f"| {r['label']} | {r['impl']} | {_f(o['cos'])} | {_f(o['rel_l2'])} | " + " | ".join(cells) + f" | {r['seconds']:.1f} |")
+        cells = [
+            f"{_f(r['by_category'][c]['cos'])} / {_f(r['by_category'][c]['rel_l2'])}"
+            for c in CATEGORIES
+        ]
+        lines.append(
+            f"| {r['label']} | {r['impl']} | {_f(o['cos'])} | {_f(o['rel_l2'])} | "
+            + " | ".join(cells)
+            + f" | {r['seconds']:.1f} |"
+        )
     return "\n".join(lines)
 
 
 def bpb_table(rows: dict[str, Any], title: str, ref: str) -> str:
     names = list(assets.TEXT_NAMES)
     base_mean = rows.get(ref, {}).get("mean")
-    lines = [title, "", "| model | impl | " + " | ".join(names) + " | mean | Δ mean vs original | transplant s |", "|---|---|" + "---:|" * (len(names) + 3)]
+    lines = [
+        title,
+        "",
+        "| model | impl | " + " | ".join(names) + " | mean | Δ mean vs original | transplant s |",
+        "|---|---|" + "---:|" * (len(names) + 3),
+    ]
     for r in rows.values():
         if "error" in r:
-            lines.append(f"| {r['label']} | {r['impl']} | failed: {r['error']} |" + " |" * (len(names) + 2))
+            lines.append(
+                f"| {r['label']} | {r['impl']} | failed: {r['error']} |" + " |" * (len(names) + 2)
+            )
             continue
-        delta = r["mean"] - base_mean if base_mean is not None and r["impl"] != "reference" else None
+        delta = (
+            r["mean"] - base_mean if base_mean is not None and r["impl"] != "reference" else None
+        )
         secs = (r.get("transplant") or {}).get("seconds")
         lines.append(
-            f"| {r['label']} | {r['impl']} | " + " | ".join(_f(r.get(n)) for n in names)
+            f"| {r['label']} | {r['impl']} | "
+            + " | ".join(_f(r.get(n)) for n in names)
             + f" | {_f(r['mean'])} | {_f(delta)} | {secs if secs is not None else '-'} |"
         )
     return "\n".join(lines)
@@ -771,7 +857,9 @@ def make_figure(report: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--methods", default="", help="comma-separated slugs (default: all)")
     ap.add_argument("--skip-leaveout", action="store_true")
     ap.add_argument("--skip-bpb", action="store_true")
@@ -802,7 +890,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.skip_leaveout:
         t0 = time.perf_counter()
-        report["leave_out"] = part_leave_out(pick(all_methods(texts)), report.get("leave_out", {}), args.redo)
+        report["leave_out"] = part_leave_out(
+            pick(all_methods(texts)), report.get("leave_out", {}), args.redo
+        )
         timings["leave_out"] = round(time.perf_counter() - t0, 1)
         args.json.write_text(json.dumps(report, indent=2))
     if not args.skip_bpb:
@@ -812,16 +902,36 @@ def main(argv: list[str] | None = None) -> int:
         # the MiniLM embedding of Gemma's 262k vocabulary dominates the runtime: run it last
         ms.sort(key=lambda m: m.slug == "tokenadapt-minilm")
         gemma, smollm2 = assets.model_dir("gemma3"), assets.model_dir("smollm2")
-        rows = part_bpb("gemma-smollm2", gemma, smollm2, ms, args.out_dir, args.redo, {"Gemma-3-270M (original)": gemma, "SmolLM2-135M (donor, original)": smollm2})
+        rows = part_bpb(
+            "gemma-smollm2",
+            gemma,
+            smollm2,
+            ms,
+            args.out_dir,
+            args.redo,
+            {"Gemma-3-270M (original)": gemma, "SmolLM2-135M (donor, original)": smollm2},
+        )
         report["bpb"]["gemma_smollm2"] = {**report["bpb"].get("gemma_smollm2", {}), **rows}
         timings["bpb_gemma_smollm2"] = round(time.perf_counter() - t0, 1)
         args.json.write_text(json.dumps(report, indent=2))
     if not args.skip_gpt2:
         t0 = time.perf_counter()
         gpt2 = ensure_gpt2_tokenizer()
-        ms = [m for m in pick(all_methods(texts)) if m.slug in ("tokenadapt-self", "subword_mean", "mean")]
+        ms = [
+            m
+            for m in pick(all_methods(texts))
+            if m.slug in ("tokenadapt-self", "subword_mean", "mean")
+        ]
         smollm2 = assets.model_dir("smollm2")
-        rows = part_bpb("smollm2-gpt2", smollm2, gpt2, ms, args.out_dir, args.redo, {"SmolLM2-135M (original)": smollm2})
+        rows = part_bpb(
+            "smollm2-gpt2",
+            smollm2,
+            gpt2,
+            ms,
+            args.out_dir,
+            args.redo,
+            {"SmolLM2-135M (original)": smollm2},
+        )
         report["bpb"]["smollm2_gpt2"] = {**report["bpb"].get("smollm2_gpt2", {}), **rows}
         report["gpt2_tokenizer"] = str(gpt2)
         timings["bpb_smollm2_gpt2"] = round(time.perf_counter() - t0, 1)
@@ -829,11 +939,28 @@ def main(argv: list[str] | None = None) -> int:
 
     md = []
     if "leave_out" in report:
-        md.append("## Leave-out reconstruction (Gemma-3-270M <- SmolLM2-135M)\n\n" + leave_out_tables(report["leave_out"]))
+        md.append(
+            "## Leave-out reconstruction (Gemma-3-270M <- SmolLM2-135M)\n\n"
+            + leave_out_tables(report["leave_out"])
+        )
     if report["bpb"].get("gemma_smollm2"):
-        md.append("## Bits per byte: Gemma-3-270M with SmolLM2's tokenizer\n\n" + bpb_table(report["bpb"]["gemma_smollm2"], "512-token windows, fp32, CPU. Lower is better.", "Gemma-3-270M (original)"))
+        md.append(
+            "## Bits per byte: Gemma-3-270M with SmolLM2's tokenizer\n\n"
+            + bpb_table(
+                report["bpb"]["gemma_smollm2"],
+                "512-token windows, fp32, CPU. Lower is better.",
+                "Gemma-3-270M (original)",
+            )
+        )
     if report["bpb"].get("smollm2_gpt2"):
-        md.append("## Bits per byte: SmolLM2-135M with the GPT-2 vocabulary (no donor model)\n\n" + bpb_table(report["bpb"]["smollm2_gpt2"], "Tokenizer-only target; methods that need no donor.", "SmolLM2-135M (original)"))
+        md.append(
+            "## Bits per byte: SmolLM2-135M with the GPT-2 vocabulary (no donor model)\n\n"
+            + bpb_table(
+                report["bpb"]["smollm2_gpt2"],
+                "Tokenizer-only target; methods that need no donor.",
+                "SmolLM2-135M (original)",
+            )
+        )
     text = "\n\n".join(md) + "\n"
     print(text)
     args.md.parent.mkdir(parents=True, exist_ok=True)
