@@ -25,6 +25,7 @@ def method_extras(
     role: str,
     device: torch.device,
     trust_remote_code: bool = False,
+    show_progress: bool = True,
 ) -> dict[str, Any]:
     """The ``extras`` a method needs for one matrix of one model."""
     from mergekit_tokenplug.mergekit.planner import role_weight
@@ -34,7 +35,9 @@ def method_extras(
     if isinstance(embedder, str) and embedder != "self":
         from mergekit_tokenplug.resources.embedder import load_text_embedder
 
-        extras["embed_texts"] = load_text_embedder(embedder, device=str(device))
+        extras["embed_texts"] = load_text_embedder(
+            embedder, device=str(device), show_progress=show_progress
+        )
     if Need.CORPUS in spec.needs:
         extras["corpus_ids"] = plan.corpus_ids(tuple(params.corpus))
         other = role_weight(model, "output" if role == "input" else "input", trust_remote_code)

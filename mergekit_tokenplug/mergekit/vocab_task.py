@@ -305,7 +305,13 @@ class ApproximatedVocabulary(PermutedVocabulary):
                 sources.append(donor_space)
             texts = plan.text_support(mv.name)
             extras = method_extras(
-                spec, params, model=m, plan=plan, role=self.role, device=views[m].device
+                spec,
+                params,
+                model=m,
+                plan=plan,
+                role=self.role,
+                device=views[m].device,
+                show_progress=self.show_progress,
             )
             if extras:
                 texts = dataclasses.replace(texts, extras={**texts.extras, **extras})
