@@ -134,19 +134,34 @@ def test_a_dying_process_fails_the_run_and_leaves_no_output(zoo, tmp_path):
 
 
 def test_processes_really_form_a_group(tmp_path):
-    """Guards the launcher/accelerate set-up the other tests rely on: two ranks, one group."""
+    """Guards the launcher/accelerate set-up the other tests rely on: two ranks, one group.
+
+    Each rank writes its own file (the ranks share one stdout pipe, whose lines can interleave)
+    and the ranks all-gather their indices, so a group that never formed cannot pass.
+    """
     script = tmp_path / "probe.py"
     script.write_text(
-        "from mergekit_tokenplug.compute.distributed import rank_and_world\nprint('RANKWORLD', *rank_and_world())\n"
+        textwrap.dedent(
+            """
+            import sys
+            from pathlib import Path
+            import torch
+            import torch.distributed as dist
+            from mergekit_tokenplug.compute.distributed import rank_and_world
+            rank, world = rank_and_world()
+            gathered = [torch.zeros(1, dtype=torch.long) for _ in range(world)]
+            dist.all_gather(gathered, torch.tensor([rank]))
+            seen = ",".join(str(int(t)) for t in gathered)
+            Path(sys.argv[1], f"rank{rank}.txt").write_text(f"{rank} {world} {seen}")
+            """
+        )
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [*accelerate_launch(2), str(script)]
+    cmd = [*accelerate_launch(2), str(script), str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    seen = sorted(
-        line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("RANKWORLD")
-    )
-    assert seen == [["0", "2"], ["1", "2"]]
+    seen = sorted(p.read_text() for p in tmp_path.glob("rank*.txt"))
+    assert seen == ["0 2 0,1", "1 2 0,1"]
 
 
 def test_mergekit_yaml_recipe_under_accelerate(zoo, tmp_path):

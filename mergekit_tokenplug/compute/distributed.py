@@ -16,6 +16,7 @@ flag only selects accelerate's torchrun launcher; it works without GPUs) or
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import functools
 import os
@@ -51,7 +52,12 @@ def _state():
 
     kwargs = InitProcessGroupKwargs(timeout=GROUP_TIMEOUT).to_kwargs()
     # Without CUDA, accelerate only forms a CPU group (gloo) when asked to with cpu=True.
-    return PartialState(cpu=not torch.cuda.is_available(), **kwargs)
+    state = PartialState(cpu=not torch.cuda.is_available(), **kwargs)
+    # A group still alive at interpreter exit is torn down by C++ static destructors, which
+    # can abort (SIGABRT, "terminate called without an active exception") after a run that
+    # succeeded; closing it explicitly makes the exit status mean what it says.
+    atexit.register(state.destroy_process_group)
+    return state
 
 
 def rank_and_world() -> tuple[int, int]:
