@@ -5,7 +5,7 @@ targets double three times, then the atoms, then k. The predicted cost is ~linea
 (the correlation phase, 2 B N D k flops, dominates; the per-target least-squares work is
 O(k^2) and small next to it), so the fitted log-log slopes should be close to 1. In k the
 kernel's own rule refines this: the first steps use the cheaper Gram form (while
-t * GRAM_COST_RATIO < D), so only the later, full-cost steps grow with k and the exponent
+(t + 1) * GRAM_COST_RATIO < D), so only the later, full-cost steps grow with k and the exponent
 in k comes out above 1; ``model_cost`` evaluates that rule and its exponent is reported
 and drawn next to the measured one. Each point
 is the median of ``--repeats`` timings in this process after one warm-up; the data are the
@@ -61,14 +61,15 @@ def fit_loglog(xs: list[float], ys: list[float]) -> tuple[float, float]:
 
 def model_cost(b: int, n: int, dim: int, k: int, strategy: str) -> float:
     """Correlation multiply-adds predicted by the kernel's own step rule: a direct step costs
-    B N D, a Gram-form step at t B N t ratio (ratio = GRAM_COST_RATIO['cpu']); once a step is
+    B N D, a Gram-form step at t B N (t + 1) ratio (ratio = GRAM_COST_RATIO['cpu']; t cached
+    Gram rows and alpha0); once a step is
     direct the rest are. The O(k^2) per-target fit and the Gram-row fill are left out."""
     cpu = torch.device("cpu")
     per_target_atom = float(dim)  # step 0: alpha0 = A x
     gram = strategy != "direct" and k > 1 and _use_gram_step(1, dim, cpu, strategy)
     for t in range(1, k):
         if gram and _use_gram_step(t, dim, cpu, strategy):
-            per_target_atom += t * GRAM_COST_RATIO["cpu"]
+            per_target_atom += (t + 1) * GRAM_COST_RATIO["cpu"]
         else:
             gram = False
             per_target_atom += dim

@@ -249,3 +249,41 @@ def test_select_precision_param() -> None:
     torch.testing.assert_close(bf16, expected, rtol=1e-4, atol=1e-4)
     with pytest.raises(ConfigError):
         registry.get("omp").parse_params({"select_precision": "fp16"})
+
+
+def test_chunking_and_gram_cache_pressure_keep_the_answer(parity_case: dict, monkeypatch) -> None:
+    """Odd chunk widths (a padded last chunk), a Gram cache too small for the run (refilled
+    between batches, abandoned for the direct form mid-batch) all give the same greedy answer."""
+    from mergekit_tokenplug.compute.batching import working_memory_budget
+    from mergekit_tokenplug.methods import omp
+
+    c = parity_case
+    x, atoms, k = c["x"], c["atoms"], c["k"]
+    reference = batch_omp(x, atoms, k, strategy="direct")
+    monkeypatch.setitem(omp.GRAM_CHUNK, "cpu", 96)  # 800 atoms: 9 chunks, the last one padded
+    monkeypatch.setitem(omp.SCORE_CHUNK, "cpu", 123)
+    row_bytes = 9 * 96 * atoms.element_size()
+    unambiguous = c["gaps"] > 1e-4
+    # 100 rows: each new batch refills the cache with its own support; 40 rows: a batch's
+    # support outgrows the cache and the run continues in the direct form.
+    for rows in (100, 40):
+        fraction = (rows + 0.5) * row_bytes / working_memory_budget("cpu")
+        monkeypatch.setattr(omp, "GRAM_BUDGET_FRACTION", fraction)
+        for strategy in ("gram", "auto"):
+            idx, coef = batch_omp(x, atoms, k, strategy=strategy, batch_size=16)
+            same = (idx == reference[0]).all(dim=1)
+            assert bool(same[unambiguous].all()), (rows, strategy)
+            rel = (coef - reference[1]).norm(dim=1) / reference[1].norm(dim=1)
+            assert float(rel[same].max()) < 1e-4
+
+
+@pytest.mark.parametrize("strategy", ["gram", "direct"])
+def test_ties_go_to_the_lowest_atom_index(strategy: str) -> None:
+    """Duplicated atoms in different chunks: the first occurrence wins, as argmax's does."""
+    gen = torch.Generator().manual_seed(7)
+    atoms = torch.randn(700, 32, generator=gen)
+    atoms[650] = atoms[5]
+    atoms[300] = atoms[90]
+    x = torch.stack([atoms[5] * 3.0, atoms[90] - 0.01 * atoms[7]])
+    idx, _ = batch_omp(x, atoms, 2, strategy=strategy)
+    assert int(idx[0, 0]) == 5 and int(idx[1, 0]) == 90

@@ -15,8 +15,11 @@ Why this is faster than re-projecting (mergekit) while selecting the same atoms:
   of a d-long residual against all N atoms. Gram rows are computed only for atoms that some
   target actually selected, cached across steps and batches (targets share many atoms), and
   stored in column chunks so a chunk of the cache stays in the processor's cache while every
-  target of the batch reads it. Once t is large the plain residual matmul is cheaper again,
-  so each step takes whichever form costs less (a fixed rule on the shapes: deterministic).
+  target of the batch gathers from it. Once t is large (or the cache is full) the plain
+  residual matmul is cheaper again, so each step takes whichever form costs less (a fixed rule
+  on the shapes and the cache: deterministic).
+* Scores are reduced to the arg-max chunk by chunk while they are in cache: the (b, N) matrix
+  of correlations is never written out and read back, in either form.
 * Residual matmuls may run in a reduced ``select_dtype`` (bf16 on GPU) or as TF32 matmuls
   (``select_tf32``) for the arg-max only; coefficients are always fit in fp32 (fp64 for fp64
   inputs) and polished by one step of iterative refinement. ``OmpParams.select_precision``
@@ -50,17 +53,29 @@ from mergekit_tokenplug.registry import MethodParams, MethodSpec, Need, register
 
 LOG = logging.getLogger(__name__)
 
-# Gram rows are stored in column chunks of this many atoms (see _GramCache).
-GRAM_CHUNK = 4096
-# A Gram-form step reads t cached rows per target; a residual step does a d-deep matmul. The
-# Gram form wins while t * ratio < d, where ratio = cost of one gathered multiply-add relative
-# to one matmul multiply-add (measured with bench/bench_omp.py; gathers are memory bound).
-GRAM_COST_RATIO = {"cpu": 32.0, "cuda": 8.0}
+# Atoms per column chunk of the Gram cache and of the Batch-OMP correlations (see _GramCache).
+# Small on CPU so that one chunk of every cached row stays in the last-level cache while all
+# targets of the batch gather from it; large on CUDA, where each chunk is a kernel launch.
+GRAM_CHUNK = {"cpu": 256, "cuda": 4096}
+# Atoms per column chunk of a direct-form step: a (b, D) x (D, chunk) matmul whose scores are
+# reduced to an arg-max while still in cache, so the (b, N) score matrix never exists.
+SCORE_CHUNK = {"cpu": 1024, "cuda": 16384}
+# A Gram-form step reads t + 1 cached rows per target; a direct step does a D-deep matmul. The
+# Gram form wins while (t + 1) * ratio < D, where ratio = cost of one gathered multiply-add
+# relative to one matmul multiply-add (measured with bench/bench_omp.py; gathers are memory
+# bound).
+GRAM_COST_RATIO = {"cpu": 7.0, "cuda": 8.0}
 # Fraction of the working-memory budget the Gram cache may take.
 GRAM_BUDGET_FRACTION = 0.5
 # A new atom whose squared distance to the support's span is below this fraction of its
 # squared norm is treated as linearly dependent (coefficient 0) instead of dividing by ~0.
 PIVOT_TOL_EPS = 100.0
+# Targets per sub-batch of the final least-squares polish (bounds its (b, k, D) gather).
+POLISH_BATCH = 256
+
+
+def _device_setting(table: dict[str, int | float], device: torch.device) -> int | float:
+    return table.get(device.type, table["cuda"])
 
 
 @dataclass
@@ -73,12 +88,12 @@ class _Dictionary:
     gram: _GramCache | None
     tf32: bool = False  # correlation matmuls as TF32 (CUDA only; a no-op elsewhere)
 
-    def correlate(self, rows: torch.Tensor) -> torch.Tensor:
-        """rows @ atoms.T in the selection dtype (a new tensor the caller may modify)."""
+    def correlate(self, rows: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """rows @ atoms[lo:hi].T in the selection dtype (a new tensor the caller may modify)."""
         if self.select_atoms is not None:
-            return rows.to(self.select_atoms.dtype) @ self.select_atoms.T
+            return rows.to(self.select_atoms.dtype) @ self.select_atoms[lo:hi].T
         with tf32_matmuls(self.tf32):
-            return rows @ self.atoms.T
+            return rows @ self.atoms[lo:hi].T
 
 
 @contextlib.contextmanager
@@ -99,16 +114,17 @@ def tf32_matmuls(enabled: bool = True) -> Iterator[None]:
 class _GramCache:
     """Rows G[u, :] = A[u] . A^T for atoms u selected so far, in column chunks.
 
-    Layout (C, capacity, GRAM_CHUNK): chunk c holds columns [c*GRAM_CHUNK, (c+1)*GRAM_CHUNK) of
-    every cached row, contiguous, so ``embedding_bag`` can gather-and-weight whole rows of one
-    chunk while it is hot in cache.
+    Layout (C, capacity, chunk): chunk c holds columns [c*chunk, (c+1)*chunk) of every cached
+    row, contiguous, so ``embedding_bag`` gathers and weights whole rows of one chunk while it
+    is hot in cache. Rows are computed only for atoms some target selected and are shared by
+    all targets and batches (targets share many atoms).
     """
 
-    def __init__(self, atoms: torch.Tensor, capacity: int):
+    def __init__(self, atoms: torch.Tensor, capacity: int, chunk: int):
         n = atoms.shape[0]
         self.atoms = atoms
         self.n = n
-        self.chunk = min(GRAM_CHUNK, n)
+        self.chunk = min(chunk, n)
         self.n_chunks = math.ceil(n / self.chunk)
         self.capacity = int(capacity)
         self.count = 0
@@ -116,6 +132,12 @@ class _GramCache:
         self.buf = torch.empty(
             (self.n_chunks, self.capacity, self.chunk), dtype=atoms.dtype, device=atoms.device
         )
+
+    def to_chunks(self, rows: torch.Tensor) -> torch.Tensor:
+        """(m, N) -> (C, m, chunk), zero-padded: the cache's layout."""
+        pad = self.n_chunks * self.chunk - self.n
+        rows = F.pad(rows, (0, pad)).view(rows.shape[0], self.n_chunks, self.chunk)
+        return rows.transpose(0, 1)
 
     def ensure(self, atom_ids: torch.Tensor) -> bool:
         """Compute rows for atoms not yet cached; False if they would exceed the capacity."""
@@ -126,40 +148,134 @@ class _GramCache:
             return True
         if self.count + m > self.capacity:
             return False
-        pad = self.n_chunks * self.chunk - self.n
         step = 1024
         for lo in range(0, m, step):
             ids = missing[lo : lo + step]
-            rows = self.atoms[ids] @ self.atoms.T  # (m, N)
-            rows = F.pad(rows, (0, pad)).view(len(ids), self.n_chunks, self.chunk)
             start = self.count + lo
-            self.buf[:, start : start + len(ids)].copy_(rows.transpose(0, 1))
+            self.buf[:, start : start + len(ids)].copy_(
+                self.to_chunks(self.atoms[ids] @ self.atoms.T)
+            )
         self.slot[missing] = torch.arange(self.count, self.count + m, device=self.slot.device)
         self.count += m
         return True
 
-    def correlations(
-        self, alpha0: torch.Tensor, support: torch.Tensor, gamma: torch.Tensor
-    ) -> torch.Tensor:
-        """alpha0 - G[:, support] gamma for each target, chunk by chunk."""
-        slots = self.slot[support]
-        weights = gamma.contiguous()
-        out = torch.empty_like(alpha0)
+    def refill(self, support: torch.Tensor, rows_worth: float) -> bool:
+        """Drop every cached row and cache just ``support``'s atoms, when they fit and cost
+        fewer row computations than ``rows_worth`` (what the Gram form would still save)."""
+        needed = int(torch.unique(support).numel())
+        if needed > self.capacity or needed >= rows_worth:
+            return False
+        self.slot.fill_(-1)
+        self.count = 0
+        return self.ensure(support)
+
+    def alpha(self, x: torch.Tensor) -> torch.Tensor:
+        """x . A^T in the cache's chunk layout (C, b, chunk), one chunk at a time."""
+        out = x.new_zeros((self.n_chunks, x.shape[0], self.chunk))
         for c in range(self.n_chunks):
-            lo = c * self.chunk
-            hi = min(self.n, lo + self.chunk)
-            part = F.embedding_bag(
-                slots, self.buf[c, : self.count], per_sample_weights=weights, mode="sum"
-            )
-            torch.sub(alpha0[:, lo:hi], part[:, : hi - lo], out=out[:, lo:hi])
+            lo, hi = c * self.chunk, min(self.n, (c + 1) * self.chunk)
+            torch.matmul(x, self.atoms[lo:hi].T, out=out[c, :, : hi - lo])
         return out
+
+    def chunk_scores(
+        self, c: int, alpha: torch.Tensor, slots: torch.Tensor, neg_gamma: torch.Tensor
+    ) -> torch.Tensor:
+        """Columns of chunk c of alpha0 - G[:, support] gamma, for every target (b, chunk)."""
+        part = F.embedding_bag(
+            slots, self.buf[c, : self.count], per_sample_weights=neg_gamma, mode="sum"
+        )
+        return part.add_(alpha[c])
+
+    def pairs(self, support: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """G[support[b, j], new[b]] for each target b (the support's rows are cached)."""
+        slots = self.slot[support]
+        c = torch.div(new, self.chunk, rounding_mode="floor")
+        return self.buf[c[:, None], slots, (new - c * self.chunk)[:, None]]
+
+
+class _ArgMaxAbs:
+    """Running arg-max of |score| over column chunks, skipping each target's support.
+
+    Ties resolve to the lowest atom index, as ``argmax`` over the full row would.
+    """
+
+    def __init__(self, support: torch.Tensor, n_atoms: int, chunk: int, dtype: torch.dtype) -> None:
+        b = support.shape[0]
+        # Scores compare in at least fp32 (bf16 scores convert exactly; fp64 stay fp64).
+        self.best = torch.full(
+            (b,), -math.inf, dtype=torch.promote_types(dtype, torch.float32), device=support.device
+        )
+        self.arg = torch.zeros((b,), dtype=torch.long, device=support.device)
+        self.chunk = chunk
+        n_chunks = math.ceil(n_atoms / chunk)
+        # The support's (row, column) positions, grouped by chunk, to mask before each max.
+        self.masks: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        if support.shape[1]:
+            flat = support.reshape(-1)
+            rows = torch.arange(b, device=support.device).repeat_interleave(support.shape[1])
+            cid = torch.div(flat, chunk, rounding_mode="floor")
+            order = torch.argsort(cid, stable=True)
+            counts = torch.bincount(cid, minlength=n_chunks).tolist()
+            cols = flat - cid * chunk
+            self.masks = list(
+                zip(rows[order].split(counts), cols[order].split(counts), strict=True)
+            )
+
+    def update(self, c: int, scores: torch.Tensor) -> None:
+        """Fold in the scores of chunk c (b, width), which this call may overwrite."""
+        scores.abs_()
+        if self.masks is not None:
+            rows, cols = self.masks[c]
+            if rows.numel():
+                scores[rows, cols] = -1.0  # below any |correlation|: never re-picked
+        if scores.device.type == "cpu":
+            # On CPU a plain max reduction is vectorised but arg-max is not (about 15x slower
+            # here), and a row's best rarely improves after the first chunks: take the max of
+            # every row, then the arg-max of just the rows that improved.
+            val = scores.amax(dim=1).to(self.best.dtype)
+            rows = (val > self.best).nonzero().squeeze(1)
+            if rows.numel():
+                self.best[rows] = val[rows]
+                self.arg[rows] = scores[rows].argmax(dim=1) + c * self.chunk
+            return
+        val, arg = scores.max(dim=1)
+        val = val.to(self.best.dtype)
+        better = val > self.best
+        self.best = torch.where(better, val, self.best)
+        self.arg = torch.where(better, arg + c * self.chunk, self.arg)
 
 
 def _use_gram_step(t: int, dim: int, device: torch.device, strategy: str) -> bool:
+    """Whether step t (t support atoms so far) is cheaper in the Gram form."""
     if strategy != "auto":
         return strategy == "gram"
-    ratio = GRAM_COST_RATIO.get(device.type, GRAM_COST_RATIO["cuda"])
-    return t * ratio < dim
+    return (t + 1) * _device_setting(GRAM_COST_RATIO, device) < dim
+
+
+def _gram_step_ready(
+    gram: _GramCache, idx: torch.Tensor, t: int, dim: int, k: int, strategy: str
+) -> bool:
+    """Whether step t runs in the Gram form, caching the rows it needs.
+
+    When the cache is full (rows of earlier batches), it is refilled with this batch's
+    support if that costs fewer row computations than the remaining Gram-form steps save:
+    a direct step costs b*N*D, a Gram step b*N*(t+1)*ratio, one cached row N*D.
+    """
+    device = gram.atoms.device
+    if not _use_gram_step(t, dim, device, strategy):
+        return False
+    if gram.ensure(idx[:, t - 1]):
+        return True
+    if strategy == "gram":
+        return gram.refill(idx[:, :t], math.inf)
+    ratio = _device_setting(GRAM_COST_RATIO, device)
+    b = idx.shape[0]
+    saved = sum(
+        b * (1.0 - (s + 1) * ratio / dim)
+        for s in range(t, k)
+        if _use_gram_step(s, dim, device, strategy)
+    )
+    return gram.refill(idx[:, :t], saved)
 
 
 def _omp_block(
@@ -168,47 +284,65 @@ def _omp_block(
     """OMP for one batch of targets x (b, D); returns (indices (b, k), coefficients (b, k))."""
     b, dim = x.shape
     atoms = dic.atoms
+    n = atoms.shape[0]
     dtype, device = atoms.dtype, atoms.device
     tol = PIVOT_TOL_EPS * torch.finfo(dtype).eps
     idx = torch.zeros((b, k), dtype=torch.long, device=device)
-    chosen = torch.empty((b, k, dim), dtype=dtype, device=device)  # the support's atoms
     chol = torch.zeros((b, k, k), dtype=dtype, device=device)  # lower factor of G_II
     inv = torch.zeros((b, k, k), dtype=dtype, device=device)  # its inverse
     z = torch.zeros((b, k), dtype=dtype, device=device)  # chol^-1 (A_I x)
     active = torch.zeros((b, k), dtype=dtype, device=device)  # 0 for dependent atoms
     gamma = torch.zeros((b, 0), dtype=dtype, device=device)
-    gram_ok = dic.gram is not None
-    alpha0 = None
+    gram = dic.gram
+    # alpha0 = x . A^T in the Gram layout while the Gram form is in use (Batch-OMP); the
+    # support's atoms (b, k, D) once the direct form takes over. The form only ever switches
+    # from Gram to direct (t only grows), so the two are never needed together for long.
+    alpha = None
+    chosen = None
+    if gram is not None and k > 1 and _use_gram_step(1, dim, device, strategy):
+        alpha = gram.alpha(x)
+    score_chunk = min(n, int(_device_setting(SCORE_CHUNK, device)))
+    sel_dtype = dic.select_atoms.dtype if dic.select_atoms is not None else dtype
 
     for t in range(k):
-        gram_now = gram_ok and t > 0 and _use_gram_step(t, dim, device, strategy)
-        if gram_now:
-            gram_now = dic.gram.ensure(idx[:, t - 1])
-        if t == 0:
-            corr = dic.correlate(x)
-            if gram_ok and _use_gram_step(1, dim, device, strategy) and k > 1:
-                alpha0 = corr.clone()
-        elif gram_now:
-            corr = dic.gram.correlations(alpha0, idx[:, :t], gamma)
+        if alpha is not None and t and not _gram_step_ready(gram, idx, t, dim, k, strategy):
+            alpha = None  # too late for the Gram form, or its cache is full: direct from now
+            chosen = torch.empty((b, k, dim), dtype=dtype, device=device)
+            chosen[:, :t] = atoms[idx[:, :t]]
+        if alpha is None and chosen is None:
+            chosen = torch.empty((b, k, dim), dtype=dtype, device=device)
+
+        if alpha is not None:
+            pick = _ArgMaxAbs(idx[:, :t], n, gram.chunk, dtype)
+            slots, neg_gamma = gram.slot[idx[:, :t]], -gamma
+            for c in range(gram.n_chunks):
+                width = min(n, (c + 1) * gram.chunk) - c * gram.chunk
+                if t:
+                    part = gram.chunk_scores(c, alpha, slots, neg_gamma)
+                else:
+                    part = alpha[c].clone()
+                pick.update(c, part[:, :width])
         else:
-            gram_ok, alpha0 = False, None  # t only grows: the Gram form never pays again
-            resid = x - torch.bmm(gamma.unsqueeze(1), chosen[:, :t]).squeeze(1)
-            corr = dic.correlate(resid)
-        corr.abs_()
-        if t:
-            corr.scatter_(1, idx[:, :t], -1.0)  # below any |correlation|: never re-picked
-        new = corr.argmax(dim=1)
-        del corr
+            resid = x
+            if t:
+                resid = x - torch.bmm(gamma.unsqueeze(1), chosen[:, :t]).squeeze(1)
+            pick = _ArgMaxAbs(idx[:, :t], n, score_chunk, sel_dtype)
+            for c, lo in enumerate(range(0, n, score_chunk)):
+                pick.update(c, dic.correlate(resid, lo, min(n, lo + score_chunk)))
+        new = pick.arg
         idx[:, t] = new
 
         atom = atoms[new]
-        chosen[:, t] = atom
         nn = dic.norms2[new]
         # New Cholesky row [w, d] of G_II: w = L^-1 G_I,new, d^2 = ||a||^2 - ||w||^2. L^-1 is
         # kept explicitly (one row per step), so every solve is a batched matmul: thousands of
         # tiny LAPACK triangular solves per step would cost more than the correlations.
         if t:
-            g = torch.bmm(chosen[:, :t], atom.unsqueeze(-1)) * active[:, :t, None]
+            if alpha is not None:
+                g = gram.pairs(idx[:, :t], new).unsqueeze(-1)
+            else:
+                g = torch.bmm(chosen[:, :t], atom.unsqueeze(-1))
+            g = g * active[:, :t, None]
             w = torch.bmm(inv[:, :t, :t], g).squeeze(-1)
         else:
             w = atom.new_zeros((b, 0))
@@ -222,6 +356,8 @@ def _omp_block(
         if t:  # row t of L^-1: [-(w^T L^-1) / d, 1 / d]
             inv[:, t, :t] = -torch.bmm(w.unsqueeze(1), inv[:, :t, :t]).squeeze(1) / diag[:, None]
         inv[:, t, t] = 1.0 / diag
+        if chosen is not None:
+            chosen[:, t] = atom
         proj = (x * atom).sum(dim=1)
         z[:, t] = torch.where(ok, (proj - (w * z[:, :t]).sum(dim=1)) / diag, 0.0)
         # gamma = L^-T z
@@ -229,17 +365,33 @@ def _omp_block(
         if on_step is not None:
             on_step(t)
 
-    # Final coefficients by triangular solves with L (not its inverse), then one step of
-    # iterative refinement: the Cholesky route squares the support's condition number and
-    # correcting with the true residual brings the coefficients to QR accuracy.
-    rhs = torch.bmm(chosen, x.unsqueeze(-1)) * active.unsqueeze(-1)  # A_I x
-    y = torch.linalg.solve_triangular(chol, rhs, upper=False).squeeze(-1)
-    gamma = _solve_upper(chol, y) * active
-    resid = x - torch.bmm(gamma.unsqueeze(1), chosen).squeeze(1)
-    rhs = torch.bmm(chosen, resid.unsqueeze(-1)) * active.unsqueeze(-1)
-    y = torch.linalg.solve_triangular(chol, rhs, upper=False).squeeze(-1)
-    gamma = (gamma + _solve_upper(chol, y)) * active
-    return idx, gamma
+    del alpha, chosen
+    return idx, _polish(x, atoms, idx, chol, active)
+
+
+def _polish(
+    x: torch.Tensor,
+    atoms: torch.Tensor,
+    idx: torch.Tensor,
+    chol: torch.Tensor,
+    active: torch.Tensor,
+) -> torch.Tensor:
+    """Final coefficients by triangular solves with L (not its inverse), then one step of
+    iterative refinement: the Cholesky route squares the support's condition number and
+    correcting with the true residual brings the coefficients to QR accuracy. Done in
+    sub-batches, so the (b, k, D) gather of the support's atoms stays small."""
+    out = []
+    for lo in range(0, x.shape[0], POLISH_BATCH):
+        sl = slice(lo, lo + POLISH_BATCH)
+        chosen, xs, L, act = atoms[idx[sl]], x[sl], chol[sl], active[sl].unsqueeze(-1)
+        rhs = torch.bmm(chosen, xs.unsqueeze(-1)) * act  # A_I x
+        y = torch.linalg.solve_triangular(L, rhs, upper=False).squeeze(-1)
+        gamma = _solve_upper(L, y) * act.squeeze(-1)
+        resid = xs - torch.bmm(gamma.unsqueeze(1), chosen).squeeze(1)
+        rhs = torch.bmm(chosen, resid.unsqueeze(-1)) * act
+        y = torch.linalg.solve_triangular(L, rhs, upper=False).squeeze(-1)
+        out.append((gamma + _solve_upper(L, y)) * act.squeeze(-1))
+    return torch.cat(out)
 
 
 def _solve_upper(chol: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
@@ -247,11 +399,16 @@ def _solve_upper(chol: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve_triangular(chol.mT, rhs.unsqueeze(-1), upper=True).squeeze(-1)
 
 
-def _per_target_bytes(n: int, dim: int, k: int, elt: int, sel_elt: int, gram: bool) -> int:
-    corr = n * sel_elt * (2 if sel_elt != elt else 1)  # scores (+ the cast residual's copy)
-    alpha0 = (2 * n + GRAM_CHUNK) * elt if gram else 0  # alpha0, Gram-form scores, one chunk
-    state = (k * dim + 2 * k * k + 4 * k + 2 * dim) * elt + k * 8
-    return corr + alpha0 + state
+def _per_target_bytes(
+    n: int, dim: int, k: int, elt: int, sel_elt: int, gram_cols: int, score_cols: int
+) -> int:
+    """Working bytes per target: alpha0 in the Gram layout or the support's atoms (one form
+    at a time: alpha0 is dropped before the direct form gathers the atoms), one score chunk
+    (+ the cast residual's copy), the Cholesky state."""
+    form = max(gram_cols * elt, k * dim * elt)
+    scores = score_cols * sel_elt * (2 if sel_elt != elt else 1)
+    state = (2 * k * k + 4 * k + 2 * dim) * elt + k * 8
+    return form + scores + state
 
 
 def batch_omp(
@@ -275,7 +432,7 @@ def batch_omp(
         batch_size: targets per batch; default sized from free memory, halved on OOM.
         select_dtype: optional reduced dtype (e.g. torch.bfloat16 on GPU) used only for the
             arg-max correlations; the least-squares fit stays fp32 (fp64 for fp64 inputs).
-        show_progress: show a tqdm bar over targets.
+        show_progress: show a tqdm bar over greedy steps (targets x k).
         desc: the bar's label.
         strategy: "auto" (cheapest form per step), "gram" or "direct" (for benchmarks).
         select_tf32: run the fp32 correlation matmuls as TF32 on CUDA (ignored when
@@ -315,11 +472,11 @@ def batch_omp(
         gram = None
         want_gram = select_dtype is None and k > 1 and _use_gram_step(1, dim, device, strategy)
         if want_gram:
-            chunk = min(GRAM_CHUNK, n_atoms)
+            chunk = min(int(_device_setting(GRAM_CHUNK, device)), n_atoms)
             row_bytes = math.ceil(n_atoms / chunk) * chunk * elt
             capacity = min(n_atoms, n_targets * k, int(budget * GRAM_BUDGET_FRACTION) // row_bytes)
             if capacity >= 1:
-                gram = _GramCache(atoms, capacity)
+                gram = _GramCache(atoms, capacity, chunk)
         dic = _Dictionary(
             atoms=atoms,
             norms2=(atoms * atoms).sum(dim=1),
@@ -330,24 +487,42 @@ def batch_omp(
         if batch_size is None:
             fixed = gram.capacity * row_bytes if gram is not None else 0
             fixed += n_atoms * dim * sel_elt if select_dtype is not None else 0
-            per_item = _per_target_bytes(n_atoms, dim, k, elt, sel_elt, gram is not None)
+            fixed += POLISH_BATCH * k * dim * elt
+            per_item = _per_target_bytes(
+                n_atoms,
+                dim,
+                k,
+                elt,
+                sel_elt,
+                gram_cols=gram.n_chunks * gram.chunk if gram is not None else 0,
+                score_cols=min(n_atoms, int(_device_setting(SCORE_CHUNK, device))),
+            )
             batch_size = suggest_batch_size(
                 per_item, device, fixed_bytes=fixed, maximum=n_targets, budget_bytes=budget
             )
+            # Even batches: a small remainder batch would pay the per-step overheads alone.
+            batch_size = math.ceil(n_targets / math.ceil(n_targets / batch_size))
 
+        # The bar counts greedy steps (targets x k), so a batch of thousands of targets shows
+        # progress while it runs; a batch retried after running out of memory rewinds it.
         with tqdm(
-            total=n_targets, desc=desc, unit="tok", disable=not show_progress, leave=False
+            total=n_targets * k, desc=desc, unit="step", disable=not show_progress, leave=False
         ) as bar:
 
             def run(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+                start = bar.n
+
                 def step(t: int) -> None:
-                    bar.set_postfix_str(f"step {t + 1}/{k}", refresh=False)
+                    bar.update(hi - lo)
 
-                return _omp_block(x_all[lo:hi], dic, k, strategy, on_step=step)
+                try:
+                    return _omp_block(x_all[lo:hi], dic, k, strategy, on_step=step)
+                except BaseException:
+                    bar.n = start
+                    bar.refresh()
+                    raise
 
-            parts = run_batched(
-                run, n_targets, batch_size, on_batch=lambda lo, hi: bar.update(hi - lo)
-            )
+            parts = run_batched(run, n_targets, batch_size)
     idx = torch.cat([p[0] for p in parts])
     coef = torch.cat([p[1] for p in parts])
     return idx, coef
