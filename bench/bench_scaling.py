@@ -1,20 +1,21 @@
 """Scaling of our OMP kernel: time vs number of targets, atoms and k (log-log fits).
 
-Three sweeps from one base point (default 500 targets x 4000 atoms x 256 dims, k = 16): the
-targets double three times, then the atoms, then k. The predicted cost is ~linear in each
-(the correlation phase, 2 B N D k flops, dominates; the per-target least-squares work is
-O(k^2) and small next to it), so the fitted log-log slopes should be close to 1. In k the
-kernel's own rule refines this: the first steps use the cheaper Gram form (while
-(t + 1) * GRAM_COST_RATIO < D), so only the later, full-cost steps grow with k and the exponent
-in k comes out above 1; ``model_cost`` evaluates that rule and its exponent is reported
-and drawn next to the measured one. Each point
-is the median of ``--repeats`` timings in this process after one warm-up; the data are the
-first rows of one fixed embedding-like pool (``bench_omp.make_data``), so a larger point
-contains the smaller one's inputs.
+Three sweeps from one base point (default 1000 targets x 8000 atoms x 256 dims, k = 16): the
+targets double three times, then the atoms, then k. The first-order prediction is linear in
+each (the correlation phase, 2 B N D k flops, dominates; the per-target least-squares work is
+O(k^2) and small next to it), so the fitted log-log slopes should be close to 1. The kernel's
+own rule refines this, and ``model_cost`` evaluates it (its exponent is reported and drawn
+next to the measured one): the first steps use the Batch-OMP Gram form (while
+(t + 1) * GRAM_COST_RATIO < D), whose cost per step grows with t, so the exponent in k comes
+out above 1; and the Gram rows are computed once per distinct selected atom, which targets
+share, so that part grows more slowly than the number of targets. Each point is the median
+of ``--repeats`` timings in this process after one warm-up; the data are the first rows of one
+fixed embedding-like pool (``bench_omp.make_data``), so a larger point contains the smaller
+one's inputs.
 
 Writes ``bench/scaling.png`` (the figure) and ``bench/out/scaling.json`` (all timings).
 
-    python bench/bench_scaling.py [--targets 500 --atoms 4000 --dim 256 --k 16]
+    python bench/bench_scaling.py [--targets 1000 --atoms 8000 --dim 256 --k 16]
         [--steps 4] [--repeats 5] [--threads 1] [--strategy auto]
 
 One thread by default: on a shared 2-core machine, two OpenMP threads competing with other
@@ -59,32 +60,36 @@ def fit_loglog(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return slope, my - slope * mx
 
 
-def model_cost(b: int, n: int, dim: int, k: int, strategy: str) -> float:
-    """Correlation multiply-adds predicted by the kernel's own step rule: a direct step costs
-    B N D, a Gram-form step at t B N (t + 1) ratio (ratio = GRAM_COST_RATIO['cpu']; t cached
-    Gram rows and alpha0); once a step is
-    direct the rest are. The O(k^2) per-target fit and the Gram-row fill are left out."""
+def model_cost(b: int, n: int, dim: int, k: int, strategy: str, distinct: int) -> float:
+    """Multiply-adds predicted by the kernel's own step rule: a direct step costs B N D, a
+    Gram-form step at t B N (t + 1) ratio (ratio = GRAM_COST_RATIO['cpu']; t cached Gram rows
+    and alpha0); once a step is direct the rest are. While the Gram form is used, each atom
+    some target selected (``distinct``, counted in the run) costs one Gram row, N D. The
+    O(k^2) per-target fit is left out."""
     cpu = torch.device("cpu")
     per_target_atom = float(dim)  # step 0: alpha0 = A x
     gram = strategy != "direct" and k > 1 and _use_gram_step(1, dim, cpu, strategy)
+    rows = 0
     for t in range(1, k):
         if gram and _use_gram_step(t, dim, cpu, strategy):
             per_target_atom += (t + 1) * GRAM_COST_RATIO["cpu"]
+            rows = distinct
         else:
             gram = False
             per_target_atom += dim
-    return b * n * per_target_atom
+    return b * n * per_target_atom + rows * n * dim
 
 
 def time_point(
     x: torch.Tensor, atoms: torch.Tensor, k: int, repeats: int, strategy: str
-) -> list[float]:
+) -> tuple[list[float], int]:
+    """(wall times, number of distinct atoms selected)."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        batch_omp(x, atoms, k, strategy=strategy)
+        idx, _ = batch_omp(x, atoms, k, strategy=strategy)
         times.append(time.perf_counter() - start)
-    return times
+    return times, int(torch.unique(idx).numel())
 
 
 def plot(result: dict, path: Path) -> bool:
@@ -133,8 +138,8 @@ def plot(result: dict, path: Path) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--targets", type=int, default=500)
-    ap.add_argument("--atoms", type=int, default=4000)
+    ap.add_argument("--targets", type=int, default=1000)
+    ap.add_argument("--atoms", type=int, default=8000)
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--steps", type=int, default=4, help="sizes per sweep (doubling)")
@@ -154,10 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     time_point(pool_x[:64], pool_a[: args.atoms], args.k, 1, args.strategy)  # warm-up
 
     t_start = time.perf_counter()
-    cache: dict[tuple[int, int, int], list[float]] = {}
+    cache: dict[tuple[int, int, int], tuple[list[float], int]] = {}
     sweeps: dict[str, dict] = {}
     for name in SWEEPS:
-        values, times = [], []
+        values, times, distinct = [], [], []
         for step in range(args.steps):
             point = dict(base)
             point[name] = base[name] * 2**step
@@ -166,9 +171,10 @@ def main(argv: list[str] | None = None) -> int:
                 x = pool_x[: point["targets"]]
                 a = pool_a[: point["atoms"]]
                 cache[key] = time_point(x, a, point["k"], args.repeats, args.strategy)
-            t = cache[key]
+            t, used = cache[key]
             values.append(point[name])
             times.append(t)
+            distinct.append(used)
             print(
                 f"{name:7s} B={key[0]:6d} N={key[1]:6d} k={key[2]:4d}  median "
                 f"{statistics.median(t):7.3f} s  ({', '.join(f'{v:.3f}' for v in t)})",
@@ -177,13 +183,16 @@ def main(argv: list[str] | None = None) -> int:
         medians = [statistics.median(t) for t in times]
         slope, icpt = fit_loglog([float(v) for v in values], medians)
         costs = []
-        for v in values:
+        for v, used in zip(values, distinct, strict=True):
             p = {**base, name: v}
-            costs.append(model_cost(p["targets"], p["atoms"], args.dim, p["k"], args.strategy))
+            costs.append(
+                model_cost(p["targets"], p["atoms"], args.dim, p["k"], args.strategy, used)
+            )
         sweeps[name] = {
             "values": values,
             "times_s": times,
             "median_s": medians,
+            "distinct_atoms": distinct,
             "slope": slope,
             "intercept": icpt,
             "model_cost": costs,

@@ -70,6 +70,8 @@ GRAM_BUDGET_FRACTION = 0.5
 # A new atom whose squared distance to the support's span is below this fraction of its
 # squared norm is treated as linearly dependent (coefficient 0) instead of dividing by ~0.
 PIVOT_TOL_EPS = 100.0
+# Working memory for computing a block of new Gram rows.
+GRAM_FILL_BYTES = 64 * 2**20
 # Targets per sub-batch of the final least-squares polish (bounds its (b, k, D) gather).
 POLISH_BATCH = 256
 
@@ -148,7 +150,10 @@ class _GramCache:
             return True
         if self.count + m > self.capacity:
             return False
-        step = 1024
+        elt = self.buf.element_size()
+        # Rows are computed a block at a time: the (block, N) product and its padded copy are
+        # working memory outside the cache's own budget, so keep them to a few tens of MiB.
+        step = max(1, min(1024, GRAM_FILL_BYTES // (2 * self.n_chunks * self.chunk * elt)))
         for lo in range(0, m, step):
             ids = missing[lo : lo + step]
             start = self.count + lo
@@ -308,7 +313,8 @@ def _omp_block(
         if alpha is not None and t and not _gram_step_ready(gram, idx, t, dim, k, strategy):
             alpha = None  # too late for the Gram form, or its cache is full: direct from now
             chosen = torch.empty((b, k, dim), dtype=dtype, device=device)
-            chosen[:, :t] = atoms[idx[:, :t]]
+            for j in range(t):  # column by column: no second (b, t, D) temporary
+                chosen[:, j] = atoms[idx[:, j]]
         if alpha is None and chosen is None:
             chosen = torch.empty((b, k, dim), dtype=dtype, device=device)
 
@@ -485,7 +491,7 @@ def batch_omp(
             tf32=select_tf32 and select_dtype is None,
         )
         if batch_size is None:
-            fixed = gram.capacity * row_bytes if gram is not None else 0
+            fixed = gram.capacity * row_bytes + GRAM_FILL_BYTES if gram is not None else 0
             fixed += n_atoms * dim * sel_elt if select_dtype is not None else 0
             fixed += POLISH_BATCH * k * dim * elt
             per_item = _per_target_bytes(
