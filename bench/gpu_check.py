@@ -200,6 +200,7 @@ class CorrelationTimer:
         self.flops = 0.0
         self.calls = 0
         self.max_rows = 0
+        self.max_cols = 0
         self._orig = None
 
     def __enter__(self) -> CorrelationTimer:
@@ -208,21 +209,22 @@ class CorrelationTimer:
         self._orig = orig = omp._Dictionary.correlate
         timer = self
 
-        def correlate(dic, rows):
-            n, d = dic.atoms.shape
-            timer.flops += 2.0 * rows.shape[0] * n * d
+        def correlate(dic, rows, lo, hi):
+            d = dic.atoms.shape[1]
+            timer.flops += 2.0 * rows.shape[0] * (hi - lo) * d
             timer.calls += 1
             timer.max_rows = max(timer.max_rows, int(rows.shape[0]))
+            timer.max_cols = max(timer.max_cols, hi - lo)
             if timer.cuda:
                 start = torch.cuda.Event(enable_timing=True)
                 end = torch.cuda.Event(enable_timing=True)
                 start.record()
-                out = orig(dic, rows)
+                out = orig(dic, rows, lo, hi)
                 end.record()
                 timer.events.append((start, end))
                 return out
             t0 = time.perf_counter()
-            out = orig(dic, rows)
+            out = orig(dic, rows, lo, hi)
             timer.cpu_s += time.perf_counter() - t0
             return out
 
@@ -340,9 +342,9 @@ def cmd_omp(args: argparse.Namespace) -> int:
         "relative_residual": _quality(x_all[:n_ours], atoms, idx_ours, coef_ours),
     }
     # The same product shape as one correlation call, alone (the ceiling for that shape).
-    rows = max(timer.max_rows, 1)
-    res["corr_shape_bf16_tflops"] = matmul_tflops(rows, args.atoms, args.dim, device)
-    res["corr_shape"] = [rows, args.dim, args.atoms]
+    rows, cols = max(timer.max_rows, 1), max(timer.max_cols, 1)
+    res["corr_shape_bf16_tflops"] = matmul_tflops(rows, cols, args.dim, device)
+    res["corr_shape"] = [rows, args.dim, cols]
     ach = res["ours"]["correlation_tflops_achieved"]
     res["correlation_vs_dense_bf16"] = ach / res["dense_bf16_tflops"] if ach else None
     _log(
