@@ -301,7 +301,8 @@ def _omp_block(
     gram = dic.gram
     # alpha0 = x . A^T in the Gram layout while the Gram form is in use (Batch-OMP); the
     # support's atoms (b, k, D) once the direct form takes over. The form only ever switches
-    # from Gram to direct (t only grows), so the two are never needed together for long.
+    # from Gram to direct (t only grows), and alpha0 is dropped before the atoms are gathered,
+    # so only one of the two exists at a time.
     alpha = None
     chosen = None
     if gram is not None and k > 1 and _use_gram_step(1, dim, device, strategy):
