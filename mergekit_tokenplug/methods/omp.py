@@ -47,6 +47,7 @@ from mergekit_tokenplug.compute.batching import (
     suggest_batch_size,
     working_memory_budget,
 )
+from mergekit_tokenplug.compute.threads import threads_for_fine_grained_kernel
 from mergekit_tokenplug.errors import ConfigError
 from mergekit_tokenplug.methods.base import EstimationProblem
 from mergekit_tokenplug.registry import MethodParams, MethodSpec, Need, register
@@ -407,13 +408,14 @@ def _solve_upper(chol: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
 
 
 def _per_target_bytes(
-    n: int, dim: int, k: int, elt: int, sel_elt: int, gram_cols: int, score_cols: int
+    dim: int, k: int, elt: int, sel_elt: int, gram_cols: int, score_cols: int
 ) -> int:
     """Working bytes per target: alpha0 in the Gram layout or the support's atoms (one form
-    at a time: alpha0 is dropped before the direct form gathers the atoms), one score chunk
-    (+ the cast residual's copy), the Cholesky state."""
+    at a time: alpha0 is dropped before the direct form gathers the atoms, and the final
+    polish gathers the atoms of at most as many targets after both are gone), one score chunk
+    (+ the residual cast to the selection dtype), the Cholesky state."""
     form = max(gram_cols * elt, k * dim * elt)
-    scores = score_cols * sel_elt * (2 if sel_elt != elt else 1)
+    scores = score_cols * sel_elt + (dim * sel_elt if sel_elt != elt else 0)
     state = (2 * k * k + 4 * k + 2 * dim) * elt + k * 8
     return form + scores + state
 
@@ -494,9 +496,7 @@ def batch_omp(
         if batch_size is None:
             fixed = gram.capacity * row_bytes + GRAM_FILL_BYTES if gram is not None else 0
             fixed += n_atoms * dim * sel_elt if select_dtype is not None else 0
-            fixed += POLISH_BATCH * k * dim * elt
             per_item = _per_target_bytes(
-                n_atoms,
                 dim,
                 k,
                 elt,
@@ -525,11 +525,17 @@ def batch_omp(
                 try:
                     return _omp_block(x_all[lo:hi], dic, k, strategy, on_step=step)
                 except BaseException:
-                    bar.n = start
+                    bar.n = bar.last_print_n = start
                     bar.refresh()
                     raise
 
-            parts = run_batched(run, n_targets, batch_size)
+            threads = (
+                threads_for_fine_grained_kernel(desc)
+                if device.type == "cpu"
+                else contextlib.nullcontext()
+            )
+            with threads:
+                parts = run_batched(run, n_targets, batch_size)
     idx = torch.cat([p[0] for p in parts])
     coef = torch.cat([p[1] for p in parts])
     return idx, coef
