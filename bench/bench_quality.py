@@ -879,24 +879,23 @@ def main(argv: list[str] | None = None) -> int:
             "## Leave-out reconstruction (Gemma-3-270M <- SmolLM2-135M)\n\n"
             + leave_out_tables(report["leave_out"])
         )
-    if report["bpb"].get("gemma_smollm2"):
-        md.append(
-            "## Bits per byte: Gemma-3-270M with SmolLM2's tokenizer\n\n"
-            + bpb_table(
-                report["bpb"]["gemma_smollm2"],
-                "512-token windows, fp32, CPU. Lower is better.",
-                "Gemma-3-270M (original)",
-            )
-        )
-    if report["bpb"].get("smollm2_gpt2"):
-        md.append(
-            "## Bits per byte: SmolLM2-135M with the GPT-2 vocabulary (no donor model)\n\n"
-            + bpb_table(
-                report["bpb"]["smollm2_gpt2"],
-                "Tokenizer-only target; methods that need no donor.",
-                "SmolLM2-135M (original)",
-            )
-        )
+    bpb_sections = (  # (report key, heading, note, reference row)
+        (
+            "gemma_smollm2",
+            "Gemma-3-270M with SmolLM2's tokenizer",
+            "512-token windows, fp32, CPU. Lower is better.",
+            "Gemma-3-270M (original)",
+        ),
+        (
+            "smollm2_gpt2",
+            "SmolLM2-135M with the GPT-2 vocabulary (no donor model)",
+            "Tokenizer-only target; methods that need no donor.",
+            "SmolLM2-135M (original)",
+        ),
+    )
+    for key, heading, note, ref in bpb_sections:
+        if report["bpb"].get(key):
+            md.append(f"## Bits per byte: {heading}\n\n" + bpb_table(report["bpb"][key], note, ref))
     text = "\n\n".join(md) + "\n"
     print(text)
     args.md.parent.mkdir(parents=True, exist_ok=True)
