@@ -97,16 +97,31 @@ def matmul_gflops(x: torch.Tensor, atoms: torch.Tensor, repeats: int = 3) -> flo
     return 2 * x.shape[0] * atoms.shape[0] * x.shape[1] / statistics.median(times) / 1e9
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--targets", type=int, default=2000)
-    ap.add_argument("--atoms", type=int, default=20000)
-    ap.add_argument("--dim", type=int, default=512)
-    ap.add_argument("--k", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=2)
+def add_problem_args(
+    ap: argparse.ArgumentParser,
+    *,
+    targets: int,
+    atoms: int,
+    dim: int,
+    k: int,
+    repeats: int,
+    threads: int,
+    threads_help: str | None = None,
+) -> None:
+    """The OMP problem and timing options shared by the OMP benchmarks (their defaults differ)."""
+    ap.add_argument("--targets", type=int, default=targets)
+    ap.add_argument("--atoms", type=int, default=atoms)
+    ap.add_argument("--dim", type=int, default=dim)
+    ap.add_argument("--k", type=int, default=k)
+    ap.add_argument("--repeats", type=int, default=repeats)
+    ap.add_argument("--threads", type=int, default=threads, help=threads_help)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--strategy", default="auto", choices=["auto", "gram", "direct"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    add_problem_args(ap, targets=2000, atoms=20000, dim=512, k=64, repeats=1, threads=2)
     ap.add_argument("--skip-mergekit", action="store_true", help="time only ours")
     ap.add_argument("--json", default=None, help="write the figures here")
     ap.add_argument("--worker", choices=["ours", "mergekit"], help=argparse.SUPPRESS)

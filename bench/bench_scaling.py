@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_omp import make_data  # noqa: E402  (sibling module: bench/ is not a package)
+from bench_omp import add_problem_args, make_data  # noqa: E402  (sibling module: bench/ is not a package)
 
 from mergekit_tokenplug.methods.omp import (  # noqa: E402
     GRAM_COST_RATIO,
@@ -138,15 +138,11 @@ def plot(result: dict, path: Path) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--targets", type=int, default=1000)
-    ap.add_argument("--atoms", type=int, default=8000)
-    ap.add_argument("--dim", type=int, default=256)
-    ap.add_argument("--k", type=int, default=16)
+    add_problem_args(
+        ap, targets=1000, atoms=8000, dim=256, k=16, repeats=5, threads=1,
+        threads_help="1: stable on a shared machine",
+    )  # fmt: skip
     ap.add_argument("--steps", type=int, default=4, help="sizes per sweep (doubling)")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1, help="1: stable on a shared machine")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--strategy", default="auto", choices=["auto", "gram", "direct"])
     ap.add_argument("--png", type=Path, default=REPO / "bench" / "scaling.png")
     ap.add_argument("--json", type=Path, default=REPO / "bench" / "out" / "scaling.json")
     args = ap.parse_args(argv)
