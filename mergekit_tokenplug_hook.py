@@ -4,7 +4,7 @@ mergekit has no plugin discovery, so the plugin patches it right after the relev
 modules finish importing. This module runs at interpreter start for every Python process in
 the environment, so it imports neither torch nor mergekit: it only installs a
 ``sys.meta_path`` finder that wraps the loaders of the watched modules and calls
-``mergekit_tokenplug.mergekit.activation.on_module_loaded(name, module)`` after each body runs.
+``mergekit_tokenplug.seam.activation.on_module_loaded(name, module)`` after each body runs.
 ``MERGEKIT_TOKENPLUG_DISABLE=1`` turns the patches off; what stays is a guard that refuses
 recipes using the plugin's keys (stock mergekit would silently ignore them).
 """
@@ -37,7 +37,7 @@ class _PostImportLoader(importlib.abc.Loader):
 
     def exec_module(self, module) -> None:
         self._wrapped.exec_module(module)
-        from mergekit_tokenplug.mergekit.activation import on_module_loaded
+        from mergekit_tokenplug.seam.activation import on_module_loaded
 
         on_module_loaded(module.__name__, module)
 
@@ -69,7 +69,7 @@ def install() -> None:
     # mergekit modules imported before the hook (unusual) are patched right away.
     already = [name for name in WATCHED if name in sys.modules]
     if already:
-        from mergekit_tokenplug.mergekit.activation import on_module_loaded
+        from mergekit_tokenplug.seam.activation import on_module_loaded
 
         for name in sorted(already):
             on_module_loaded(name, sys.modules[name])

@@ -129,7 +129,7 @@ def cmd_env(args: argparse.Namespace) -> int:
             cuda=torch.version.cuda,
         )
     import mergekit_tokenplug
-    from mergekit_tokenplug.mergekit.activation import activate, is_active
+    from mergekit_tokenplug.seam.activation import activate, is_active
 
     activate()
     import mergekit

@@ -70,8 +70,8 @@ def load_recipe(recipe: dict[str, Any] | str, source_name: str = "recipe") -> An
     """Validate a recipe (dict or YAML text) into mergekit's MergeConfiguration, plugin active."""
     import pydantic
 
-    from mergekit_tokenplug.mergekit.activation import activate
-    from mergekit_tokenplug.mergekit.schema import one_line_validation_error
+    from mergekit_tokenplug.seam.activation import activate
+    from mergekit_tokenplug.seam.schema import one_line_validation_error
 
     activate()
     from mergekit.config import MergeConfiguration
@@ -114,7 +114,7 @@ def run_recipe(
     from mergekit.options import MergeOptions
 
     from mergekit_tokenplug import report
-    from mergekit_tokenplug.mergekit.run import run_plugin_merge
+    from mergekit_tokenplug.seam.run import run_plugin_merge
 
     opts = MergeOptions(
         device=resolve_device(device),

@@ -61,7 +61,7 @@ def method_schema(spec: Any, defs: dict[str, Any], base_props: dict[str, Any]) -
 def recipe_json_schema() -> dict[str, Any]:
     """The schema of one recipe document (``name`` allowed for mergekit-multi stages)."""
     from mergekit_tokenplug import registry
-    from mergekit_tokenplug.mergekit.activation import activate
+    from mergekit_tokenplug.seam.activation import activate
 
     activate()
     from mergekit.config import MergeConfiguration

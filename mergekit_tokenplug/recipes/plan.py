@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from mergekit_tokenplug import registry
-from mergekit_tokenplug.mergekit.planner import align_settings
-from mergekit_tokenplug.mergekit.schema import uses_plugin
 from mergekit_tokenplug.registry import Need
+from mergekit_tokenplug.seam.planner import align_settings
+from mergekit_tokenplug.seam.schema import uses_plugin
 
 FP32 = 4
 # tokenadapt scores its neighbour search in chunks of at most this many elements.
@@ -142,7 +142,7 @@ def _forced_mask(config: Any, out_tok: Any, n_tokens: int) -> np.ndarray:
 
 def recipe_vocab(config: Any, trust_remote_code: bool = False) -> RecipeVocab:
     """Align a plugin recipe's vocabularies and replay the seam's fill decisions."""
-    from mergekit_tokenplug.mergekit.vocab_task import make_vocab_plan, model_key
+    from mergekit_tokenplug.seam.vocab_task import make_vocab_plan, model_key
 
     settings = align_settings(config)
     out_tok = output_tokenizer(config, trust_remote_code)

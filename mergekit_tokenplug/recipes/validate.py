@@ -189,7 +189,7 @@ def _check_cycles(result: FileResult, stages: dict[str, int], maps: list[LineMap
 
 
 def _merge_configuration() -> Any:
-    from mergekit_tokenplug.mergekit.activation import activate
+    from mergekit_tokenplug.seam.activation import activate
 
     activate()
     from mergekit.config import MergeConfiguration
@@ -270,7 +270,7 @@ class _DocChecker:
         active = True
         spec = params = None
         if plugin:
-            from mergekit_tokenplug.mergekit.activation import refusal_reason
+            from mergekit_tokenplug.seam.activation import refusal_reason
 
             reason = refusal_reason()
             if reason is not None:
@@ -310,7 +310,7 @@ class _DocChecker:
                 )
         tok = self.doc.get("tokenizer")
         if isinstance(tok, dict):
-            from mergekit_tokenplug.mergekit.schema import TokenplugTokenizerConfig
+            from mergekit_tokenplug.seam.schema import TokenplugTokenizerConfig
 
             valid_tok = set(TokenplugTokenizerConfig.model_fields)
             for key in tok:

@@ -63,12 +63,12 @@ QUICK_SUBSET = [
 # Run in the child before any test: proves the patches are (not) applied in that process.
 CHECK_ACTIVE = (
     "import mergekit.config, mergekit.plan, mergekit.merge\n"
-    "from mergekit_tokenplug.mergekit.activation import is_active\n"
+    "from mergekit_tokenplug.seam.activation import is_active\n"
     "assert is_active(), 'plugin is not active in the child process'\n"
 )
 CHECK_DISABLED = (
     "import mergekit.config, mergekit.plan, mergekit.merge\n"
-    "from mergekit_tokenplug.mergekit.activation import is_active\n"
+    "from mergekit_tokenplug.seam.activation import is_active\n"
     "assert not is_active(), 'plugin is still active with MERGEKIT_TOKENPLUG_DISABLE=1'\n"
 )
 CHECK_STOCK = (
@@ -77,7 +77,7 @@ CHECK_STOCK = (
     "from mergekit.tokenizer.config import TokenizerConfig\n"
     "ann = mergekit.config.MergeConfiguration.model_fields['tokenizer'].annotation\n"
     "assert ann == typing.Optional[TokenizerConfig], f'schema is patched: {ann}'\n"
-    "assert 'mergekit_tokenplug.mergekit.activation' not in sys.modules, 'plugin was loaded'\n"
+    "assert 'mergekit_tokenplug.seam.activation' not in sys.modules, 'plugin was loaded'\n"
 )
 # Root conftest of the work dir: records, at the end of the real test session, whether the
 # patches were in place in the very process that ran mergekit's tests.
@@ -88,7 +88,7 @@ STATE_CONFTEST = (
     "    path = os.environ.get('MERGEKIT_SUITE_STATE_FILE')\n"
     "    if not path:\n"
     "        return\n"
-    "    act = sys.modules.get('mergekit_tokenplug.mergekit.activation')\n"
+    "    act = sys.modules.get('mergekit_tokenplug.seam.activation')\n"
     "    state = {'mergekit_plan_loaded': 'mergekit.plan' in sys.modules,\n"
     "             'plugin_loaded': act is not None,\n"
     "             'plugin_active': bool(act is not None and act.is_active())}\n"

@@ -15,7 +15,7 @@ import pydantic
 import yaml
 
 from mergekit_tokenplug.errors import ConfigError
-from mergekit_tokenplug.mergekit.schema import PLUGIN_TOKENIZER_KEYS, one_line_validation_error
+from mergekit_tokenplug.seam.schema import PLUGIN_TOKENIZER_KEYS, one_line_validation_error
 
 
 def _uses_plugin_keys(path: str) -> bool:

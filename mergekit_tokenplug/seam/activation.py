@@ -14,7 +14,7 @@ import threading
 from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
 
-from mergekit_tokenplug.mergekit import SUPPORTED_MERGEKIT_VERSIONS
+from mergekit_tokenplug.seam import SUPPORTED_MERGEKIT_VERSIONS
 
 LOG = logging.getLogger("mergekit_tokenplug")
 _LOCK = threading.RLock()
@@ -58,21 +58,21 @@ def on_module_loaded(name: str, module: ModuleType) -> None:
         if reason and "disabled" not in reason and name == "mergekit.config":
             LOG.warning("mergekit-tokenplug inactive: %s", reason)
         if name == "mergekit.config":
-            from mergekit_tokenplug.mergekit import config_patch
+            from mergekit_tokenplug.seam import config_patch
 
             config_patch.apply(module, refuse_reason=reason)
         elif reason:
             return
         elif name == "mergekit.plan":
-            from mergekit_tokenplug.mergekit import planner
+            from mergekit_tokenplug.seam import planner
 
             planner.apply(module)
         elif name == "mergekit.merge":
-            from mergekit_tokenplug.mergekit import run
+            from mergekit_tokenplug.seam import run
 
             run.apply(module)
         elif name in CLI_MODULES:
-            from mergekit_tokenplug.mergekit import cli_patch
+            from mergekit_tokenplug.seam import cli_patch
 
             cli_patch.apply(module, CLI_MODULES[name])
 

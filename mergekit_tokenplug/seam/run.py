@@ -22,11 +22,11 @@ from mergekit.common import ModelReference
 from mergekit_tokenplug import report
 from mergekit_tokenplug.compute.distributed import is_main_process
 from mergekit_tokenplug.inputs import check_model_dir
-from mergekit_tokenplug.mergekit.schema import uses_plugin
 from mergekit_tokenplug.output.atomic import atomic_directory
 from mergekit_tokenplug.output.card import model_card, vocabulary_section
 from mergekit_tokenplug.output.config_fix import fix_config
 from mergekit_tokenplug.output.manifest import input_record, write_manifest
+from mergekit_tokenplug.seam.schema import uses_plugin
 
 LOG = logging.getLogger("mergekit_tokenplug")
 
@@ -110,7 +110,7 @@ def discard_tensor_writes() -> Iterator[None]:
 
 def check_inputs(merge_config: Any, allow_pickle: bool = False) -> None:
     """Fail fast, with the path in the message, before mergekit touches any weight."""
-    from mergekit_tokenplug.mergekit.planner import needs_donor_embeddings
+    from mergekit_tokenplug.seam.planner import needs_donor_embeddings
 
     for model in sorted(merge_config.referenced_models(), key=str):
         check_model_dir(

@@ -28,7 +28,7 @@ def method_extras(
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """The ``extras`` a method needs for one matrix of one model."""
-    from mergekit_tokenplug.mergekit.planner import role_weight
+    from mergekit_tokenplug.seam.planner import role_weight
 
     extras: dict[str, Any] = {}
     embedder = getattr(params, "embedder", None)

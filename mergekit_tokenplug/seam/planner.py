@@ -20,9 +20,9 @@ from mergekit.tokenizer.embed import PermutedVocabulary
 
 from mergekit_tokenplug import registry
 from mergekit_tokenplug.errors import InputError
-from mergekit_tokenplug.mergekit.schema import ToolTokenSource, uses_plugin
-from mergekit_tokenplug.mergekit.vocab_task import AlignVocabulary, ApproximatedVocabulary
 from mergekit_tokenplug.registry import Need
+from mergekit_tokenplug.seam.schema import ToolTokenSource, uses_plugin
+from mergekit_tokenplug.seam.vocab_task import AlignVocabulary, ApproximatedVocabulary
 
 LOG = logging.getLogger(__name__)
 _HEAD_NAME = re.compile(r"(^|\.)(lm_head|embed_out|output)\.weight$")

@@ -30,9 +30,9 @@ from mergekit.tokenizer.embed import PermutedVocabulary
 from mergekit_tokenplug import registry, report
 from mergekit_tokenplug.errors import InputError
 from mergekit_tokenplug.fill import SourceSpace, TextSupport, check_finite, fill_matrix
-from mergekit_tokenplug.mergekit.method_resources import method_extras
-from mergekit_tokenplug.mergekit.schema import ApproximationConfig, ToolTokenSource
-from mergekit_tokenplug.mergekit.tool_rows import tool_token_rows
+from mergekit_tokenplug.seam.method_resources import method_extras
+from mergekit_tokenplug.seam.schema import ApproximationConfig, ToolTokenSource
+from mergekit_tokenplug.seam.tool_rows import tool_token_rows
 from mergekit_tokenplug.vocab.align import VocabAlignment, align_vocab
 from mergekit_tokenplug.vocab.texts import split_texts, token_texts
 

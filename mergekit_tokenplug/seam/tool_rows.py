@@ -13,9 +13,9 @@ import torch
 import transformers
 from mergekit.common import ModelReference
 
-from mergekit_tokenplug.mergekit.schema import ToolTokenSource
 from mergekit_tokenplug.methods.base import EstimationProblem
 from mergekit_tokenplug.registry import get
+from mergekit_tokenplug.seam.schema import ToolTokenSource
 from mergekit_tokenplug.tooltokens.train import pooled_hidden_states
 
 
