@@ -12,7 +12,10 @@ Usage::
 
 ``--only`` also takes ``gpt2`` (GPT-2's tokenizer, from the vocab-only GGUF in the
 llama-cpp-python sdist), ``minilm`` (the all-MiniLM-L6-v2 embedder) and the group
-``tokenadapt`` (smollm2, gpt2, minilm: what recipes/04 reads).
+``tokenadapt`` (smollm2, gpt2, minilm: what recipes/04 reads). ``multilingual`` writes three
+disjoint regions of en/de/es/fr (Debian Reference) and ru/zh (Debian's manpages-ru/-zh) text:
+``texts/tune/`` (choices are made on it), ``texts/heldout/`` (only reported) and ``texts/heal/``
+(a training corpus sharing no text with either).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -306,18 +310,7 @@ def _debian_text(lang: str, work: Path) -> str:
     txt = root / "usr/share/debian-reference" / f"debian-reference.{lang}.txt.gz"
     if not txt.is_file():
         shutil.rmtree(root, ignore_errors=True)
-        dl = work / lang
-        dl.mkdir(parents=True, exist_ok=True)
-        r = subprocess.run(["apt-get", "download", pkg], cwd=dl, capture_output=True, text=True)
-        if r.returncode != 0:
-            _log("apt-get download failed; running apt-get update once")
-            subprocess.run(["apt-get", "update"], capture_output=True, check=False)
-            subprocess.run(["apt-get", "download", pkg], cwd=dl, check=True)
-        debs = sorted(dl.glob(f"{pkg}_*.deb"))
-        if not debs:
-            raise SystemExit(f"error: apt-get download {pkg} produced no .deb in {dl}")
-        root.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(root)], check=True)
+        _apt_extract(pkg, root, work)
     if not txt.is_file():
         raise SystemExit(f"error: {txt} missing after extracting {pkg}")
     with gzip.open(txt, "rt", encoding="utf-8") as fh:
@@ -350,6 +343,103 @@ def prepare_texts() -> dict[str, Path]:
     return {n: text_path(n) for n in TEXT_NAMES}
 
 
+# Multilingual sets (held-out / tune / heal): three disjoint regions of each language's text.
+# "heldout" is only ever reported, "tune" is what choices are made on, "heal" is a training
+# corpus that shares no text with either. Positions are fractions of the whole document, each
+# region starting at the next line break so no word is cut.
+ML_SOURCES = {
+    "en": ("debian-reference", "en"),
+    "de": ("debian-reference", "de"),
+    "es": ("debian-reference", "es"),
+    "fr": ("debian-reference", "fr"),
+    "ru": ("manpages", "ru"),
+    "zh": ("manpages", "zh_CN"),
+}
+ML_REGIONS = {"tune": (0.30, 8_000), "heal": (0.40, 40_000), "heldout": (0.60, 8_000)}
+_ROFF_ESCAPES = re.compile(r"\\f(\[[^]]*\]|\(..|.)|\\\(..|\\\[[^]]*\]|\\[&|^%]|\\\*.")
+
+
+def _apt_extract(pkg: str, root: Path, work: Path) -> None:
+    """apt-get download ``pkg`` and unpack it under ``root`` (once)."""
+    dl = work / pkg
+    dl.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["apt-get", "download", pkg], cwd=dl, capture_output=True, text=True)
+    if r.returncode != 0:
+        _log("apt-get download failed; running apt-get update once")
+        subprocess.run(["apt-get", "update"], capture_output=True, check=False)
+        subprocess.run(["apt-get", "download", pkg], cwd=dl, check=True)
+    debs = sorted(dl.glob(f"{pkg}_*.deb"))
+    if not debs:
+        raise SystemExit(f"error: apt-get download {pkg} produced no .deb in {dl}")
+    root.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(root)], check=True)
+
+
+def _roff_to_text(src: str) -> str:
+    """Plain prose from a man page: macro lines dropped (their text arguments kept), escapes removed."""
+    lines = []
+    for line in src.splitlines():
+        if line.startswith((".\\\"", "'\\\"", ".de", "..", ".if", ".ie", ".el", ".ds", ".nr", ".TH")):
+            continue
+        if line.startswith((".", "'")):
+            parts = line.split(None, 1)
+            line = parts[1].replace('"', "") if len(parts) > 1 else ""
+        line = _ROFF_ESCAPES.sub("", line).replace("\\-", "-").replace("\\e", "\\")
+        if line.strip():
+            lines.append(line.strip())
+    return "\n".join(lines)
+
+
+def _manpages_text(lang: str, work: Path) -> str:
+    """Every man page of Debian's ``manpages-<lang>`` package as plain text, in path order."""
+    pkg = f"manpages-{lang.split('_')[0].lower()}"
+    root = cache_root() / "debian" / pkg
+    man = root / "usr/share/man" / lang
+    if not man.is_dir():
+        shutil.rmtree(root, ignore_errors=True)
+        _apt_extract(pkg, root, work)
+    pages = sorted(p for p in man.rglob("*.gz") if p.is_file() and not p.is_symlink())
+    texts = []
+    for page in pages:
+        with gzip.open(page, "rt", encoding="utf-8", errors="replace") as fh:
+            texts.append(_roff_to_text(fh.read()))
+    # Character-set pages (iso_8859-*, koi8-*) are code tables, not prose: skip tab-heavy pages.
+    return "\n\n".join(t for t in texts if t and t.count("\t") * 100 < len(t))
+
+
+def _region(full: str, start_frac: float, n_chars: int) -> str:
+    start = full.find("\n", int(len(full) * start_frac)) + 1
+    return full[start : start + n_chars]
+
+
+def multilingual_path(split: str, lang: str) -> Path:
+    """``texts/<split>/<lang>.txt`` for split in heldout / tune / heal."""
+    return cache_root() / "texts" / split / f"{lang}.txt"
+
+
+def prepare_multilingual() -> dict[str, Path]:
+    """Write the held-out, tuning and healing regions of each language (cached)."""
+    out_dir = cache_root() / "texts" / "heldout"
+    wanted = {f"{s}:{lang}": multilingual_path(s, lang) for s in ML_REGIONS for lang in ML_SOURCES}
+    if _done(out_dir) and all(p.is_file() for p in wanted.values()):
+        _log(f"multilingual texts: cached under {out_dir.parent}")
+        return wanted
+    sources: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as work:
+        for lang, (kind, code) in ML_SOURCES.items():
+            if kind == "debian-reference":
+                full = _debian_text(code, Path(work))
+            else:
+                full = _manpages_text(code, Path(work))
+            sources[lang] = f"{kind}-{code} ({len(full)} chars)"
+            for split, (frac, n) in ML_REGIONS.items():
+                path = multilingual_path(split, lang)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(_region(full, frac, n), encoding="utf-8")
+    _mark(out_dir, {"regions": ML_REGIONS, "sources": sources})
+    return wanted
+
+
 def ensure_all(
     only: tuple[str, ...] = ("smollm2", "gemma3", "texts"),
     dtype: str = "float32",
@@ -362,6 +452,8 @@ def ensure_all(
             paths.update(ensure_all(GROUPS[key], dtype, install))
         elif key == "texts":
             paths.update({f"text:{n}": p for n, p in prepare_texts().items()})
+        elif key == "multilingual":
+            paths.update(prepare_multilingual())
         elif key in MODELS:
             paths[key] = prepare_model(key, dtype, install)
         elif key == "gpt2":
@@ -369,7 +461,7 @@ def ensure_all(
         elif key == "minilm":
             paths[key] = prepare_minilm(install)
         else:
-            known = ", ".join([*MODELS, "texts", "gpt2", "minilm", *GROUPS])
+            known = ", ".join([*MODELS, "texts", "multilingual", "gpt2", "minilm", *GROUPS])
             raise SystemExit(f"error: --only: unknown asset {key!r} (one of: {known})")
     return paths
 
