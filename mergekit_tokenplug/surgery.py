@@ -8,6 +8,7 @@ and a recipe run by ``mergekit-yaml`` produce the same bytes.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import yaml
@@ -56,6 +57,10 @@ def resolve_device(device: str | None) -> str:
     import torch
 
     name = (device or "cpu").lower()
+    if not re.fullmatch(r"cpu|auto|mps|cuda(:\d+)?", name):
+        raise InputError(
+            f"{device!r} is not a device; expected cpu, cuda, cuda:N or auto", where="--device"
+        )
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
