@@ -57,6 +57,10 @@ def apply(script_module: ModuleType, config_arg: str) -> None:
             if _uses_plugin_keys(path):
                 raise ConfigError(one_line_validation_error(exc, path)) from None
             raise
+        except ConfigError as exc:
+            if path and not exc.message.startswith(path):
+                raise ConfigError(exc.message, where=path) from None
+            raise
         except click.ClickException:
             raise
         except Exception as exc:
