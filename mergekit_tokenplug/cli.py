@@ -115,7 +115,7 @@ def main() -> None:
 )
 @click.option(
     "--pad-to-multiple-of",
-    type=int,
+    type=click.IntRange(min=1),
     default=None,
     help="Pad the output vocabulary to a multiple of N rows.",
 )

@@ -36,7 +36,7 @@ def transplant_recipe(
     if seed is not None:
         approximation["seed"] = seed
     tokenizer: dict[str, Any] = {"source": donor, "approximation": approximation}
-    if pad_to_multiple_of:
+    if pad_to_multiple_of is not None:
         tokenizer["pad_to_multiple_of"] = pad_to_multiple_of
     recipe: dict[str, Any] = {
         "merge_method": "passthrough",

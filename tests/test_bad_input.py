@@ -46,8 +46,10 @@ class Env:
     def copy(self, src: Path, name: str) -> Path:
         return Path(shutil.copytree(src, self.inputs / name))
 
-    def transplant(self, base: Path, donor: Path, *extra: str) -> list[str]:
-        return ["transplant", str(base), str(donor), str(self.out), "--k", "4", "-q", *extra]
+    def transplant(self, base: Path, donor: Path, *extra: str, k: str | None = "4") -> list[str]:
+        return ["transplant", str(base), str(donor), str(self.out), "-q", *extra] + (
+            ["--k", k] if k else []
+        )
 
     def recipe(self, tokenizer: dict, models: list[Path] | None = None, **top) -> list[str]:
         data = {
@@ -137,6 +139,12 @@ def to_pickle(d: Path, keep_extra_safetensors: bool = False) -> None:
         save_file({"x": torch.zeros(2)}, str(d / "extra.safetensors"))
 
 
+def huge_row(d: Path) -> None:
+    tensors = load_file(weights(d))
+    tensors["model.embed_tokens.weight"][7, 0] = 1e6  # finite in float32, Inf in float16
+    save_file(tensors, str(weights(d)), metadata={"format": "pt"})
+
+
 def duplicate_id(d: Path) -> None:
     def change(data: dict) -> None:
         vocab = data["model"]["vocab"]
@@ -209,7 +217,17 @@ CASES = [
          ("--param k", "not a YAML value")),
     Case("--k and -p k disagree", lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "-p", "k=8"),
          ("--k", "disagree")),
-    Case("k larger than the shared set", lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "--k", "100000"),
+    Case("k: true", lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "-p", "k=true", k=None),
+         ("k", "not a boolean")),
+    Case("cw2v epochs: 0", lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "-m", "cw2v", "-p", f"corpus=[{e.zoo.corpus_dir}/*.txt]", "-p", "epochs=0"),
+         ("epochs", "greater than or equal to 1")),
+    Case("pad_to_multiple_of: 0", lambda e: e.recipe({"source": str(e.zoo.bl_untied), "pad_to_multiple_of": 0, "approximation": {"method": "mean"}}),
+         ("tokenizer.pad_to_multiple_of", "positive"), "mergekit-yaml"),
+    Case("pad_to_multiple_of: -8", lambda e: e.recipe({"source": str(e.zoo.bl_untied), "pad_to_multiple_of": -8, "approximation": {"method": "mean"}}),
+         ("tokenizer.pad_to_multiple_of", "positive"), "mergekit-yaml"),
+    Case("values that overflow float16", lambda e: e.transplant(base_with(e, huge_row), e.zoo.bl_untied, "--dtype", "float16"),
+         ("overflows float16", "rows [7]")),
+    Case("k larger than the shared set", lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, k="100000"),
          ("tokenizer.approximation.k", "shared tokens")),
     Case("unknown device", lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "--device", "tpu"),
          ("--device", "tpu", "expected cpu")),

@@ -46,7 +46,7 @@ class CW2VParams(MethodParams):
 
     corpus: list[str] = pydantic.Field(min_length=1, description="text files or globs")
     rank: int = pydantic.Field(64, ge=1, description="rank r of the mixing logits A1 @ A2")
-    epochs: int = pydantic.Field(3, ge=0, description="passes over the skip-gram pairs")
+    epochs: int = pydantic.Field(3, ge=1, description="passes over the skip-gram pairs")
     window: int = pydantic.Field(5, ge=1, description="context window on each side")
     negatives: int = pydantic.Field(5, ge=1, description="negative samples per pair")
     lr: float = pydantic.Field(3e-4, gt=0, description="Adam learning rate")
@@ -179,12 +179,11 @@ def cw2v_train(problem: EstimationProblem, params: CW2VParams) -> CW2VResult:
 
     centres, contexts = skipgram_pairs(seqs, out_to_base, out_to_target, params.window)
     weights = negative_distribution(seqs, out_to_base, n_old)
-    if centres.numel() == 0 or weights.sum() == 0 or params.epochs == 0:
-        if params.epochs > 0:
-            LOG.warning(
-                "cw2v %s: no (new token, known context) pair in the corpus; new rows stay at the mean row",
-                problem.label,
-            )
+    if centres.numel() == 0 or weights.sum() == 0:
+        LOG.warning(
+            "cw2v %s: no (new token, known context) pair in the corpus; new rows stay at the mean row",
+            problem.label,
+        )
         return CW2VResult(a1.detach(), a2.detach(), old_row_ids, [])
     weights = (weights / weights.sum()).float()
 

@@ -32,7 +32,7 @@ from mergekit_tokenplug.inputs import (
 )
 from mergekit_tokenplug.output.atomic import atomic_directory
 from mergekit_tokenplug.output.card import model_card, vocabulary_section
-from mergekit_tokenplug.output.config_fix import fix_config
+from mergekit_tokenplug.output.config_fix import fix_config, strip_loader_flags
 from mergekit_tokenplug.output.manifest import input_record, write_manifest
 from mergekit_tokenplug.seam.schema import uses_plugin
 
@@ -248,6 +248,7 @@ def finalize(
         if gen.exists() and not (out_dir / "generation_config.json").exists():
             shutil.copyfile(gen, out_dir / "generation_config.json")
     changes = fix_config(out_dir, rows=rows, tokenizer=tokenizer)
+    strip_loader_flags(out_dir)
     write_tool_priors(out_dir, merge_config)
     approx = merge_config.tokenizer.approximation
     if write_card:

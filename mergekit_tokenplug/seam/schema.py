@@ -98,6 +98,17 @@ class TokenplugTokenizerConfig(TokenizerConfig, frozen=True):
         default_factory=lambda: ApproximationConfig(method="omp")
     )
 
+    @pydantic.field_validator("pad_to_multiple_of")
+    @classmethod
+    def _positive_multiple(cls, value: int | None) -> int | None:
+        """Stock mergekit skips 0 and misreads a negative multiple: refuse both."""
+        if value is not None and value < 1:
+            raise ConfigError(
+                f"must be a positive number of rows (got {value})",
+                where="tokenizer.pad_to_multiple_of",
+            )
+        return value
+
 
 def has_tool_tokens(tokens: Any) -> bool:
     """Whether a raw or validated ``tokenizer.tokens`` mapping holds a ``kind: tool`` source."""

@@ -7,6 +7,7 @@ here (once per path, float32) — only recipes with tool tokens pay for it.
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any
 
 import torch
@@ -18,6 +19,8 @@ from mergekit_tokenplug.registry import get
 from mergekit_tokenplug.seam.schema import ToolTokenSource
 from mergekit_tokenplug.tooltokens.train import pooled_hidden_states
 
+LOG = logging.getLogger(__name__)
+
 
 @functools.lru_cache(maxsize=2)
 def _frozen_model(path: str, trust_remote_code: bool) -> Any:
@@ -25,6 +28,35 @@ def _frozen_model(path: str, trust_remote_code: bool) -> Any:
         path, dtype=torch.float32, trust_remote_code=trust_remote_code
     )
     return model.eval().requires_grad_(False)
+
+
+def context_tokens(config: Any) -> int:
+    """Tokens the model reads in one forward pass (its position limit)."""
+    text_config = getattr(config, "text_config", None) or config
+    for c in (config, text_config):
+        limit = getattr(c, "max_position_embeddings", None)
+        if isinstance(limit, int) and limit > 0:
+            return limit
+    return 2048
+
+
+def fit_context(tool: ToolTokenSource, tokenizer: Any, config: Any) -> str:
+    """The tool's text, cut to the model's context: the prior is one forward pass over it,
+    and a description past the context would run (unstoppably, inside one native call) on
+    positions the model never learned."""
+    text = tool.text()
+    limit = context_tokens(config)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) <= limit:
+        return text
+    LOG.warning(
+        "tool token %r: its name and description are %d tokens, past the model's context of %d; the prior reads the first %d",
+        tool.name or "",
+        len(ids),
+        limit,
+        limit,
+    )
+    return tokenizer.decode(ids[:limit])
 
 
 def tool_token_rows(
@@ -42,11 +74,10 @@ def tool_token_rows(
     Output head (and the single matrix of a tied model): the scaled pooled-description prior.
     Input embeddings of an untied model: mean of the description's subword rows.
     """
-    texts = [t.text() for t in tools]
+    config = model.config(trust_remote_code=trust_remote_code)
+    texts = [fit_context(t, tokenizer, config) for t in tools]
     device = matrix.device
-    tied = bool(
-        getattr(model.config(trust_remote_code=trust_remote_code), "tie_word_embeddings", False)
-    )
+    tied = bool(getattr(config, "tie_word_embeddings", False))
 
     def forward(batch: list[str]) -> torch.Tensor:
         net = _frozen_model(model.model.path, trust_remote_code)
