@@ -241,6 +241,8 @@ CASES = [
          ("recipe.yaml", "k"), "subprocess"),
     Case("tool token replacing an existing token", tool_on_existing,
          ("tokenizer.tokens.<|endoftext|>", "force: true"), "mergekit-yaml"),
+    Case("tool token with a bad scale", lambda e: e.recipe({"source": "base", "tokens": {"<tool_x>": {"source": {"kind": "tool", "name": "x", "description": "does x", "scale": "huge"}}}}, models=[e.zoo.bl_untied]),
+         ("recipe.yaml", "tokenizer.tokens.<tool_x>.source.scale", "'sqrt_d' or 'median_norm'"), "subprocess"),
     Case("union of different widths", union_of_widths,
          ("hidden size 32", "48"), "mergekit-yaml"),
     # paths and the output directory

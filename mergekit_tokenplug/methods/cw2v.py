@@ -179,11 +179,12 @@ def cw2v_train(problem: EstimationProblem, params: CW2VParams) -> CW2VResult:
 
     centres, contexts = skipgram_pairs(seqs, out_to_base, out_to_target, params.window)
     weights = negative_distribution(seqs, out_to_base, n_old)
-    if centres.numel() == 0 or weights.sum() == 0:
-        LOG.warning(
-            "cw2v %s: no (new token, known context) pair in the corpus; new rows stay at the mean row",
-            problem.label,
-        )
+    if centres.numel() == 0 or weights.sum() == 0 or params.epochs == 0:
+        if params.epochs > 0:
+            LOG.warning(
+                "cw2v %s: no (new token, known context) pair in the corpus; new rows stay at the mean row",
+                problem.label,
+            )
         return CW2VResult(a1.detach(), a2.detach(), old_row_ids, [])
     weights = (weights / weights.sum()).float()
 

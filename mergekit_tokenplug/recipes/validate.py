@@ -414,8 +414,10 @@ class _DocChecker:
         try:
             return merge_cfg.model_validate(data)
         except pydantic.ValidationError as exc:
+            from mergekit_tokenplug.seam.schema import chosen_branch_errors
+
             by_key: dict[tuple, list[str]] = {}
-            for err in exc.errors():
+            for err in chosen_branch_errors(exc.errors()):
                 path, _line = self.lines.resolve(err["loc"])
                 ctx_err = (err.get("ctx") or {}).get("error")
                 msg = str(ctx_err) if isinstance(ctx_err, Exception) else err["msg"]

@@ -17,7 +17,11 @@ import pydantic
 import yaml
 
 from mergekit_tokenplug.errors import ConfigError, one_line_error
-from mergekit_tokenplug.seam.schema import PLUGIN_TOKENIZER_KEYS, one_line_validation_error
+from mergekit_tokenplug.seam.schema import (
+    PLUGIN_TOKENIZER_KEYS,
+    has_tool_tokens,
+    one_line_validation_error,
+)
 
 
 def _uses_plugin_keys(path: str) -> bool:
@@ -29,7 +33,10 @@ def _uses_plugin_keys(path: str) -> bool:
     return any(
         isinstance(d, dict)
         and isinstance(d.get("tokenizer"), dict)
-        and any(k in d["tokenizer"] for k in PLUGIN_TOKENIZER_KEYS)
+        and (
+            any(k in d["tokenizer"] for k in PLUGIN_TOKENIZER_KEYS)
+            or has_tool_tokens(d["tokenizer"].get("tokens"))
+        )
         for d in docs
     )
 
