@@ -3,8 +3,10 @@ asked to replace; what is hashed is what was read. (Refused inputs: test_bad_inp
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import resource
 import shutil
 import subprocess
@@ -82,6 +84,16 @@ def test_two_runs_to_one_out_the_second_fails(tmp_path):
                 (first / "who").write_text("first")
     assert (out / "who").read_text() == "first"
     assert not list(tmp_path.glob(".out.*"))
+
+
+def test_full_disk_is_one_line_naming_out(tmp_path):
+    """What a writer raises when the disk fills: a user-fixable error about OUT, nothing left."""
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match="output path .*No space left on device"):
+        with atomic_directory(out) as tmp:
+            (tmp / "model.safetensors").write_text("half")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp / "model.safetensors"))
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))
 
 
 def test_empty_out_is_replaced(tmp_path):

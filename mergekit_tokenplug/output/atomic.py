@@ -102,12 +102,27 @@ def atomic_directory(
         ) from None
     try:
         with _terminate_as_exception():
-            yield tmp
+            try:
+                yield tmp
+            except OSError as exc:
+                if not _is_write_failure(exc, tmp):
+                    raise
+                raise InputError(
+                    f"cannot write the output ({exc.strerror}); expected a writable location with enough free space",
+                    where=f"output path {out}",
+                ) from None
         _move_into_place(tmp, out, before)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     os.chmod(out, 0o777 & ~_umask())
+
+
+def _is_write_failure(exc: OSError, tmp: Path) -> bool:
+    """A full disk, a quota or a read-only file system, or any failure on a file of the output."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return True
+    return bool(exc.filename) and str(exc.filename).startswith(str(tmp))
 
 
 def _move_into_place(tmp: Path, out: Path, before: Listing | None) -> None:

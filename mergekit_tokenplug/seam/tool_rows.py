@@ -20,6 +20,9 @@ from mergekit_tokenplug.seam.schema import ToolTokenSource
 from mergekit_tokenplug.tooltokens.train import pooled_hidden_states
 
 LOG = logging.getLogger(__name__)
+# A description is a few sentences; a long one costs a forward pass quadratic in its length
+# (one native call that a signal cannot stop), so the prior reads at most this many tokens.
+MAX_TEXT_TOKENS = 2048
 
 
 @functools.lru_cache(maxsize=2)
@@ -41,19 +44,24 @@ def context_tokens(config: Any) -> int:
 
 
 def fit_context(tool: ToolTokenSource, tokenizer: Any, config: Any) -> str:
-    """The tool's text, cut to the model's context: the prior is one forward pass over it,
-    and a description past the context would run (unstoppably, inside one native call) on
-    positions the model never learned."""
+    """The tool's text, cut to the model's context (and ``MAX_TEXT_TOKENS``): the prior is one
+    forward pass over it, and a longer text would run on positions the model never learned."""
     text = tool.text()
-    limit = context_tokens(config)
+    context = context_tokens(config)
+    limit = min(context, MAX_TEXT_TOKENS)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if len(ids) <= limit:
         return text
+    past = (
+        f"the model's context of {context}"
+        if limit == context
+        else f"the {limit} tokens a prior reads (the model's context is {context})"
+    )
     LOG.warning(
-        "tool token %r: its name and description are %d tokens, past the model's context of %d; the prior reads the first %d",
+        "tool token %r: its name and description are %d tokens, past %s; the prior reads the first %d",
         tool.name or "",
         len(ids),
-        limit,
+        past,
         limit,
     )
     return tokenizer.decode(ids[:limit])
