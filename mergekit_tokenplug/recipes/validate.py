@@ -534,7 +534,13 @@ class _DocChecker:
                 continue
             seen.add((model, need_weights))
             try:
-                check_model_dir(model, where="", need_weights=need_weights, need_tokenizer=True)
+                check_model_dir(
+                    model,
+                    where="",
+                    need_weights=need_weights,
+                    need_tokenizer=True,
+                    trust_remote_code=self.options.trust_remote_code,
+                )
             except TokenplugError as exc:
                 all_local = False
                 self.add(path, exc.message)

@@ -185,7 +185,10 @@ def check_embedding_rows(model: ModelReference, where: str, trust_remote_code: b
     shapes = tensor_shapes(path, where)
     declared = get_vocab_size(model.model, trust_remote_code=trust_remote_code)
     for role in ("input", "output"):
-        weight = role_weight(model, role, trust_remote_code)
+        try:
+            weight = role_weight(model, role, trust_remote_code)
+        except InputError:  # an architecture mergekit does not know: its own error follows
+            return
         names = [weight.name, *(weight.aliases or ()), *(weight.tied_names or ())]
         found = next((n for n in names if n in shapes), None)
         if found is None:

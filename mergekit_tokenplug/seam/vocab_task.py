@@ -159,7 +159,7 @@ class AlignVocabulary(Task[VocabPlan]):
     models: tuple[ModelReference, ...]
     donor: ModelReference | None = None
     reference_rows_model: ModelReference | None = None  # whose config vocab_size sets the rows
-    cut_to_reference: bool = False  # True when the output tokenizer is that model's own
+    cut_to_reference: bool = False  # the output tokenizer is that model's own: ids checked against its rows
     pad_to_multiple_of: int | None = None
     trust_remote_code: bool = False
     recipe_tokens: tuple[str, ...] = ()  # tokenizer.tokens entries (rows added for them)
