@@ -6,12 +6,13 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from typing import Any
 
 import click
 import yaml
 
-from mergekit_tokenplug.errors import ConfigError
+from mergekit_tokenplug.errors import ConfigError, one_line_error
 
 
 def parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -21,13 +22,41 @@ def parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"expected key=value, got {pair!r}", where="--param")
-        params[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        try:
+            params[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(
+                f"{value!r} is not a YAML value ({getattr(exc, 'problem', None) or exc}); expected a number, string or [list]",
+                where=f"--param {key.strip()}",
+            ) from None
     return params
+
+
+def check_writable_file(path: str, where: str) -> None:
+    """A file the run will write at the end: fail now, not after OUT is complete."""
+    target = os.path.abspath(os.path.expanduser(path))
+    if os.path.isdir(target):
+        raise ConfigError(f"{path} is a directory; expected a file path", where=where)
+    parent = os.path.dirname(target)
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".tokenplug-check-"):
+            pass
+        if os.path.exists(target) and not os.access(target, os.W_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write {path} ({exc.strerror or exc}); expected a writable file in an existing directory",
+            where=where,
+        ) from None
+
+
+_VERBOSE = {"on": False}
 
 
 def setup_logging(quiet: bool, verbose: int) -> None:
     from mergekit_tokenplug.compute.distributed import launched_world_size
 
+    _VERBOSE["on"] = verbose > 0
     worker = launched_world_size() > 1 and os.environ.get("RANK", "0") != "0"
     level = logging.WARNING if quiet or worker else (logging.DEBUG if verbose > 1 else logging.INFO)
     logging.basicConfig(
@@ -35,7 +64,22 @@ def setup_logging(quiet: bool, verbose: int) -> None:
     )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineGroup(click.Group):
+    """Anything that escapes a command becomes ``Error: <one line>`` and exit 1; ``-v``
+    shows the traceback instead."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            if _VERBOSE["on"]:
+                raise
+            raise ConfigError(one_line_error(exc)) from None
+
+
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mergekit-tokenplug")
 def main() -> None:
     """Principled tokenizer transplantation for mergekit."""
@@ -71,7 +115,7 @@ def main() -> None:
 )
 @click.option(
     "--pad-to-multiple-of",
-    type=int,
+    type=click.IntRange(min=1),
     default=None,
     help="Pad the output vocabulary to a multiple of N rows.",
 )
@@ -114,7 +158,13 @@ def transplant(
     setup_logging(quiet, verbose)
     params = parse_params(param_pairs)
     if k is not None:
+        if "k" in params and params["k"] != k:
+            raise ConfigError(
+                f"--k {k} and -p k={params['k']} disagree; expected one of them", where="--k"
+            )
         params["k"] = k
+    if json_out and not dry_run:
+        check_writable_file(json_out, "--json")
     if dry_run:
         from mergekit_tokenplug.recipes.plan import format_plan, plan_transplant
 

@@ -36,3 +36,13 @@ class ConfigError(TokenplugError):
 
 class InputError(TokenplugError):
     """A model, tokenizer or tensor given as input is unusable."""
+
+
+def one_line_error(exc: BaseException) -> str:
+    """An unexpected exception as one line: the file it names and what went wrong
+    (a full-disk or permission error from deep inside a writer, say)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        name = exc.filename or ""
+        return f"{name}: {exc.strerror}" if name else exc.strerror
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

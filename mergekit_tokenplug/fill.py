@@ -76,9 +76,14 @@ def check_finite(matrix: torch.Tensor, what: str) -> None:
     bad = ~torch.isfinite(matrix.reshape(matrix.shape[0], -1)).all(dim=1)
     if bool(bad.any()):
         rows = bad.nonzero().flatten()[:5].tolist()
+        listed = f"rows {rows}{'...' if int(bad.sum()) > 5 else ''}"
+        if matrix.dtype == torch.float16 and not bool(torch.isnan(matrix).any()):
+            raise InputError(
+                f"overflows float16 ({listed} hold values past ±65504, or Inf); expected values float16 can hold — use dtype float32 or bfloat16",
+                where=what,
+            )
         raise InputError(
-            f"contains NaN or Inf values (rows {rows}{'...' if int(bad.sum()) > 5 else ''}); expected finite embeddings",
-            where=what,
+            f"contains NaN or Inf values ({listed}); expected finite embeddings", where=what
         )
 
 

@@ -1,19 +1,26 @@
 """Up-front checks of model and donor directories, before any weight is loaded.
 
 Failing here gives the user a one-line error naming the path and what was expected, instead
-of a traceback from deep inside transformers halfway through a merge.
+of a traceback from deep inside transformers halfway through a merge. Only headers and small
+JSON files are read; the weight files checked are exactly those mergekit's loader will open.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 from pathlib import Path
+from typing import Any
 
 from mergekit_tokenplug.errors import InputError
 
 ALLOW_PICKLE_ENV = "MERGEKIT_TOKENPLUG_ALLOW_PICKLE"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.txt", "vocab.json")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+# What mergekit 0.1.5's ShardedTensorIndex.from_disk looks for, in its order.
+WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
+MAX_HEADER = 100 << 20  # safetensors' own limit on a header
 
 
 def allow_pickle_requested() -> bool:
@@ -28,6 +35,132 @@ def has_tokenizer(path: str | Path) -> bool:
     return any((Path(path) / name).exists() for name in TOKENIZER_FILES)
 
 
+def read_json(path: Path, where: str, what: str = "a JSON file") -> Any:
+    """A small JSON file, or a one-line error naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(
+            f"cannot read {path} ({exc.strerror or exc}); expected a readable file", where=where
+        ) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path} is not valid JSON ({exc}); expected {what}", where=where) from None
+
+
+def weight_files(path: str | Path, where: str = "") -> list[Path]:
+    """The weight files mergekit's loader will open for a model directory (same rules).
+
+    ``model.safetensors`` (or its index) wins over ``pytorch_model.bin``; an index names
+    the shards. Other files in the directory are never read, so they decide nothing.
+    """
+    p = Path(path).expanduser()
+    for name in WEIGHT_NAMES:
+        index = p / f"{name}.index.json"
+        if index.exists():
+            data = read_json(index, where, "a sharded-checkpoint index with a weight_map")
+            weight_map = data.get("weight_map") if isinstance(data, dict) else None
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise InputError(
+                    f"{index} has no weight_map; expected a sharded-checkpoint index", where=where
+                )
+            shards = [p / str(s) for s in sorted(set(weight_map.values()))]
+            for shard in shards:
+                if not shard.is_file():
+                    raise InputError(
+                        f"{index} names the shard {shard.name}, which does not exist; expected every shard next to the index",
+                        where=where,
+                    )
+            return shards
+        if (p / name).exists():
+            return [p / name]
+    return []
+
+
+def is_pickle(files: list[Path]) -> bool:
+    return any(not f.name.lower().endswith(".safetensors") for f in files)
+
+
+def safetensors_header(path: Path, where: str) -> dict[str, Any]:
+    """A safetensors header, checked against the file's size (tensor name -> dtype/shape/offsets)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            if n < 2 or n > MAX_HEADER or 8 + n > size:
+                raise InputError(
+                    f"{path} is not a safetensors file (truncated or corrupt header, {size} bytes); expected a complete safetensors checkpoint",
+                    where=where,
+                )
+            header = json.loads(fh.read(n))
+    except OSError as exc:
+        raise InputError(
+            f"cannot read {path} ({exc.strerror or exc}); expected a readable file", where=where
+        ) from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InputError(
+            f"{path} has a corrupt safetensors header (not JSON); expected a complete safetensors checkpoint",
+            where=where,
+        ) from None
+    if not isinstance(header, dict):
+        raise InputError(f"{path} has a corrupt safetensors header", where=where)
+    data = size - 8 - n
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    for name, info in tensors.items():
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= data
+        ):
+            raise InputError(
+                f"{path}: tensor {name} has data offsets {offsets} outside the file's {data} data bytes; expected a complete safetensors checkpoint",
+                where=where,
+            )
+    return tensors
+
+
+def tensor_shapes(path: str | Path, where: str = "") -> dict[str, list[int]]:
+    """Shape of every tensor of a safetensors checkpoint, from its headers only."""
+    shapes: dict[str, list[int]] = {}
+    for f in weight_files(path, where):
+        if not is_pickle([f]):
+            shapes.update({k: v.get("shape", []) for k, v in safetensors_header(f, where).items()})
+    return shapes
+
+
+def _check_remote_code(p: Path, where: str) -> None:
+    for name in ("config.json", "tokenizer_config.json"):
+        f = p / name
+        if not f.exists():
+            continue
+        data = read_json(f, where)
+        if isinstance(data, dict) and data.get("auto_map"):
+            raise InputError(
+                f"{f} asks for remote code (auto_map); the plugin never runs a model's own code — expected a model transformers supports natively",
+                where=where,
+            )
+
+
+def _check_tokenizer_json(p: Path, where: str) -> None:
+    f = p / "tokenizer.json"
+    if not f.exists():
+        return
+    data = read_json(f, where, "a tokenizers tokenizer.json")
+    model = data.get("model") if isinstance(data, dict) else None
+    vocab = model.get("vocab") if isinstance(model, dict) else None
+    if isinstance(vocab, dict):
+        seen: dict[Any, str] = {}
+        for token, token_id in vocab.items():
+            if token_id in seen:
+                raise InputError(
+                    f"{f} gives id {token_id} to both {seen[token_id]!r} and {token!r}; expected one token per id",
+                    where=where,
+                )
+            seen[token_id] = token
+
+
 def check_model_dir(
     path: str,
     *,
@@ -35,6 +168,7 @@ def check_model_dir(
     need_weights: bool = True,
     need_tokenizer: bool = False,
     allow_pickle: bool = False,
+    trust_remote_code: bool = False,
 ) -> None:
     """Validate a local model directory; hub ids are left to mergekit (offline they fail there)."""
     if not is_local(path):
@@ -49,21 +183,60 @@ def check_model_dir(
             f"{path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); expected a model or tokenizer directory",
             where=where,
         )
+    if not trust_remote_code:
+        _check_remote_code(p, where)
+    _check_tokenizer_json(p, where)
     if not need_weights:
         return
     if not (p / "config.json").exists():
         raise InputError(
             f"{path} has no config.json; expected a Hugging Face model directory", where=where
         )
-    if any(p.glob("*.safetensors")):
-        return
-    pickles = sorted(f.name for f in p.iterdir() if f.suffix in PICKLE_SUFFIXES)
-    if pickles and not (allow_pickle or allow_pickle_requested()):
+    config = read_json(p / "config.json", where, "a model config")
+    if not isinstance(config, dict):
+        raise InputError(f"{p / 'config.json'} is not a JSON object; expected a model config", where=where)
+    files = weight_files(p, where)
+    if not files:
+        others = sorted(f.name for f in p.iterdir() if f.suffix in (*PICKLE_SUFFIXES, ".safetensors"))
+        found = f" (found only {', '.join(others[:3])}, which mergekit does not read)" if others else ""
         raise InputError(
-            f"{path} holds only pickle checkpoints ({', '.join(pickles[:3])}); loading them can run arbitrary code — convert to safetensors, or opt in with --allow-pickle / {ALLOW_PICKLE_ENV}=1",
+            f"{path} has no weights mergekit can load{found}; expected model.safetensors, pytorch_model.bin or a sharded index of either",
             where=where,
         )
-    if not pickles:
+    if is_pickle(files):
+        if not (allow_pickle or allow_pickle_requested()):
+            raise InputError(
+                f"{path} would be loaded from pickle checkpoints ({', '.join(f.name for f in files[:3])}); loading them can run arbitrary code — convert to safetensors, or opt in with --allow-pickle / {ALLOW_PICKLE_ENV}=1",
+                where=where,
+            )
+        return
+    for f in files:
+        safetensors_header(f, where)
+
+
+def hidden_size(path: str | Path) -> int | None:
+    """The model's width from config.json (``hidden_size`` or its usual aliases)."""
+    f = Path(path).expanduser() / "config.json"
+    if not f.is_file():
+        return None
+    cfg = read_json(f, str(path))
+    if not isinstance(cfg, dict):
+        return None
+    for c in (cfg, cfg.get("text_config") or {}):
+        for key in ("hidden_size", "d_model", "n_embd"):
+            if isinstance(c.get(key), int):
+                return c[key]
+    return None
+
+
+def check_same_width(paths: list[str], where: str = "models") -> None:
+    """Models merged together must have one hidden size; name both widths when they differ."""
+    widths = {p: hidden_size(p) for p in paths if is_local(p) and os.path.isdir(os.path.expanduser(p))}
+    known = {p: w for p, w in widths.items() if w is not None}
+    if len(set(known.values())) > 1:
+        ordered = sorted(known.items(), key=lambda kv: kv[1])
+        (a, wa), (b, wb) = ordered[0], ordered[-1]
         raise InputError(
-            f"{path} has no weights (*.safetensors); expected a model directory", where=where
+            f"{a} has hidden size {wa} but {b} has {wb}; expected models of one width to merge (a transplant between widths uses tokenizer.source, not a second model)",
+            where=where,
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -43,6 +44,23 @@ class MethodParams(pydantic.BaseModel):
     """Base class of every method's parameter model: unknown keys are errors."""
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    @pydantic.field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: pydantic.ValidationInfo) -> Any:
+        """YAML reads ``k: true`` as a bool, which pydantic would take as 1: refuse it
+        wherever the parameter is not itself a bool."""
+        if isinstance(value, bool) and info.field_name is not None:
+            if bool not in _leaf_types(cls.model_fields[info.field_name].annotation):
+                raise ValueError("expected a number or text, not a boolean")
+        return value
+
+
+def _leaf_types(annotation: Any) -> set[Any]:
+    args = typing.get_args(annotation)
+    if not args:
+        return {annotation}
+    return set().union(*(_leaf_types(a) for a in args))
 
 
 EstimateFn = Callable[["EstimationProblem", Any], "torch.Tensor"]

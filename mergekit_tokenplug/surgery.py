@@ -8,6 +8,7 @@ and a recipe run by ``mergekit-yaml`` produce the same bytes.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import yaml
@@ -35,7 +36,7 @@ def transplant_recipe(
     if seed is not None:
         approximation["seed"] = seed
     tokenizer: dict[str, Any] = {"source": donor, "approximation": approximation}
-    if pad_to_multiple_of:
+    if pad_to_multiple_of is not None:
         tokenizer["pad_to_multiple_of"] = pad_to_multiple_of
     recipe: dict[str, Any] = {
         "merge_method": "passthrough",
@@ -56,6 +57,10 @@ def resolve_device(device: str | None) -> str:
     import torch
 
     name = (device or "cpu").lower()
+    if not re.fullmatch(r"cpu|auto|mps|cuda(:\d+)?", name):
+        raise InputError(
+            f"{device!r} is not a device; expected cpu, cuda, cuda:N or auto", where="--device"
+        )
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():

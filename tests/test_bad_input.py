@@ -1,18 +1,31 @@
-"""Every bad input: a one-line error naming the file/key, a non-zero exit, nothing at OUT."""
+"""Every bad input, one row each: what is given, the fragment the one-line error must hold.
+
+Each row runs through the real command line (``mergekit-tokenplug transplant`` or stock
+``mergekit-yaml``; in-process through click where that is the same code path, a subprocess
+where the stock entry point or the environment matters) and must give: a non-zero exit, one
+``Error:`` line holding the fragments, no traceback, OUT exactly as it was before (absent, or
+with its old content), no temporary directory left, and every input unchanged (hashed before
+and after). Inputs are copies of tiny models built in the tests, broken in one way each.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from models_factory import build_llama
 from safetensors.torch import load_file, save_file
 
 from mergekit_tokenplug.cli import main
@@ -20,189 +33,359 @@ from mergekit_tokenplug.cli import main
 BIN = Path(sys.executable).parent
 
 
-def run_cli(*args: str):
-    return CliRunner().invoke(main, list(args))
+class Env:
+    """One case's directory: broken copies of the zoo's models under ``in/``, OUT beside it."""
+
+    def __init__(self, zoo, root: Path, wide: Path):
+        self.zoo, self.root, self.wide = zoo, root, wide
+        self.inputs = root / "in"
+        self.inputs.mkdir()
+        self.out = root / "out"
+        self.env: dict[str, str] = {}
+
+    def copy(self, src: Path, name: str) -> Path:
+        return Path(shutil.copytree(src, self.inputs / name))
+
+    def transplant(self, base: Path, donor: Path, *extra: str, k: str | None = "4") -> list[str]:
+        return ["transplant", str(base), str(donor), str(self.out), "-q", *extra] + (
+            ["--k", k] if k else []
+        )
+
+    def recipe(self, tokenizer: dict, models: list[Path] | None = None, **top) -> list[str]:
+        data = {
+            "merge_method": "passthrough",
+            "models": [{"model": str(m)} for m in (models or [self.zoo.sp_untied])],
+            "tokenizer": tokenizer,
+            **top,
+        }
+        path = self.inputs / "recipe.yaml"
+        path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+        return [str(path), str(self.out)]
+
+    def raw_recipe(self, text: str) -> list[str]:
+        path = self.inputs / "recipe.yaml"
+        path.write_text(text, encoding="utf-8")
+        return [str(path), str(self.out)]
 
 
-def assert_clean_failure(result, out: Path, *fragments: str):
-    assert result.exit_code != 0
-    text = result.output.strip()
-    error_lines = [ln for ln in text.splitlines() if ln.startswith("Error:")]
-    assert len(error_lines) == 1, text[-1500:]
-    for frag in fragments:
-        assert frag in error_lines[0], error_lines[0]
-    assert "Traceback" not in text
-    assert not out.exists() or not any(out.iterdir())
-    assert not list(out.parent.glob(f".{out.name}.partial-*")), "temporary output left behind"
+# ------------------------------------------------------------------ how inputs are broken
 
 
-def copy_model(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
+def edit_json(path: Path, change: Callable[[dict], object]) -> None:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    change(data)
+    path.write_text(json.dumps(data), encoding="utf-8")
 
 
-def test_unknown_method(zoo, tmp_path):
-    out = tmp_path / "out"
-    res = run_cli(
-        "transplant", str(zoo.sp_untied), str(zoo.bl_untied), str(out), "--method", "nope"
+def donor_with(env: Env, change: Callable[[Path], object], src: Path | None = None) -> Path:
+    donor = env.copy(src or env.zoo.bl_untied, "donor")
+    change(donor)
+    return donor
+
+
+def base_with(env: Env, change: Callable[[Path], object]) -> Path:
+    base = env.copy(env.zoo.sp_untied, "base")
+    change(base)
+    return base
+
+
+def truncate(f: Path, keep: int) -> None:
+    f.write_bytes(f.read_bytes()[:keep])
+
+
+def weights(d: Path) -> Path:
+    return d / "model.safetensors"
+
+
+def offsets_past_end(d: Path) -> None:
+    raw = weights(d).read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8 : 8 + n])
+    name = next(k for k in header if k != "__metadata__")
+    header[name]["data_offsets"][1] += 10**9
+    blob = json.dumps(header).encode()
+    weights(d).write_bytes(struct.pack("<Q", len(blob)) + blob + raw[8 + n :])
+
+
+def shard_index_missing_shard(d: Path) -> None:
+    tensors = load_file(weights(d))
+    weights(d).unlink()
+    save_file(tensors, str(d / "model-00001-of-00002.safetensors"), metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {k: "model-00001-of-00002.safetensors" for k in tensors}}
+    index["weight_map"]["lm_head.weight"] = "model-00002-of-00002.safetensors"
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+def drop_tensor(name: str) -> Callable[[Path], None]:
+    def change(d: Path) -> None:
+        tensors = load_file(weights(d))
+        del tensors[name]
+        save_file(tensors, str(weights(d)), metadata={"format": "pt"})
+
+    return change
+
+
+def nan_row(d: Path) -> None:
+    tensors = load_file(weights(d))
+    tensors["model.embed_tokens.weight"][5, 3] = float("nan")
+    save_file(tensors, str(weights(d)), metadata={"format": "pt"})
+
+
+def to_pickle(d: Path, keep_extra_safetensors: bool = False) -> None:
+    tensors = load_file(weights(d))
+    weights(d).unlink()
+    torch.save(tensors, d / "pytorch_model.bin")
+    if keep_extra_safetensors:  # a file mergekit never reads must not decide anything
+        save_file({"x": torch.zeros(2)}, str(d / "extra.safetensors"))
+
+
+def huge_row(d: Path) -> None:
+    tensors = load_file(weights(d))
+    tensors["model.embed_tokens.weight"][7, 0] = 1e6  # finite in float32, Inf in float16
+    save_file(tensors, str(weights(d)), metadata={"format": "pt"})
+
+
+def duplicate_id(d: Path) -> None:
+    def change(data: dict) -> None:
+        vocab = data["model"]["vocab"]
+        first, second = list(vocab)[100:102]
+        vocab[second] = vocab[first]
+
+    edit_json(d / "tokenizer.json", change)
+
+
+def empty_vocab(d: Path) -> None:
+    def change(data: dict) -> None:
+        data["model"]["vocab"], data["model"]["merges"] = {}, []
+
+    edit_json(d / "tokenizer.json", change)
+
+
+def foreign_tokenizer(env: Env) -> Callable[[Path], None]:
+    """The 700-id SentencePiece tokenizer on the 602-row donor: ids past its rows."""
+
+    def change(d: Path) -> None:
+        for f in d.glob("tokenizer*"):
+            f.unlink()
+        (d / "chat_template.jinja").unlink(missing_ok=True)
+        for f in env.zoo.tok_sp_only.glob("*"):
+            shutil.copy(f, d / f.name)
+
+    return change
+
+
+def set_key(file: str, key: str, value) -> Callable[[Path], None]:
+    return lambda d: edit_json(d / file, lambda data: data.__setitem__(key, value))
+
+
+def tool_on_existing(env: Env) -> list[str]:
+    tool = {"source": {"kind": "tool", "name": "search", "description": "searches the web"}}
+    return env.recipe(
+        {"source": str(env.zoo.bl_untied), "tokens": {"<|endoftext|>": tool}},
     )
-    assert_clean_failure(res, out, "tokenizer.approximation.method", "nope", "omp")
 
 
-def test_unknown_parameter_lists_valid_ones(zoo, tmp_path):
-    out = tmp_path / "out"
-    res = run_cli("transplant", str(zoo.sp_untied), str(zoo.bl_untied), str(out), "-p", "kk=3")
-    assert_clean_failure(res, out, "kk", "unknown parameter", "k")
-
-
-def test_ill_typed_parameter(zoo, tmp_path):
-    out = tmp_path / "out"
-    res = run_cli("transplant", str(zoo.sp_untied), str(zoo.bl_untied), str(out), "-p", "k=many")
-    assert_clean_failure(res, out, "k")
-
-
-def test_k_larger_than_shared_set(zoo, tmp_path):
-    out = tmp_path / "out"
-    res = run_cli("transplant", str(zoo.sp_untied), str(zoo.bl_untied), str(out), "--k", "100000")
-    assert_clean_failure(res, out, "tokenizer.approximation.k", "shared tokens")
-
-
-def test_donor_without_tokenizer(zoo, tmp_path):
-    donor = copy_model(zoo.bl_untied, tmp_path / "donor")
-    for f in donor.glob("tokenizer*"):
-        f.unlink()
-    out = tmp_path / "out"
-    res = run_cli("transplant", str(zoo.sp_untied), str(donor), str(out))
-    assert_clean_failure(res, out, "tokenizer.source", "no tokenizer")
-
-
-def test_missing_base_path(zoo, tmp_path):
-    out = tmp_path / "out"
-    res = run_cli("transplant", str(tmp_path / "nowhere"), str(zoo.bl_untied), str(out))
-    assert_clean_failure(res, out, "does not exist")
-
-
-def test_donor_rows_disagree_with_config(zoo, tmp_path):
-    donor = copy_model(zoo.bl_untied, tmp_path / "donor")
-    cfg = json.loads((donor / "config.json").read_text())
-    cfg["vocab_size"] += 7
-    (donor / "config.json").write_text(json.dumps(cfg))
-    out = tmp_path / "out"
-    res = run_cli("transplant", str(zoo.sp_untied), str(donor), str(out))
-    assert_clean_failure(res, out, "rows", "vocab_size")
-
-
-@pytest.mark.parametrize("who", ["base", "donor"])
-def test_nan_in_embeddings(zoo, tmp_path, who):
-    src = zoo.sp_untied if who == "base" else zoo.bl_untied
-    model = copy_model(src, tmp_path / who)
-    weights = load_file(model / "model.safetensors")
-    weights["model.embed_tokens.weight"][5, 3] = float("nan")
-    save_file(weights, str(model / "model.safetensors"), metadata={"format": "pt"})
-    base, donor = (model, zoo.bl_untied) if who == "base" else (zoo.sp_untied, model)
-    out = tmp_path / "out"
-    res = run_cli("transplant", str(base), str(donor), str(out))
-    assert_clean_failure(res, out, "NaN", "rows [5]")
-
-
-def test_output_exists_and_not_empty(zoo, tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("user data")
-    res = run_cli("transplant", str(zoo.sp_untied), str(zoo.bl_untied), str(out), "--k", "4")
-    assert res.exit_code != 0 and "not empty" in res.output and "--overwrite" in res.output
-    assert (out / "keep.txt").read_text() == "user data"
-    res = run_cli(
-        "transplant",
-        str(zoo.sp_untied),
-        str(zoo.bl_untied),
-        str(out),
-        "--k",
-        "4",
-        "--overwrite",
-        "-q",
+def union_of_widths(env: Env) -> list[str]:
+    return env.recipe(
+        {"source": "union", "approximation": {"method": "omp", "k": 4}},
+        models=[env.zoo.bl_untied, env.wide],
+        base_model=str(env.zoo.bl_untied),
     )
-    assert res.exit_code == 0, res.output
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
 
 
-def test_pickle_checkpoint_refused_unless_opted_in(zoo, tmp_path):
-    model = copy_model(zoo.bl_untied, tmp_path / "donor")
-    weights = load_file(model / "model.safetensors")
-    (model / "model.safetensors").unlink()
-    torch.save(weights, model / "pytorch_model.bin")
-    out = tmp_path / "out"
-    res = run_cli("transplant", str(zoo.sp_untied), str(model), str(out), "--k", "4")
-    assert_clean_failure(res, out, "pickle", "--allow-pickle")
-    res = run_cli("transplant", str(zoo.sp_untied), str(model), str(out), "--k", "4", "--allow-pickle", "-q")
-    assert res.exit_code == 0, res.output
-    assert (out / "model.safetensors").exists()
+# ------------------------------------------------------------------ the table
 
 
-def test_malformed_yaml_through_mergekit_yaml(tmp_path):
-    path = tmp_path / "bad.yaml"
-    path.write_text("merge_method: passthrough\nmodels: [\n  - model: x\n")
-    out = tmp_path / "out"
-    proc = subprocess.run(
-        [str(BIN / "mergekit-yaml"), str(path), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
+@dataclass(frozen=True)
+class Case:
+    name: str
+    build: Callable[[Env], list[str]]  # makes the inputs, returns the command's arguments
+    expect: tuple[str, ...]  # fragments of the one Error: line
+    entry: str = "transplant"  # transplant | mergekit-yaml (in-process) | subprocess
+
+
+Z = Env  # short alias for the lambdas below
+CASES = [
+    # recipe and parameters
+    Case("unknown method", lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "-m", "nope"),
+         ("tokenizer.approximation.method", "nope", "omp")),
+    Case("unknown parameter", lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "-p", "kk=3"),
+         ("kk", "unknown parameter")),
+    Case("ill-typed parameter", lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "-p", "k=many"),
+         ("k",)),
+    Case("-p value not YAML", lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "-p", "k=[1,"),
+         ("--param k", "not a YAML value")),
+    Case("--k and -p k disagree", lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "-p", "k=8"),
+         ("--k", "disagree")),
+    Case("k: true", lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "-p", "k=true", k=None),
+         ("k", "not a boolean")),
+    Case("cw2v epochs: 0", lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "-m", "cw2v", "-p", f"corpus=[{e.zoo.corpus_dir}/*.txt]", "-p", "epochs=0"),
+         ("epochs", "greater than or equal to 1")),
+    Case("pad_to_multiple_of: 0", lambda e: e.recipe({"source": str(e.zoo.bl_untied), "pad_to_multiple_of": 0, "approximation": {"method": "mean"}}),
+         ("tokenizer.pad_to_multiple_of", "positive"), "mergekit-yaml"),
+    Case("pad_to_multiple_of: -8", lambda e: e.recipe({"source": str(e.zoo.bl_untied), "pad_to_multiple_of": -8, "approximation": {"method": "mean"}}),
+         ("tokenizer.pad_to_multiple_of", "positive"), "mergekit-yaml"),
+    Case("values that overflow float16", lambda e: e.transplant(base_with(e, huge_row), e.zoo.bl_untied, "--dtype", "float16"),
+         ("overflows float16", "rows [7]")),
+    Case("k larger than the shared set", lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, k="100000"),
+         ("tokenizer.approximation.k", "shared tokens")),
+    Case("unknown device", lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "--device", "tpu"),
+         ("--device", "tpu", "expected cpu")),
+    Case("unknown dtype", lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "--dtype", "float99"),
+         ("dtype", "float99", "expected bfloat16")),
+    Case("--json not writable", lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "--json", str(e.root / "no" / "s.json")),
+         ("--json", "cannot write")),
+    Case("malformed YAML", lambda e: e.raw_recipe("merge_method: passthrough\nmodels: [\n  - model: x\n"),
+         ("recipe.yaml:", "malformed YAML"), "subprocess"),
+    Case("ill-typed parameter in a recipe", lambda e: e.recipe({"source": str(e.zoo.bl_untied), "approximation": {"method": "omp", "k": "lots"}}),
+         ("recipe.yaml", "k"), "subprocess"),
+    Case("tool token replacing an existing token", tool_on_existing,
+         ("tokenizer.tokens.<|endoftext|>", "force: true"), "mergekit-yaml"),
+    Case("tool token with a bad scale", lambda e: e.recipe({"source": "base", "tokens": {"<tool_x>": {"source": {"kind": "tool", "name": "x", "description": "does x", "scale": "huge"}}}}, models=[e.zoo.bl_untied]),
+         ("recipe.yaml", "tokenizer.tokens.<tool_x>.source.scale", "'sqrt_d' or 'median_norm'"), "subprocess"),
+    Case("union of different widths", union_of_widths,
+         ("hidden size 32", "48"), "mergekit-yaml"),
+    # paths and the output directory
+    Case("missing base", lambda e: e.transplant(e.root / "nowhere", e.zoo.bl_untied),
+         ("does not exist",)),
+    Case("OUT not empty", lambda e: (e.out.mkdir(), (e.out / "keep.txt").write_text("mine"), e.transplant(e.zoo.sp_untied, e.zoo.bl_untied))[-1],
+         ("not empty", "--overwrite")),
+    Case("OUT is a file", lambda e: (e.out.write_text("mine"), e.transplant(e.zoo.sp_untied, e.zoo.bl_untied))[-1],
+         ("not a directory",)),
+    Case("OUT's parent is a file", lambda e: (setattr(e, "out", e.inputs / "f" / "out"), (e.inputs / "f").write_text("x"), e.transplant(e.zoo.sp_untied, e.zoo.bl_untied))[-1],
+         ("output path", "writable parent")),
+    Case("OUT is the base, with --overwrite", lambda e: (setattr(e, "out", e.copy(e.zoo.sp_untied, "base")), e.transplant(e.out, e.zoo.bl_untied, "--overwrite"))[-1],
+         ("output path", "input", "even with --overwrite")),
+    Case("OUT inside the donor", lambda e: (setattr(e, "out", e.copy(e.zoo.bl_untied, "donor") / "out"), e.transplant(e.zoo.sp_untied, e.inputs / "donor"))[-1],
+         ("output path", "input")),
+    Case("OUT contains the base, with --overwrite", lambda e: (setattr(e, "out", e.inputs), e.transplant(e.copy(e.zoo.sp_untied, "base"), e.zoo.bl_untied, "--overwrite"))[-1],
+         ("output path", "input")),
+    # weights
+    Case("pickle only", lambda e: e.transplant(e.zoo.sp_untied, donor_with(e, to_pickle)),
+         ("pickle", "--allow-pickle")),
+    Case("pickle beside an unread safetensors", lambda e: e.transplant(e.zoo.sp_untied, donor_with(e, lambda d: to_pickle(d, True))),
+         ("pytorch_model.bin", "--allow-pickle")),
+    Case("truncated safetensors", lambda e: e.transplant(base_with(e, lambda d: truncate(weights(d), 4000)), e.zoo.bl_untied),
+         ("model.safetensors", "expected a complete safetensors")),
+    Case("random bytes as safetensors", lambda e: e.transplant(base_with(e, lambda d: weights(d).write_bytes(os.urandom(5000))), e.zoo.bl_untied),
+         ("model.safetensors", "safetensors")),
+    Case("empty safetensors", lambda e: e.transplant(e.zoo.sp_untied, donor_with(e, lambda d: weights(d).write_bytes(b""))),
+         ("tokenizer.source", "model.safetensors", "0 bytes")),
+    Case("header offsets past the end", lambda e: e.transplant(base_with(e, offsets_past_end), e.zoo.bl_untied),
+         ("data offsets", "outside")),
+    Case("index names a missing shard", lambda e: e.transplant(base_with(e, shard_index_missing_shard), e.zoo.bl_untied),
+         ("model-00002-of-00002.safetensors", "does not exist")),
+    Case("no embedding tensor", lambda e: e.transplant(base_with(e, drop_tensor("model.embed_tokens.weight")), e.zoo.bl_untied),
+         ("model.embed_tokens.weight", "expected a complete checkpoint")),
+    Case("NaN in the base", lambda e: e.transplant(base_with(e, nan_row), e.zoo.bl_untied),
+         ("NaN", "rows [5]")),
+    Case("NaN in the donor", lambda e: e.transplant(e.zoo.sp_untied, donor_with(e, nan_row)),
+         ("NaN", "rows [5]")),
+    Case("donor rows disagree with its config", lambda e: e.transplant(e.zoo.sp_untied, donor_with(e, set_key("config.json", "vocab_size", 607))),
+         ("tokenizer.source", "rows", "vocab_size 607")),
+    Case("base rows disagree with its config", lambda e: e.transplant(base_with(e, set_key("config.json", "vocab_size", 707)), e.zoo.bl_untied),
+         ("models:", "rows", "vocab_size 707")),
+    # configs and tokenizers
+    Case("malformed config.json", lambda e: e.transplant(base_with(e, lambda d: truncate(d / "config.json", 40)), e.zoo.bl_untied),
+         ("config.json", "not valid JSON")),
+    Case("config.json unreadable", lambda e: e.transplant(base_with(e, lambda d: ((d / "config.json").unlink(), (d / "config.json").mkdir())), e.zoo.bl_untied),
+         ("config.json", "cannot read")),
+    Case("remote code in config", lambda e: e.transplant(base_with(e, set_key("config.json", "auto_map", {"AutoModel": "x.Y"})), e.zoo.bl_untied),
+         ("config.json", "auto_map")),
+    Case("remote code in tokenizer config", lambda e: e.transplant(e.zoo.sp_untied, donor_with(e, set_key("tokenizer_config.json", "auto_map", {"AutoTokenizer": ["x.T", None]}))),
+         ("tokenizer_config.json", "auto_map")),
+    Case("donor without a tokenizer", lambda e: e.transplant(e.zoo.sp_untied, donor_with(e, lambda d: [f.unlink() for f in d.glob("tokenizer*")])),
+         ("tokenizer.source", "no tokenizer")),
+    Case("truncated tokenizer.json", lambda e: e.transplant(e.zoo.sp_untied, donor_with(e, lambda d: truncate(d / "tokenizer.json", 500))),
+         ("tokenizer.json", "not valid JSON")),
+    Case("duplicate ids in tokenizer.json", lambda e: e.transplant(e.zoo.sp_untied, donor_with(e, duplicate_id)),
+         ("tokenizer.json", "gives id")),
+    Case("donor ids past its rows", lambda e: e.transplant(e.zoo.sp_untied, donor_with(e, foreign_tokenizer(e))),
+         ("tokenizer.source", "past the 602 rows")),
+    Case("donor special token not in its vocab", lambda e: e.transplant(e.zoo.sp_untied, donor_with(e, set_key("tokenizer_config.json", "eos_token", "<|nope|>"))),
+         ("tokenizer.source", "eos_token '<|nope|>'", "not in its vocabulary")),
+    Case("donor with an empty vocabulary", lambda e: e.transplant(e.zoo.sp_untied, donor_with(e, empty_vocab)),
+         ("tokenizer.source", "empty vocabulary")),
+]
+if not torch.cuda.is_available():
+    CASES.append(
+        Case("CUDA without CUDA", lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "--device", "cuda"),
+             ("--device", "CUDA"))
     )
-    assert proc.returncode != 0
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error:")]
-    assert len(lines) == 1 and "bad.yaml:" in lines[0] and "malformed YAML" in lines[0]
-    assert not out.exists()
+
+
+# ------------------------------------------------------------------ the check
+
+
+def tree_digest(*roots: Path) -> dict[str, str]:
+    digests = {}
+    for root in roots:
+        if root.is_file():
+            digests[str(root)] = hashlib.sha256(root.read_bytes()).hexdigest()
+            continue
+        for p in sorted(root.rglob("*")) if root.exists() else []:
+            digests[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+    return digests
+
+
+def run(entry: str, argv: list[str], env: dict[str, str]) -> tuple[int, str, bool]:
+    """(exit code, output, whether the failure was handled rather than an escaped exception)."""
+    if entry == "subprocess":
+        proc = subprocess.run(
+            [str(BIN / "mergekit-yaml"), *argv],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, **env},
+        )
+        return proc.returncode, proc.stdout + proc.stderr, True
+    if entry == "mergekit-yaml":
+        from mergekit.scripts.run_yaml import main as command
+    else:
+        command = main
+    result = CliRunner().invoke(command, argv)
+    return result.exit_code, result.output, isinstance(result.exception, SystemExit)
+
+
+@pytest.fixture(scope="module")
+def wide_model(zoo, tmp_path_factory) -> Path:
+    """The zoo's byte-level tokenizer on a 48-wide model (the zoo's are 32 wide)."""
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(str(zoo.tok_bl_only))
+    return build_llama(tmp_path_factory.mktemp("wide") / "bl_wide", tok, hidden=48, seed=11)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input(case: Case, zoo, wide_model, tmp_path):
+    env = Env(zoo, tmp_path, wide_model)
+    argv = case.build(env)
+    watched = (env.inputs, zoo.root, wide_model)
+    inputs_before = tree_digest(*watched)
+    out_before = tree_digest(env.out) if env.out.exists() else None
+
+    code, output, handled = run(case.entry, argv, env.env)
+
+    assert code != 0 and handled, output[-2000:]
+    errors = [ln for ln in output.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1, output[-2000:]
+    for fragment in case.expect:
+        assert fragment in errors[0], errors[0]
+    assert "Traceback" not in output
+    if out_before is None:
+        assert not env.out.exists() or not any(env.out.iterdir())
+    else:
+        assert tree_digest(env.out) == out_before
+    leftovers = list(env.out.parent.glob(f".{env.out.name}.*"))
+    assert not leftovers, leftovers
+    assert tree_digest(*watched) == inputs_before
 
 
 def test_plugin_recipe_refused_while_disabled(zoo, tmp_path):
-    recipe = {
-        "merge_method": "passthrough",
-        "models": [{"model": str(zoo.sp_untied)}],
-        "tokenizer": {"source": str(zoo.bl_untied), "approximation": {"method": "omp"}},
-    }
-    path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    out = tmp_path / "out"
-    env = {**os.environ, "MERGEKIT_TOKENPLUG_DISABLE": "1"}
-    proc = subprocess.run(
-        [str(BIN / "mergekit-yaml"), str(path), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-    assert proc.returncode != 0
-    assert "disabled" in proc.stderr and "tokenizer.approximation" in proc.stderr
-    assert not out.exists()
-
-
-def test_unknown_method_through_mergekit_yaml(zoo, tmp_path):
-    recipe = {
-        "merge_method": "passthrough",
-        "models": [{"model": str(zoo.sp_untied)}],
-        "tokenizer": {
-            "source": str(zoo.bl_untied),
-            "approximation": {"method": "omp", "k": "lots"},
-        },
-    }
-    path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    out = tmp_path / "out"
-    proc = subprocess.run(
-        [str(BIN / "mergekit-yaml"), str(path), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode != 0
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error:")]
-    assert len(lines) == 1 and "k" in lines[0], proc.stderr[-1500:]
-    assert not out.exists()
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
-def test_cuda_requested_without_cuda(zoo, tmp_path):
-    out = tmp_path / "out"
-    res = run_cli("transplant", str(zoo.sp_untied), str(zoo.bl_untied), str(out), "--device", "cuda")
-    assert_clean_failure(res, out, "--device", "CUDA")
+    """The stock entry point with the plugin switched off by the environment."""
+    env = Env(zoo, tmp_path, zoo.bl_untied)
+    argv = env.recipe({"source": str(zoo.bl_untied), "approximation": {"method": "omp"}})
+    code, output, _ = run("subprocess", argv, {"MERGEKIT_TOKENPLUG_DISABLE": "1"})
+    assert code != 0
+    assert "disabled" in output and "tokenizer.approximation" in output
+    assert not env.out.exists()

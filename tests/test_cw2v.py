@@ -66,6 +66,11 @@ def _params(**kw) -> CW2VParams:
     return CW2VParams(**base)
 
 
+def _untrained() -> CW2VParams:
+    """The start of training (no epoch): recipes refuse epochs 0, the kernel still has it."""
+    return _params().model_copy(update={"epochs": 0})
+
+
 def _independent_sgns_loss(rows: torch.Tensor, problem: EstimationProblem) -> float:
     """Skip-gram NS loss written out with plain loops and a fixed negative sample."""
     ctx = problem.extras["context_matrix"]
@@ -109,14 +114,14 @@ def test_rows_are_convex_combinations_of_old_rows():
 
 def test_untrained_rows_are_exactly_the_mean_row():
     problem = _problem()
-    rows = estimate_cw2v(problem, _params(epochs=0))
+    rows = estimate_cw2v(problem, _untrained())
     expected = problem.base.mean(0).expand(N_CLUSTERS, -1)
     torch.testing.assert_close(rows, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_training_lowers_skipgram_loss_and_finds_the_cluster():
     problem = _problem()
-    before = estimate_cw2v(problem, _params(epochs=0))
+    before = estimate_cw2v(problem, _untrained())
     after = estimate_cw2v(problem, _params())
     assert _independent_sgns_loss(after, problem) < _independent_sgns_loss(before, problem) - 0.4
     centroids = torch.stack(

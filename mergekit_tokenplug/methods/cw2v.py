@@ -46,7 +46,7 @@ class CW2VParams(MethodParams):
 
     corpus: list[str] = pydantic.Field(min_length=1, description="text files or globs")
     rank: int = pydantic.Field(64, ge=1, description="rank r of the mixing logits A1 @ A2")
-    epochs: int = pydantic.Field(3, ge=0, description="passes over the skip-gram pairs")
+    epochs: int = pydantic.Field(3, ge=1, description="passes over the skip-gram pairs")
     window: int = pydantic.Field(5, ge=1, description="context window on each side")
     negatives: int = pydantic.Field(5, ge=1, description="negative samples per pair")
     lr: float = pydantic.Field(3e-4, gt=0, description="Adam learning rate")

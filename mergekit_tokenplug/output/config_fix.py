@@ -50,3 +50,19 @@ def fix_config(
                 gen[key] = value
         gen_path.write_text(json.dumps(gen, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return changes
+
+
+LOADER_FLAGS = ("is_local", "local_files_only")
+
+
+def strip_loader_flags(out_dir: Path) -> None:
+    """transformers records how a tokenizer was loaded (``is_local``, ``local_files_only``)
+    in its init kwargs and saves them; they describe this run's machine, not the model."""
+    path = out_dir / "tokenizer_config.json"
+    if not path.exists():
+        return
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    if any(k in cfg for k in LOADER_FLAGS):
+        for key in LOADER_FLAGS:
+            cfg.pop(key, None)
+        path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

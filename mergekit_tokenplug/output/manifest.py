@@ -22,10 +22,11 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 def hash_tree(
     root: str | os.PathLike, pattern: str = "*", exclude: tuple[str, ...] = ()
 ) -> dict[str, str]:
-    """sha256 of every file under ``root`` matching ``pattern`` (relative posix paths, sorted)."""
+    """sha256 of every file under ``root`` matching ``pattern`` (relative posix paths, sorted);
+    ``exclude`` holds relative paths, so only the top-level manifest is left out."""
     base = Path(root)
-    files = sorted(p for p in base.rglob(pattern) if p.is_file() and p.name not in exclude)
-    return {p.relative_to(base).as_posix(): sha256_file(p) for p in files}
+    rel = {p: p.relative_to(base).as_posix() for p in base.rglob(pattern) if p.is_file()}
+    return {r: sha256_file(p) for p, r in sorted(rel.items(), key=lambda kv: kv[1]) if r not in exclude}
 
 
 def versions() -> dict[str, str]:
@@ -44,11 +45,14 @@ def versions() -> dict[str, str]:
 
 
 def input_record(path: str) -> dict[str, Any]:
-    """A model input: its path and the sha256 of each of its safetensors files."""
+    """A model input: its path and the sha256 of each weight file mergekit read from it."""
+    from mergekit_tokenplug.inputs import weight_files
+
     p = Path(path)
+    files = weight_files(p) if p.is_dir() else []
     return {
         "path": str(p.resolve()) if p.exists() else path,
-        "safetensors": hash_tree(p, "*.safetensors") if p.is_dir() else {},
+        "safetensors": {f.relative_to(p).as_posix(): sha256_file(f) for f in files},
     }
 
 

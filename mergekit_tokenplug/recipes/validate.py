@@ -23,6 +23,7 @@ import pydantic
 import yaml
 
 from mergekit_tokenplug.errors import TokenplugError
+from mergekit_tokenplug.recipes.yaml_limits import MAX_BYTES, yaml_size_problem
 from mergekit_tokenplug.recipes.yaml_lines import LineMap, document_line_maps, key_string
 
 APPROX = ("tokenizer", "approximation")
@@ -82,6 +83,10 @@ def validate_path(path: str | os.PathLike, options: Options | None = None) -> Fi
     """Validate one recipe file (single- or multi-document)."""
     name = str(path)
     try:
+        if os.path.getsize(path) > MAX_BYTES:
+            return FileResult(
+                name, [Problem(name, None, "", f"expected a recipe under {MAX_BYTES} bytes")]
+            )
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         return FileResult(name, [Problem(name, None, "", f"cannot read the file ({exc})")])
@@ -92,6 +97,10 @@ def validate_text(text: str, file: str = "recipe", options: Options | None = Non
     """Validate recipe text; ``file`` is the name used in the messages."""
     options = options or Options()
     result = FileResult(file)
+    too_big = yaml_size_problem(text)
+    if too_big is not None:
+        result.problems.append(Problem(file, None, "", too_big))
+        return result
     try:
         maps = document_line_maps(text)
         docs = list(yaml.safe_load_all(text))
@@ -287,6 +296,8 @@ class _DocChecker:
         if config is not None:
             self.check_base_order(config)
         refs_ok = self.check_models(spec) if self.options.check_models else False
+        if refs_ok and config is not None:
+            self.check_widths(config)
         if plugin and active and spec is not None and self.options.check_models:
             self.check_resources(spec, params)
             if config is not None and refs_ok and self.errors == 0:
@@ -403,8 +414,10 @@ class _DocChecker:
         try:
             return merge_cfg.model_validate(data)
         except pydantic.ValidationError as exc:
+            from mergekit_tokenplug.seam.schema import chosen_branch_errors
+
             by_key: dict[tuple, list[str]] = {}
-            for err in exc.errors():
+            for err in chosen_branch_errors(exc.errors()):
                 path, _line = self.lines.resolve(err["loc"])
                 ctx_err = (err.get("ctx") or {}).get("error")
                 msg = str(ctx_err) if isinstance(ctx_err, Exception) else err["msg"]
@@ -521,11 +534,26 @@ class _DocChecker:
                 continue
             seen.add((model, need_weights))
             try:
-                check_model_dir(model, where="", need_weights=need_weights, need_tokenizer=True)
+                check_model_dir(
+                    model,
+                    where="",
+                    need_weights=need_weights,
+                    need_tokenizer=True,
+                    trust_remote_code=self.options.trust_remote_code,
+                )
             except TokenplugError as exc:
                 all_local = False
                 self.add(path, exc.message)
         return all_local
+
+    def check_widths(self, config: Any) -> None:
+        """Merged models must share a hidden size (a transplant across widths is a source)."""
+        from mergekit_tokenplug.inputs import check_same_width
+
+        try:
+            check_same_width([m.model.path for m in config.referenced_models()])
+        except TokenplugError as exc:
+            self.add(("models",), exc.message.removeprefix("models: "))
 
     # -- method resources
     def check_resources(self, spec: Any, params: Any) -> None:

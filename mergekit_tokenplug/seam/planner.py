@@ -107,12 +107,19 @@ class ToolAwareBuildTokenizer(BuildTokenizer):
     """
 
     tool_tokens: tuple[str, ...] = ()
+    forced: tuple[str, ...] = ()  # tool tokens whose ``force: true`` lets them replace a token
 
     def execute(self, **kwargs: Any) -> TokenizerInfo:
         from tokenizers import AddedToken
 
         info = super().execute(**kwargs)
         vocab = info.tokenizer.get_vocab()
+        existing = [t for t in self.tool_tokens if t in vocab and t not in self.forced]
+        if existing:
+            raise InputError(
+                "is already a token of the output vocabulary; a tool token replaces an existing token's rows only with force: true (as stock mergekit's tokens entries)",
+                where=f"tokenizer.tokens.{existing[0]}",
+            )
         new = [t for t in self.tool_tokens if t not in vocab]
         info.tokenizer.add_tokens([AddedToken(t, normalized=False, special=False) for t in new])
         vocab = info.tokenizer.get_vocab()
@@ -130,7 +137,8 @@ def _swap_tool_aware_tokenizer(planner: Any) -> None:
     stock = planner._tokenizer_task
     fields = {k: getattr(stock, k) for k in BuildTokenizer.model_fields}
     fields["add_tokens"] = tuple(t for t in stock.add_tokens or () if t not in tools)
-    planner._tokenizer_task = ToolAwareBuildTokenizer(**fields, tool_tokens=tools)
+    forced = tuple(t for t in tools if tokens[t].force)
+    planner._tokenizer_task = ToolAwareBuildTokenizer(**fields, tool_tokens=tools, forced=forced)
 
 
 def needs_donor_embeddings(config: Any) -> bool:
@@ -142,8 +150,9 @@ def align_settings(config: Any) -> dict[str, Any]:
     """Donor and row-count settings for a plugin config (shared by runs and dry-run plans).
 
     The donor is the tokenizer source when it is not a merge input and the method reads its
-    embeddings; the output row count follows the source model's config (cut to it: ids past
-    it cannot be embedded there either), else the base model's (never fewer rows than tokens).
+    embeddings; the output row count follows the source model's config (whose tokenizer must
+    not hold ids past it), else the base model's; never fewer rows than output tokens (tokens
+    the recipe adds get rows of their own).
     """
     source = config.tokenizer.source
     models = list(config.referenced_models())
@@ -159,6 +168,7 @@ def align_settings(config: Any) -> dict[str, Any]:
         "reference_rows_model": reference,
         "cut_to_reference": cut,
         "pad_to_multiple_of": config.tokenizer.pad_to_multiple_of,
+        "recipe_tokens": tuple(config.tokenizer.tokens or {}),
     }
 
 

@@ -21,10 +21,18 @@ from mergekit.common import ModelReference
 
 from mergekit_tokenplug import report
 from mergekit_tokenplug.compute.distributed import is_main_process
-from mergekit_tokenplug.inputs import check_model_dir
+from mergekit_tokenplug.errors import InputError
+from mergekit_tokenplug.inputs import (
+    check_model_dir,
+    check_same_width,
+    is_local,
+    is_pickle,
+    tensor_shapes,
+    weight_files,
+)
 from mergekit_tokenplug.output.atomic import atomic_directory
 from mergekit_tokenplug.output.card import model_card, vocabulary_section
-from mergekit_tokenplug.output.config_fix import fix_config
+from mergekit_tokenplug.output.config_fix import fix_config, strip_loader_flags
 from mergekit_tokenplug.output.manifest import input_record, write_manifest
 from mergekit_tokenplug.seam.schema import uses_plugin
 
@@ -57,7 +65,9 @@ def run_plugin_merge(
 ) -> None:
     """Stock merge into a temp dir, then finalize and move into place."""
     recipe = config_source or merge_config.to_yaml()
-    check_inputs(merge_config, allow_pickle=allow_pickle)
+    check_inputs(
+        merge_config, allow_pickle=allow_pickle, trust_remote_code=options.trust_remote_code
+    )
     report.reset()
     if not is_main_process():
         # Launched with N processes: this one only computes its share of the estimated rows
@@ -72,7 +82,9 @@ def run_plugin_merge(
     # The plugin writes the whole card itself: stock card generation looks local relative
     # paths up on the hub, which fails offline and in CI.
     write_card = options.write_model_card
-    with atomic_directory(out_path, overwrite=overwrite) as tmp:
+    with atomic_directory(
+        out_path, overwrite=overwrite, inputs=input_paths(merge_config)
+    ) as tmp:
         original(
             merge_config,
             str(tmp),
@@ -108,23 +120,90 @@ def discard_tensor_writes() -> Iterator[None]:
         io_tasks.TensorWriter = real
 
 
-def check_inputs(merge_config: Any, allow_pickle: bool = False) -> None:
+def input_paths(merge_config: Any) -> list[str]:
+    """Every directory the run reads: the models and a tokenizer source."""
+    paths = [m.model.path for m in merge_config.referenced_models()]
+    source = merge_config.tokenizer.source
+    if isinstance(source, ModelReference):
+        paths.append(source.model.path)
+    return paths
+
+
+def check_inputs(
+    merge_config: Any, allow_pickle: bool = False, trust_remote_code: bool = False
+) -> None:
     """Fail fast, with the path in the message, before mergekit touches any weight."""
+    from mergekit.common import dtype_from_name
+
     from mergekit_tokenplug.seam.planner import needs_donor_embeddings
 
-    for model in sorted(merge_config.referenced_models(), key=str):
+    for key in ("dtype", "out_dtype"):
+        name = getattr(merge_config, key, None)
+        try:
+            dtype_from_name(name)
+        except RuntimeError:
+            raise InputError(
+                f"{name!r} is not a dtype mergekit knows; expected bfloat16, float16, float32 or float64",
+                where=key,
+            ) from None
+    models = sorted(merge_config.referenced_models(), key=str)
+    for model in models:
+        where = f"models: {model.model.path}"
         check_model_dir(
-            model.model.path, where=f"models: {model.model.path}", allow_pickle=allow_pickle
+            model.model.path,
+            where=where,
+            allow_pickle=allow_pickle,
+            trust_remote_code=trust_remote_code,
         )
+        check_embedding_rows(model, where, trust_remote_code)
+    check_same_width([m.model.path for m in models])
     source = merge_config.tokenizer.source
     if isinstance(source, ModelReference) and source not in merge_config.referenced_models():
+        need_weights = needs_donor_embeddings(merge_config)
         check_model_dir(
             source.model.path,
             where="tokenizer.source",
             need_tokenizer=True,
-            need_weights=needs_donor_embeddings(merge_config),
+            need_weights=need_weights,
             allow_pickle=allow_pickle,
+            trust_remote_code=trust_remote_code,
         )
+        if need_weights:
+            check_embedding_rows(source, "tokenizer.source", trust_remote_code)
+
+
+def check_embedding_rows(model: ModelReference, where: str, trust_remote_code: bool) -> None:
+    """The vocabulary tensors exist and their row count is the config's ``vocab_size``
+    (read from the safetensors headers; pickles are left to the run)."""
+    from mergekit.tokenizer.build import get_vocab_size
+
+    from mergekit_tokenplug.seam.planner import role_weight
+
+    path = model.model.path
+    if not is_local(path) or is_pickle(weight_files(path, where)):
+        return
+    shapes = tensor_shapes(path, where)
+    declared = get_vocab_size(model.model, trust_remote_code=trust_remote_code)
+    for role in ("input", "output"):
+        try:
+            weight = role_weight(model, role, trust_remote_code)
+        except InputError:  # an architecture mergekit does not know: its own error follows
+            return
+        names = [weight.name, *(weight.aliases or ()), *(weight.tied_names or ())]
+        found = next((n for n in names if n in shapes), None)
+        if found is None:
+            if weight.optional:
+                continue
+            raise InputError(
+                f"{path} has no tensor {weight.name} (the {role} embeddings); expected a complete checkpoint of its architecture",
+                where=where,
+            )
+        rows = shapes[found][0] if shapes[found] else 0
+        if declared and rows != declared:
+            raise InputError(
+                f"{path}: {found} has {rows} rows but config.json declares vocab_size {declared}; expected them to agree",
+                where=where,
+            )
 
 
 TOOL_PRIORS_NAME = "tool_token_priors.safetensors"
@@ -172,6 +251,7 @@ def finalize(
         if gen.exists() and not (out_dir / "generation_config.json").exists():
             shutil.copyfile(gen, out_dir / "generation_config.json")
     changes = fix_config(out_dir, rows=rows, tokenizer=tokenizer)
+    strip_loader_flags(out_dir)
     write_tool_priors(out_dir, merge_config)
     approx = merge_config.tokenizer.approximation
     if write_card:

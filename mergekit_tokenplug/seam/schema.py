@@ -98,6 +98,17 @@ class TokenplugTokenizerConfig(TokenizerConfig, frozen=True):
         default_factory=lambda: ApproximationConfig(method="omp")
     )
 
+    @pydantic.field_validator("pad_to_multiple_of")
+    @classmethod
+    def _positive_multiple(cls, value: int | None) -> int | None:
+        """Stock mergekit skips 0 and misreads a negative multiple: refuse both."""
+        if value is not None and value < 1:
+            raise ConfigError(
+                f"must be a positive number of rows (got {value})",
+                where="tokenizer.pad_to_multiple_of",
+            )
+        return value
+
 
 def has_tool_tokens(tokens: Any) -> bool:
     """Whether a raw or validated ``tokenizer.tokens`` mapping holds a ``kind: tool`` source."""
@@ -146,11 +157,36 @@ def refuse_plugin_keys(reason: str):
     return _refuse
 
 
+def chosen_branch_errors(errors: list[Any]) -> list[Any]:
+    """A ``kind: tool`` token source failed as a tool source: report only that branch, not
+    why it is not also a ``model_token``, ``zero`` or model reference."""
+    tool_at = {
+        tuple(e["loc"][:i])
+        for e in errors
+        for i, part in enumerate(e["loc"])
+        if "ToolTokenSource" in str(part)
+    }
+
+    def other_branch(err: Any) -> bool:
+        loc = err["loc"]
+        return any(
+            tuple(loc[: len(p)]) == p and len(loc) > len(p) and "ToolTokenSource" not in str(loc[len(p)])
+            for p in tool_at
+        )
+
+    return [e for e in errors if not other_branch(e)]
+
+
+def _branch_label(part: Any) -> bool:
+    text = str(part)
+    return text in ("plugin", "stock") or text.startswith("function-") or text == "ToolTokenSource"
+
+
 def one_line_validation_error(exc: pydantic.ValidationError, source: str | None = None) -> str:
     """pydantic's report as one line: ``source: key.path: message``."""
     parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if p not in ("plugin", "stock"))
+    for err in chosen_branch_errors(exc.errors()):
+        loc = ".".join(str(p) for p in err["loc"] if not _branch_label(p))
         msg = err["msg"]
         ctx_err = (err.get("ctx") or {}).get("error")
         if isinstance(ctx_err, Exception):

@@ -7,6 +7,7 @@ here (once per path, float32) — only recipes with tool tokens pay for it.
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any
 
 import torch
@@ -18,6 +19,11 @@ from mergekit_tokenplug.registry import get
 from mergekit_tokenplug.seam.schema import ToolTokenSource
 from mergekit_tokenplug.tooltokens.train import pooled_hidden_states
 
+LOG = logging.getLogger(__name__)
+# A description is a few sentences; a long one costs a forward pass quadratic in its length
+# (one native call that a signal cannot stop), so the prior reads at most this many tokens.
+MAX_TEXT_TOKENS = 2048
+
 
 @functools.lru_cache(maxsize=2)
 def _frozen_model(path: str, trust_remote_code: bool) -> Any:
@@ -25,6 +31,40 @@ def _frozen_model(path: str, trust_remote_code: bool) -> Any:
         path, dtype=torch.float32, trust_remote_code=trust_remote_code
     )
     return model.eval().requires_grad_(False)
+
+
+def context_tokens(config: Any) -> int:
+    """Tokens the model reads in one forward pass (its position limit)."""
+    text_config = getattr(config, "text_config", None) or config
+    for c in (config, text_config):
+        limit = getattr(c, "max_position_embeddings", None)
+        if isinstance(limit, int) and limit > 0:
+            return limit
+    return 2048
+
+
+def fit_context(tool: ToolTokenSource, tokenizer: Any, config: Any) -> str:
+    """The tool's text, cut to the model's context (and ``MAX_TEXT_TOKENS``): the prior is one
+    forward pass over it, and a longer text would run on positions the model never learned."""
+    text = tool.text()
+    context = context_tokens(config)
+    limit = min(context, MAX_TEXT_TOKENS)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) <= limit:
+        return text
+    past = (
+        f"the model's context of {context}"
+        if limit == context
+        else f"the {limit} tokens a prior reads (the model's context is {context})"
+    )
+    LOG.warning(
+        "tool token %r: its name and description are %d tokens, past %s; the prior reads the first %d",
+        tool.name or "",
+        len(ids),
+        past,
+        limit,
+    )
+    return tokenizer.decode(ids[:limit])
 
 
 def tool_token_rows(
@@ -42,11 +82,10 @@ def tool_token_rows(
     Output head (and the single matrix of a tied model): the scaled pooled-description prior.
     Input embeddings of an untied model: mean of the description's subword rows.
     """
-    texts = [t.text() for t in tools]
+    config = model.config(trust_remote_code=trust_remote_code)
+    texts = [fit_context(t, tokenizer, config) for t in tools]
     device = matrix.device
-    tied = bool(
-        getattr(model.config(trust_remote_code=trust_remote_code), "tie_word_embeddings", False)
-    )
+    tied = bool(getattr(config, "tie_word_embeddings", False))
 
     def forward(batch: list[str]) -> torch.Tensor:
         net = _frozen_model(model.model.path, trust_remote_code)

@@ -159,9 +159,10 @@ class AlignVocabulary(Task[VocabPlan]):
     models: tuple[ModelReference, ...]
     donor: ModelReference | None = None
     reference_rows_model: ModelReference | None = None  # whose config vocab_size sets the rows
-    cut_to_reference: bool = False  # True when the output tokenizer is that model's own
+    cut_to_reference: bool = False  # the output tokenizer is that model's own: ids checked against its rows
     pad_to_multiple_of: int | None = None
     trust_remote_code: bool = False
+    recipe_tokens: tuple[str, ...] = ()  # tokenizer.tokens entries (rows added for them)
 
     def arguments(self) -> dict[str, Task]:
         return {"tokenizer_info": self.tokenizer_task}
@@ -175,11 +176,48 @@ class AlignVocabulary(Task[VocabPlan]):
             cut_to_reference=self.cut_to_reference,
             pad_to_multiple_of=self.pad_to_multiple_of,
             trust_remote_code=self.trust_remote_code,
+            recipe_tokens=self.recipe_tokens,
         )
         report.set_vocab(plan.summary())
         for name, mv in plan.models.items():
             LOG.info("vocabulary %s: %s", name, mv.alignment.counts())
         return plan
+
+
+def check_source_ids(
+    out_tok: Any, rows: int, source: ModelReference, recipe_tokens: tuple[str, ...]
+) -> None:
+    """Every id of the source tokenizer must have a row in the source model.
+
+    Ids past the config's ``vocab_size`` (a tokenizer that does not belong to the model, or a
+    special token missing from the vocabulary, which transformers appends) would be written
+    into the output tokenizer with no row behind them. Tokens the recipe adds get rows.
+    """
+    extra = set(recipe_tokens)
+    vocab = out_tok.get_vocab()
+    regular = len(vocab) - len(out_tok.added_tokens_decoder)
+    if regular <= 0:
+        raise InputError(
+            f"the tokenizer of {source.model.path} has an empty vocabulary; expected the tokens its {rows} embedding rows were trained for",
+            where="tokenizer.source",
+        )
+    past = sorted((i, t) for t, i in vocab.items() if i >= rows and t not in extra)
+    if past:
+        token_id, token = past[0]
+        roles = [
+            r for r in ("bos_token", "eos_token", "unk_token", "pad_token")
+            if getattr(out_tok, r, None) == token
+        ]
+        why = (
+            f"its {roles[0]} {token!r} is not in its vocabulary (transformers appends it as id {token_id})"
+            if roles
+            else f"its tokenizer has token {token!r} at id {token_id}"
+            + (f" and {len(past) - 1} more" if len(past) > 1 else "")
+        )
+        raise InputError(
+            f"{source.model.path}: {why}, past the {rows} rows its config.json declares (vocab_size); expected every token id below vocab_size",
+            where="tokenizer.source",
+        )
 
 
 def make_vocab_plan(
@@ -191,19 +229,27 @@ def make_vocab_plan(
     cut_to_reference: bool = False,
     pad_to_multiple_of: int | None = None,
     trust_remote_code: bool = False,
+    recipe_tokens: tuple[str, ...] = (),
 ) -> VocabPlan:
     """Decide the output rows and align every model (and the donor) onto the output vocabulary.
 
     Also used without running a merge (``plan``, ``recipes validate``): it reads tokenizers and
     configs only, never weights.
     """
-    max_id = max(out_tok.get_vocab().values()) + 1
+    out_vocab = out_tok.get_vocab()
+    if not out_vocab:
+        raise InputError(
+            "the output tokenizer has no tokens; expected a vocabulary", where="tokenizer.source"
+        )
+    max_id = max(out_vocab.values()) + 1
     rows = max_id
     if reference_rows_model is not None:
         ref_rows = config_rows(reference_rows_model, trust_remote_code)
         if ref_rows:
-            rows = ref_rows if cut_to_reference else max(max_id, ref_rows)
-    n_tokens = min(max_id, rows)
+            if cut_to_reference:
+                check_source_ids(out_tok, ref_rows, reference_rows_model, recipe_tokens)
+            rows = max(max_id, ref_rows)
+    n_tokens = max_id
     if pad_to_multiple_of and rows % pad_to_multiple_of:
         rows += pad_to_multiple_of - rows % pad_to_multiple_of
 
@@ -211,11 +257,6 @@ def make_vocab_plan(
         tok = _load_tokenizer(model, trust_remote_code, where)
         model_rows = _model_rows(model, tok, trust_remote_code)
         alignment = align_vocab(out_tok, tok, model_rows=model_rows, out_rows=n_tokens)
-        if alignment.size > n_tokens:  # output ids past the reference rows cannot be embedded
-            alignment.src_ids, alignment.how = (
-                alignment.src_ids[:n_tokens],
-                alignment.how[:n_tokens],
-            )
         return ModelVocab(
             name=model_key(model), tokenizer=tok, rows=model_rows, alignment=alignment
         )
