@@ -24,6 +24,7 @@ def transplant_recipe(
     dtype: str | None = None,
     seed: int | None = None,
     pad_to_multiple_of: int | None = None,
+    add_bos: str = "base",
 ) -> dict[str, Any]:
     """The recipe ``transplant`` runs (also printed by ``--dry-run``).
 
@@ -37,6 +38,8 @@ def transplant_recipe(
     tokenizer: dict[str, Any] = {"source": donor, "approximation": approximation}
     if pad_to_multiple_of:
         tokenizer["pad_to_multiple_of"] = pad_to_multiple_of
+    if add_bos != "base":
+        tokenizer["add_bos"] = add_bos
     recipe: dict[str, Any] = {
         "merge_method": "passthrough",
         "models": [{"model": base}],
@@ -150,13 +153,21 @@ def transplant(
     seed: int | None = None,
     dtype: str | None = None,
     pad_to_multiple_of: int | None = None,
+    add_bos: str = "base",
     overwrite: bool = False,
     quiet: bool = False,
     allow_pickle: bool = False,
 ) -> dict[str, Any]:
     """Give ``base`` the tokenizer of ``donor`` (rows estimated with ``method``), written to ``out``."""
     recipe = transplant_recipe(
-        base, donor, method, params, dtype=dtype, seed=seed, pad_to_multiple_of=pad_to_multiple_of
+        base,
+        donor,
+        method,
+        params,
+        dtype=dtype,
+        seed=seed,
+        pad_to_multiple_of=pad_to_multiple_of,
+        add_bos=add_bos,
     )
     text = yaml.safe_dump(recipe, sort_keys=False)
     merge_config = load_recipe(recipe, "transplant")

@@ -8,8 +8,16 @@ from typing import Any
 COUNT_KEYS = ("exact", "canonical", "special", "missing")
 
 
-def vocabulary_section(*, method: str, params: dict[str, Any], report: dict[str, Any]) -> str:
-    """Markdown: method + parameters, alignment counts per model, rows per matrix."""
+def vocabulary_section(
+    *,
+    method: str,
+    params: dict[str, Any],
+    report: dict[str, Any],
+    bos: dict[str, Any] | None = None,
+) -> str:
+    """Markdown: method + parameters, BOS convention, alignment counts per model, rows per matrix."""
+    from mergekit_tokenplug.output.bos import bos_sentence
+
     vocab = report.get("vocabulary", {})
     lines = [
         "## Vocabulary transplant (mergekit-tokenplug)",
@@ -19,6 +27,7 @@ def vocabulary_section(*, method: str, params: dict[str, Any], report: dict[str,
         "",
         f"Output vocabulary: {vocab.get('output_tokens', '?')} tokens in {vocab.get('output_rows', '?')} rows.",
         "",
+        *([bos_sentence(bos), ""] if bos else []),
         "| model | exact | canonical | special | missing |",
         "|---|---:|---:|---:|---:|",
     ]

@@ -1,8 +1,10 @@
 """One-line errors from ``mergekit-yaml`` / ``mergekit-multi`` for recipes the plugin reads.
 
 Stock mergekit prints a traceback for malformed YAML and a multi-line pydantic report for a
-bad key. The wrapped click callbacks turn malformed YAML (any recipe) and validation errors
-of recipes that use the plugin's keys into ``Error: FILE[:LINE]: key: message`` and exit 1.
+bad key, and silently drops unknown keys. The wrapped click callbacks refuse keys that look
+like misspelt plugin/tokenizer keys before anything runs, and turn malformed YAML (any
+recipe) and validation errors of recipes that use the plugin's keys into
+``Error: FILE[:LINE]: key: message`` and exit 1.
 """
 
 from __future__ import annotations
@@ -14,20 +16,34 @@ from typing import Any
 import pydantic
 import yaml
 
-from mergekit_tokenplug.errors import ConfigError
-from mergekit_tokenplug.seam.schema import PLUGIN_TOKENIZER_KEYS, one_line_validation_error
+from mergekit_tokenplug.errors import ConfigError, TokenplugError
+from mergekit_tokenplug.seam.schema import (
+    REQUIRES_KEY,
+    STOCK_TOKENIZER_KEYS,
+    check_near_misses,
+    one_line_validation_error,
+)
 
 
-def _uses_plugin_keys(path: str) -> bool:
+def _documents(path: str) -> list[Any]:
     try:
         with open(path, encoding="utf-8") as fh:
-            docs = list(yaml.safe_load_all(fh))
+            return list(yaml.safe_load_all(fh))
     except (OSError, yaml.YAMLError):
-        return False
+        return []
+
+
+def _uses_plugin_keys(docs: list[Any]) -> bool:
+    """Plugin (or unknown) tokenizer keys, or the ``parameters.requires`` marker."""
     return any(
         isinstance(d, dict)
-        and isinstance(d.get("tokenizer"), dict)
-        and any(k in d["tokenizer"] for k in PLUGIN_TOKENIZER_KEYS)
+        and (
+            (
+                isinstance(d.get("tokenizer"), dict)
+                and any(k not in STOCK_TOKENIZER_KEYS for k in d["tokenizer"])
+            )
+            or (isinstance(d.get("parameters"), dict) and REQUIRES_KEY in d["parameters"])
+        )
         for d in docs
     )
 
@@ -47,13 +63,20 @@ def apply(script_module: ModuleType, config_arg: str) -> None:
     @functools.wraps(callback)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         path = kwargs.get(config_arg, "")
+        docs = _documents(path)
         try:
+            for doc in docs:
+                check_near_misses(doc)
             return callback(*args, **kwargs)
         except yaml.YAMLError as exc:
             raise yaml_error(exc, path) from None
         except pydantic.ValidationError as exc:
-            if _uses_plugin_keys(path):
+            if _uses_plugin_keys(docs):
                 raise ConfigError(one_line_validation_error(exc, path)) from None
+            raise
+        except TokenplugError as exc:
+            if path and not exc.message.startswith(str(path)):
+                raise type(exc)(exc.message, where=str(path)) from None
             raise
 
     wrapped._tokenplug_wrapped = True  # type: ignore[attr-defined]

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Annotated, Optional, Union
+from typing import Annotated, Dict, Optional, Union  # noqa: UP035 (runtime types)
 
 from mergekit.common import ModelReference
 from mergekit.tokenizer.config import TokenizerConfig
 from pydantic import BeforeValidator
 
-from mergekit_tokenplug.seam.schema import PluginTokenizerField, refuse_plugin_keys
+from mergekit_tokenplug.seam.schema import (
+    PluginTokenizerField,
+    refuse_plugin_keys,
+    refuse_requirement,
+    take_requirement,
+)
 
 
 def apply(config_module: ModuleType, refuse_reason: str | None = None) -> None:
@@ -21,12 +26,16 @@ def apply(config_module: ModuleType, refuse_reason: str | None = None) -> None:
     """
     merge_cfg = config_module.MergeConfiguration
     field = merge_cfg.model_fields["tokenizer"]
+    params = merge_cfg.model_fields["parameters"]
+    setting = Optional[Dict[str, config_module.ParameterSetting]]  # noqa: UP006, UP045
     if refuse_reason is None:
         _allow_tool_sources()
         field.annotation = Optional[PluginTokenizerField]  # noqa: UP045 (runtime type)
+        params.annotation = Annotated[setting, BeforeValidator(take_requirement)]
     else:
         guarded = Annotated[TokenizerConfig, BeforeValidator(refuse_plugin_keys(refuse_reason))]
         field.annotation = Optional[guarded]  # noqa: UP045 (runtime type)
+        params.annotation = Annotated[setting, BeforeValidator(refuse_requirement(refuse_reason))]
     merge_cfg.model_rebuild(force=True)
 
 

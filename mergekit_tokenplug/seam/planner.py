@@ -22,6 +22,7 @@ from mergekit_tokenplug import registry
 from mergekit_tokenplug.errors import InputError
 from mergekit_tokenplug.registry import Need
 from mergekit_tokenplug.seam.schema import ToolTokenSource, uses_plugin
+from mergekit_tokenplug.seam.union_order import OrderedBuildTokenizer
 from mergekit_tokenplug.seam.vocab_task import AlignVocabulary, ApproximatedVocabulary
 
 LOG = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ def apply(plan_module: ModuleType) -> None:
     planner_cls._tokenplug_patched = True
 
 
-class ToolAwareBuildTokenizer(BuildTokenizer):
+class ToolAwareBuildTokenizer(OrderedBuildTokenizer):
     """Stock tokenizer build, then tool tokens added as unnormalized tokens.
 
     Stock ``add_tokens(str)`` makes a normalized added token, which a SentencePiece-style
@@ -123,10 +124,9 @@ class ToolAwareBuildTokenizer(BuildTokenizer):
 
 
 def _swap_tool_aware_tokenizer(planner: Any) -> None:
+    """The plugin's tokenizer task: reproducible union order, tool tokens added unnormalized."""
     tokens = planner.config.tokenizer.tokens or {}
     tools = tuple(t for t, c in tokens.items() if isinstance(c.source, ToolTokenSource))
-    if not tools:
-        return
     stock = planner._tokenizer_task
     fields = {k: getattr(stock, k) for k in BuildTokenizer.model_fields}
     fields["add_tokens"] = tuple(t for t in stock.add_tokens or () if t not in tools)

@@ -23,9 +23,12 @@ from mergekit_tokenplug import report
 from mergekit_tokenplug.compute.distributed import is_main_process
 from mergekit_tokenplug.inputs import check_model_dir
 from mergekit_tokenplug.output.atomic import atomic_directory
+from mergekit_tokenplug.output.bos import match_bos
 from mergekit_tokenplug.output.card import model_card, vocabulary_section
 from mergekit_tokenplug.output.config_fix import fix_config
 from mergekit_tokenplug.output.manifest import input_record, write_manifest
+from mergekit_tokenplug.output.modes import apply_umask
+from mergekit_tokenplug.output.side_files import TOOL_PRIORS
 from mergekit_tokenplug.seam.schema import uses_plugin
 
 LOG = logging.getLogger("mergekit_tokenplug")
@@ -127,10 +130,7 @@ def check_inputs(merge_config: Any, allow_pickle: bool = False) -> None:
         )
 
 
-TOOL_PRIORS_NAME = "tool_token_priors.safetensors"
-
-
-def write_tool_priors(out_dir: Path, merge_config: Any) -> None:
+def write_tool_priors(out_dir: Path, merge_config: Any) -> str | None:
     """Export the tool-token priors (the base model's) so training code can regularize toward them.
 
     Keys: ``prior/<weight name>`` (one ``(n, d)`` tensor per written matrix) plus ``token_ids``;
@@ -138,7 +138,7 @@ def write_tool_priors(out_dir: Path, merge_config: Any) -> None:
     """
     records = report.tool_rows()
     if not records:
-        return
+        return None
     import json
 
     import torch
@@ -150,11 +150,19 @@ def write_tool_priors(out_dir: Path, merge_config: Any) -> None:
     ]
     tensors = {f"prior/{r['weight']}": r["rows"].contiguous() for r in mine}
     tensors["token_ids"] = torch.tensor(mine[0]["ids"], dtype=torch.int64)
+    path = out_dir / TOOL_PRIORS
+    path.parent.mkdir(exist_ok=True)
     save_file(
         tensors,
-        str(out_dir / TOOL_PRIORS_NAME),
+        str(path),
         metadata={"tokens": json.dumps(mine[0]["tokens"]), "model": mine[0]["model"]},
     )
+    return TOOL_PRIORS
+
+
+def base_model(merge_config: Any) -> ModelReference:
+    """The model whose conventions the output keeps: ``base_model``, else the first input."""
+    return merge_config.base_model or sorted(merge_config.referenced_models(), key=str)[0]
 
 
 def finalize(
@@ -165,6 +173,7 @@ def finalize(
 
     snap = report.snapshot()
     rows = snap["vocabulary"].get("output_rows")
+    bos = match_bos(out_dir, base_model(merge_config).model.path, merge_config.tokenizer.add_bos)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(out_dir))
     source = merge_config.tokenizer.source
     if isinstance(source, ModelReference):
@@ -172,11 +181,11 @@ def finalize(
         if gen.exists() and not (out_dir / "generation_config.json").exists():
             shutil.copyfile(gen, out_dir / "generation_config.json")
     changes = fix_config(out_dir, rows=rows, tokenizer=tokenizer)
-    write_tool_priors(out_dir, merge_config)
+    priors = write_tool_priors(out_dir, merge_config)
     approx = merge_config.tokenizer.approximation
     if write_card:
         section = vocabulary_section(
-            method=approx.method, params=approx.method_params(), report=snap
+            method=approx.method, params=approx.method_params(), report=snap, bos=bos
         )
         (out_dir / "README.md").write_text(
             model_card(merge_config, recipe, section), encoding="utf-8"
@@ -203,6 +212,12 @@ def finalize(
         inputs=inputs,
         recipe=recipe,
         report=snap,
-        extra={"config_changes": changes, "seed": options.random_seed},
+        extra={
+            "config_changes": changes,
+            "seed": options.random_seed,
+            "bos": bos,
+            "side_files": {"tool_token_priors": priors} if priors else {},
+        },
     )
+    apply_umask(out_dir)
     return snap

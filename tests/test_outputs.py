@@ -1,0 +1,149 @@
+"""Outputs people can use as they are: BOS like the base model, umask file modes."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import transformers
+from click.testing import CliRunner
+from helpers import tensors
+from models_factory import build_llama
+from tokenizers import processors
+from tokenizers_factory import build_byte_level_bpe, build_sentencepiece_bpe
+
+from mergekit_tokenplug.cli import main
+from mergekit_tokenplug.output.bos import adds_bos
+from mergekit_tokenplug.surgery import transplant
+
+EMB = "model.embed_tokens.weight"
+
+
+def _with_bos(tok):
+    bos = tok.bos_token
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.bos_token_id)]
+    )
+    return tok
+
+
+@pytest.fixture(scope="module")
+def bos_base(tmp_path_factory) -> Path:
+    """A tiny Llama whose tokenizer adds BOS (as Gemma's and Llama's do)."""
+    root = tmp_path_factory.mktemp("bos_base")
+    tok = _with_bos(build_sentencepiece_bpe(root / "tok", vocab_size=700))
+    return build_llama(root / "model", tok, seed=21)
+
+
+@pytest.fixture(scope="module")
+def bos_donor_tokenizer(tmp_path_factory) -> Path:
+    """A byte-level tokenizer (files only) that adds BOS."""
+    root = tmp_path_factory.mktemp("bos_donor") / "tok"
+    tok = _with_bos(build_byte_level_bpe(root, vocab_size=600))
+    tok.save_pretrained(str(root))
+    return root
+
+
+@pytest.fixture(scope="module")
+def plain_donor_tokenizer(tmp_path_factory) -> Path:
+    """A byte-level tokenizer (files only) with distinct BOS/EOS tokens that adds no BOS."""
+    root = tmp_path_factory.mktemp("plain_donor") / "tok"
+    build_byte_level_bpe(root, vocab_size=600, bos="<|startoftext|>", eos="<|endoftext|>")
+    return root
+
+
+def load(path: Path):
+    return transformers.AutoTokenizer.from_pretrained(str(path))
+
+
+def test_bos_follows_the_base_tokenizer(bos_base, plain_donor_tokenizer, tmp_path):
+    assert adds_bos(load(bos_base)) and not adds_bos(load(plain_donor_tokenizer))  # preconditions
+    out = tmp_path / "out"
+    transplant(str(bos_base), str(plain_donor_tokenizer), str(out), "mean", quiet=True)
+    tok = load(out)
+    ids = tok("hello world")["input_ids"]
+    assert ids[0] == tok.bos_token_id and ids[1:] == tok("hello world", add_special_tokens=False)["input_ids"]
+    # the output BOS token carries the base model's BOS row (mapped by role)
+    base_tok = load(bos_base)
+    assert tensors(out)[EMB][tok.bos_token_id].equal(tensors(bos_base)[EMB][base_tok.bos_token_id])
+    manifest = json.loads((out / "tokenplug_manifest.json").read_text())
+    assert manifest["bos"]["adds_bos"] is True and manifest["bos"]["mode"] == "base"
+    assert "BOS: the output tokenizer adds a BOS token" in (out / "README.md").read_text()
+
+
+def test_bos_dropped_when_the_base_adds_none(zoo, bos_donor_tokenizer, tmp_path):
+    assert adds_bos(load(bos_donor_tokenizer)) and not adds_bos(load(zoo.sp_untied))
+    out = tmp_path / "out"
+    transplant(str(zoo.sp_untied), str(bos_donor_tokenizer), str(out), "mean", quiet=True)
+    tok = load(out)
+    assert tok("hello world")["input_ids"] == tok("hello world", add_special_tokens=False)["input_ids"]
+
+
+def test_add_bos_source_keeps_the_donor_convention(zoo, bos_base, tmp_path):
+    out = tmp_path / "out"
+    res = CliRunner().invoke(
+        main,
+        ["transplant", str(bos_base), str(zoo.bl_untied), str(out), "-m", "mean", "--add-bos", "source", "-q"],
+    )
+    assert res.exit_code == 0, res.output
+    assert not adds_bos(load(out))
+    assert "`add_bos: source`" in (out / "README.md").read_text()
+    assert "add_bos: source" in (out / "mergekit_config.yml").read_text()
+
+
+def test_output_files_get_the_umask_mode(zoo, tmp_path):
+    previous = os.umask(0o002)
+    try:
+        out = tmp_path / "out"
+        transplant(str(zoo.sp_untied), str(zoo.bl_untied), str(out), "mean", quiet=True)
+    finally:
+        os.umask(previous)
+    paths = [out, *out.rglob("*")]
+    assert any(p.name == "model.safetensors" for p in paths)
+    for p in paths:
+        want = 0o775 if p.is_dir() else 0o664
+        assert stat.S_IMODE(p.stat().st_mode) == want, p
+
+
+def test_union_merge_is_reproducible(zoo, tmp_path):
+    """Two runs under different hash seeds: identical tokenizer and tensors; new tokens
+    follow the documented order (other model's ids ascending)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    recipe = {
+        "merge_method": "linear",
+        "base_model": str(zoo.sp_untied),
+        "models": [
+            {"model": str(zoo.sp_untied), "parameters": {"weight": 0.5}},
+            {"model": str(zoo.bl_untied), "parameters": {"weight": 0.5}},
+        ],
+        "tokenizer": {"source": "union", "approximation": {"method": "mean"}},
+        "dtype": "float32",
+    }
+    path = tmp_path / "union.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    outs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"out{seed}"
+        proc = subprocess.run(
+            [str(Path(sys.executable).parent / "mergekit-yaml"), str(path), str(out), "--quiet"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        outs.append(out)
+    for name in ("tokenizer.json", "model.safetensors"):
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
+    out_vocab, other = load(outs[0]).get_vocab(), load(zoo.bl_untied).get_vocab()
+    base_vocab = load(zoo.sp_untied).get_vocab()
+    new = sorted((i, t) for t, i in out_vocab.items() if t not in base_vocab)
+    regular = [other[t] for _, t in new if t in other and not t.startswith("<|")]
+    assert len(regular) > 10 and regular == sorted(regular)
