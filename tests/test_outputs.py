@@ -147,3 +147,35 @@ def test_union_merge_is_reproducible(zoo, tmp_path):
     new = sorted((i, t) for t, i in out_vocab.items() if t not in base_vocab)
     regular = [other[t] for _, t in new if t in other and not t.startswith("<|")]
     assert len(regular) > 10 and regular == sorted(regular)
+
+
+def test_new_token_may_be_special(zoo, tmp_path):
+    from mergekit_tokenplug.surgery import load_recipe, run_recipe
+
+    recipe = {
+        "merge_method": "passthrough",
+        "models": [{"model": str(zoo.sp_untied)}],
+        "tokenizer": {
+            "source": "base",
+            "tokens": {"<|turn|>": {"special": True}, "<|plain|>": {}},
+            "approximation": {"method": "mean"},
+        },
+    }
+    out = tmp_path / "out"
+    run_recipe(load_recipe(recipe), str(out), quiet=True)
+    tok = load(out)
+    added = {t.content: t for t in tok.added_tokens_decoder.values()}
+    assert added["<|turn|>"].special and not added["<|plain|>"].special
+    ids = tok("hi<|turn|>there")["input_ids"]
+    assert tok.convert_tokens_to_ids("<|turn|>") in ids  # matched inside a word, unnormalized
+    assert "<|turn|>" not in tok.decode(ids, skip_special_tokens=True)
+
+
+def test_single_value_for_a_list_parameter(zoo, tmp_path):
+    corpus = zoo.corpus_dir / "part0.txt"
+    res = CliRunner().invoke(
+        main,
+        ["transplant", str(zoo.sp_untied), str(zoo.bl_untied), str(tmp_path / "out"), "-m", "cw2v", "-p", f"corpus={corpus}", "--dry-run"],
+    )
+    assert res.exit_code == 0, res.output
+    assert f"corpus=['{corpus}']" in res.output, res.output  # parsed as a one-element list

@@ -214,12 +214,10 @@ def _tool_tokens(tokenizer: Any) -> list[str]:
 
 def uses_plugin_keys(doc: Any) -> bool:
     """Whether a raw recipe document uses keys only the plugin understands."""
-    from mergekit_tokenplug.seam.schema import PLUGIN_TOKENIZER_KEYS
+    from mergekit_tokenplug.seam.schema import tokenizer_uses_plugin
 
     tok = doc.get("tokenizer") if isinstance(doc, dict) else None
-    return isinstance(tok, dict) and (
-        any(k in tok for k in PLUGIN_TOKENIZER_KEYS) or bool(_tool_tokens(tok))
-    )
+    return tokenizer_uses_plugin(tok)
 
 
 class _DocChecker:
@@ -348,7 +346,7 @@ class _DocChecker:
             if "approximation" in tok
             else ("tokenizer", "tokens", tools[0])
             if tools
-            else ("tokenizer", next(k for k in tok if k not in ("source", "tokens")))
+            else ("tokenizer", next((k for k in tok if k not in ("source", "tokens")), "tokens"))
         )
         label = "plugin disabled" if "disabled" in reason else "plugin inactive"
         self.add(
@@ -364,6 +362,9 @@ class _DocChecker:
             tok.pop(key, None)
         for token in _tool_tokens(tok):
             del tok["tokens"][token]
+        for cfg in (tok.get("tokens") or {}).values():
+            if isinstance(cfg, dict):
+                cfg.pop("special", None)
         return data
 
     def check_approximation(self, data: dict) -> tuple[Any, Any]:

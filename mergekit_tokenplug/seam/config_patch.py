@@ -8,6 +8,7 @@ from typing import Annotated, Dict, Optional, Union  # noqa: UP035 (runtime type
 from mergekit.common import ModelReference
 from mergekit.tokenizer.config import TokenizerConfig
 from pydantic import BeforeValidator
+from pydantic.fields import FieldInfo
 
 from mergekit_tokenplug.seam.schema import (
     PluginTokenizerField,
@@ -40,7 +41,8 @@ def apply(config_module: ModuleType, refuse_reason: str | None = None) -> None:
 
 
 def _allow_tool_sources() -> None:
-    """Add ``kind: tool`` to the per-token sources and rebuild the models that embed them."""
+    """Add ``kind: tool`` to the per-token sources and ``special: bool`` to the per-token
+    settings, then rebuild the models that embed them."""
     from mergekit.tokenizer import config as tok_config
 
     from mergekit_tokenplug.seam.schema import TokenplugTokenizerConfig, ToolTokenSource
@@ -53,5 +55,6 @@ def _allow_tool_sources() -> None:
         ModelReference,
         None,
     ]
+    emb_cfg.model_fields["special"] = FieldInfo.from_annotated_attribute(bool, False)
     for model in (emb_cfg, tok_config.TokenizerConfig, TokenplugTokenizerConfig):
         model.model_rebuild(force=True)

@@ -101,21 +101,28 @@ def apply(plan_module: ModuleType) -> None:
 
 
 class ToolAwareBuildTokenizer(OrderedBuildTokenizer):
-    """Stock tokenizer build, then tool tokens added as unnormalized tokens.
+    """Stock tokenizer build, then tool tokens and ``special: true`` tokens added as
+    unnormalized tokens (special ones marked special).
 
-    Stock ``add_tokens(str)`` makes a normalized added token, which a SentencePiece-style
-    normalizer only matches after a space; a tool token must match wherever it appears.
+    Stock ``add_tokens(str)`` makes a normalized, non-special added token, which a
+    SentencePiece-style normalizer only matches after a space; a tool or chat token must match
+    wherever it appears, and a chat token must be skipped when decoding with
+    ``skip_special_tokens``.
     """
 
     tool_tokens: tuple[str, ...] = ()
+    special_tokens: tuple[str, ...] = ()
 
     def execute(self, **kwargs: Any) -> TokenizerInfo:
         from tokenizers import AddedToken
 
         info = super().execute(**kwargs)
         vocab = info.tokenizer.get_vocab()
-        new = [t for t in self.tool_tokens if t not in vocab]
-        info.tokenizer.add_tokens([AddedToken(t, normalized=False, special=False) for t in new])
+        wanted = dict.fromkeys((*self.tool_tokens, *self.special_tokens))
+        new = [t for t in wanted if t not in vocab]
+        info.tokenizer.add_tokens(
+            [AddedToken(t, normalized=False, special=t in self.special_tokens) for t in new]
+        )
         vocab = info.tokenizer.get_vocab()
         for perm in info.permutations.values():
             for token in new:
@@ -124,13 +131,19 @@ class ToolAwareBuildTokenizer(OrderedBuildTokenizer):
 
 
 def _swap_tool_aware_tokenizer(planner: Any) -> None:
-    """The plugin's tokenizer task: reproducible union order, tool tokens added unnormalized."""
+    """The plugin's tokenizer task: reproducible union order, tool and special tokens added
+    unnormalized."""
     tokens = planner.config.tokenizer.tokens or {}
     tools = tuple(t for t, c in tokens.items() if isinstance(c.source, ToolTokenSource))
+    special = tuple(t for t, c in tokens.items() if getattr(c, "special", False))
     stock = planner._tokenizer_task
     fields = {k: getattr(stock, k) for k in BuildTokenizer.model_fields}
-    fields["add_tokens"] = tuple(t for t in stock.add_tokens or () if t not in tools)
-    planner._tokenizer_task = ToolAwareBuildTokenizer(**fields, tool_tokens=tools)
+    fields["add_tokens"] = tuple(
+        t for t in stock.add_tokens or () if t not in tools and t not in special
+    )
+    planner._tokenizer_task = ToolAwareBuildTokenizer(
+        **fields, tool_tokens=tools, special_tokens=special
+    )
 
 
 def needs_donor_embeddings(config: Any) -> bool:

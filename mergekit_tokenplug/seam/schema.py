@@ -286,11 +286,26 @@ def has_tool_tokens(tokens: Any) -> bool:
     return False
 
 
+def has_special_tokens(tokens: Any) -> bool:
+    """Whether a raw ``tokenizer.tokens`` mapping asks for a token with ``special: true``
+    (stock mergekit would drop the key and add it as a regular token)."""
+    if not isinstance(tokens, dict):
+        return False
+    return any(isinstance(c, dict) and c.get("special") for c in tokens.values())
+
+
+def tokenizer_uses_plugin(value: Any) -> bool:
+    """Whether a raw ``tokenizer`` mapping needs the plugin's model (its keys or unknown keys)."""
+    return _tokenizer_kind(value) == "plugin"
+
+
 def _tokenizer_kind(value: Any) -> str:
     if isinstance(value, TokenplugTokenizerConfig):
         return "plugin"
     if isinstance(value, dict) and (
-        any(k not in STOCK_TOKENIZER_KEYS for k in value) or has_tool_tokens(value.get("tokens"))
+        any(k not in STOCK_TOKENIZER_KEYS for k in value)
+        or has_tool_tokens(value.get("tokens"))
+        or has_special_tokens(value.get("tokens"))
     ):
         return "plugin"  # plugin keys, or unknown keys the plugin model refuses by name
     return "stock"
