@@ -123,6 +123,14 @@ def test_tool_token_prior_through_mergekit_yaml(zoo, tmp_path, tied):
     manifest = json.loads((out / "tokenplug_manifest.json").read_text())
     assert manifest["side_files"] == {"tool_token_priors": "tokenplug/tool_token_priors.safetensors"}
     assert "tokenplug/tool_token_priors.safetensors" in manifest["outputs"]
+    # the rows are the prior: plan, manifest and card say `tool`, not the fill method
+    for rec in manifest["report"]["matrices"]:
+        assert rec["by_method"] == {"tool": 1} and rec["by_source"] == {"tool prior": 1}, rec
+    assert "Tool tokens (`tool`)" in (out / "README.md").read_text()
+    plan = CliRunner().invoke(main, ["plan", str(path), "--json"])
+    assert plan.exit_code == 0, plan.output
+    (model_plan,) = json.loads(plan.output)[0]["models"]
+    assert model_plan["by_method"] == {"tool": 1}, model_plan
     with safe_open(str(out / "tokenplug" / "tool_token_priors.safetensors"), "pt") as fh:
         assert json.loads(fh.metadata()["tokens"]) == ["<tool:calculator>"]
         assert fh.get_tensor("token_ids").tolist() == [tid]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from mergekit_tokenplug.output.side_files import TOOL_PRIORS
+
 COUNT_KEYS = ("exact", "canonical", "special", "missing")
 
 
@@ -28,6 +30,16 @@ def vocabulary_section(
         f"Output vocabulary: {vocab.get('output_tokens', '?')} tokens in {vocab.get('output_rows', '?')} rows.",
         "",
         *([bos_sentence(bos), ""] if bos else []),
+        *(
+            [
+                "Tool tokens (`tool`): their rows are the re-initialization prior (the frozen "
+                "model reading the tool's name and description), exported to "
+                f"`{TOOL_PRIORS}` for training.",
+                "",
+            ]
+            if any("tool" in rec.get("by_method", {}) for rec in report.get("matrices", []))
+            else []
+        ),
         "| model | exact | canonical | special | missing |",
         "|---|---:|---:|---:|---:|",
     ]
