@@ -179,3 +179,70 @@ def test_single_value_for_a_list_parameter(zoo, tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert f"corpus=['{corpus}']" in res.output, res.output  # parsed as a one-element list
+
+
+def _front_matter(card: str) -> dict:
+    import yaml
+
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n", 2)[1])
+
+
+def test_model_card_front_matter(zoo, tmp_path):
+    """Hub conventions: base_model lists the inputs, license inherited when all agree."""
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(zoo.sp_untied, base)
+    (base / "README.md").write_text("---\nlicense: apache-2.0\n---\n# base\n")
+    out = tmp_path / "my-transplant"
+    transplant(str(base), str(zoo.bl_untied), str(out), "mean", quiet=True)
+    card = (out / "README.md").read_text()
+    meta = _front_matter(card)
+    assert meta["base_model"] == [str(base), str(zoo.bl_untied)]
+    assert meta["license"] == "other"  # the donor declares none: nothing to inherit
+    assert "# my-transplant" in card and "not declared" in card
+    (zoo_donor := tmp_path / "donor").mkdir()
+    for f in Path(zoo.bl_untied).iterdir():
+        shutil.copy(f, zoo_donor / f.name)
+    (zoo_donor / "README.md").write_text("---\nlicense: apache-2.0\n---\n")
+    out2 = tmp_path / "agreed"
+    transplant(str(base), str(zoo_donor), str(out2), "mean", quiet=True)
+    assert _front_matter((out2 / "README.md").read_text())["license"] == "apache-2.0"
+
+
+def test_multi_stage_output_carries_every_stage(zoo, tmp_path):
+    """mergekit-multi (recipe 02): final OUT has the manifest (verify passes), the card lists
+    the original inputs and each stage's transplant; --no-lazy re-runs in place like stock."""
+    import subprocess
+    import sys
+
+    from test_recipes import RECIPES, localize, reference_map
+
+    recipe = next(r for r in RECIPES if r.name.startswith("02-"))
+    local = tmp_path / recipe.name
+    local.write_text(localize(recipe.read_text(), reference_map(zoo)))
+    out = tmp_path / "final"
+    cmd = [str(Path(sys.executable).parent / "mergekit-multi"), str(local), "--intermediate-dir", str(tmp_path / "stages"), "--out-path", str(out), "--quiet"]
+    for extra in ([], ["--no-lazy"]):
+        proc = subprocess.run(cmd + extra, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((out / "tokenplug_manifest.json").read_text())
+    assert manifest["stages"]["aligned"]["report"]["matrices"]
+    res = CliRunner().invoke(main, ["verify", str(out)])
+    assert res.exit_code == 0, res.output
+    card = (out / "README.md").read_text()
+    meta = _front_matter(card)
+    assert str(zoo.sp_untied) in meta["base_model"] and "aligned" not in meta["base_model"]
+    assert not any(str(tmp_path / "stages") in m for m in meta["base_model"])
+    assert "Stage `aligned`: vocabulary transplant" in card and "# final" in card
+
+
+def test_rerun_refusal_names_an_existing_option(zoo, tmp_path):
+    out = tmp_path / "out"
+    args = ["transplant", str(zoo.sp_untied), str(zoo.bl_untied), str(out), "-m", "mean", "-q"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code != 0 and "--overwrite" in res.output
+    assert "--overwrite" in CliRunner().invoke(main, ["transplant", "--help"]).output
+    assert CliRunner().invoke(main, [*args, "--overwrite"]).exit_code == 0

@@ -67,7 +67,18 @@ def apply(script_module: ModuleType, config_arg: str) -> None:
         try:
             for doc in docs:
                 check_near_misses(doc)
-            return callback(*args, **kwargs)
+            result = callback(*args, **kwargs)
+            if script_module.__name__ == "mergekit.scripts.multimerge":
+                from mergekit_tokenplug.seam.multi_provenance import finalize_multi
+
+                options = kwargs.get("merge_options")
+                finalize_multi(
+                    path,
+                    kwargs.get("intermediate_dir", ""),
+                    kwargs.get("out_path"),
+                    write_card=bool(getattr(options, "write_model_card", True)),
+                )
+            return result
         except yaml.YAMLError as exc:
             raise yaml_error(exc, path) from None
         except pydantic.ValidationError as exc:

@@ -43,7 +43,11 @@ def apply(merge_module: ModuleType) -> None:
     def run_merge(merge_config, out_path, options, config_source=None):
         if not uses_plugin(merge_config):
             return original(merge_config, out_path, options, config_source=config_source)
-        return run_plugin_merge(original, merge_config, out_path, options, config_source)
+        # Stock commands overwrite OUT (mergekit-multi --no-lazy re-runs stages in place);
+        # the refusal of a non-empty OUT is for mergekit-tokenplug's own commands.
+        return run_plugin_merge(
+            original, merge_config, out_path, options, config_source, overwrite=True
+        )
 
     run_merge._tokenplug_wrapped = True  # type: ignore[attr-defined]
     merge_module.run_merge = run_merge
@@ -82,7 +86,9 @@ def run_plugin_merge(
             options.model_copy(update={"write_model_card": False}),
             config_source=recipe,
         )
-        finalize(tmp, merge_config, recipe, options, write_card=write_card)
+        finalize(
+            tmp, merge_config, recipe, options, write_card=write_card, name=Path(out_path).name
+        )
     LOG.info("wrote %s", out_path)
 
 
@@ -166,7 +172,12 @@ def base_model(merge_config: Any) -> ModelReference:
 
 
 def finalize(
-    out_dir: Path, merge_config: Any, recipe: str, options: Any, write_card: bool = True
+    out_dir: Path,
+    merge_config: Any,
+    recipe: str,
+    options: Any,
+    write_card: bool = True,
+    name: str = "Merged model",
 ) -> dict[str, Any]:
     """Config fix-ups, generation config, model card section and manifest."""
     import transformers
@@ -188,7 +199,7 @@ def finalize(
             method=approx.method, params=approx.method_params(), report=snap, bos=bos
         )
         (out_dir / "README.md").write_text(
-            model_card(merge_config, recipe, section), encoding="utf-8"
+            model_card(merge_config, recipe, section, name=name), encoding="utf-8"
         )
         (out_dir / "mergekit_config.yml").write_text(recipe, encoding="utf-8")
     for rec in snap["matrices"]:
