@@ -154,6 +154,6 @@ def test_stock_tokenizer_source_validates(zoo, tmp_path, source):
     }
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(doc))
-    res = CliRunner().invoke(main, ["recipes", "validate", str(path)])
+    res = CliRunner().invoke(main, ["recipes", "validate", "--inputs", str(path)])
     assert res.exit_code == 0, res.output
     assert not re.search(r"does not exist", res.output)

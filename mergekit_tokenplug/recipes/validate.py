@@ -38,11 +38,11 @@ class Problem:
     line: int | None
     key: str
     message: str
-    severity: str = "error"  # "error" | "warning"
+    severity: str = "error"  # "error" | "warning" | "note"
 
     def format(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
-        text = ("warning: " if self.severity == "warning" else "") + self.message
+        text = (f"{self.severity}: " if self.severity != "error" else "") + self.message
         return f"{where} {self.key}: {text}" if self.key else f"{where} {text}"
 
     def as_dict(self) -> dict[str, Any]:
@@ -52,6 +52,7 @@ class Problem:
 @dataclass
 class Options:
     check_models: bool = True  # False: syntax, schema and parameters only
+    note_inputs: bool = False  # with check_models False: note references not found here
     allow_hub: bool = False  # names that look like hub ids are skipped instead of errors
     trust_remote_code: bool = False
 
@@ -289,6 +290,8 @@ class _DocChecker:
         if config is not None:
             self.check_base_order(config)
         refs_ok = self.check_models(spec) if self.options.check_models else False
+        if not self.options.check_models and self.options.note_inputs:
+            self.note_absent_inputs()
         if plugin and active and spec is not None and self.options.check_models:
             self.check_resources(spec, params)
             if config is not None and refs_ok and self.errors == 0:
@@ -512,6 +515,19 @@ class _DocChecker:
 
         walk({k: v for k, v in self.doc.items() if k != "name"}, ())
         return refs
+
+    def note_absent_inputs(self) -> None:
+        """Structure-only mode: say which inputs are not here (checked with ``--inputs``)."""
+        for path, model, _role in self.model_refs():
+            if self.result.multi and model in self.stages:
+                self.out.stage_refs.add(model)
+            elif not os.path.exists(os.path.expanduser(model)):
+                kind = "a hub id or a path" if _HUB_ID.fullmatch(model) else "a local path"
+                self.add(
+                    path,
+                    f"{model!r} ({kind}) is not here; not checked (use --inputs where the inputs are)",
+                    "note",
+                )
 
     def check_models(self, spec: Any) -> bool:
         """True when every reference is an existing local directory (needed to align vocabularies)."""
