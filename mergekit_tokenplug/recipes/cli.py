@@ -33,7 +33,7 @@ def _quiet_libraries() -> Iterator[None]:
 
 @click.group("recipes")
 def recipes() -> None:
-    """Check recipes and print their JSON Schema."""
+    """Check recipes, print their JSON Schema, list and show the shipped ones."""
 
 
 @recipes.command("validate")
@@ -102,6 +102,26 @@ def validate(
             bad = sum(1 for r in results if r.errors)
             click.echo(f"{len(errors)} error(s) in {bad} of {len(results)} file(s)")
     click.get_current_context().exit(1 if errors else 0)
+
+
+@recipes.command("list")
+def list_recipes() -> None:
+    """List the curated recipes shipped with the package."""
+    from mergekit_tokenplug.recipes.collection import recipe_files, summary
+
+    for path in recipe_files():
+        click.echo(f"{path.stem}: {summary(path)}")
+
+
+@recipes.command("show")
+@click.argument("name")
+@click.option("--path", "as_path", is_flag=True, help="Print the file's path instead of its text.")
+def show_recipe(name: str, as_path: bool) -> None:
+    """Print a shipped recipe (NAME: file name, stem or number, e.g. 01)."""
+    from mergekit_tokenplug.recipes.collection import find
+
+    path = find(name)
+    click.echo(str(path) if as_path else path.read_text(encoding="utf-8"), nl=as_path)
 
 
 @recipes.command("schema")
