@@ -117,6 +117,7 @@ def run_recipe(
     from mergekit.options import MergeOptions
 
     from mergekit_tokenplug import report
+    from mergekit_tokenplug.compute.progress import bars_disabled
     from mergekit_tokenplug.seam.run import run_plugin_merge
 
     opts = MergeOptions(
@@ -130,15 +131,16 @@ def run_recipe(
     )
     opts.apply_global_options()
     original = getattr(mergekit.merge.run_merge, "__wrapped__", mergekit.merge.run_merge)
-    run_plugin_merge(
-        original,
-        merge_config,
-        out,
-        opts,
-        config_source,
-        overwrite=overwrite,
-        allow_pickle=allow_pickle,
-    )
+    with bars_disabled(quiet):
+        run_plugin_merge(
+            original,
+            merge_config,
+            out,
+            opts,
+            config_source,
+            overwrite=overwrite,
+            allow_pickle=allow_pickle,
+        )
     return report.snapshot()
 
 

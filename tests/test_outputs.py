@@ -246,3 +246,39 @@ def test_rerun_refusal_names_an_existing_option(zoo, tmp_path):
     assert res.exit_code != 0 and "--overwrite" in res.output
     assert "--overwrite" in CliRunner().invoke(main, ["transplant", "--help"]).output
     assert CliRunner().invoke(main, [*args, "--overwrite"]).exit_code == 0
+
+
+def _transplant_stderr(zoo, tmp_path, *flags: str) -> str:
+    import subprocess
+    import sys
+
+    import yaml
+
+    recipe = {
+        "merge_method": "passthrough",
+        "models": [{"model": str(zoo.sp_untied)}],
+        "tokenizer": {"source": str(zoo.bl_untied), "approximation": {"method": "omp", "k": 4}},
+    }
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "mergekit-yaml"), str(path), str(tmp_path / "out"), *flags],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        # several chunks: the outer bar alone would move once per chunk
+        env={**os.environ, "MERGEKIT_TOKENPLUG_SHARD_CHUNK": "16"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stderr
+
+
+def test_progress_moves_within_a_chunk(zoo, tmp_path):
+    err = _transplant_stderr(zoo, tmp_path)
+    assert "tok/s" in err or " tok" in err  # the per-chunk bar
+    assert "step/s" in err or " step" in err  # OMP's greedy steps inside each chunk
+
+
+def test_quiet_silences_every_bar(zoo, tmp_path):
+    err = _transplant_stderr(zoo, tmp_path, "--quiet")
+    assert "%|" not in err, err[-2000:]  # stock mergekit's bars included

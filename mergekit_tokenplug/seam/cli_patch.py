@@ -16,6 +16,7 @@ from typing import Any
 import pydantic
 import yaml
 
+from mergekit_tokenplug.compute.progress import bars_disabled
 from mergekit_tokenplug.errors import ConfigError, TokenplugError
 from mergekit_tokenplug.seam.schema import (
     REQUIRES_KEY,
@@ -67,16 +68,18 @@ def apply(script_module: ModuleType, config_arg: str) -> None:
         try:
             for doc in docs:
                 check_near_misses(doc)
-            result = callback(*args, **kwargs)
+            # the click callback is mergekit's add_merge_options wrapper: options arrive as
+            # separate keyword arguments
+            with bars_disabled(bool(kwargs.get("quiet", False))):
+                result = callback(*args, **kwargs)
             if script_module.__name__ == "mergekit.scripts.multimerge":
                 from mergekit_tokenplug.seam.multi_provenance import finalize_multi
 
-                options = kwargs.get("merge_options")
                 finalize_multi(
                     path,
                     kwargs.get("intermediate_dir", ""),
                     kwargs.get("out_path"),
-                    write_card=bool(getattr(options, "write_model_card", True)),
+                    write_card=bool(kwargs.get("write_model_card", True)),
                 )
             return result
         except yaml.YAMLError as exc:
