@@ -276,7 +276,7 @@ def evaluate(
     "--tool-token",
     "tool_tokens",
     multiple=True,
-    help="Tool token to train (default: those in the model's tool_token_priors.safetensors).",
+    help="Tool token to train (default: those in the model's tokenplug/tool_token_priors.safetensors).",
 )
 @click.option("--steps", type=int, default=100, show_default=True)
 @click.option("--lr", type=float, default=1e-2, show_default=True)
