@@ -216,7 +216,7 @@ def near_misses(doc: Any) -> list[tuple[str, str]]:
             if path[-1:] != ("approximation",):
                 walk(value, child)
 
-    walk({k: v for k, v in doc.items()} if isinstance(doc, dict) else doc, ())
+    walk(doc, ())
     return found
 
 
