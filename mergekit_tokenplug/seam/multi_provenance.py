@@ -105,7 +105,7 @@ def finalize_multi(
         out,
         inputs=records,
         recipe=text,
-        report=own["report"] if own else {},
+        report=own["report"] if own else {"vocabulary": {}, "matrices": []},
         extra=extra,
     )
     apply_umask(out)
