@@ -119,6 +119,14 @@ def main() -> None:
     default=None,
     help="Pad the output vocabulary to a multiple of N rows.",
 )
+@click.option(
+    "--add-bos",
+    type=click.Choice(["base", "source"]),
+    default="base",
+    show_default=True,
+    help="The output tokenizer adds BOS like BASE's tokenizer, or like DONOR's (source: e.g. "
+    "a draft model that must tokenize exactly like its target).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists and is not empty.")
 @click.option(
     "--allow-pickle", is_flag=True, help="Allow loading .bin/.pt pickle checkpoints (can run code)."
@@ -145,6 +153,7 @@ def transplant(
     seed: int | None,
     dtype: str | None,
     pad_to_multiple_of: int | None,
+    add_bos: str,
     overwrite: bool,
     allow_pickle: bool,
     dry_run: bool,
@@ -177,6 +186,7 @@ def transplant(
             dtype=dtype,
             seed=seed,
             pad_to_multiple_of=pad_to_multiple_of,
+            add_bos=add_bos,
         )
         click.echo(yaml.safe_dump(plan["recipe"], sort_keys=False), nl=False)
         click.echo(format_plan(plan))
@@ -191,6 +201,7 @@ def transplant(
         seed=seed,
         dtype=dtype,
         pad_to_multiple_of=pad_to_multiple_of,
+        add_bos=add_bos,
         overwrite=overwrite,
         quiet=quiet,
         allow_pickle=allow_pickle,
@@ -315,7 +326,7 @@ def evaluate(
     "--tool-token",
     "tool_tokens",
     multiple=True,
-    help="Tool token to train (default: those in the model's tool_token_priors.safetensors).",
+    help="Tool token to train (default: those in the model's tokenplug/tool_token_priors.safetensors).",
 )
 @click.option("--steps", type=int, default=100, show_default=True)
 @click.option("--lr", type=float, default=1e-2, show_default=True)

@@ -290,7 +290,6 @@ def _estimate_missing(
             anchor_out=anchor_out,
             space=space,
             label=label,
-            n_chunks=n_chunks,
         ) -> torch.Tensor:
             problem = _problem(
                 base32,
@@ -305,7 +304,9 @@ def _estimate_missing(
                     seed, model, role, group_spec.name, space.name if space else "", chunk
                 ),
                 label=label,
-                show_progress=show_progress and n_chunks == 1,
+                # the outer bar moves once per chunk (minutes for OMP on CPU): the method's own
+                # bar (OMP: greedy steps) shows progress within the chunk
+                show_progress=show_progress,
             )
             rows = group_spec.estimate(problem, group_params)
             if rows.shape != (hi - lo, base.shape[1]):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,7 +42,8 @@ class Need(str, enum.Enum):
 
 
 class MethodParams(pydantic.BaseModel):
-    """Base class of every method's parameter model: unknown keys are errors."""
+    """Base class of every method's parameter model: unknown keys are errors; a single value
+    for a list parameter is a one-element list (``--param corpus=notes.txt``, ``corpus: a.txt``)."""
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
@@ -55,12 +57,34 @@ class MethodParams(pydantic.BaseModel):
                 raise ValueError("expected a number or text, not a boolean")
         return value
 
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _single_as_list(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, info in cls.model_fields.items():
+            value = out.get(name)
+            if _is_list_type(info.annotation) and isinstance(value, str | int | float):
+                out[name] = [value]
+        return out
+
 
 def _leaf_types(annotation: Any) -> set[Any]:
     args = typing.get_args(annotation)
     if not args:
         return {annotation}
     return set().union(*(_leaf_types(a) for a in args))
+
+
+def _is_list_type(annotation: Any) -> bool:
+    """``list[...]``, also inside ``Optional``/unions."""
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple):
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_list_type(a) for a in typing.get_args(annotation))
+    return False
 
 
 EstimateFn = Callable[["EstimationProblem", Any], "torch.Tensor"]

@@ -25,6 +25,7 @@ def transplant_recipe(
     dtype: str | None = None,
     seed: int | None = None,
     pad_to_multiple_of: int | None = None,
+    add_bos: str = "base",
 ) -> dict[str, Any]:
     """The recipe ``transplant`` runs (also printed by ``--dry-run``).
 
@@ -38,6 +39,8 @@ def transplant_recipe(
     tokenizer: dict[str, Any] = {"source": donor, "approximation": approximation}
     if pad_to_multiple_of is not None:
         tokenizer["pad_to_multiple_of"] = pad_to_multiple_of
+    if add_bos != "base":
+        tokenizer["add_bos"] = add_bos
     recipe: dict[str, Any] = {
         "merge_method": "passthrough",
         "models": [{"model": base}],
@@ -119,6 +122,7 @@ def run_recipe(
     from mergekit.options import MergeOptions
 
     from mergekit_tokenplug import report
+    from mergekit_tokenplug.compute.progress import bars_disabled
     from mergekit_tokenplug.seam.run import run_plugin_merge
 
     opts = MergeOptions(
@@ -132,15 +136,16 @@ def run_recipe(
     )
     opts.apply_global_options()
     original = getattr(mergekit.merge.run_merge, "__wrapped__", mergekit.merge.run_merge)
-    run_plugin_merge(
-        original,
-        merge_config,
-        out,
-        opts,
-        config_source,
-        overwrite=overwrite,
-        allow_pickle=allow_pickle,
-    )
+    with bars_disabled(quiet):
+        run_plugin_merge(
+            original,
+            merge_config,
+            out,
+            opts,
+            config_source,
+            overwrite=overwrite,
+            allow_pickle=allow_pickle,
+        )
     return report.snapshot()
 
 
@@ -155,13 +160,21 @@ def transplant(
     seed: int | None = None,
     dtype: str | None = None,
     pad_to_multiple_of: int | None = None,
+    add_bos: str = "base",
     overwrite: bool = False,
     quiet: bool = False,
     allow_pickle: bool = False,
 ) -> dict[str, Any]:
     """Give ``base`` the tokenizer of ``donor`` (rows estimated with ``method``), written to ``out``."""
     recipe = transplant_recipe(
-        base, donor, method, params, dtype=dtype, seed=seed, pad_to_multiple_of=pad_to_multiple_of
+        base,
+        donor,
+        method,
+        params,
+        dtype=dtype,
+        seed=seed,
+        pad_to_multiple_of=pad_to_multiple_of,
+        add_bos=add_bos,
     )
     text = yaml.safe_dump(recipe, sort_keys=False)
     merge_config = load_recipe(recipe, "transplant")

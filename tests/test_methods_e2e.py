@@ -118,7 +118,20 @@ def test_tool_token_prior_through_mergekit_yaml(zoo, tmp_path, tied):
     # default scale: the authors' unit vector / sqrt(d)
     assert torch.isclose(head[tid].norm(), torch.tensor(head.shape[1] ** -0.5), rtol=1e-5)
     assert not torch.equal(head[tid], orig_head.mean(dim=0))
-    with safe_open(str(out / "tool_token_priors.safetensors"), "pt") as fh:
+    # side files stay out of the directory loaders scan for weights, and are in the manifest
+    assert sorted(p.name for p in out.glob("*.safetensors")) == ["model.safetensors"]
+    manifest = json.loads((out / "tokenplug_manifest.json").read_text())
+    assert manifest["side_files"] == {"tool_token_priors": "tokenplug/tool_token_priors.safetensors"}
+    assert "tokenplug/tool_token_priors.safetensors" in manifest["outputs"]
+    # the rows are the prior: plan, manifest and card say `tool`, not the fill method
+    for rec in manifest["report"]["matrices"]:
+        assert rec["by_method"] == {"tool": 1} and rec["by_source"] == {"tool prior": 1}, rec
+    assert "Tool tokens (`tool`)" in (out / "README.md").read_text()
+    plan = CliRunner().invoke(main, ["plan", str(path), "--json"])
+    assert plan.exit_code == 0, plan.output
+    (model_plan,) = json.loads(plan.output)[0]["models"]
+    assert model_plan["by_method"] == {"tool": 1}, model_plan
+    with safe_open(str(out / "tokenplug" / "tool_token_priors.safetensors"), "pt") as fh:
         assert json.loads(fh.metadata()["tokens"]) == ["<tool:calculator>"]
         assert fh.get_tensor("token_ids").tolist() == [tid]
         assert torch.equal(fh.get_tensor("prior/" + (EMB if tied else HEAD))[0], head[tid])
@@ -206,7 +219,7 @@ def test_learn_tool_tokens_trains_only_tool_rows(tool_model, tmp_path):
         keep[tid] = False
         assert torch.equal(before[name][keep], after[name][keep])
     assert not torch.equal(before[HEAD][tid], after[HEAD][tid])
-    assert (out / "tool_token_priors.safetensors").exists() and (out / "tokenplug_manifest.json").exists()
+    assert (out / "tokenplug" / "tool_token_priors.safetensors").exists() and (out / "tokenplug_manifest.json").exists()
 
 
 def test_learn_tool_tokens_bad_row_names_the_line(tool_model, tmp_path):

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
+
+import yaml
+
+from mergekit_tokenplug.output.side_files import TOOL_PRIORS
 
 COUNT_KEYS = ("exact", "canonical", "special", "missing")
 
 
-def vocabulary_section(*, method: str, params: dict[str, Any], report: dict[str, Any]) -> str:
-    """Markdown: method + parameters, alignment counts per model, rows per matrix."""
+def vocabulary_section(
+    *,
+    method: str,
+    params: dict[str, Any],
+    report: dict[str, Any],
+    bos: dict[str, Any] | None = None,
+) -> str:
+    """Markdown: method + parameters, BOS convention, alignment counts per model, rows per matrix."""
+    from mergekit_tokenplug.output.bos import bos_sentence
+
     vocab = report.get("vocabulary", {})
     lines = [
         "## Vocabulary transplant (mergekit-tokenplug)",
@@ -19,6 +32,17 @@ def vocabulary_section(*, method: str, params: dict[str, Any], report: dict[str,
         "",
         f"Output vocabulary: {vocab.get('output_tokens', '?')} tokens in {vocab.get('output_rows', '?')} rows.",
         "",
+        *([bos_sentence(bos), ""] if bos else []),
+        *(
+            [
+                "Tool tokens (`tool`): their rows are the re-initialization prior (the frozen "
+                "model reading the tool's name and description), exported to "
+                f"`{TOOL_PRIORS}` for training.",
+                "",
+            ]
+            if any("tool" in rec.get("by_method", {}) for rec in report.get("matrices", []))
+            else []
+        ),
         "| model | exact | canonical | special | missing |",
         "|---|---:|---:|---:|---:|",
     ]
@@ -39,21 +63,83 @@ def vocabulary_section(*, method: str, params: dict[str, Any], report: dict[str,
     return "\n".join(lines) + "\n"
 
 
-def model_card(merge_config: Any, recipe: str, vocabulary_md: str) -> str:
+def _front_matter_of(path: Path) -> dict[str, Any]:
+    """The YAML front matter of a model card (empty when there is none or it is unreadable)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return {}
+    if not text.startswith("---"):
+        return {}
+    try:
+        data = yaml.safe_load(text.split("---", 2)[1])
+    except (yaml.YAMLError, IndexError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def input_licenses(models: list[str]) -> dict[str, str | None]:
+    """Each input's declared license (its README.md front matter), None when undeclared."""
+    out: dict[str, str | None] = {}
+    for model in models:
+        license_ = _front_matter_of(Path(model) / "README.md").get("license")
+        out[model] = str(license_) if license_ else None
+    return out
+
+
+def license_metadata(licenses: dict[str, str | None]) -> tuple[str | None, str]:
+    """The card's ``license`` (inherited when every input declares the same one) and a
+    sentence saying where it comes from."""
+    declared = set(licenses.values())
+    if len(declared) == 1 and None not in declared:
+        value = declared.pop()
+        return value, f"License: `{value}`, the license every input declares."
+    listing = ", ".join(f"`{m}`: {lic or 'not declared'}" for m, lic in licenses.items())
+    if declared == {None}:
+        return (
+            None,
+            f"License: not declared by the inputs ({listing}); check them before publishing.",
+        )
+    return "other", f"License: the inputs' licenses differ ({listing}); the terms of each apply."
+
+
+def card_header(name: str, inputs: list[str]) -> list[str]:
+    """Front matter (Hub model-card metadata: ``base_model`` builds the model tree) and title."""
+    license_, sentence = license_metadata(input_licenses(inputs))
+    meta: dict[str, Any] = {"base_model": inputs}
+    if license_:
+        meta["license"] = license_
+    meta["library_name"] = "transformers"
+    meta["tags"] = ["mergekit", "merge", "mergekit-tokenplug"]
+    return [
+        "---",
+        yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(),
+        "---",
+        "",
+        f"# {name}",
+        "",
+        sentence,
+        "",
+    ]
+
+
+def card_inputs(merge_config: Any) -> list[str]:
+    """The recipe's inputs as it names them: merged models, then a tokenizer-source donor."""
+    models = sorted(str(m) for m in merge_config.referenced_models())
+    source = merge_config.tokenizer.source if merge_config.tokenizer else None
+    if source is not None and not isinstance(source, str) and str(source) not in models:
+        models.append(str(source))
+    return models
+
+
+def model_card(
+    merge_config: Any, recipe: str, vocabulary_md: str, name: str = "Merged model"
+) -> str:
     """The whole README.md: what was built, from what, with which recipe."""
     models = sorted(str(m.model.path) for m in merge_config.referenced_models())
     source = merge_config.tokenizer.source
     lines = [
-        "---",
-        "library_name: transformers",
-        "tags:",
-        "- mergekit",
-        "- merge",
-        "- mergekit-tokenplug",
-        "---",
-        "",
-        "# Merged model",
-        "",
+        *card_header(name, card_inputs(merge_config)),
         f"Built with [mergekit](https://github.com/arcee-ai/mergekit) (`{merge_config.merge_method}`) and mergekit-tokenplug.",
         "",
         "Models: " + ", ".join(f"`{m}`" for m in models) + ".",

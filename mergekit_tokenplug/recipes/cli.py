@@ -33,7 +33,7 @@ def _quiet_libraries() -> Iterator[None]:
 
 @click.group("recipes")
 def recipes() -> None:
-    """Check recipes and print their JSON Schema."""
+    """Check recipes, print their JSON Schema, list and show the shipped ones."""
 
 
 @recipes.command("validate")
@@ -41,9 +41,18 @@ def recipes() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of problems.")
 @click.option("--quiet", "-q", is_flag=True, help="Print errors only (no warnings, no OK lines).")
 @click.option(
+    "--inputs",
+    "check_inputs",
+    is_flag=True,
+    help="Also check the inputs: model directories exist and hold a tokenizer/weights, corpus "
+    "files and embedders exist, OMP's k fits the shared tokens. Without it only what needs no "
+    "input is checked (syntax, schema, methods, parameters, stage graph) and inputs that are "
+    "not here are listed as notes.",
+)
+@click.option(
     "--skip-models",
     is_flag=True,
-    help="Check syntax, schema and parameters only; do not look at model directories.",
+    help="Like the default, without the notes about inputs that are not here.",
 )
 @click.option(
     "--allow-hub",
@@ -55,6 +64,7 @@ def validate(
     paths: tuple[str, ...],
     as_json: bool,
     quiet: bool,
+    check_inputs: bool,
     skip_models: bool,
     allow_hub: bool,
     trust_remote_code: bool,
@@ -70,7 +80,10 @@ def validate(
     if not files:
         raise click.UsageError(f"no *.yaml files in {', '.join(paths)}")
     options = Options(
-        check_models=not skip_models, allow_hub=allow_hub, trust_remote_code=trust_remote_code
+        check_models=check_inputs,
+        note_inputs=not skip_models,
+        allow_hub=allow_hub,
+        trust_remote_code=trust_remote_code,
     )
     with _quiet_libraries():
         results = [validate_path(f, options) for f in files]
@@ -89,6 +102,26 @@ def validate(
             bad = sum(1 for r in results if r.errors)
             click.echo(f"{len(errors)} error(s) in {bad} of {len(results)} file(s)")
     click.get_current_context().exit(1 if errors else 0)
+
+
+@recipes.command("list")
+def list_recipes() -> None:
+    """List the curated recipes shipped with the package."""
+    from mergekit_tokenplug.recipes.collection import recipe_files, summary
+
+    for path in recipe_files():
+        click.echo(f"{path.stem}: {summary(path)}")
+
+
+@recipes.command("show")
+@click.argument("name")
+@click.option("--path", "as_path", is_flag=True, help="Print the file's path instead of its text.")
+def show_recipe(name: str, as_path: bool) -> None:
+    """Print a shipped recipe (NAME: file name, stem or number, e.g. 01)."""
+    from mergekit_tokenplug.recipes.collection import find
+
+    path = find(name)
+    click.echo(str(path) if as_path else path.read_text(encoding="utf-8"), nl=as_path)
 
 
 @recipes.command("schema")

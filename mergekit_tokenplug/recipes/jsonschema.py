@@ -106,6 +106,21 @@ def recipe_json_schema() -> dict[str, Any]:
         for name in ("TokenplugTokenizerConfig", "TokenizerConfig"):
             defs[name]["additionalProperties"] = False
 
+    # ``parameters.requires``: the marker stock mergekit refuses (see seam/schema.py).
+    from mergekit_tokenplug.seam.schema import PLUGIN_NAME, REQUIRES_KEY
+
+    for branch in schema["properties"].get("parameters", {}).get("anyOf", []):
+        if branch.get("type") == "object":
+            branch["properties"] = {
+                REQUIRES_KEY: {
+                    "type": "object",
+                    "properties": {PLUGIN_NAME: {"type": "string"}},
+                    "required": [PLUGIN_NAME],
+                    "additionalProperties": False,
+                    "description": "the plugin (and version specifier) this recipe needs; stock mergekit refuses the recipe",
+                }
+            }
+
     # mergekit ignores unknown top-level keys silently; the schema (like `recipes validate`)
     # refuses them. ``name`` is mergekit-multi's stage name.
     schema["properties"]["name"] = {

@@ -21,6 +21,7 @@ from mergekit_tokenplug import registry
 from mergekit_tokenplug.registry import Need
 from mergekit_tokenplug.seam.planner import align_settings
 from mergekit_tokenplug.seam.schema import uses_plugin
+from mergekit_tokenplug.seam.tool_counts import TOOL_METHOD, TOOL_SOURCE
 
 FP32 = 4
 # tokenadapt scores its neighbour search in chunks of at most this many elements.
@@ -140,6 +141,18 @@ def _forced_mask(config: Any, out_tok: Any, n_tokens: int) -> np.ndarray:
     return forced
 
 
+def _tool_mask(config: Any, out_tok: Any, n_tokens: int) -> np.ndarray:
+    from mergekit_tokenplug.seam.schema import ToolTokenSource
+
+    tools = np.zeros(n_tokens, dtype=bool)
+    vocab = out_tok.get_vocab()
+    for token, cfg in (config.tokenizer.tokens or {}).items():
+        token_id = vocab.get(token)
+        if token_id is not None and token_id < n_tokens and isinstance(cfg.source, ToolTokenSource):
+            tools[token_id] = True
+    return tools
+
+
 def recipe_vocab(config: Any, trust_remote_code: bool = False) -> RecipeVocab:
     """Align a plugin recipe's vocabularies and replay the seam's fill decisions."""
     from mergekit_tokenplug.seam.vocab_task import make_vocab_plan, model_key
@@ -155,6 +168,7 @@ def recipe_vocab(config: Any, trust_remote_code: bool = False) -> RecipeVocab:
     approx = config.tokenizer.approximation
     spec = registry.get(approx.method)
     forced = _forced_mask(config, out_tok, vocab.n_tokens)
+    tools = _tool_mask(config, out_tok, vocab.n_tokens)
     inputs = input_order(config)
     base = config.base_model
     order = sorted(inputs, key=lambda m: (m != base, inputs.index(m)))
@@ -200,6 +214,12 @@ def recipe_vocab(config: Any, trust_remote_code: bool = False) -> RecipeVocab:
                 fill.groups.append(FillGroup(spec.fallback or "mean", None, int(unassigned.sum())))
         elif missing.size:
             fill.groups.append(FillGroup(spec.name, None, int(missing.size)))
+        n_tools = int((tools & ~have).sum())
+        if n_tools:  # computed like tokens no space knows, then replaced by the prior
+            unknown = next(g for g in fill.groups if g.source is None)
+            unknown.count -= n_tools
+            fill.groups = [g for g in fill.groups if g.count > 0]
+            fill.groups.append(FillGroup(TOOL_METHOD, TOOL_SOURCE, n_tools))
         fills[key] = fill
     return RecipeVocab(config, vocab, inputs, fills, approx.method, approx.parsed_params())
 

@@ -39,11 +39,11 @@ class Problem:
     line: int | None
     key: str
     message: str
-    severity: str = "error"  # "error" | "warning"
+    severity: str = "error"  # "error" | "warning" | "note"
 
     def format(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
-        text = ("warning: " if self.severity == "warning" else "") + self.message
+        text = (f"{self.severity}: " if self.severity != "error" else "") + self.message
         return f"{where} {self.key}: {text}" if self.key else f"{where} {text}"
 
     def as_dict(self) -> dict[str, Any]:
@@ -53,6 +53,7 @@ class Problem:
 @dataclass
 class Options:
     check_models: bool = True  # False: syntax, schema and parameters only
+    note_inputs: bool = False  # with check_models False: note references not found here
     allow_hub: bool = False  # names that look like hub ids are skipped instead of errors
     trust_remote_code: bool = False
 
@@ -223,8 +224,10 @@ def _tool_tokens(tokenizer: Any) -> list[str]:
 
 def uses_plugin_keys(doc: Any) -> bool:
     """Whether a raw recipe document uses keys only the plugin understands."""
+    from mergekit_tokenplug.seam.schema import tokenizer_uses_plugin
+
     tok = doc.get("tokenizer") if isinstance(doc, dict) else None
-    return isinstance(tok, dict) and ("approximation" in tok or bool(_tool_tokens(tok)))
+    return tokenizer_uses_plugin(tok)
 
 
 class _DocChecker:
@@ -274,7 +277,7 @@ class _DocChecker:
             return self.out
         merge_cfg = _merge_configuration()
         self.check_top_level_keys(merge_cfg)
-        data = {k: v for k, v in doc.items() if k != "name"}
+        data = self.without_unknown_tokenizer_keys({k: v for k, v in doc.items() if k != "name"})
         plugin = uses_plugin_keys(data)
         active = True
         spec = params = None
@@ -298,6 +301,8 @@ class _DocChecker:
         refs_ok = self.check_models(spec) if self.options.check_models else False
         if refs_ok and config is not None:
             self.check_widths(config)
+        if not self.options.check_models and self.options.note_inputs:
+            self.note_absent_inputs()
         if plugin and active and spec is not None and self.options.check_models:
             self.check_resources(spec, params)
             if config is not None and refs_ok and self.errors == 0:
@@ -312,28 +317,51 @@ class _DocChecker:
         return self.out
 
     def check_top_level_keys(self, merge_cfg: Any) -> None:
+        from mergekit_tokenplug.seam.schema import near_misses, unknown_key_message
+
         valid = set(merge_cfg.model_fields) | ({"name"} if self.result.multi else set())
+        # near_misses words a misplaced plugin key the way the stock commands refuse it
+        hints = dict(near_misses({k: v for k, v in self.doc.items() if k not in valid}))
         for key in self.doc:
             if key not in valid:
-                self.add(
-                    (str(key),),
-                    f"unknown top-level key (mergekit would silently ignore it); valid keys: {', '.join(sorted(valid))}",
-                )
+                message = hints.get(str(key)) or unknown_key_message("top-level", key, tuple(valid))
+                self.add((str(key),), message)
         tok = self.doc.get("tokenizer")
         if isinstance(tok, dict):
             from mergekit_tokenplug.seam.schema import TokenplugTokenizerConfig
 
-            valid_tok = set(TokenplugTokenizerConfig.model_fields)
+            valid_tok = tuple(TokenplugTokenizerConfig.model_fields)
             for key in tok:
                 if key not in valid_tok:
                     self.add(
-                        ("tokenizer", str(key)),
-                        f"unknown tokenizer key (mergekit would silently ignore it and run its stock vocabulary handling); valid keys: {', '.join(sorted(valid_tok))}",
+                        ("tokenizer", str(key)), unknown_key_message("tokenizer", key, valid_tok)
                     )
+        for where, message in near_misses(self.doc):
+            parts = where.split(".")
+            if len(parts) > 1 and parts[:1] + parts[2:] != ["tokenizer"]:  # reported above
+                self.add(tuple(int(p) if p.isdigit() else p for p in parts), message)
+
+    @staticmethod
+    def without_unknown_tokenizer_keys(data: dict) -> dict:
+        """Unknown tokenizer keys are reported by check_top_level_keys; validate the rest."""
+        from mergekit_tokenplug.seam.schema import TokenplugTokenizerConfig
+
+        tok = data.get("tokenizer")
+        if not isinstance(tok, dict):
+            return data
+        known = {k: v for k, v in tok.items() if k in TokenplugTokenizerConfig.model_fields}
+        return {**data, "tokenizer": known} if len(known) != len(tok) else data
 
     def report_inactive(self, reason: str, data: dict) -> None:
         tok = data["tokenizer"]
-        loc = APPROX if "approximation" in tok else ("tokenizer", "tokens", _tool_tokens(tok)[0])
+        tools = _tool_tokens(tok)
+        loc = (
+            APPROX
+            if "approximation" in tok
+            else ("tokenizer", "tokens", tools[0])
+            if tools
+            else ("tokenizer", next((k for k in tok if k not in ("source", "tokens")), "tokens"))
+        )
         label = "plugin disabled" if "disabled" in reason else "plugin inactive"
         self.add(
             loc,
@@ -344,9 +372,13 @@ class _DocChecker:
     def strip_plugin_keys(data: dict) -> dict:
         data = copy.deepcopy(data)
         tok = data["tokenizer"]
-        tok.pop("approximation", None)
+        for key in ("approximation", "add_bos"):
+            tok.pop(key, None)
         for token in _tool_tokens(tok):
             del tok["tokens"][token]
+        for cfg in (tok.get("tokens") or {}).values():
+            if isinstance(cfg, dict):
+                cfg.pop("special", None)
         return data
 
     def check_approximation(self, data: dict) -> tuple[Any, Any]:
@@ -479,7 +511,8 @@ class _DocChecker:
                     if key in ("model", "base_model", "tokenizer_source") and isinstance(
                         value, str
                     ):
-                        add_ref(child, value)
+                        if not (child == ("tokenizer_source",) and value in ("union", "base")):
+                            add_ref(child, value)
                     elif key == "path" and isinstance(value, str) and path and path[-1] == "model":
                         refs.append((child, value.split("@")[0], role_of(child)))
                     elif key == "source" and path[-2:-1] == ("tokens",) and isinstance(value, str):
@@ -495,6 +528,19 @@ class _DocChecker:
 
         walk({k: v for k, v in self.doc.items() if k != "name"}, ())
         return refs
+
+    def note_absent_inputs(self) -> None:
+        """Structure-only mode: say which inputs are not here (checked with ``--inputs``)."""
+        for path, model, _role in self.model_refs():
+            if self.result.multi and model in self.stages:
+                self.out.stage_refs.add(model)
+            elif not os.path.exists(os.path.expanduser(model)):
+                kind = "a hub id or a path" if _HUB_ID.fullmatch(model) else "a local path"
+                self.add(
+                    path,
+                    f"{model!r} ({kind}) is not here; not checked (use --inputs where the inputs are)",
+                    "note",
+                )
 
     def check_models(self, spec: Any) -> bool:
         """True when every reference is an existing local directory (needed to align vocabularies)."""

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Annotated, Optional, Union
+from typing import Annotated, Dict, Optional, Union  # noqa: UP035 (runtime types)
 
 from mergekit.common import ModelReference
 from mergekit.tokenizer.config import TokenizerConfig
 from pydantic import BeforeValidator
+from pydantic.fields import FieldInfo
 
-from mergekit_tokenplug.seam.schema import PluginTokenizerField, refuse_plugin_keys
+from mergekit_tokenplug.seam.schema import (
+    PluginTokenizerField,
+    refuse_plugin_keys,
+    refuse_requirement,
+    take_requirement,
+)
 
 
 def apply(config_module: ModuleType, refuse_reason: str | None = None) -> None:
@@ -21,17 +27,22 @@ def apply(config_module: ModuleType, refuse_reason: str | None = None) -> None:
     """
     merge_cfg = config_module.MergeConfiguration
     field = merge_cfg.model_fields["tokenizer"]
+    params = merge_cfg.model_fields["parameters"]
+    setting = Optional[Dict[str, config_module.ParameterSetting]]  # noqa: UP006, UP045
     if refuse_reason is None:
         _allow_tool_sources()
         field.annotation = Optional[PluginTokenizerField]  # noqa: UP045 (runtime type)
+        params.annotation = Annotated[setting, BeforeValidator(take_requirement)]
     else:
         guarded = Annotated[TokenizerConfig, BeforeValidator(refuse_plugin_keys(refuse_reason))]
         field.annotation = Optional[guarded]  # noqa: UP045 (runtime type)
+        params.annotation = Annotated[setting, BeforeValidator(refuse_requirement(refuse_reason))]
     merge_cfg.model_rebuild(force=True)
 
 
 def _allow_tool_sources() -> None:
-    """Add ``kind: tool`` to the per-token sources and rebuild the models that embed them."""
+    """Add ``kind: tool`` to the per-token sources and ``special: bool`` to the per-token
+    settings, then rebuild the models that embed them."""
     from mergekit.tokenizer import config as tok_config
 
     from mergekit_tokenplug.seam.schema import TokenplugTokenizerConfig, ToolTokenSource
@@ -44,5 +55,6 @@ def _allow_tool_sources() -> None:
         ModelReference,
         None,
     ]
+    emb_cfg.model_fields["special"] = FieldInfo.from_annotated_attribute(bool, False)
     for model in (emb_cfg, tok_config.TokenizerConfig, TokenplugTokenizerConfig):
         model.model_rebuild(force=True)

@@ -22,6 +22,7 @@ from mergekit_tokenplug import registry
 from mergekit_tokenplug.errors import InputError
 from mergekit_tokenplug.registry import Need
 from mergekit_tokenplug.seam.schema import ToolTokenSource, uses_plugin
+from mergekit_tokenplug.seam.union_order import OrderedBuildTokenizer
 from mergekit_tokenplug.seam.vocab_task import AlignVocabulary, ApproximatedVocabulary
 
 LOG = logging.getLogger(__name__)
@@ -99,15 +100,19 @@ def apply(plan_module: ModuleType) -> None:
     planner_cls._tokenplug_patched = True
 
 
-class ToolAwareBuildTokenizer(BuildTokenizer):
-    """Stock tokenizer build, then tool tokens added as unnormalized tokens.
+class ToolAwareBuildTokenizer(OrderedBuildTokenizer):
+    """Stock tokenizer build, then tool tokens and ``special: true`` tokens added as
+    unnormalized tokens (special ones marked special).
 
-    Stock ``add_tokens(str)`` makes a normalized added token, which a SentencePiece-style
-    normalizer only matches after a space; a tool token must match wherever it appears.
+    Stock ``add_tokens(str)`` makes a normalized, non-special added token, which a
+    SentencePiece-style normalizer only matches after a space; a tool or chat token must match
+    wherever it appears, and a chat token must be skipped when decoding with
+    ``skip_special_tokens``.
     """
 
     tool_tokens: tuple[str, ...] = ()
     forced: tuple[str, ...] = ()  # tool tokens whose ``force: true`` lets them replace a token
+    special_tokens: tuple[str, ...] = ()
 
     def execute(self, **kwargs: Any) -> TokenizerInfo:
         from tokenizers import AddedToken
@@ -120,8 +125,11 @@ class ToolAwareBuildTokenizer(BuildTokenizer):
                 "is already a token of the output vocabulary; a tool token replaces an existing token's rows only with force: true (as stock mergekit's tokens entries)",
                 where=f"tokenizer.tokens.{existing[0]}",
             )
-        new = [t for t in self.tool_tokens if t not in vocab]
-        info.tokenizer.add_tokens([AddedToken(t, normalized=False, special=False) for t in new])
+        wanted = dict.fromkeys((*self.tool_tokens, *self.special_tokens))
+        new = [t for t in wanted if t not in vocab]
+        info.tokenizer.add_tokens(
+            [AddedToken(t, normalized=False, special=t in self.special_tokens) for t in new]
+        )
         vocab = info.tokenizer.get_vocab()
         for perm in info.permutations.values():
             for token in new:
@@ -130,15 +138,20 @@ class ToolAwareBuildTokenizer(BuildTokenizer):
 
 
 def _swap_tool_aware_tokenizer(planner: Any) -> None:
+    """The plugin's tokenizer task: reproducible union order, tool and special tokens added
+    unnormalized."""
     tokens = planner.config.tokenizer.tokens or {}
     tools = tuple(t for t, c in tokens.items() if isinstance(c.source, ToolTokenSource))
-    if not tools:
-        return
+    special = tuple(t for t, c in tokens.items() if getattr(c, "special", False))
     stock = planner._tokenizer_task
     fields = {k: getattr(stock, k) for k in BuildTokenizer.model_fields}
-    fields["add_tokens"] = tuple(t for t in stock.add_tokens or () if t not in tools)
+    fields["add_tokens"] = tuple(
+        t for t in stock.add_tokens or () if t not in tools and t not in special
+    )
     forced = tuple(t for t in tools if tokens[t].force)
-    planner._tokenizer_task = ToolAwareBuildTokenizer(**fields, tool_tokens=tools, forced=forced)
+    planner._tokenizer_task = ToolAwareBuildTokenizer(
+        **fields, tool_tokens=tools, forced=forced, special_tokens=special
+    )
 
 
 def needs_donor_embeddings(config: Any) -> bool:

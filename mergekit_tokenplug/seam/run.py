@@ -31,9 +31,12 @@ from mergekit_tokenplug.inputs import (
     weight_files,
 )
 from mergekit_tokenplug.output.atomic import atomic_directory
+from mergekit_tokenplug.output.bos import match_bos
 from mergekit_tokenplug.output.card import model_card, vocabulary_section
 from mergekit_tokenplug.output.config_fix import fix_config, strip_loader_flags
 from mergekit_tokenplug.output.manifest import input_record, write_manifest
+from mergekit_tokenplug.output.modes import apply_umask
+from mergekit_tokenplug.output.side_files import TOOL_PRIORS
 from mergekit_tokenplug.seam.schema import uses_plugin
 
 LOG = logging.getLogger("mergekit_tokenplug")
@@ -48,7 +51,11 @@ def apply(merge_module: ModuleType) -> None:
     def run_merge(merge_config, out_path, options, config_source=None):
         if not uses_plugin(merge_config):
             return original(merge_config, out_path, options, config_source=config_source)
-        return run_plugin_merge(original, merge_config, out_path, options, config_source)
+        # Stock commands overwrite OUT (mergekit-multi --no-lazy re-runs stages in place);
+        # the refusal of a non-empty OUT is for mergekit-tokenplug's own commands.
+        return run_plugin_merge(
+            original, merge_config, out_path, options, config_source, overwrite=True
+        )
 
     run_merge._tokenplug_wrapped = True  # type: ignore[attr-defined]
     merge_module.run_merge = run_merge
@@ -91,7 +98,9 @@ def run_plugin_merge(
             options.model_copy(update={"write_model_card": False}),
             config_source=recipe,
         )
-        finalize(tmp, merge_config, recipe, options, write_card=write_card)
+        finalize(
+            tmp, merge_config, recipe, options, write_card=write_card, name=Path(out_path).name
+        )
     LOG.info("wrote %s", out_path)
 
 
@@ -206,10 +215,7 @@ def check_embedding_rows(model: ModelReference, where: str, trust_remote_code: b
             )
 
 
-TOOL_PRIORS_NAME = "tool_token_priors.safetensors"
-
-
-def write_tool_priors(out_dir: Path, merge_config: Any) -> None:
+def write_tool_priors(out_dir: Path, merge_config: Any) -> str | None:
     """Export the tool-token priors (the base model's) so training code can regularize toward them.
 
     Keys: ``prior/<weight name>`` (one ``(n, d)`` tensor per written matrix) plus ``token_ids``;
@@ -217,7 +223,7 @@ def write_tool_priors(out_dir: Path, merge_config: Any) -> None:
     """
     records = report.tool_rows()
     if not records:
-        return
+        return None
     import json
 
     import torch
@@ -229,21 +235,35 @@ def write_tool_priors(out_dir: Path, merge_config: Any) -> None:
     ]
     tensors = {f"prior/{r['weight']}": r["rows"].contiguous() for r in mine}
     tensors["token_ids"] = torch.tensor(mine[0]["ids"], dtype=torch.int64)
+    path = out_dir / TOOL_PRIORS
+    path.parent.mkdir(exist_ok=True)
     save_file(
         tensors,
-        str(out_dir / TOOL_PRIORS_NAME),
+        str(path),
         metadata={"tokens": json.dumps(mine[0]["tokens"]), "model": mine[0]["model"]},
     )
+    return TOOL_PRIORS
+
+
+def base_model(merge_config: Any) -> ModelReference:
+    """The model whose conventions the output keeps: ``base_model``, else the first input."""
+    return merge_config.base_model or sorted(merge_config.referenced_models(), key=str)[0]
 
 
 def finalize(
-    out_dir: Path, merge_config: Any, recipe: str, options: Any, write_card: bool = True
+    out_dir: Path,
+    merge_config: Any,
+    recipe: str,
+    options: Any,
+    write_card: bool = True,
+    name: str = "Merged model",
 ) -> dict[str, Any]:
     """Config fix-ups, generation config, model card section and manifest."""
     import transformers
 
     snap = report.snapshot()
     rows = snap["vocabulary"].get("output_rows")
+    bos = match_bos(out_dir, base_model(merge_config).model.path, merge_config.tokenizer.add_bos)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(out_dir))
     source = merge_config.tokenizer.source
     if isinstance(source, ModelReference):
@@ -252,14 +272,14 @@ def finalize(
             shutil.copyfile(gen, out_dir / "generation_config.json")
     changes = fix_config(out_dir, rows=rows, tokenizer=tokenizer)
     strip_loader_flags(out_dir)
-    write_tool_priors(out_dir, merge_config)
+    priors = write_tool_priors(out_dir, merge_config)
     approx = merge_config.tokenizer.approximation
     if write_card:
         section = vocabulary_section(
-            method=approx.method, params=approx.method_params(), report=snap
+            method=approx.method, params=approx.method_params(), report=snap, bos=bos
         )
         (out_dir / "README.md").write_text(
-            model_card(merge_config, recipe, section), encoding="utf-8"
+            model_card(merge_config, recipe, section, name=name), encoding="utf-8"
         )
         (out_dir / "mergekit_config.yml").write_text(recipe, encoding="utf-8")
     for rec in snap["matrices"]:
@@ -283,6 +303,12 @@ def finalize(
         inputs=inputs,
         recipe=recipe,
         report=snap,
-        extra={"config_changes": changes, "seed": options.random_seed},
+        extra={
+            "config_changes": changes,
+            "seed": options.random_seed,
+            "bos": bos,
+            "side_files": {"tool_token_priors": priors} if priors else {},
+        },
     )
+    apply_umask(out_dir)
     return snap

@@ -8,6 +8,7 @@ a callable discriminator that routes any value carrying a plugin key to the exte
 
 from __future__ import annotations
 
+import difflib
 import json
 from typing import Annotated, Any, Literal
 
@@ -17,7 +18,13 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from mergekit_tokenplug.errors import ConfigError
 
-PLUGIN_TOKENIZER_KEYS = ("approximation",)
+PLUGIN_TOKENIZER_KEYS = ("approximation", "add_bos")
+STOCK_TOKENIZER_KEYS = tuple(TokenizerConfig.model_fields)
+# ``parameters: {requires: {mergekit-tokenplug: SPEC}}`` says a recipe needs the plugin. Stock
+# mergekit reads every ``parameters`` value as a merge parameter and rejects a mapping without
+# ``value``, so without the plugin such a recipe is refused instead of run with copies/zeros.
+REQUIRES_KEY = "requires"
+PLUGIN_NAME = "mergekit-tokenplug"
 
 
 class ApproximationConfig(BaseModel):
@@ -92,11 +99,179 @@ class ToolTokenSource(BaseModel, frozen=True):
 
 
 class TokenplugTokenizerConfig(TokenizerConfig, frozen=True):
-    """mergekit's ``TokenizerConfig`` plus the plugin's keys."""
+    """mergekit's ``TokenizerConfig`` plus the plugin's keys; unknown keys are refused (stock
+    would drop them and fall back to its own copies/zeros)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     approximation: ApproximationConfig = Field(
         default_factory=lambda: ApproximationConfig(method="omp")
     )
+    add_bos: Literal["base", "source"] = Field(
+        "base",
+        description="whether the output tokenizer adds BOS like the base model's tokenizer "
+        "(base, the default: the model was trained that way) or like the tokenizer source "
+        "(source: e.g. a draft model that must match its target's convention)",
+    )
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in data:
+                if key not in cls.model_fields:
+                    raise ConfigError(
+                        unknown_key_message("tokenizer", key, tuple(cls.model_fields)),
+                        where=f"tokenizer.{key}",
+                    )
+        return data
+
+
+def unknown_key_message(
+    level: str, key: Any, valid: tuple[str, ...], suggest: str | None = None
+) -> str:
+    """The one message for a key mergekit would silently drop (schema, validate and runs)."""
+    if suggest is None:
+        close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.75)
+        suggest = close[0] if close else None
+    hint = f"did you mean {suggest!r}? " if suggest else ""
+    consequence = " and run its stock vocabulary handling" if level == "tokenizer" else ""
+    return (
+        f"unknown {level} key (mergekit would silently ignore it{consequence}); "
+        f"{hint}valid keys: {', '.join(sorted(valid))}"
+    )
+
+
+def _known_recipe_keys() -> frozenset[str]:
+    """Every key name mergekit's or the plugin's recipe models define, at any level."""
+    from mergekit import common, config
+    from mergekit.tokenizer import config as tok_config
+
+    models = [
+        config.MergeConfiguration,
+        config.InputModelDefinition,
+        config.InputSliceDefinition,
+        config.OutputSliceDefinition,
+        config.OutputModuleDefinition,
+        config.ConditionalParameter,
+        common.ModelReference,
+        common.ModelPath,
+        tok_config.TokenEmbeddingConfig,
+        tok_config.ModelTokenEmbedding,
+        tok_config.ZeroEmbedding,
+        TokenplugTokenizerConfig,
+        ToolTokenSource,
+        ApproximationConfig,
+    ]
+    return frozenset({"name", *(k for m in models for k in m.model_fields)})
+
+
+def _top_level_keys() -> tuple[str, ...]:
+    from mergekit.config import MergeConfiguration
+
+    return tuple(MergeConfiguration.model_fields)
+
+
+NEAR_MISS_TARGETS = (*PLUGIN_TOKENIZER_KEYS, *STOCK_TOKENIZER_KEYS, "tokenizer", REQUIRES_KEY)
+
+
+def near_misses(doc: Any) -> list[tuple[str, str]]:
+    """``(key path, message)`` for each key that looks like a misspelt plugin/tokenizer key.
+
+    Walks the whole recipe document: a misplaced or misspelt ``aproximation`` anywhere would
+    otherwise be dropped by mergekit. Token strings (keys of ``tokenizer.tokens``), merge
+    parameters and method parameters are free-form and not compared.
+    """
+    known = _known_recipe_keys()
+    top_level = _top_level_keys()
+    found: list[tuple[str, str]] = []
+
+    def walk(node: Any, path: tuple[str, ...]) -> None:
+        if isinstance(node, list):
+            for i, item in enumerate(node):
+                walk(item, (*path, str(i)))
+            return
+        if not isinstance(node, dict):
+            return
+        free_keys = path[-1:] in (("tokens",), ("parameters",), ("approximation",))
+        tokenizer_level = path == ("tokenizer",)
+        for key, value in node.items():
+            child = (*path, str(key))
+            if tokenizer_level and key not in TokenplugTokenizerConfig.model_fields:
+                valid = tuple(TokenplugTokenizerConfig.model_fields)
+                found.append((".".join(child), unknown_key_message("tokenizer", key, valid)))
+            elif not free_keys and str(key) not in known:
+                close = difflib.get_close_matches(str(key), NEAR_MISS_TARGETS, n=1, cutoff=0.8)
+                if close and not path:
+                    valid = (*top_level, "name")
+                    hint = close[0] if close[0] in valid else f"tokenizer.{close[0]}"
+                    found.append((str(key), unknown_key_message("top-level", key, valid, hint)))
+                elif close:
+                    found.append(
+                        (
+                            ".".join(child),
+                            f"unknown key (mergekit would silently ignore it); did you mean {close[0]!r}?",
+                        )
+                    )
+            if path[-1:] != ("approximation",):
+                walk(value, child)
+
+    walk(doc, ())
+    return found
+
+
+def check_near_misses(doc: Any, source: str | None = None) -> None:
+    """Raise the first near-miss as a one-line ConfigError (used inside the stock commands)."""
+    for where, message in near_misses(doc):
+        raise ConfigError(message, where=f"{source}: {where}" if source else where)
+
+
+def take_requirement(parameters: Any) -> Any:
+    """Before-validator of ``parameters``: check and remove ``requires`` (see REQUIRES_KEY)."""
+    if not isinstance(parameters, dict) or REQUIRES_KEY not in parameters:
+        return parameters
+    check_requirement(parameters[REQUIRES_KEY])
+    rest = {k: v for k, v in parameters.items() if k != REQUIRES_KEY}
+    return rest or None
+
+
+def check_requirement(value: Any) -> None:
+    """``{mergekit-tokenplug: SPEC}``: SPEC (a PEP 440 specifier, may be empty) must match."""
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    from mergekit_tokenplug import __version__
+
+    where = f"parameters.{REQUIRES_KEY}"
+    if not isinstance(value, dict) or set(value) != {PLUGIN_NAME}:
+        raise ConfigError(
+            f"expected a mapping {{{PLUGIN_NAME}: VERSION_SPEC}} (e.g. {{{PLUGIN_NAME}: '>=0.1'}}), got {value!r}",
+            where=where,
+        )
+    spec = value[PLUGIN_NAME]
+    try:
+        specifier = SpecifierSet(str(spec or ""))
+    except InvalidSpecifier:
+        raise ConfigError(
+            f"{spec!r} is not a version specifier; expected e.g. '>=0.1'", where=where
+        ) from None
+    if __version__ not in specifier:
+        raise ConfigError(
+            f"the recipe needs {PLUGIN_NAME} {spec} but {__version__} is installed", where=where
+        )
+
+
+def refuse_requirement(reason: str):
+    """A before-validator for ``parameters`` used when the plugin must not run."""
+
+    def _refuse(value: Any) -> Any:
+        if isinstance(value, dict) and REQUIRES_KEY in value:
+            raise ConfigError(
+                f"this recipe requires {PLUGIN_NAME} but {reason}; refusing to run it with stock mergekit",
+                where=f"parameters.{REQUIRES_KEY}",
+            )
+        return value
+
+    return _refuse
 
     @pydantic.field_validator("pad_to_multiple_of")
     @classmethod
@@ -122,13 +297,28 @@ def has_tool_tokens(tokens: Any) -> bool:
     return False
 
 
+def has_special_tokens(tokens: Any) -> bool:
+    """Whether a raw ``tokenizer.tokens`` mapping asks for a token with ``special: true``
+    (stock mergekit would drop the key and add it as a regular token)."""
+    if not isinstance(tokens, dict):
+        return False
+    return any(isinstance(c, dict) and c.get("special") for c in tokens.values())
+
+
+def tokenizer_uses_plugin(value: Any) -> bool:
+    """Whether a raw ``tokenizer`` mapping needs the plugin's model (its keys or unknown keys)."""
+    return _tokenizer_kind(value) == "plugin"
+
+
 def _tokenizer_kind(value: Any) -> str:
     if isinstance(value, TokenplugTokenizerConfig):
         return "plugin"
     if isinstance(value, dict) and (
-        any(k in value for k in PLUGIN_TOKENIZER_KEYS) or has_tool_tokens(value.get("tokens"))
+        any(k not in STOCK_TOKENIZER_KEYS for k in value)
+        or has_tool_tokens(value.get("tokens"))
+        or has_special_tokens(value.get("tokens"))
     ):
-        return "plugin"
+        return "plugin"  # plugin keys, or unknown keys the plugin model refuses by name
     return "stock"
 
 

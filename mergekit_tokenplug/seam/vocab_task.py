@@ -32,6 +32,7 @@ from mergekit_tokenplug.errors import InputError
 from mergekit_tokenplug.fill import SourceSpace, TextSupport, check_finite, fill_matrix
 from mergekit_tokenplug.seam.method_resources import method_extras
 from mergekit_tokenplug.seam.schema import ApproximationConfig, ToolTokenSource
+from mergekit_tokenplug.seam.tool_counts import count_as_tool, unknown_token_method
 from mergekit_tokenplug.seam.tool_rows import tool_token_rows
 from mergekit_tokenplug.vocab.align import VocabAlignment, align_vocab
 from mergekit_tokenplug.vocab.texts import split_texts, token_texts
@@ -404,6 +405,7 @@ class ApproximatedVocabulary(PermutedVocabulary):
                 report.add_tool_rows(
                     mv.name, self.weight_name, list(tools), ids.tolist(), rows.cpu()
                 )
+                count_as_tool(rep.by_method, rep.by_source, len(tools), unknown_token_method(spec))
             report.add_fill({**rep.as_dict(), "weight": self.weight_name, "method": approx.method})
             result[m] = filled.movedim(0, self.vocabulary_axis)
         return result

@@ -21,10 +21,12 @@ from mergekit_tokenplug.errors import InputError
 from mergekit_tokenplug.inputs import check_model_dir
 from mergekit_tokenplug.output.atomic import atomic_directory
 from mergekit_tokenplug.output.manifest import input_record, write_manifest
+from mergekit_tokenplug.output.modes import apply_umask
+from mergekit_tokenplug.output.side_files import TOOL_PRIORS
 from mergekit_tokenplug.tooltokens.data import read_jsonl
 from mergekit_tokenplug.tooltokens.train import encode_rows, evaluate_tool_rows, learn_tool_tokens
 
-PRIORS_FILE = "tool_token_priors.safetensors"
+PRIORS_FILE = TOOL_PRIORS
 
 
 def load_priors(
@@ -133,6 +135,7 @@ def run_learn_tool_tokens(
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if (src / PRIORS_FILE).exists():
+            (tmp / PRIORS_FILE).parent.mkdir(exist_ok=True)
             shutil.copyfile(src / PRIORS_FILE, tmp / PRIORS_FILE)
         (tmp / "learn_tool_tokens.json").write_text(
             json.dumps(metrics, indent=2) + "\n", encoding="utf-8"
@@ -145,5 +148,9 @@ def run_learn_tool_tokens(
             ],
             recipe=f"learn-tool-tokens steps={steps} lr={lr} lam={lam} seed={seed}",
             report={"learn_tool_tokens": {k: metrics[k] for k in ("before", "after")}},
+            extra={"side_files": {"tool_token_priors": PRIORS_FILE}}
+            if (tmp / PRIORS_FILE).exists()
+            else None,
         )
+        apply_umask(tmp)
     return metrics
