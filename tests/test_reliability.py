@@ -210,7 +210,7 @@ def wide_union(zoo, tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("command", [["recipes", "validate"], ["plan"]])
+@pytest.mark.parametrize("command", [["recipes", "validate", "--inputs"], ["plan"]])
 def test_union_of_widths_refused_before_any_work(wide_union, command):
     res = CliRunner().invoke(main, [*command, str(wide_union)])
     assert res.exit_code == 1, res.output

@@ -126,6 +126,17 @@ class TokenplugTokenizerConfig(TokenizerConfig, frozen=True):
                     )
         return data
 
+    @pydantic.field_validator("pad_to_multiple_of")
+    @classmethod
+    def _positive_multiple(cls, value: int | None) -> int | None:
+        """Stock mergekit skips 0 and misreads a negative multiple: refuse both."""
+        if value is not None and value < 1:
+            raise ConfigError(
+                f"must be a positive number of rows (got {value})",
+                where="tokenizer.pad_to_multiple_of",
+            )
+        return value
+
 
 def unknown_key_message(
     level: str, key: Any, valid: tuple[str, ...], suggest: str | None = None
@@ -272,17 +283,6 @@ def refuse_requirement(reason: str):
         return value
 
     return _refuse
-
-    @pydantic.field_validator("pad_to_multiple_of")
-    @classmethod
-    def _positive_multiple(cls, value: int | None) -> int | None:
-        """Stock mergekit skips 0 and misreads a negative multiple: refuse both."""
-        if value is not None and value < 1:
-            raise ConfigError(
-                f"must be a positive number of rows (got {value})",
-                where="tokenizer.pad_to_multiple_of",
-            )
-        return value
 
 
 def has_tool_tokens(tokens: Any) -> bool:
