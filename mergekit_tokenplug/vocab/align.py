@@ -19,8 +19,9 @@ Rules (ALGORITHMS.md section 0), for each output id:
   token with no counterpart is looked up once more after the model's own normalizer ran on its
   text (``ĠThe`` finds ``the`` in a lowercasing model, which encodes "The" as ``the``).
 * non-special added tokens: EXACT on the identical string of a model added/special token,
-  else CANONICAL on the text they decode to; unmatched ones are listed in
-  ``unmatched_added``.
+  else CANONICAL on the bytes they stand for (byte-level: their byte-alphabet reading first,
+  as mergekit's union tokenizer copies vocabulary entries, then their raw text); unmatched
+  ones are listed in ``unmatched_added``.
 * model ids >= ``model_rows`` are never sources; output ids without a token are holes.
 """
 
@@ -40,6 +41,7 @@ from mergekit_tokenplug.vocab.canonical import (
     normalized_form,
     read_vocab,
     view_added_forms,
+    view_added_symbol_forms,
     view_canonical,
 )
 
@@ -178,6 +180,7 @@ def align_vocab(
     unmatched_special: list[int] = []
     unmatched_added: list[int] = []
     o_added_forms = view_added_forms(out)
+    o_added_symbols = view_added_symbol_forms(out)
     for i in sorted(set(out.added) | out.special_ids):
         text = tokens[i]
         j = m_str_marked.get(text)
@@ -199,7 +202,9 @@ def align_vocab(
         if j is not None:
             src[i], how[i] = j, EXACT
             continue
-        j = m_canon.get(o_added_forms[i])
+        j = m_canon.get(o_added_symbols.get(i, b""))
+        if j is None:
+            j = m_canon.get(o_added_forms[i])
         if j is None:
             unmatched_added.append(i)
         else:

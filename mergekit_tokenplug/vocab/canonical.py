@@ -363,16 +363,51 @@ def view_added_forms(view: VocabView) -> dict[int, bytes]:
 
     An added token is matched on the input text itself, before any pre-tokenizer: in a
     byte-level tokenizer its content is raw text (an added ``café`` is ``b"caf\\xc3\\xa9"``,
-    the bytes of the model's ``cafÃ©``), not GPT-2 byte-alphabet symbols. Other schemes read
-    the content through their spelling (``▁`` = space), as their normalizer writes it.
+    the bytes of the model's ``cafÃ©``), not GPT-2 byte-alphabet symbols. One exception:
+    content spelled entirely in the byte alphabet that decodes to *different, valid* UTF-8
+    (``Ġfoo``, ``Ã©``) is a vocabulary entry copied as an added token (mergekit's union
+    tokenizer adds the other model's entries this way) and reads as byte-level symbols; see
+    :func:`view_added_symbol_forms` for the symbol reading of the remaining ones. Other schemes read the content through their spelling (``▁`` = space), as their
+    normalizer writes it.
     """
     ids = [i for i in sorted(view.added) if i not in view.special_ids]
     contents = [view.added[i][0] for i in ids]
     if view.scheme.kind == "byte_level":
-        forms = [c.encode("utf-8") for c in contents]
+        forms = [_added_byte_level_form(c) for c in contents]
     else:
         forms = convert_tokens(view.scheme, contents)
     return dict(zip(ids, forms, strict=True))
+
+
+def view_added_symbol_forms(view: VocabView) -> dict[int, bytes]:
+    """Byte-level only: the byte-alphabet reading of non-special added tokens spelled
+    entirely in that alphabet, where it differs from :func:`view_added_forms` (``æ`` =
+    the single byte 0xE6 as mergekit's union tokenizer copies it, vs the letter "æ").
+    Alignment tries this reading first and the raw text second."""
+    if view.scheme.kind != "byte_level":
+        return {}
+    out: dict[int, bytes] = {}
+    for i in sorted(view.added):
+        if i in view.special_ids:
+            continue
+        content = view.added[i][0]
+        try:
+            symbols = content.translate(_BYTE_LEVEL_TABLE).encode("latin-1")
+        except UnicodeEncodeError:
+            continue
+        if symbols != _added_byte_level_form(content):
+            out[i] = symbols
+    return out
+
+
+def _added_byte_level_form(content: str) -> bytes:
+    raw = content.encode("utf-8")
+    try:
+        symbols = content.translate(_BYTE_LEVEL_TABLE).encode("latin-1")
+        symbols.decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return raw
+    return symbols if symbols != raw else raw
 
 
 # --------------------------------------------------------------------------- normalizers
