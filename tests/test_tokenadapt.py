@@ -79,8 +79,8 @@ def _combo(weights, rows):
 
 
 def _local_ref(text, pieces, tau):
-    """Scalar re-statement of the paper's local rule."""
-    w1 = _softmax([_dot(VEC[VOCAB[p]], VEC[text]) for p in pieces])
+    """Scalar re-statement of the authors' local rule (similarities tempered by tau)."""
+    w1 = _softmax([_dot(VEC[VOCAB[p]], VEC[text]) / tau for p in pieces])
     share = [len(VOCAB[p]) / len(text) for p in pieces]
     w = _softmax([(a + b) / 2 / tau for a, b in zip(w1, share, strict=True)])
     return _combo(w, pieces)
@@ -303,3 +303,31 @@ def test_real_minilm_embedder():
     rate = len(texts) / (time.perf_counter() - t0)
     print(f"\nembedded {len(texts)} vocabulary texts at {rate:.0f} texts/s (cpu)")
     assert vecs.shape == (len(texts), 384)
+
+
+def test_special_tokens_are_never_global_neighbours(zoo):
+    """The base vocabulary texts the seam hands to TokenAdapt leave special tokens without
+    text, so a new token such as "<tool>" cannot take the row of "<s>"/"</s>"."""
+    import transformers
+    from mergekit.common import ModelReference
+
+    from mergekit_tokenplug.seam.vocab_task import make_vocab_plan
+
+    out_tok = transformers.AutoTokenizer.from_pretrained(str(zoo.tok_bl_only))
+    plan = make_vocab_plan(out_tok, [ModelReference.parse(str(zoo.sp_untied))])
+    (key,) = plan.models
+    mv = plan.models[key]
+    texts = plan.text_support(key).base_vocab_texts()
+    specials = {mv.tokenizer.convert_tokens_to_ids(t) for t in ("<s>", "</s>", "<unk>")}
+    assert all(texts[i] == "" for i in specials)
+    assert texts[mv.tokenizer.convert_tokens_to_ids("▁the")] == " the"
+    # through the kernel: a target spelled like a special token gets no special row
+    base = torch.randn(mv.rows, 4, generator=torch.Generator().manual_seed(0))
+    problem = EstimationProblem(
+        base=base, anchor_ids=torch.arange(0), n_targets=1, target_texts=["</s>"],
+        target_pieces=[[]], base_vocab_texts=texts, show_progress=False,
+        extras={"embed_texts": lambda ts: torch.tensor([[1.0] if t == "</s>" else [0.5] for t in ts])},
+    )
+    spec = registry.get("tokenadapt")
+    row = spec.estimate(problem, spec.parse_params({"beta": 1.0, "top_k": 1}))[0]
+    assert all(not torch.allclose(row, base[i]) for i in specials)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from tokenizers_factory import (
+    BYTE_PIECES,
     CHAT_TOKENS,
     CHATML_TEMPLATE,
     build_byte_level_bpe,
@@ -313,7 +314,8 @@ def test_token_texts(toks):
     ids = bl.convert_tokens_to_ids(["Ġw", "Ċ", "<|im_start|>", "ĠcafÃ©"])
     assert token_texts(bl, ids + [10**6]) == [" w", "\n", "<|im_start|>", " café", ""]
     ms_ids = ms.convert_tokens_to_ids(["▁w", "<0x0A>", "<s>", "<0xE6>"])
-    assert token_texts(ms, np.asarray(ms_ids)) == [" w", "\n", "<s>", "\ufffd"]
+    assert token_texts(ms, np.asarray(ms_ids)) == [" w", "\n", "<s>", "\udce6"]
+    assert token_texts(ms, ms_ids, specials=False)[2] == ""
     everything = token_texts(ms, range(len(ms)))
     assert len(everything) == len(ms)
 
@@ -362,3 +364,136 @@ def test_non_special_added_tokens(tmp_path, toks):
     assert al.src_ids[tool] == -1 and al.unmatched_added == [tool]
     assert tool not in al.unmatched_special
     assert token_texts(out, [spaces, tool]) == ["  ", "<tool>"]
+
+
+# ----------------------------------------------------------------------------- alignment fixes
+
+
+def _bpe_tokenizer(vocab: list[str], scheme: str = "byte_level") -> PreTrainedTokenizerFast:
+    """A merge-free BPE tokenizer over ``vocab`` (byte-level: ``Ġ`` spelling)."""
+    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(vocab)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok)
+
+
+def test_added_token_of_byte_level_tokenizer_is_raw_text(toks):
+    """An added ``café`` stands for the UTF-8 text "café" (the model's ``cafÃ©``), not for
+    GPT-2 alphabet symbols (where "é" would be the single byte 0xE9)."""
+    alphabet = sorted(set(pre_tokenizers.ByteLevel.alphabet()))
+    model = _bpe_tokenizer([*alphabet, "cafÃ©", "ĠcafÃ©"])
+    out = _bpe_tokenizer([*alphabet, "Ġw"])
+    out.add_tokens(["café"])
+    added = out.convert_tokens_to_ids("café")
+    assert out("café")["input_ids"] == [added]  # the text that produces it (its decode is lossy)
+    al = align_vocab(out, model, model_rows=len(model))
+    assert al.how[added] == CANONICAL and al.src_ids[added] == model.convert_tokens_to_ids("cafÃ©")
+    assert token_texts(out, [added]) == ["café"]
+    # and the other way round: the model's added token is found by the output's regular one
+    model.add_tokens(["café"])
+    back = align_vocab(_bpe_tokenizer([*alphabet, "cafÃ©"]), model, model_rows=len(model))
+    assert back.src_ids[len(alphabet)] in (model.convert_tokens_to_ids("cafÃ©"), added)
+
+
+def test_partial_utf8_tokens_keep_their_bytes(toks):
+    """Byte fragments of multi-byte characters stay distinct and split into the base's own
+    byte tokens (``<0xNN>`` pieces / byte-level symbols), not all into one "\ufffd"."""
+    bl, ms = toks["bl"], toks["ms"]
+    fragments = ["æ", "Ã", "ã"]  # 0xE6, 0xC3, 0xE3: lead bytes, invalid UTF-8 alone
+    ids = bl.convert_tokens_to_ids(fragments)
+    texts = token_texts(bl, ids)
+    assert len(set(texts)) == 3
+    want = [[ms.convert_tokens_to_ids(f"<0x{b:02X}>")] for b in (0xE6, 0xC3, 0xE3)]
+    assert split_texts(ms, texts, running_text=True) == want
+    assert split_texts(bl, texts, running_text=True) == [[i] for i in ids]
+    # a valid character followed by a fragment: the character's pieces, then the byte
+    mixed = token_texts(bl, [bl.convert_tokens_to_ids("a")])[0] + texts[0]
+    (pieces,) = split_texts(ms, [mixed], running_text=True)
+    assert pieces[-1] == want[0][0] and ms.decode(pieces[:-1]).strip() == "a"
+
+
+def test_subword_mean_of_byte_fragments_differs(toks):
+    """The estimate of two different byte fragments is that of their own byte pieces."""
+    import torch
+
+    from mergekit_tokenplug.methods.base import EstimationProblem
+    from mergekit_tokenplug.registry import get
+
+    bl, ms = toks["bl"], toks["ms"]
+    texts = token_texts(bl, bl.convert_tokens_to_ids(["æ", "Ã"]))
+    base = torch.randn(len(ms), 6, generator=torch.Generator().manual_seed(0))
+    problem = EstimationProblem(
+        base=base, anchor_ids=torch.arange(0), n_targets=2, target_texts=texts,
+        target_pieces=split_texts(ms, texts, running_text=True), show_progress=False,
+    )
+    spec = get("subword_mean")
+    rows = spec.estimate(problem, spec.parse_params({}))
+    pieces = ms.convert_tokens_to_ids(["<0xE6>", "<0xC3>"])
+    torch.testing.assert_close(rows, base[pieces])
+
+
+@pytest.mark.parametrize("name", ["ms", "ms2"])
+def test_continuation_pieces_stay_continuations(toks, name):
+    """A text without a leading space is a word continuation inside running text, even for a
+    tokenizer that prepends ``▁`` to whatever it encodes."""
+    tok = toks[name]
+    assert "ing" in tok.get_vocab()
+    got = split_texts(tok, ["ing", " the", "ing the"], running_text=True)
+    assert got[0] == tok.convert_tokens_to_ids(["ing"])
+    assert got[1] == tok.convert_tokens_to_ids(["▁the"])
+    assert got[2] == tok.convert_tokens_to_ids(["ing", "▁the"])
+    # as the start of a sequence, the same text still gets the prepended marker
+    assert tok.convert_ids_to_tokens(split_texts(tok, ["ing"])[0])[0].startswith("▁")
+
+
+def test_uncased_model_matches_cased_tokens_through_its_normalizer(tmp_path, toks):
+    """A lowercasing model encodes "The" as ``the``: the cased token aligns onto that row."""
+    bl = toks["bl"]
+    wp = build_wordpiece(tmp_path / "wp_lower", lowercase=True)
+    assert wp("The", add_special_tokens=False)["input_ids"] == wp.convert_tokens_to_ids(["the"])
+    al = align_vocab(bl, wp, model_rows=len(wp))
+    for cased, lower in (("ĠThe", "the"), ("ĠA", "a")):
+        i = bl.convert_tokens_to_ids(cased)
+        assert al.src_ids[i] == wp.convert_tokens_to_ids(lower), cased
+        assert al.how[i] == CANONICAL
+    # the cased model itself is untouched: "ĠThe" and "Ġthe" keep their own rows
+    same = align_vocab(bl, toks["bl3"], model_rows=len(toks["bl3"]))
+    assert same.src_ids[bl.convert_tokens_to_ids("ĠThe")] == toks["bl3"].convert_tokens_to_ids("ĠThe")
+
+
+def _unigram_with_byte_fallback() -> PreTrainedTokenizerFast:
+    """SentencePiece Unigram with byte fallback and no ByteFallback decoder (the flag only
+    lives in the model's JSON)."""
+    pieces = [("<unk>", 0.0), *[(p, -5.0) for p in BYTE_PIECES], ("▁a", -1.0), ("▁the", -1.0)]
+    pieces += [(c, -3.0) for c in "abcdefghijklmnopqrstuvwxyz"]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=0, byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+
+
+def test_unigram_byte_fallback_read_from_json(toks):
+    uni = _unigram_with_byte_fallback()
+    assert uni("a\n", add_special_tokens=False)["input_ids"][-1] == uni.convert_tokens_to_ids("<0x0A>")
+    scheme = detect_scheme(uni)
+    assert scheme.byte_fallback and scheme.kind == "metaspace"
+    assert canonical_forms(uni)[uni.convert_tokens_to_ids("<0x0A>")] == b"\n"
+    bl = toks["bl"]
+    al = align_vocab(bl, uni, model_rows=len(uni))
+    assert al.src_ids[bl.convert_tokens_to_ids("Ċ")] == uni.convert_tokens_to_ids("<0x0A>")
+
+
+def test_byte_pieces_copy_or_estimate(toks):
+    bl, ms = toks["bl"], toks["ms"]
+    lead = bl.convert_tokens_to_ids("æ")
+    copy = align_vocab(bl, ms, model_rows=len(ms))
+    est = align_vocab(bl, ms, model_rows=len(ms), byte_pieces="estimate")
+    assert copy.src_ids[lead] == ms.convert_tokens_to_ids("<0xE6>")
+    assert est.src_ids[lead] == -1 and lead in est.missing_ids()
+    # tokens with a real piece are unaffected
+    same = copy.how != MISSING
+    byte_rows = set(ms.convert_tokens_to_ids(list(BYTE_PIECES)))
+    kept = np.array([s not in byte_rows for s in copy.src_ids])
+    assert np.array_equal(est.src_ids[same & kept], copy.src_ids[same & kept])
+    with pytest.raises(Exception, match="byte_pieces"):
+        align_vocab(bl, ms, model_rows=len(ms), byte_pieces="drop")

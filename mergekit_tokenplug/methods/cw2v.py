@@ -3,23 +3,43 @@
 Each new row is ``softmax(A1 @ A2)[t] @ E_old``: a convex combination of the model's own rows,
 so a new output row can never out-score every old token for any hidden state (the safety
 argument behind mean initialization, see ALGORITHMS.md section 3). Only the low-rank mixing
-logits ``A1 (T x r)`` and ``A2 (r x |V_old|)`` are trained, with skip-gram negative sampling
-on a corpus tokenized by the *new* tokenizer.
+logits are trained, with skip-gram negative sampling on a corpus tokenized by the *new*
+tokenizer.
 
-Choices (documented because the paper leaves them open):
+Following the authors' code (https://github.com/AI4Bharat/VocabAdaptation_LLM, branch
+``CW2V``, ``Constrained_word2vec_training/cw2v_llama.py``: ``Word2Vec.forward`` and
+``Word2VecDataset``):
 
-- ``E_old`` is **every row of** ``problem.base`` (the paper's "old vocabulary"); the seam
-  decides what ``base`` holds.
-- ``A1`` starts at zero, so every new row starts *exactly* at the mean row (Hewitt's safe
-  initialization) and a target that never occurs as a centre in the corpus stays there.
-- Only pairs whose centre is a new token and whose context token has a base row train
-  anything (old centres are frozen). Pairs whose context is itself new are **excluded**,
-  and negatives are drawn from unigram^0.75 of the corpus counts restricted to tokens with
-  a base row: contexts always come from the frozen ``context_matrix``.
-- Memory: a step only materializes the mixing rows of the new tokens in its batch
-  (``<= batch_size x |V_old|`` floats, ~200 MB at 1024 x 49k fp32, about three times that
-  with autograd buffers); the final rows are produced in chunks of the same size. Cost per
-  step is about ``2 * batch_size * |V_old| * (r + d)`` flops forward, twice that backward.
+- **joint input/output mixing**: two pairs of logits, ``A_W`` for the input embeddings and
+  ``A_V`` for the output head, trained together in one loss. Centres are rows of the
+  combined input matrix (old rows + mixed new rows), contexts and negatives rows of the
+  combined output matrix, so **new tokens are centres, contexts and negatives** alike.
+  The kernel returns the mixing of its own matrix (``problem.role``); the other one is
+  ``extras["context_matrix"]`` (the same matrix for a tied model).
+- **random start**: every logit factor starts uniform in [0, 1) (``torch.rand``), a random
+  convex combination, not the mean row.
+- **frequent-token subsampling** of centres: an occurrence is kept with probability
+  ``min(1, sqrt(subsample * N / count))`` (the authors drop with ``1 - sqrt(threshold /
+  count)`` and ``threshold = 2`` counts on their corpus; here the threshold is a fraction of
+  the corpus size N so it scales with the corpus). Drawn once, when the pairs are built.
+- negatives from unigram^0.75 over every token with a row (old and new), ``negatives`` per
+  pair; fixed window ``window`` on each side; Adam at ``lr``; ``epochs`` passes; batches of
+  ``batch_size`` pairs (authors: window 5, 5 negatives, lr 3e-4, 5 epochs, batch 4096,
+  rank 1024 for 7B models; ``rank`` 64 here, for models with d <= 2048).
+
+Departures (documented because they change results):
+
+- the standard SGNS loss ``-log s(c.x) - sum_k log s(-c.n_k)``; the authors' code sums the
+  negative scores before the log-sigmoid (``-log s(-sum_k c.n_k)``), which is not
+  word2vec's objective.
+- ``E_old`` is the ``mix_rows`` old rows that occur most often in the corpus (``None``: every
+  row, the authors' choice). On a 262k vocabulary mixing every row costs
+  ``|batch tokens| x 262k x (r + d)`` flops a step; rows the corpus never shows get no
+  training signal anyway.
+- pairs with two old tokens are skipped (their loss has no gradient), and a target with no
+  pair in the corpus gets the mean row (safe) rather than its untrained random mixture.
+- Determinism: rows gathered for a batch go through a one-hot matmul, not an index whose
+  backward accumulates in thread order on CPU.
 """
 
 from __future__ import annotations
@@ -46,21 +66,28 @@ class CW2VParams(MethodParams):
 
     corpus: list[str] = pydantic.Field(min_length=1, description="text files or globs")
     rank: int = pydantic.Field(64, ge=1, description="rank r of the mixing logits A1 @ A2")
-    epochs: int = pydantic.Field(3, ge=1, description="passes over the skip-gram pairs")
+    epochs: int = pydantic.Field(5, ge=1, description="passes over the skip-gram pairs")
     window: int = pydantic.Field(5, ge=1, description="context window on each side")
     negatives: int = pydantic.Field(5, ge=1, description="negative samples per pair")
     lr: float = pydantic.Field(3e-4, gt=0, description="Adam learning rate")
-    batch_size: int = pydantic.Field(1024, ge=1, description="pairs per step")
+    batch_size: int = pydantic.Field(4096, ge=1, description="pairs per step")
+    subsample: float = pydantic.Field(
+        1e-3, ge=0, description="frequent-token subsampling threshold, a fraction of the corpus (0 = off)"
+    )
+    mix_rows: int | None = pydantic.Field(
+        8192, ge=1, description="old rows mixed: the most frequent in the corpus (null = all)"
+    )
     seed: int | None = pydantic.Field(None, description="overrides the problem's seed")
 
 
 @dataclass
 class CW2VResult:
-    """Trained mixing logits plus what is needed to turn them into rows."""
+    """Trained mixing logits of the problem's own matrix plus what turns them into rows."""
 
     a1: torch.Tensor  # (T, r)
-    a2: torch.Tensor  # (r, V_old)
-    old_row_ids: torch.Tensor  # (V_old,) rows of problem.base being mixed
+    a2: torch.Tensor  # (r, M)
+    old_row_ids: torch.Tensor  # (M,) rows of problem.base being mixed
+    trained: torch.Tensor  # (T,) bool: targets that occur in at least one pair
     epoch_losses: list[float]  # mean skip-gram loss of each epoch
 
 
@@ -87,17 +114,11 @@ def _corpus_ids(problem: EstimationProblem) -> list[torch.Tensor]:
     return seqs
 
 
-def skipgram_pairs(
-    seqs: list[torch.Tensor],
-    out_to_base: torch.Tensor,
-    out_to_target: torch.Tensor,
-    window: int,
+def combined_ids(
+    seqs: list[torch.Tensor], out_to_base: torch.Tensor, out_to_target: torch.Tensor, n_old: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """All (new-token centre, old-token context) pairs within ``window``, vectorised.
-
-    Returns ``(centre_target_idx, context_base_row)``: indices into the targets and rows of
-    the base/context matrix. Sequences are concatenated; pairs across boundaries are dropped.
-    """
+    """The corpus as one flat sequence of *combined* ids (old row ``i`` -> ``i``, target ``t``
+    -> ``n_old + t``, anything else -1) and the sequence index of each position."""
     device = out_to_base.device
     flat = torch.cat([s.to(device) for s in seqs])
     seq_id = torch.repeat_interleave(
@@ -106,34 +127,56 @@ def skipgram_pairs(
     )
     in_range = (flat >= 0) & (flat < out_to_base.numel())
     safe = torch.where(in_range, flat, torch.zeros_like(flat))
-    tgt = torch.where(in_range, out_to_target[safe], torch.full_like(flat, -1))
     base = torch.where(in_range, out_to_base[safe], torch.full_like(flat, -1))
+    tgt = torch.where(in_range, out_to_target[safe], torch.full_like(flat, -1))
+    ids = torch.where(base >= 0, base, torch.where(tgt >= 0, tgt + n_old, torch.full_like(flat, -1)))
+    return ids, seq_id
+
+
+def skipgram_pairs(
+    ids: torch.Tensor,
+    seq_id: torch.Tensor,
+    n_old: int,
+    window: int,
+    keep_centre: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(centre, context) pairs of combined ids within ``window`` in the same sequence, where
+    at least one of the two is a new token (``>= n_old``). ``keep_centre`` (bool per
+    position) is the subsampling draw. Order: by distance, then position (deterministic)."""
     centres, contexts = [], []
-    n = flat.numel()
+    n = ids.numel()
+    ok = ids >= 0
+    centre_ok = ok & keep_centre if keep_centre is not None else ok
     for k in range(1, min(window, n - 1) + 1):
         same = seq_id[:-k] == seq_id[k:]
         # left token as centre, right as context; then the reverse direction
-        for c_t, x_b in ((tgt[:-k], base[k:]), (tgt[k:], base[:-k])):
-            keep = same & (c_t >= 0) & (x_b >= 0)
-            centres.append(c_t[keep])
-            contexts.append(x_b[keep])
+        for c, x, c_ok, x_ok in (
+            (ids[:-k], ids[k:], centre_ok[:-k], ok[k:]),
+            (ids[k:], ids[:-k], centre_ok[k:], ok[:-k]),
+        ):
+            keep = same & c_ok & x_ok & ((c >= n_old) | (x >= n_old))
+            centres.append(c[keep])
+            contexts.append(x[keep])
     if not centres:
-        empty = torch.empty(0, dtype=torch.long, device=device)
+        empty = torch.empty(0, dtype=torch.long, device=ids.device)
         return empty, empty
     return torch.cat(centres), torch.cat(contexts)
 
 
-def negative_distribution(
-    seqs: list[torch.Tensor], out_to_base: torch.Tensor, n_base: int
-) -> torch.Tensor:
-    """unigram^0.75 over base rows, from corpus counts of output ids that have a base row."""
-    device = out_to_base.device
-    flat = torch.cat([s.to(device) for s in seqs])
-    flat = flat[(flat >= 0) & (flat < out_to_base.numel())]
-    rows = out_to_base[flat]
-    rows = rows[rows >= 0]
-    counts = torch.bincount(rows, minlength=n_base).double()
-    return counts.pow(0.75)
+def subsample_mask(
+    ids: torch.Tensor, n_ids: int, threshold: float, gen: torch.Generator
+) -> torch.Tensor | None:
+    """Per position: keep with probability ``min(1, sqrt(threshold * N / count))``."""
+    if threshold <= 0:
+        return None
+    valid = ids >= 0
+    counts = torch.bincount(ids[valid], minlength=n_ids).double()
+    total = float(valid.sum())
+    keep_p = torch.ones(ids.shape, dtype=torch.float64, device=ids.device)
+    c = counts[ids[valid]]
+    keep_p[valid] = torch.sqrt(threshold * total / c).clamp(max=1.0)
+    draw = torch.rand(ids.shape, generator=gen, device=ids.device, dtype=torch.float64)
+    return draw < keep_p
 
 
 def sgns_loss(
@@ -157,41 +200,93 @@ def _generator(problem: EstimationProblem, params: CW2VParams) -> torch.Generato
     return gen
 
 
+class _Mixing:
+    """Mixing logits ``A1 (T x r)``, ``A2 (r x M)`` over the old rows ``E[mix]`` of one matrix."""
+
+    def __init__(self, matrix: torch.Tensor, mix: torch.Tensor, t: int, rank: int, gen):
+        dev = matrix.device
+        self.old = matrix  # (V_old, d), frozen
+        self.mixed = matrix.index_select(0, mix)  # (M, d)
+        self.a1 = torch.rand(t, rank, device=dev, generator=gen).requires_grad_(True)
+        self.a2 = torch.rand(rank, mix.numel(), device=dev, generator=gen).requires_grad_(True)
+
+    def rows(self, targets: torch.Tensor) -> torch.Tensor:
+        """New rows of ``targets`` (indices into the T new tokens), differentiable."""
+        return torch.softmax(self.a1[targets] @ self.a2, dim=-1) @ self.mixed
+
+    def gather(self, ids: torch.Tensor, n_old: int) -> torch.Tensor:
+        """Rows of combined ids: old rows as they are, new rows through the mixing."""
+        flat = ids.reshape(-1)
+        is_new = flat >= n_old
+        out = self.old[torch.where(is_new, torch.zeros_like(flat), flat)]
+        if bool(is_new.any()):
+            uniq, inv = torch.unique(flat[is_new] - n_old, return_inverse=True)
+            onehot = F.one_hot(inv, uniq.numel()).to(out.dtype)
+            new = onehot @ self.rows(uniq)  # repeated tokens: a fixed-order matmul backward
+            out = out.masked_scatter(is_new.unsqueeze(1).expand_as(out), new)
+        return out.reshape(*ids.shape, -1)
+
+
+def _mix_ids(ids: torch.Tensor, n_old: int, limit: int | None) -> torch.Tensor:
+    """Old rows to mix: the ``limit`` most frequent in the corpus (ties: lower row), or all."""
+    device = ids.device
+    if limit is None or limit >= n_old:
+        return torch.arange(n_old, device=device)
+    old = ids[(ids >= 0) & (ids < n_old)]
+    counts = torch.bincount(old, minlength=n_old)
+    present = int((counts > 0).sum())
+    if present == 0:
+        return torch.arange(n_old, device=device)
+    # stable sort by count descending keeps lower rows first among ties
+    order = torch.sort(-counts, stable=True).indices[: min(limit, present)]
+    return torch.sort(order).values
+
+
 def cw2v_train(problem: EstimationProblem, params: CW2VParams) -> CW2VResult:
-    """Train the mixing logits of one matrix (one role) with skip-gram negative sampling."""
+    """Train the input and output mixing jointly; return the one of ``problem.role``."""
     seqs = _corpus_ids(problem)
-    out_to_base = _extra(problem, "out_to_base").to(problem.device, torch.long)
-    out_to_target = _extra(problem, "out_to_target").to(problem.device, torch.long)
-    ctx_matrix = _extra(problem, "context_matrix").to(problem.device, torch.float32)
-    e_old = problem.base.to(torch.float32)
-    n_old, t = e_old.shape[0], problem.n_targets
+    device = problem.device
+    out_to_base = _extra(problem, "out_to_base").to(device, torch.long)
+    out_to_target = _extra(problem, "out_to_target").to(device, torch.long)
+    ctx_matrix = _extra(problem, "context_matrix").to(device, torch.float32)
+    own = problem.base.to(torch.float32)
+    n_old, t = own.shape[0], problem.n_targets
     if ctx_matrix.shape[0] != n_old:
         raise InputError(f"cw2v: context_matrix has {ctx_matrix.shape[0]} rows, base has {n_old}")
-    if ctx_matrix.shape[1] != e_old.shape[1]:
+    if ctx_matrix.shape[1] != own.shape[1]:
         raise InputError(
-            f"cw2v: context_matrix width {ctx_matrix.shape[1]} != base width {e_old.shape[1]}"
+            f"cw2v: context_matrix width {ctx_matrix.shape[1]} != base width {own.shape[1]}"
         )
+    out_to_base = torch.where(out_to_base < n_old, out_to_base, torch.full_like(out_to_base, -1))
     gen = _generator(problem, params)
-    device = problem.device
-    old_row_ids = torch.arange(n_old, device=device)
-    a1 = torch.zeros(t, params.rank, device=device, requires_grad=True)
-    a2 = torch.randn(params.rank, n_old, device=device, generator=gen).requires_grad_(True)
+    ids, seq_id = combined_ids(seqs, out_to_base, out_to_target, n_old)
+    mix = _mix_ids(ids, n_old, params.mix_rows)
+    w_in, w_out = (own, ctx_matrix) if problem.role != "output" else (ctx_matrix, own)
+    mix_in = _Mixing(w_in, mix, t, params.rank, gen)
+    mix_out = _Mixing(w_out, mix, t, params.rank, gen)
+    mine = mix_in if problem.role != "output" else mix_out
 
-    centres, contexts = skipgram_pairs(seqs, out_to_base, out_to_target, params.window)
-    weights = negative_distribution(seqs, out_to_base, n_old)
-    if centres.numel() == 0 or weights.sum() == 0 or params.epochs == 0:
+    keep = subsample_mask(ids, n_old + t, params.subsample, gen)
+    centres, contexts = skipgram_pairs(ids, seq_id, n_old, params.window, keep)
+    trained = torch.zeros(t, dtype=torch.bool, device=device)
+    for side in (centres, contexts):
+        trained[side[side >= n_old] - n_old] = True
+    valid = ids[ids >= 0]
+    weights = torch.bincount(valid, minlength=n_old + t).double().pow(0.75)
+    result = CW2VResult(mine.a1, mine.a2, mix, trained, [])
+    if centres.numel() == 0 or params.epochs == 0:
         if params.epochs > 0:
             LOG.warning(
-                "cw2v %s: no (new token, known context) pair in the corpus; new rows stay at the mean row",
+                "cw2v %s: no pair with a new token in the corpus; new rows stay at the mean row",
                 problem.label,
             )
-        return CW2VResult(a1.detach(), a2.detach(), old_row_ids, [])
+        result.trained[:] = False  # nothing trained: every row is the mean row
+        return _detached(result)
     weights = (weights / weights.sum()).float()
 
-    opt = torch.optim.Adam([a1, a2], lr=params.lr)
+    opt = torch.optim.Adam([mix_in.a1, mix_in.a2, mix_out.a1, mix_out.a2], lr=params.lr)
     n_pairs = centres.numel()
     steps_per_epoch = math.ceil(n_pairs / params.batch_size)
-    epoch_losses: list[float] = []
     bar = tqdm(
         total=steps_per_epoch * params.epochs,
         desc=f"cw2v {problem.label}".strip(),
@@ -203,59 +298,71 @@ def cw2v_train(problem: EstimationProblem, params: CW2VParams) -> CW2VResult:
         total = 0.0
         for start in range(0, n_pairs, params.batch_size):
             idx = order[start : start + params.batch_size]
-            c_t, x_b = centres[idx], contexts[idx]
             negs = torch.multinomial(
                 weights, idx.numel() * params.negatives, replacement=True, generator=gen
             ).view(idx.numel(), params.negatives)
-            uniq, inv = torch.unique(c_t, return_inverse=True)
-            mix = torch.softmax(a1[uniq] @ a2, dim=-1)  # (U, V_old): only the batch's rows
-            # One-hot matmul instead of indexing: the backward of an index with repeated
-            # entries accumulates with threads on CPU in varying order (not bit-reproducible);
-            # a matmul's reduction order is fixed.
-            onehot = torch.nn.functional.one_hot(inv, uniq.numel()).to(mix.dtype)
-            centre_vecs = onehot @ (mix @ e_old)
-            loss = sgns_loss(centre_vecs, ctx_matrix[x_b], ctx_matrix[negs])
+            loss = sgns_loss(
+                mix_in.gather(centres[idx], n_old),
+                mix_out.gather(contexts[idx], n_old),
+                mix_out.gather(negs, n_old),
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += float(loss.detach()) * idx.numel()
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-        epoch_losses.append(total / n_pairs)
+        result.epoch_losses.append(total / n_pairs)
         LOG.info(
             "cw2v %s epoch %d/%d: mean skip-gram loss %.5f (%d pairs)",
             problem.label,
             epoch + 1,
             params.epochs,
-            epoch_losses[-1],
+            result.epoch_losses[-1],
             n_pairs,
         )
     bar.close()
-    return CW2VResult(a1.detach(), a2.detach(), old_row_ids, epoch_losses)
+    return _detached(result)
+
+
+def _detached(res: CW2VResult) -> CW2VResult:
+    return CW2VResult(res.a1.detach(), res.a2.detach(), res.old_row_ids, res.trained, res.epoch_losses)
 
 
 def cw2v_mixing(
     problem: EstimationProblem, params: CW2VParams
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The learned mixing weights ``(T x V_old)`` and the base rows they mix.
+    """The learned mixing weights ``(T x M)`` and the base rows they mix.
 
-    Rows are non-negative and sum to 1; ``estimate_cw2v`` returns ``weights @ base[old]``.
-    Materializes the full matrix: meant for inspection and tests, not huge vocabularies.
+    Rows are non-negative and sum to 1; a target that trained nothing gets uniform weights
+    over every base row (the mean row), returned as weights over ``old_row_ids`` only when
+    those are all rows. Materializes the full matrix: for inspection and tests.
     """
     res = cw2v_train(problem, params)
-    return torch.softmax(res.a1 @ res.a2, dim=-1), res.old_row_ids
+    weights = torch.softmax(res.a1 @ res.a2, dim=-1)
+    if not bool(res.trained.all()):
+        n_old = problem.base.shape[0]
+        if res.old_row_ids.numel() != n_old:
+            raise ValueError("cw2v_mixing: untrained targets need mix_rows covering every row")
+        weights[~res.trained] = 1.0 / n_old
+    return weights, res.old_row_ids
 
 
 def estimate_cw2v(problem: EstimationProblem, params: CW2VParams) -> torch.Tensor:
-    """New rows ``(T, d)`` as convex combinations of the old rows, built in chunks."""
+    """New rows ``(T, d)`` as convex combinations of old rows, built in chunks; targets with
+    no pair in the corpus get the mean row."""
     res = cw2v_train(problem, params)
-    e_old = problem.base.to(torch.float32)[res.old_row_ids]
-    out = torch.empty(problem.n_targets, e_old.shape[1], device=problem.device)
-    chunk = max(1, params.batch_size)
+    own = problem.base.to(torch.float32)
+    e_old = own[res.old_row_ids]
+    out = problem.mean_row().to(torch.float32).expand(problem.n_targets, -1).clone()
+    chunk = max(1, min(params.batch_size, 1024))
     with torch.no_grad():
         for start in range(0, problem.n_targets, chunk):
-            mix = torch.softmax(res.a1[start : start + chunk] @ res.a2, dim=-1)
-            out[start : start + chunk] = mix @ e_old
+            stop = min(start + chunk, problem.n_targets)
+            mix = torch.softmax(res.a1[start:stop] @ res.a2, dim=-1)
+            rows = mix @ e_old
+            keep = res.trained[start:stop].unsqueeze(1)
+            out[start:stop] = torch.where(keep, rows, out[start:stop])
     return out
 
 

@@ -3,7 +3,24 @@
 Needs no donor model, only the new tokens' texts: a *local* estimate from the token's pieces
 under the base tokenizer (weighted by text similarity and length share) is blended with a
 *global* estimate from the token's nearest base-vocabulary neighbours in an auxiliary text
-space. The text space is a function ``embed_texts(list[str]) -> (n, e)`` supplied by the seam
+space.
+
+Following the authors' code (https://github.com/Tinycompany-AI/tokenadapt, ``src/heuristics.py``):
+
+- local: ``w = softmax(((softmax(cos / tau) + len_share) / 2) / tau)`` over the pieces, as in
+  ``calculate_local_embedding_optimized_array`` (commit 14dc484, lines 201-209: the inner
+  similarity softmax is tempered too). The later ``calculate_local_embedding`` (HEAD, line 190) drops
+  the inner ``/ tau``; with cosines in [-1, 1] that softmax is nearly uniform, so similarity
+  barely counts, which is why the tempered form is used here.
+- global: ``softmax(sim / tau)`` over the ``top_k`` neighbours whose cosine is at least
+  ``threshold``; when none is, the token gets no global estimate and the local one is used
+  alone (``calculate_global_embedding``, HEAD lines 91-101: the threshold mask, renormalised
+  weights, ``None`` when the mask is empty; ``--threshold`` default 0.0). A single kept
+  neighbour gets weight 1.
+- hybrid: ``(1 - beta) * local + beta * global`` (``tied.py`` line 101, ``global_weight``).
+
+Departure: special tokens (and any row without text) are never global neighbours; the
+authors index every vocabulary string, so ``<s>`` could become a neighbour of a new word. The text space is a function ``embed_texts(list[str]) -> (n, e)`` supplied by the seam
 in ``problem.extras["embed_texts"]`` (a loaded sentence embedder); without one, the base
 matrix itself serves: a text's vector is the mean of its pieces' rows (``self_space_embedder``).
 
@@ -41,7 +58,11 @@ class TokenAdaptParams(MethodParams):
     )
     top_k: int = Field(3, ge=1, description="neighbours in the auxiliary text space")
     threshold: float = Field(
-        0.0, ge=-1.0, le=1.0, description="neighbours with lower cosine are dropped"
+        0.0,
+        ge=-1.0,
+        le=1.0,
+        description="neighbours with a lower cosine are dropped; with none left the token "
+        "gets its local estimate alone (the authors' --threshold)",
     )
     embedder: str = Field(
         "self", min_length=1, description='sentence-embedder directory, or "self"'
@@ -144,12 +165,13 @@ def _local(
     pieces: list[list[int]],
     tau: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Local estimates for one chunk: sum_i softmax(((w1_i + len_i) / 2) / tau) E_B[p_i]."""
+    """Local estimates for one chunk: sum_i softmax(((w1_i + len_i) / 2) / tau) E_B[p_i] with
+    w1 = softmax(cos / tau) over the pieces (the authors' tempered similarity weights)."""
     ids, mask = _padded(pieces, base.device)
     cos = torch.stack(
         [(vocab_vecs[ids[:, j]] * target_vecs).sum(dim=1) for j in range(ids.shape[1])], dim=1
     )
-    w1 = _masked_softmax(cos, mask)
+    w1 = _masked_softmax(cos / tau, mask)
     share = vocab_chars[ids] / target_chars.clamp_min(1.0).unsqueeze(1)
     w = _masked_softmax((w1 + share) / 2.0 / tau, mask)
     rows = _weighted_rows(base, ids, w)

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mergekit_tokenplug.errors import InputError
+from mergekit_tokenplug.vocab.texts import display_text
 
 KEY = "tokenizer.approximation.embedder"
 _TOKENIZER_FILES = (
@@ -120,7 +121,7 @@ def load_text_embedder(
     hidden = int(model.config.hidden_size)
 
     def embed_texts(texts: list[str]) -> torch.Tensor:
-        texts = list(texts)
+        texts = [display_text(t) for t in texts]  # raw bytes (lone surrogates) -> U+FFFD
         out = torch.empty(len(texts), hidden, dtype=torch.float32, device=dev)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         starts = range(0, len(texts), batch_size)

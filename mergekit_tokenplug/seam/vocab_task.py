@@ -105,7 +105,10 @@ class VocabPlan:
             self._texts[key] = TextSupport(
                 out_texts=lambda ids: [self.output_texts()[int(i)] for i in ids],
                 split_base=split_base,
-                base_vocab_texts=functools.cache(lambda: token_texts(model_tok, list(range(rows)))),
+                # specials get "" (no text): they are never a method's text neighbours
+                base_vocab_texts=functools.cache(
+                    lambda: token_texts(model_tok, list(range(rows)), specials=False)
+                ),
             )
         return self._texts[key]
 

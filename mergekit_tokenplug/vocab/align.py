@@ -12,10 +12,16 @@ Rules (ALGORITHMS.md section 0), for each output id:
   CANONICAL when a model token spells the same canonical bytes (see ``canonical.py``). If
   several model tokens share those bytes, the regular piece beats a non-special added token,
   which beats a ``<0xNN>`` byte piece (byte pieces are only emitted when nothing else spells
-  those bytes, so their rows are barely trained); ties go to the lowest id.
+  those bytes, so their rows are barely trained); ties go to the lowest id. With
+  ``byte_pieces="estimate"`` a token whose only counterpart is a byte piece stays MISSING
+  (its row is estimated instead of copied).
+* uncased / normalizing models (a Lowercase, NFKC, accent-stripping ... normalizer): a regular
+  token with no counterpart is looked up once more after the model's own normalizer ran on its
+  text (``ĠThe`` finds ``the`` in a lowercasing model, which encodes "The" as ``the``).
 * non-special added tokens: EXACT on the identical string of a model added/special token,
-  else CANONICAL on the text they decode to; unmatched ones are listed in
-  ``unmatched_added``.
+  else CANONICAL on the bytes they stand for (byte-level: their byte-alphabet reading first,
+  as mergekit's union tokenizer copies vocabulary entries, then their raw text); unmatched
+  ones are listed in ``unmatched_added``.
 * model ids >= ``model_rows`` are never sources; output ids without a token are holes.
 """
 
@@ -23,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -31,8 +37,11 @@ from mergekit_tokenplug.errors import InputError
 from mergekit_tokenplug.vocab.canonical import (
     BYTE_PIECES,
     TokenScheme,
+    content_normalizer,
+    normalized_form,
     read_vocab,
     view_added_forms,
+    view_added_symbol_forms,
     view_canonical,
 )
 
@@ -92,19 +101,28 @@ def _first_wins(keys: list, ids: list[int]) -> dict:
     return dict(zip(reversed(keys), reversed(ids), strict=True))
 
 
+BytePieces = Literal["copy", "estimate"]
+
+
 def align_vocab(
     out_tokenizer: Any,
     model_tokenizer: Any,
     model_rows: int,
     out_rows: int | None = None,
+    *,
+    byte_pieces: BytePieces = "copy",
 ) -> VocabAlignment:
     """Map every output id ``0..V_out-1`` onto a row ``< model_rows`` of the model, or -1.
 
     ``V_out`` is the output tokenizer's max id + 1, or ``out_rows`` when that is larger (the
-    extra ids are holes, e.g. config ``vocab_size`` padding).
+    extra ids are holes, e.g. config ``vocab_size`` padding). ``byte_pieces``: whether a
+    token whose only counterpart is a ``<0xNN>`` byte-fallback piece copies that piece's row
+    (``"copy"``) or is left to the estimator (``"estimate"``).
     """
     if model_rows < 0:
         raise InputError(f"model_rows must be >= 0, got {model_rows}")
+    if byte_pieces not in ("copy", "estimate"):
+        raise InputError(f"byte_pieces must be 'copy' or 'estimate', got {byte_pieces!r}")
     out = read_vocab(out_tokenizer)
     model = read_vocab(model_tokenizer)
     size = max(out.size, int(out_rows or 0))
@@ -131,6 +149,10 @@ def align_vocab(
     keys = [m_canon_by_id[i] if i in m_canon_by_id else added_forms[i] for i in ordered]
     m_canon = _first_wins(keys, ordered)
     m_canon.pop(b"", None)  # an empty spelling matches nothing
+    if byte_pieces == "estimate":
+        byte_rows = set(m_bytes)
+        m_canon = {k: j for k, j in m_canon.items() if j not in byte_rows}
+    normalize = content_normalizer(model_tokenizer)
 
     # ---- regular output tokens
     o_regular = out.regular_ids
@@ -145,6 +167,8 @@ def align_vocab(
             hits.append((i, j, EXACT))
             continue
         j = m_canon.get(form)
+        if j is None and normalize is not None:
+            j = m_canon.get(normalized_form(normalize, form))
         if j is not None:
             hits.append((i, j, CANONICAL))
     if hits:
@@ -156,6 +180,7 @@ def align_vocab(
     unmatched_special: list[int] = []
     unmatched_added: list[int] = []
     o_added_forms = view_added_forms(out)
+    o_added_symbols = view_added_symbol_forms(out)
     for i in sorted(set(out.added) | out.special_ids):
         text = tokens[i]
         j = m_str_marked.get(text)
@@ -177,7 +202,9 @@ def align_vocab(
         if j is not None:
             src[i], how[i] = j, EXACT
             continue
-        j = m_canon.get(o_added_forms[i])
+        j = m_canon.get(o_added_symbols.get(i, b""))
+        if j is None:
+            j = m_canon.get(o_added_forms[i])
         if j is None:
             unmatched_added.append(i)
         else:

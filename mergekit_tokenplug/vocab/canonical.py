@@ -102,16 +102,28 @@ def detect_scheme(tokenizer: Any) -> TokenScheme:
     return _scheme_from_json(_scheme_parts(backend_of(tokenizer)))
 
 
-def _scheme_parts(backend: Tokenizer) -> dict[str, Any]:
-    """tokenizer.json's model settings, normalizer, pre_tokenizer and decoder, without vocab."""
+def _scheme_parts(backend: Tokenizer, data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """tokenizer.json's model settings, normalizer, pre_tokenizer and decoder, without vocab.
+
+    ``byte_fallback`` comes from the model's own JSON: the Python model objects do not all
+    expose it (Unigram has no such attribute), and a tokenizer may fall back to bytes without
+    a ByteFallback decoder. The JSON is only serialised when the attribute is absent (or
+    ``data``, the already parsed tokenizer.json, is given).
+    """
     parts: dict[str, Any] = {}
     for name in ("normalizer", "pre_tokenizer", "decoder"):
         component = getattr(backend, name, None)
         parts[name] = json.loads(component.__getstate__()) if component is not None else None
     model = backend.model
+    if data is not None:
+        byte_fallback = (data.get("model") or {}).get("byte_fallback", False)
+    elif hasattr(model, "byte_fallback"):
+        byte_fallback = model.byte_fallback
+    else:
+        byte_fallback = json.loads(model.__getstate__()).get("byte_fallback", False)
     parts["model"] = {
         "type": type(model).__name__,  # the tokenizers model (BPE, WordPiece, ...)
-        "byte_fallback": getattr(model, "byte_fallback", False),
+        "byte_fallback": bool(byte_fallback),
         "continuing_subword_prefix": getattr(model, "continuing_subword_prefix", None),
     }
     return parts
@@ -286,7 +298,7 @@ def read_vocab(tokenizer: Any, scheme: TokenScheme | None = None) -> VocabView:
     """Collect ids, added/special tokens and roles (bos/eos/... from the transformers wrapper)."""
     backend = backend_of(tokenizer)
     data = _tokenizer_json(backend)
-    scheme = scheme or _scheme_from_json(_scheme_parts(backend))
+    scheme = scheme or _scheme_from_json(_scheme_parts(backend, data))
     vocab = (data.get("model") or {}).get("vocab") or {}
     if isinstance(vocab, list):  # Unigram: [[piece, score], ...], id = position
         tokens: list[str | None] = [entry[0] for entry in vocab]
@@ -347,8 +359,118 @@ def view_canonical(view: VocabView) -> dict[int, bytes]:
 
 
 def view_added_forms(view: VocabView) -> dict[int, bytes]:
-    """Bytes each non-special added token decodes to: its content read through the scheme,
-    as the tokenizer's decoder renders it (special tokens are left out)."""
+    """Bytes each non-special added token stands for (special tokens are left out).
+
+    An added token is matched on the input text itself, before any pre-tokenizer: in a
+    byte-level tokenizer its content is raw text (an added ``café`` is ``b"caf\\xc3\\xa9"``,
+    the bytes of the model's ``cafÃ©``), not GPT-2 byte-alphabet symbols. One exception:
+    content spelled entirely in the byte alphabet that decodes to *different, valid* UTF-8
+    (``Ġfoo``, ``Ã©``) is a vocabulary entry copied as an added token (mergekit's union
+    tokenizer adds the other model's entries this way) and reads as byte-level symbols; see
+    :func:`view_added_symbol_forms` for the symbol reading of the remaining ones. Other schemes read the content through their spelling (``▁`` = space), as their
+    normalizer writes it.
+    """
     ids = [i for i in sorted(view.added) if i not in view.special_ids]
-    forms = convert_tokens(view.scheme, [view.added[i][0] for i in ids])
+    contents = [view.added[i][0] for i in ids]
+    if view.scheme.kind == "byte_level":
+        forms = [_added_byte_level_form(c) for c in contents]
+    else:
+        forms = convert_tokens(view.scheme, contents)
     return dict(zip(ids, forms, strict=True))
+
+
+def view_added_symbol_forms(view: VocabView) -> dict[int, bytes]:
+    """Byte-level only: the byte-alphabet reading of non-special added tokens spelled
+    entirely in that alphabet, where it differs from :func:`view_added_forms` (``æ`` =
+    the single byte 0xE6 as mergekit's union tokenizer copies it, vs the letter "æ").
+    Alignment tries this reading first and the raw text second."""
+    if view.scheme.kind != "byte_level":
+        return {}
+    out: dict[int, bytes] = {}
+    for i in sorted(view.added):
+        if i in view.special_ids:
+            continue
+        content = view.added[i][0]
+        try:
+            symbols = content.translate(_BYTE_LEVEL_TABLE).encode("latin-1")
+        except UnicodeEncodeError:
+            continue
+        if symbols != _added_byte_level_form(content):
+            out[i] = symbols
+    return out
+
+
+def _added_byte_level_form(content: str) -> bytes:
+    raw = content.encode("utf-8")
+    try:
+        symbols = content.translate(_BYTE_LEVEL_TABLE).encode("latin-1")
+        symbols.decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return raw
+    return symbols if symbols != raw else raw
+
+
+# --------------------------------------------------------------------------- normalizers
+
+#: Normalizer components that only spell the word-start marker or trim spaces; they are not
+#: applied when a token's text is normalized for lookup (the canonical form already says
+#: where spaces are).
+_SPACING_NORMALIZERS = frozenset({"Prepend", "Strip"})
+
+
+def _content_parts(node: Any) -> list[Any]:
+    """The content-changing components of a (possibly nested) normalizer, as objects."""
+    from tokenizers import normalizers
+
+    state = json.loads(node.__getstate__())
+    kind = state.get("type")
+    if kind == "Sequence":
+        parts: list[Any] = []
+        for k in range(len(state.get("normalizers") or [])):
+            parts.extend(_content_parts(node[k]))
+        return parts
+    if kind in _SPACING_NORMALIZERS:
+        return []
+    if kind == "Replace":
+        pattern, content = _string_pattern(state), state.get("content")
+        if pattern is None or " " in pattern or " " in (content or "") or "\u2581" in (content or ""):
+            return []
+    if kind == "BertNormalizer":  # keep case/accents; drop CJK spacing and control cleanup
+        return [
+            normalizers.BertNormalizer(
+                clean_text=False,
+                handle_chinese_chars=False,
+                strip_accents=state.get("strip_accents"),
+                lowercase=bool(state.get("lowercase")),
+            )
+        ]
+    return [node]
+
+
+def content_normalizer(tokenizer: Any) -> Any | None:
+    """The tokenizer's normalizer without its spacing parts (``Prepend("▁")``, the space ->
+    ``▁`` Replace, Strip), or None when nothing that changes text content is left.
+
+    Used to look up another tokenizer's token the way this tokenizer would see its text:
+    a lowercasing model encodes "The" as ``the``, so a donor's ``ĠThe`` belongs on ``the``.
+    """
+    from tokenizers import normalizers
+
+    node = backend_of(tokenizer).normalizer
+    if node is None:
+        return None
+    parts = _content_parts(node)
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else normalizers.Sequence(parts)
+
+
+def normalized_form(normalizer: Any, form: bytes) -> bytes:
+    """Canonical bytes after ``normalizer`` ran on the text (a leading word-start space is
+    kept aside so the normalizer cannot strip or respell it). Invalid UTF-8 stays as is."""
+    try:
+        text = form.decode("utf-8")
+    except UnicodeDecodeError:
+        return form
+    lead = " " if text.startswith(" ") else ""
+    return (lead + normalizer.normalize_str(text[len(lead) :])).encode("utf-8")

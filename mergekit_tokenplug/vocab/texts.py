@@ -4,14 +4,24 @@ Methods that estimate a new token from its pieces need (a) the surface text of t
 (b) that text split by the base tokenizer. Per-token ``tokenizer.decode`` is both slow on a
 262k vocabulary and wrong for this purpose (SentencePiece decoders strip the leading space of
 the first token), so texts come from the canonical forms instead.
+
+Raw bytes: a token that is not valid UTF-8 on its own (a byte of a multi-byte character, the
+CJK fragments of byte-level vocabularies) keeps its bytes: its text carries each undecodable
+byte as a lone surrogate (Python's ``surrogateescape``, U+DC80..U+DCFF), so ``\xe6`` and
+``\xe3`` stay different texts. :func:`split_texts` turns such bytes into the base's own byte
+tokens (byte-level symbols or ``<0xNN>`` pieces); :func:`display_text` replaces them with
+U+FFFD for consumers that need valid Unicode (a sentence embedder).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from mergekit_tokenplug.vocab.canonical import (
+    BYTE_PIECES,
+    _bytes_to_unicode,
     backend_of,
     convert_tokens,
     detect_scheme,
@@ -20,15 +30,27 @@ from mergekit_tokenplug.vocab.canonical import (
     view_canonical,
 )
 
+#: A lone surrogate standing for one undecodable byte (``surrogateescape``).
+_RAW_BYTES = re.compile("[\udc80-\udcff]+")
+#: Put in front of a text so that the text is encoded as it appears *inside* running text; a
+#: private-use character that vocabularies do not hold and that merges with nothing after it.
+SENTINEL = "\ue000"
 
-def token_texts(tokenizer: Any, ids: Iterable[int]) -> list[str]:
+
+def display_text(text: str) -> str:
+    """``text`` with every raw byte (lone surrogate) replaced by U+FFFD: valid Unicode."""
+    return _RAW_BYTES.sub(lambda m: "\ufffd" * len(m.group()), text)
+
+
+def token_texts(tokenizer: Any, ids: Iterable[int], *, specials: bool = True) -> list[str]:
     """The text each token contributes to running text (``Ġhello`` / ``▁hello`` -> " hello",
     ``<0x0A>`` -> "\\n").
 
     Choices: a token whose bytes are not valid UTF-8 on their own (a partial multi-byte
-    character) is decoded with ``errors="replace"`` (U+FFFD); a special token gives its
-    content string; a non-special added token gives the text it decodes to; an id with no
-    token (a hole, or beyond the vocabulary) gives "".
+    character) keeps them as lone surrogates (see the module docstring); a special token gives
+    its content string, or "" with ``specials=False`` (the convention for "no text": such a
+    row is never a neighbour); a non-special added token gives the text it decodes to; an id
+    with no token (a hole, or beyond the vocabulary) gives "".
     """
     view = read_vocab(tokenizer)
     forms = view_canonical(view)
@@ -41,8 +63,8 @@ def token_texts(tokenizer: Any, ids: Iterable[int]) -> list[str]:
         i = int(raw)
         form = forms.get(i)
         if form is not None:
-            append(form.decode("utf-8", errors="replace"))
-        elif 0 <= i < size and tokens[i] is not None:
+            append(form.decode("utf-8", errors="surrogateescape"))
+        elif specials and 0 <= i < size and tokens[i] is not None:
             append(tokens[i])  # special token: its content
         else:
             append("")
@@ -66,29 +88,108 @@ def prepends_space(tokenizer: Any) -> bool:
     return bool(form) and form.startswith(b" ")
 
 
+def _byte_token_ids(tokenizer: Any) -> dict[int, int]:
+    """byte value -> id of the tokenizer's token for that single byte (byte-level alphabet
+    symbol, or ``<0xNN>`` byte-fallback piece); bytes it has no token for are absent."""
+    backend = backend_of(tokenizer)
+    scheme = detect_scheme(tokenizer)
+    if scheme.kind == "byte_level":
+        names = _bytes_to_unicode()
+    elif scheme.byte_fallback:
+        names = dict(enumerate(BYTE_PIECES))
+    else:
+        return {}
+    ids = {b: backend.token_to_id(name) for b, name in names.items()}
+    return {b: i for b, i in ids.items() if i is not None}
+
+
+def _segments(text: str) -> list[tuple[bool, str]]:
+    """``text`` cut into (is_raw_bytes, part) runs."""
+    parts: list[tuple[bool, str]] = []
+    pos = 0
+    for m in _RAW_BYTES.finditer(text):
+        if m.start() > pos:
+            parts.append((False, text[pos : m.start()]))
+        parts.append((True, m.group()))
+        pos = m.end()
+    if pos < len(text):
+        parts.append((False, text[pos:]))
+    return parts
+
+
+def _encode_inside(backend: Any, texts: list[str]) -> list[list[int]]:
+    """Pieces of each text as it appears inside running text, for a tokenizer that prepends a
+    word-start marker: encode ``SENTINEL + text`` and drop the pieces the sentinel produced
+    (by character offsets). A text starting with " " stays a word start (``▁the``); one without
+    stays a continuation (``ing``, not ``▁ing``). Where the sentinel merged into a piece of the
+    text, that text is encoded on its own instead."""
+    n = len(SENTINEL)
+    behind = backend.encode_batch([SENTINEL + t for t in texts], add_special_tokens=False)
+    alone: list[int] = []
+    pieces: list[list[int]] = []
+    for k, enc in enumerate(behind):
+        ids = []
+        merged = False
+        for i, (start, end) in zip(enc.ids, enc.offsets, strict=True):
+            if start >= n:
+                ids.append(i)
+            elif end > n:
+                merged = True
+        if merged:
+            alone.append(k)
+        pieces.append(ids)
+    if alone:
+        encs = backend.encode_batch([texts[k] for k in alone], add_special_tokens=False)
+        for k, enc in zip(alone, encs, strict=True):
+            pieces[k] = list(enc.ids)
+    return pieces
+
+
 def split_texts(
     tokenizer: Any, texts: Sequence[str], *, running_text: bool = False
 ) -> list[list[int]]:
     """Token ids of each text under ``tokenizer``, without special tokens (one batch call).
 
     By default a text is encoded as given, i.e. as the start of a sequence. With
-    ``running_text=True`` the pieces are those of the text inside running text, for
-    tokenizers that prepend a word-start space: a text starting with " " is encoded without
-    that space (the prepended marker supplies it), and a lone leading space piece the
-    tokenizer added to a text without one is dropped (a text such as "ing" still comes back
-    as a word start, ``▁ing``, where the vocabulary has that piece: the tokenizer gives no
-    way to ask for a word continuation).
+    ``running_text=True`` the pieces are those of the text inside running text: for a
+    tokenizer that prepends a word-start marker (SentencePiece's ``▁``), the text is encoded
+    behind a sentinel whose pieces are dropped, so "ing" gives the continuation ``ing`` and
+    " the" gives ``▁the``. Raw bytes in a text (lone surrogates, see the module docstring)
+    become the tokenizer's own single-byte tokens (dropped where it has none).
     """
     if not texts:
         return []
     backend = backend_of(tokenizer)
     texts = list(texts)
-    adjust = running_text and prepends_space(tokenizer)
-    inputs = [t[1:] if adjust and t.startswith(" ") else t for t in texts]
-    encodings = backend.encode_batch(inputs, add_special_tokens=False)
-    pieces = [list(enc.ids) for enc in encodings]
-    if adjust:
-        for text, ids, first in zip(texts, pieces, _first_forms(tokenizer, pieces), strict=True):
-            if first == b" " and len(ids) > 1 and not text.startswith(" "):
-                del ids[0]
+    inside = running_text and prepends_space(tokenizer)
+    # Every text is cut into runs of text and runs of raw bytes; text runs are encoded in one
+    # batch (the first run of a text as the text's start, later runs inside running text).
+    runs: list[list[tuple[bool, str]]] = [
+        _segments(t) if _RAW_BYTES.search(t) else [(False, t)] for t in texts
+    ]
+    starts: list[str] = []
+    middles: list[str] = []
+    for parts in runs:
+        for k, (raw, part) in enumerate(parts):
+            if not raw:
+                (middles if inside or (k > 0 and running_text) else starts).append(part)
+    start_ids = [list(e.ids) for e in backend.encode_batch(starts, add_special_tokens=False)]
+    if inside:
+        middle_ids = _encode_inside(backend, middles) if middles else []
+    else:  # no prepended marker: a text run inside running text encodes as it does alone
+        middle_ids = [list(e.ids) for e in backend.encode_batch(middles, add_special_tokens=False)]
+    byte_ids = _byte_token_ids(tokenizer) if any(len(p) > 1 or p[0][0] for p in runs if p) else {}
+    it_start, it_middle = iter(start_ids), iter(middle_ids)
+    pieces: list[list[int]] = []
+    for parts in runs:
+        ids: list[int] = []
+        for k, (raw, part) in enumerate(parts):
+            if raw:
+                data = part.encode("utf-8", errors="surrogateescape")
+                ids.extend(byte_ids[b] for b in data if b in byte_ids)
+            elif inside or (k > 0 and running_text):
+                ids.extend(next(it_middle))
+            else:
+                ids.extend(next(it_start))
+        pieces.append(ids)
     return pieces
