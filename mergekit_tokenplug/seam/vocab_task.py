@@ -392,7 +392,8 @@ class ApproximatedVocabulary(PermutedVocabulary):
         vocab = plan.tokenizer.get_vocab()
         forced = np.zeros(plan.n_tokens, dtype=bool)
         explicit: dict[str, int] = {}
-        for token, cfg in self.tokens.items():
+        # ImmutableMap iterates in hash order (salted per process): sort for stable output files.
+        for token, cfg in sorted(self.tokens.items(), key=lambda kv: kv[0]):
             token_id = vocab.get(token)
             if token_id is None or token_id >= plan.n_tokens:
                 continue
