@@ -150,7 +150,7 @@ def test_third_party_method_via_entry_point(zoo, tmp_path):
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text(textwrap.dedent('''
         import torch
-        from mergekit_tokenplug.registry import MethodParams, MethodSpec
+        from mergekit_tokenplug.methods.base import MethodParams, MethodSpec
 
         class Params(MethodParams):
             value: float = 2.5

@@ -4,7 +4,7 @@ Needs no donor model, only the new tokens' texts: a *local* estimate from the to
 under the base tokenizer (weighted by text similarity and length share) is blended with a
 *global* estimate from the token's nearest base-vocabulary neighbours in an auxiliary text
 space. The text space is a function ``embed_texts(list[str]) -> (n, e)`` supplied by the seam
-in ``problem.extras["embed_texts"]`` (a loaded sentence embedder); without one, the base
+in ``problem.embed_texts`` (a loaded sentence embedder); without one, the base
 matrix itself serves: a text's vector is the mean of its pieces' rows (``self_space_embedder``).
 
 Conventions: an empty base-vocabulary text marks a row that is never a neighbour, and a text
@@ -20,9 +20,15 @@ import torch
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from mergekit_tokenplug.methods.base import EstimationProblem
+from mergekit_tokenplug.methods.base import (
+    FP32,
+    CostQuery,
+    EstimationProblem,
+    MethodParams,
+    MethodSpec,
+    Need,
+)
 from mergekit_tokenplug.methods.baselines import flatten_pieces, mean_of_pieces
-from mergekit_tokenplug.registry import MethodParams, MethodSpec, Need, register
 
 EmbedFn = Callable[[list[str]], torch.Tensor]
 SplitFn = Callable[[list[str]], list[list[int]]]
@@ -180,18 +186,18 @@ def _global(
 
 def _resolve_embedder(problem: EstimationProblem, params: TokenAdaptParams) -> tuple[EmbedFn, bool]:
     """The text embedder to use, and whether its vocabulary embedding may be cached."""
-    embed = problem.extras.get("embed_texts")
+    embed = problem.embed_texts
     if embed is not None:
         return embed, True
     if params.embedder != "self":
         raise ValueError(
             f"tokenadapt: embedder {params.embedder!r} was configured but the seam supplied no "
-            "extras['embed_texts'] (load it with mergekit_tokenplug.resources.load_text_embedder)"
+            "embed_texts (load it with mergekit_tokenplug.resources.load_text_embedder)"
         )
-    split = problem.extras.get("split_texts")
+    split = problem.split_texts
     if split is None:
         raise ValueError(
-            "tokenadapt with embedder 'self' needs extras['split_texts'] (the base tokenizer split)"
+            "tokenadapt with embedder 'self' needs split_texts (the base tokenizer split)"
         )
     return self_space_embedder(problem.base, split), False
 
@@ -245,12 +251,18 @@ def estimate_tokenadapt(problem: EstimationProblem, params: TokenAdaptParams) ->
     return out
 
 
-TOKENADAPT = register(
-    MethodSpec(
-        name="tokenadapt",
-        params=TokenAdaptParams,
-        estimate=estimate_tokenadapt,
-        summary="local subword estimate blended with top-k neighbours in a text-embedding space (TokenAdapt)",
-        needs=frozenset({Need.BASE_TOKENIZER, Need.BASE_VOCAB_TEXTS}),
-    )
+def tokenadapt_cost(q: CostQuery) -> tuple[int, float | None]:
+    """One chunk of neighbour scores plus the output rows."""
+    chunk = max(1, min(q.targets, _SCORE_BUDGET // max(q.model_rows, 1)))
+    working = chunk * q.model_rows * FP32 + q.targets * q.dim_model * FP32
+    return working, 2.0 * q.targets * q.model_rows * q.dim_model
+
+
+TOKENADAPT = MethodSpec(
+    name="tokenadapt",
+    params=TokenAdaptParams,
+    estimate=estimate_tokenadapt,
+    summary="local subword estimate blended with top-k neighbours in a text-embedding space (TokenAdapt)",
+    needs=frozenset({Need.BASE_TOKENIZER, Need.BASE_VOCAB_TEXTS}),
+    cost=tokenadapt_cost,
 )

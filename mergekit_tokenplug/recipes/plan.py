@@ -15,20 +15,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mergekit_tokenplug import registry
-from mergekit_tokenplug.registry import Need
-from mergekit_tokenplug.seam.planner import align_settings
+from mergekit_tokenplug.fill import SourceSpace, plan_fill
+from mergekit_tokenplug.methods.base import FP32, CostQuery
+from mergekit_tokenplug.seam.roles import align_settings
 from mergekit_tokenplug.seam.schema import uses_plugin
-
-FP32 = 4
-# tokenadapt scores its neighbour search in chunks of at most this many elements.
-TOKENADAPT_SCORE_BUDGET = 2**26
+from mergekit_tokenplug.seam.vocab_task import (
+    make_vocab_plan,
+    model_key,
+    source_order,
+    token_overrides,
+)
 
 
 @dataclass
-class FillGroup:
+class GroupCount:
     """Missing rows of one model estimated together: one method, one source space."""
 
     method: str
@@ -51,7 +52,7 @@ class ModelFill:
     padded: int
     holes: int
     forced: int
-    groups: list[FillGroup] = field(default_factory=list)
+    groups: list[GroupCount] = field(default_factory=list)
 
     def by_method(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -130,20 +131,8 @@ def output_tokenizer(config: Any, trust_remote_code: bool = False) -> Any:
     return out
 
 
-def _forced_mask(config: Any, out_tok: Any, n_tokens: int) -> np.ndarray:
-    forced = np.zeros(n_tokens, dtype=bool)
-    vocab = out_tok.get_vocab()
-    for token, cfg in (config.tokenizer.tokens or {}).items():
-        token_id = vocab.get(token)
-        if token_id is not None and token_id < n_tokens and getattr(cfg, "force", False):
-            forced[token_id] = True
-    return forced
-
-
 def recipe_vocab(config: Any, trust_remote_code: bool = False) -> RecipeVocab:
-    """Align a plugin recipe's vocabularies and replay the seam's fill decisions."""
-    from mergekit_tokenplug.seam.vocab_task import make_vocab_plan, model_key
-
+    """Align a plugin recipe's vocabularies and plan every model's fill as the run does."""
     settings = align_settings(config)
     out_tok = output_tokenizer(config, trust_remote_code)
     vocab = make_vocab_plan(
@@ -154,26 +143,30 @@ def recipe_vocab(config: Any, trust_remote_code: bool = False) -> RecipeVocab:
     )
     approx = config.tokenizer.approximation
     spec = registry.get(approx.method)
-    forced = _forced_mask(config, out_tok, vocab.n_tokens)
+    forced, _, _ = token_overrides(config.tokenizer.tokens, out_tok.get_vocab(), vocab.n_tokens)
     inputs = input_order(config)
-    base = config.base_model
-    order = sorted(inputs, key=lambda m: (m != base, inputs.index(m)))
+    spaces = {
+        model_key(m): SourceSpace(
+            model_key(m), None, vocab.models[model_key(m)].alignment.src_ids, vocab.regular
+        )
+        for m in source_order(inputs, config.base_model)
+    }
     donor = settings["donor"]
-    spaces: list[tuple[str, np.ndarray]] = [
-        (model_key(m), vocab.models[model_key(m)].alignment.src_ids) for m in order
-    ]
     if donor is not None and vocab.donor is not None:
-        spaces.append((f"donor {donor.model.path}", vocab.donor.alignment.src_ids))
+        name = f"donor {donor.model.path}"
+        spaces[name] = SourceSpace(name, None, vocab.donor.alignment.src_ids, vocab.regular)
 
     fills: dict[str, ModelFill] = {}
     for m in inputs:
         key = model_key(m)
         mv = vocab.models[key]
         src = mv.alignment.src_ids
-        have = (src >= 0) & ~forced
-        missing = np.flatnonzero(~have)
+        sources = [space for name, space in spaces.items() if name != key]
+        have, missing, groups = plan_fill(
+            src, sources, spec, anchor_mask=vocab.regular, force_estimate=forced
+        )
         counts = mv.alignment.counts()
-        fill = ModelFill(
+        fills[key] = ModelFill(
             model=key,
             rows=mv.rows,
             exact=counts["exact"],
@@ -183,24 +176,12 @@ def recipe_vocab(config: Any, trust_remote_code: bool = False) -> RecipeVocab:
             estimated=int(missing.size),
             padded=vocab.rows - vocab.n_tokens,
             holes=counts["holes"],
-            forced=int((forced & (src >= 0)).sum()),
+            forced=0 if forced is None else int((forced & (src >= 0)).sum()),
+            groups=[
+                GroupCount(g.method, g.source.name if g.source else None, len(g.out_ids), g.anchors)
+                for g in groups
+            ],
         )
-        if missing.size and Need.DONOR_EMBEDDINGS in spec.needs:
-            anchor_ok = (src >= 0) & vocab.regular
-            unassigned = np.ones(missing.size, dtype=bool)
-            for name, space_src in spaces:
-                if name == key:
-                    continue
-                known = unassigned & (space_src[missing] >= 0)
-                if known.any():
-                    anchors = int((anchor_ok & (space_src >= 0)).sum())
-                    fill.groups.append(FillGroup(spec.name, name, int(known.sum()), anchors))
-                    unassigned &= ~known
-            if unassigned.any():
-                fill.groups.append(FillGroup(spec.fallback or "mean", None, int(unassigned.sum())))
-        elif missing.size:
-            fill.groups.append(FillGroup(spec.name, None, int(missing.size)))
-        fills[key] = fill
     return RecipeVocab(config, vocab, inputs, fills, approx.method, approx.parsed_params())
 
 
@@ -250,41 +231,7 @@ def _hidden_size(model: Any, trust_remote_code: bool) -> int:
     return 0
 
 
-# ---------------------------------------------------------------- cost model
-
-
-def method_cost(
-    method: str,
-    params: Any,
-    targets: int,
-    anchors: int,
-    dim_source: int,
-    dim_model: int,
-    model_rows: int,
-    budget: int,
-) -> tuple[int, float | None]:
-    """(working bytes, flops or None) of estimating ``targets`` rows with ``method``."""
-    if targets == 0:
-        return 0, 0.0
-    if method == "omp":
-        k = min(int(getattr(params, "k", 64)), max(anchors, 1))
-        fixed = (targets + anchors) * dim_source * FP32  # targets + dictionary in fp32
-        per_target = (anchors + k * dim_source + k * k) * FP32  # score row + support + factor
-        batch = getattr(params, "batch_size", None) or max(1, (budget - fixed) // per_target)
-        batch = min(int(batch), targets)
-        return fixed + batch * per_target, 2.0 * k * targets * anchors * dim_source
-    if method == "tokenadapt":
-        chunk = max(1, min(targets, TOKENADAPT_SCORE_BUDGET // max(model_rows, 1)))
-        return chunk * model_rows * FP32 + targets * dim_model * FP32, (
-            2.0 * targets * model_rows * dim_model
-        )
-    if method == "cw2v":
-        rank = int(getattr(params, "rank", 64))
-        # A1 (T, r) and A2 (r, V) with their gradients and two Adam moments.
-        return 4 * rank * (targets + model_rows) * FP32 + targets * dim_model * FP32, None
-    if method in ("mean", "zero"):
-        return targets * dim_model * FP32, float(model_rows * dim_model)
-    return targets * dim_model * FP32, None
+# ---------------------------------------------------------------- devices
 
 
 def resolve_plan_device(device: str | None) -> tuple[str, bool]:
@@ -375,16 +322,18 @@ def plan_recipe(
                     if g.source and g.source.startswith("donor ")
                     else dims.get(g.source or str(m), dims[str(m)])
                 )
-                params = rv.params if g.method == rv.method else None
-                wb, fl = method_cost(
-                    g.method,
-                    params,
-                    g.count,
-                    g.anchors or 0,
-                    d_src,
-                    dims[str(m)],
-                    fill.rows,
-                    budget,
+                g_spec = registry.get(g.method)
+                params = rv.params if g.method == rv.method else g_spec.parse_params({})
+                wb, fl = g_spec.cost(
+                    CostQuery(
+                        params=params,
+                        targets=g.count,
+                        anchors=g.anchors or 0,
+                        dim_source=d_src,
+                        dim_model=dims[str(m)],
+                        model_rows=fill.rows,
+                        budget=budget,
+                    )
                 )
                 working = max(working, wb)
                 if fl is None:

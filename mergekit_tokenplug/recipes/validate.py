@@ -22,8 +22,11 @@ from typing import Any
 import pydantic
 import yaml
 
+from mergekit_tokenplug import registry
 from mergekit_tokenplug.errors import TokenplugError
+from mergekit_tokenplug.methods.base import Need, param_error_message
 from mergekit_tokenplug.recipes.yaml_lines import LineMap, document_line_maps, key_string
+from mergekit_tokenplug.seam.schema import tool_tokens, uses_plugin
 
 APPROX = ("tokenizer", "approximation")
 _WHERE_PREFIX = re.compile(r"^([A-Za-z_][\w.<>\[\]-]*): (.+)$", re.S)
@@ -197,25 +200,8 @@ def _merge_configuration() -> Any:
     return MergeConfiguration
 
 
-def _is_tool_source(source: Any) -> bool:
-    return isinstance(source, dict) and source.get("kind") == "tool"
-
-
-def _tool_tokens(tokenizer: Any) -> list[str]:
-    tokens = tokenizer.get("tokens") if isinstance(tokenizer, dict) else None
-    if not isinstance(tokens, dict):
-        return []
-    return [
-        t
-        for t, cfg in tokens.items()
-        if isinstance(cfg, dict) and _is_tool_source(cfg.get("source"))
-    ]
-
-
-def uses_plugin_keys(doc: Any) -> bool:
-    """Whether a raw recipe document uses keys only the plugin understands."""
-    tok = doc.get("tokenizer") if isinstance(doc, dict) else None
-    return isinstance(tok, dict) and ("approximation" in tok or bool(_tool_tokens(tok)))
+def _tool_tokens(tokenizer: dict) -> list[str]:
+    return tool_tokens(tokenizer.get("tokens"))
 
 
 class _DocChecker:
@@ -266,7 +252,7 @@ class _DocChecker:
         merge_cfg = _merge_configuration()
         self.check_top_level_keys(merge_cfg)
         data = {k: v for k, v in doc.items() if k != "name"}
-        plugin = uses_plugin_keys(data)
+        plugin = uses_plugin(data)
         active = True
         spec = params = None
         if plugin:
@@ -340,8 +326,6 @@ class _DocChecker:
 
     def check_approximation(self, data: dict) -> tuple[Any, Any]:
         """The method and its parameters, error by error (pydantic would stop at the first)."""
-        from mergekit_tokenplug import registry
-
         approx = data["tokenizer"].get("approximation", {})
         if not isinstance(approx, dict):
             self.add(APPROX, f"expected a mapping (method and its parameters), got {approx!r}")
@@ -364,20 +348,8 @@ class _DocChecker:
             return spec, spec.params.model_validate(raw)
         except pydantic.ValidationError as exc:
             for err in exc.errors():
-                self.add((*APPROX, *err["loc"]), self.param_message(spec, err))
+                self.add((*APPROX, *err["loc"]), param_error_message(spec, err))
             return None, None
-
-    @staticmethod
-    def param_message(spec: Any, err: dict) -> str:
-        fields = spec.params.model_fields
-        if err["type"] == "extra_forbidden":
-            valid = ", ".join(sorted(fields)) or "(none)"
-            return f"unknown parameter for method {spec.name!r}; valid: {valid}"
-        if err["type"] == "missing":
-            name = str(err["loc"][0]) if err["loc"] else ""
-            desc = fields[name].description if name in fields else None
-            return f"required by method {spec.name!r}" + (f" ({desc})" if desc else "")
-        return f"{err['msg']} (got {_short(err.get('input'))})"
 
     def check_tool_tokens(self, data: dict) -> dict:
         tok = data["tokenizer"]
@@ -486,7 +458,6 @@ class _DocChecker:
     def check_models(self, spec: Any) -> bool:
         """True when every reference is an existing local directory (needed to align vocabularies)."""
         from mergekit_tokenplug.inputs import check_model_dir
-        from mergekit_tokenplug.registry import Need
 
         all_local = True
         seen: set[tuple[str, bool]] = set()
@@ -529,8 +500,6 @@ class _DocChecker:
 
     # -- method resources
     def check_resources(self, spec: Any, params: Any) -> None:
-        from mergekit_tokenplug.registry import Need
-
         corpus = getattr(params, "corpus", None)
         if Need.CORPUS in spec.needs and corpus:
             files: list[str] = []

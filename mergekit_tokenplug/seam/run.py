@@ -26,6 +26,7 @@ from mergekit_tokenplug.output.atomic import atomic_directory
 from mergekit_tokenplug.output.card import model_card, vocabulary_section
 from mergekit_tokenplug.output.config_fix import fix_config
 from mergekit_tokenplug.output.manifest import input_record, write_manifest
+from mergekit_tokenplug.seam.roles import needs_donor_embeddings
 from mergekit_tokenplug.seam.schema import uses_plugin
 
 LOG = logging.getLogger("mergekit_tokenplug")
@@ -110,8 +111,6 @@ def discard_tensor_writes() -> Iterator[None]:
 
 def check_inputs(merge_config: Any, allow_pickle: bool = False) -> None:
     """Fail fast, with the path in the message, before mergekit touches any weight."""
-    from mergekit_tokenplug.seam.planner import needs_donor_embeddings
-
     for model in sorted(merge_config.referenced_models(), key=str):
         check_model_dir(
             model.model.path, where=f"models: {model.model.path}", allow_pickle=allow_pickle

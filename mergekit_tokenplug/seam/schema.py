@@ -15,6 +15,7 @@ import pydantic
 from mergekit.tokenizer.config import TokenizerConfig
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
+from mergekit_tokenplug import registry
 from mergekit_tokenplug.errors import ConfigError
 
 PLUGIN_TOKENIZER_KEYS = ("approximation",)
@@ -32,15 +33,7 @@ class ApproximationConfig(BaseModel):
 
     @pydantic.model_validator(mode="after")
     def _check_method(self) -> ApproximationConfig:
-        from mergekit_tokenplug import registry
-
-        spec = registry.get(self.method)
-        if registry.Need.MODEL_FORWARD in spec.needs:
-            raise ConfigError(
-                f"method {self.method!r} initializes individual tokens; use tokenizer.tokens.<token>.source: {{kind: {self.method}, name: ..., description: ...}}",
-                where="tokenizer.approximation.method",
-            )
-        spec.parse_params(self.method_params())
+        registry.get(self.method).parse_params(self.method_params())
         return self
 
     def method_params(self) -> dict[str, Any]:
@@ -48,8 +41,6 @@ class ApproximationConfig(BaseModel):
         return dict(self.__pydantic_extra__ or {})
 
     def parsed_params(self) -> Any:
-        from mergekit_tokenplug import registry
-
         return registry.get(self.method).parse_params(self.method_params())
 
     def key(self) -> str:
@@ -99,26 +90,29 @@ class TokenplugTokenizerConfig(TokenizerConfig, frozen=True):
     )
 
 
-def has_tool_tokens(tokens: Any) -> bool:
-    """Whether a raw or validated ``tokenizer.tokens`` mapping holds a ``kind: tool`` source."""
+def tool_tokens(tokens: Any) -> list[str]:
+    """The tokens of a raw or validated ``tokenizer.tokens`` mapping with a ``kind: tool`` source."""
     if not isinstance(tokens, dict):
-        return False
-    for cfg in tokens.values():
+        return []
+    found = []
+    for token, cfg in tokens.items():
         source = cfg.get("source") if isinstance(cfg, dict) else getattr(cfg, "source", None)
         kind = source.get("kind") if isinstance(source, dict) else getattr(source, "kind", None)
         if kind == "tool":
-            return True
-    return False
+            found.append(token)
+    return found
+
+
+def _plugin_tokenizer(value: Any) -> bool:
+    if isinstance(value, TokenplugTokenizerConfig):
+        return True
+    return isinstance(value, dict) and (
+        any(k in value for k in PLUGIN_TOKENIZER_KEYS) or bool(tool_tokens(value.get("tokens")))
+    )
 
 
 def _tokenizer_kind(value: Any) -> str:
-    if isinstance(value, TokenplugTokenizerConfig):
-        return "plugin"
-    if isinstance(value, dict) and (
-        any(k in value for k in PLUGIN_TOKENIZER_KEYS) or has_tool_tokens(value.get("tokens"))
-    ):
-        return "plugin"
-    return "stock"
+    return "plugin" if _plugin_tokenizer(value) else "stock"
 
 
 PluginTokenizerField = Annotated[
@@ -127,9 +121,11 @@ PluginTokenizerField = Annotated[
 ]
 
 
-def uses_plugin(merge_config: Any) -> bool:
-    """Whether a validated MergeConfiguration asks for the plugin's behaviour."""
-    return isinstance(getattr(merge_config, "tokenizer", None), TokenplugTokenizerConfig)
+def uses_plugin(recipe: Any) -> bool:
+    """Whether a recipe asks for the plugin's behaviour (``tokenizer.approximation`` or a
+    ``kind: tool`` token): a validated MergeConfiguration or a raw YAML document."""
+    tok = recipe.get("tokenizer") if isinstance(recipe, dict) else getattr(recipe, "tokenizer", None)
+    return _plugin_tokenizer(tok)
 
 
 def refuse_plugin_keys(reason: str):

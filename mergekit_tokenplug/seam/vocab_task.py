@@ -24,13 +24,12 @@ from mergekit.common import ModelReference
 from mergekit.graph import Task
 from mergekit.io.tasks import GatherTensors
 from mergekit.tokenizer.build import BuildTokenizer, TokenizerInfo, get_vocab_size
-from mergekit.tokenizer.config import TokenEmbeddingConfig
 from mergekit.tokenizer.embed import PermutedVocabulary
 
 from mergekit_tokenplug import registry, report
 from mergekit_tokenplug.errors import InputError
 from mergekit_tokenplug.fill import SourceSpace, TextSupport, check_finite, fill_matrix
-from mergekit_tokenplug.seam.method_resources import method_extras
+from mergekit_tokenplug.seam.method_resources import method_inputs
 from mergekit_tokenplug.seam.schema import ApproximationConfig, ToolTokenSource
 from mergekit_tokenplug.seam.tool_rows import tool_token_rows
 from mergekit_tokenplug.vocab.align import VocabAlignment, align_vocab
@@ -280,7 +279,7 @@ class ApproximatedVocabulary(PermutedVocabulary):
             spaces[mv.name] = SourceSpace(
                 mv.name, views[m], mv.alignment.src_ids, anchor_mask=plan.regular
             )
-        order = sorted(models, key=lambda m: (m != self.base_model, models.index(m)))
+        order = source_order(models, self.base_model)
         donor_space = None
         if donor:
             d_ref, d_tensor = next(iter(donor.items()))
@@ -296,7 +295,9 @@ class ApproximatedVocabulary(PermutedVocabulary):
                 anchor_mask=plan.regular,
             )
 
-        forced, explicit, tools = self._token_overrides(plan)
+        forced, explicit, tools = token_overrides(
+            self.tokens, plan.tokenizer.get_vocab(), plan.n_tokens
+        )
         result = {}
         for m in models:
             mv = plan.models[model_key(m)]
@@ -304,7 +305,7 @@ class ApproximatedVocabulary(PermutedVocabulary):
             if donor_space is not None:
                 sources.append(donor_space)
             texts = plan.text_support(mv.name)
-            extras = method_extras(
+            inputs = method_inputs(
                 spec,
                 params,
                 model=m,
@@ -313,8 +314,8 @@ class ApproximatedVocabulary(PermutedVocabulary):
                 device=views[m].device,
                 show_progress=self.show_progress,
             )
-            if extras:
-                texts = dataclasses.replace(texts, extras={**texts.extras, **extras})
+            if inputs:
+                texts = dataclasses.replace(texts, inputs={**texts.inputs, **inputs})
             filled, rep = fill_matrix(
                 model=mv.name,
                 role=self.role,
@@ -382,25 +383,30 @@ class ApproximatedVocabulary(PermutedVocabulary):
                 where=where,
             )
 
-    def _token_overrides(
-        self, plan: VocabPlan
-    ) -> tuple[np.ndarray | None, dict[str, int], dict[str, tuple[int, ToolTokenSource]]]:
-        """Tokens listed under ``tokenizer.tokens``: forced ones, stock explicit sources, tool tokens."""
-        tools: dict[str, tuple[int, ToolTokenSource]] = {}
-        if not self.tokens:
-            return None, {}, tools
-        vocab = plan.tokenizer.get_vocab()
-        forced = np.zeros(plan.n_tokens, dtype=bool)
-        explicit: dict[str, int] = {}
-        # ImmutableMap iterates in hash order (salted per process): sort for stable output files.
-        for token, cfg in sorted(self.tokens.items(), key=lambda kv: kv[0]):
-            token_id = vocab.get(token)
-            if token_id is None or token_id >= plan.n_tokens:
-                continue
-            assert isinstance(cfg, TokenEmbeddingConfig)
-            forced[token_id] = bool(cfg.force)
-            if isinstance(cfg.source, ToolTokenSource):
-                tools[token] = (token_id, cfg.source)
-            elif cfg.source is not None:
-                explicit[token] = token_id
-        return (forced if forced.any() else None), explicit, tools
+
+def token_overrides(
+    tokens: Any, out_vocab: dict[str, int], n_tokens: int
+) -> tuple[np.ndarray | None, dict[str, int], dict[str, tuple[int, ToolTokenSource]]]:
+    """Tokens listed under ``tokenizer.tokens``: forced ones, stock explicit sources, tool tokens."""
+    tools: dict[str, tuple[int, ToolTokenSource]] = {}
+    if not tokens:
+        return None, {}, tools
+    forced = np.zeros(n_tokens, dtype=bool)
+    explicit: dict[str, int] = {}
+    # ImmutableMap iterates in hash order (salted per process): sort for stable output files.
+    for token, cfg in sorted(tokens.items(), key=lambda kv: kv[0]):
+        token_id = out_vocab.get(token)
+        if token_id is None or token_id >= n_tokens:
+            continue
+        forced[token_id] = bool(getattr(cfg, "force", False))
+        source = getattr(cfg, "source", None)
+        if isinstance(source, ToolTokenSource):
+            tools[token] = (token_id, source)
+        elif source is not None:
+            explicit[token] = token_id
+    return (forced if forced.any() else None), explicit, tools
+
+
+def source_order(models: list[ModelReference], base: ModelReference | None) -> list[ModelReference]:
+    """Input models in the order their spaces are tried for a missing row: the base first."""
+    return sorted(models, key=lambda m: (m != base, models.index(m)))

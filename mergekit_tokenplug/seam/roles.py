@@ -1,0 +1,76 @@
+"""Facts about a recipe's vocabulary weights that several seam modules need: which matrix a
+weight is (input embeddings or output head), the matching tensor of another model, and
+whether the recipe has a donor. A leaf: it imports no other seam module.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from mergekit.architecture import WeightInfo, arch_info_for_config
+from mergekit.common import ModelReference
+
+from mergekit_tokenplug import registry
+from mergekit_tokenplug.errors import InputError
+from mergekit_tokenplug.methods.base import Need
+
+_HEAD_NAME = re.compile(r"(^|\.)(lm_head|embed_out|output)\.weight$")
+
+
+def weight_role(weight: WeightInfo) -> str:
+    """``output`` for the LM head (tied to the embeddings when ``tied_names`` is set)."""
+    return "output" if weight.tied_names or _HEAD_NAME.search(weight.name) else "input"
+
+
+def role_weight(donor: ModelReference, role: str, trust_remote_code: bool) -> WeightInfo:
+    """A model's own tensor for a role, found from its architecture (a donor may differ from the base)."""
+    cfg = donor.config(trust_remote_code=trust_remote_code)
+    arch = arch_info_for_config(cfg)
+    if arch is None:
+        raise InputError(
+            f"mergekit does not know the architecture {getattr(cfg, 'architectures', None)} of the donor {donor.model.path}",
+            where="tokenizer.source",
+        )
+    vocab_weights = [w for w in arch.all_weights(cfg) if w.vocabulary_axis is not None]
+    inputs = [w for w in vocab_weights if weight_role(w) == "input"]
+    outputs = [w for w in vocab_weights if weight_role(w) == "output"]
+    if not inputs:
+        raise InputError(
+            f"found no input embedding tensor in the donor {donor.model.path}",
+            where="tokenizer.source",
+        )
+    if role == "output" and outputs:
+        head = outputs[0]
+        tied = tuple(head.tied_names or ()) or (inputs[0].name,)
+        return head.model_copy(update={"optional": False, "tied_names": tied})
+    return inputs[0]
+
+
+def needs_donor_embeddings(config: Any) -> bool:
+    """Whether the configured method reads the donor's embedding rows."""
+    return Need.DONOR_EMBEDDINGS in registry.get(config.tokenizer.approximation.method).needs
+
+
+def align_settings(config: Any) -> dict[str, Any]:
+    """Donor and row-count settings for a plugin config (shared by runs and dry-run plans).
+
+    The donor is the tokenizer source when it is not a merge input and the method reads its
+    embeddings; the output row count follows the source model's config (cut to it: ids past
+    it cannot be embedded there either), else the base model's (never fewer rows than tokens).
+    """
+    source = config.tokenizer.source
+    models = list(config.referenced_models())
+    donor: ModelReference | None = None
+    if isinstance(source, ModelReference):
+        reference, cut = source, True
+        if source not in models and needs_donor_embeddings(config):
+            donor = source
+    else:
+        reference, cut = (config.base_model or models[0]), False
+    return {
+        "donor": donor,
+        "reference_rows_model": reference,
+        "cut_to_reference": cut,
+        "pad_to_multiple_of": config.tokenizer.pad_to_multiple_of,
+    }
