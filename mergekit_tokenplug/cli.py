@@ -26,7 +26,9 @@ def parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 
 def setup_logging(quiet: bool, verbose: int) -> None:
-    from mergekit_tokenplug.compute.distributed import launched_world_size
+    from mergekit_tokenplug.compute.distributed import (
+        launched_world_size,  # lazy: keeps the CLI's start-up fast
+    )
 
     worker = launched_world_size() > 1 and os.environ.get("RANK", "0") != "0"
     level = logging.WARNING if quiet or worker else (logging.DEBUG if verbose > 1 else logging.INFO)
@@ -109,14 +111,19 @@ def transplant(
     verbose: int,
 ) -> None:
     """Give BASE the tokenizer of DONOR, writing a new checkpoint to OUT."""
-    from mergekit_tokenplug.surgery import transplant as run_transplant
+    from mergekit_tokenplug.surgery import (
+        transplant as run_transplant,  # lazy: keeps the CLI's start-up fast
+    )
 
     setup_logging(quiet, verbose)
     params = parse_params(param_pairs)
     if k is not None:
         params["k"] = k
     if dry_run:
-        from mergekit_tokenplug.recipes.plan import format_plan, plan_transplant
+        from mergekit_tokenplug.recipes.plan import (  # lazy: keeps the CLI's start-up fast
+            format_plan,
+            plan_transplant,
+        )
 
         plan = plan_transplant(
             base,
@@ -145,7 +152,9 @@ def transplant(
         quiet=quiet,
         allow_pickle=allow_pickle,
     )
-    from mergekit_tokenplug.compute.distributed import is_main_process
+    from mergekit_tokenplug.compute.distributed import (
+        is_main_process,  # lazy: keeps the CLI's start-up fast
+    )
 
     if not is_main_process():
         return
@@ -163,7 +172,7 @@ def transplant(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_methods(as_json: bool) -> None:
     """List the registered approximation methods, their parameters and defaults."""
-    from mergekit_tokenplug.registry import all_methods
+    from mergekit_tokenplug.registry import all_methods  # lazy: keeps the CLI's start-up fast
 
     records = []
     for name, spec in sorted(all_methods().items()):
@@ -239,8 +248,11 @@ def evaluate(
     quiet: bool,
 ) -> None:
     """Bits per byte of each MODEL (with its own tokenizer) on each --text file."""
-    from mergekit_tokenplug.evaluate.bpb import evaluate_models, format_table
-    from mergekit_tokenplug.surgery import resolve_device
+    from mergekit_tokenplug.evaluate.bpb import (  # lazy: keeps the CLI's start-up fast
+        evaluate_models,
+        format_table,
+    )
+    from mergekit_tokenplug.surgery import resolve_device  # lazy: keeps the CLI's start-up fast
 
     setup_logging(quiet, 0)
     records = evaluate_models(
@@ -300,8 +312,10 @@ def learn_tool_tokens_command(
     quiet: bool,
 ) -> None:
     """Train only the tool-token rows of MODEL on DATA.jsonl ({"prompt", "completion"} rows); write OUT."""
-    from mergekit_tokenplug.surgery import resolve_device
-    from mergekit_tokenplug.tooltokens.command import run_learn_tool_tokens
+    from mergekit_tokenplug.surgery import resolve_device  # lazy: keeps the CLI's start-up fast
+    from mergekit_tokenplug.tooltokens.command import (
+        run_learn_tool_tokens,  # lazy: keeps the CLI's start-up fast
+    )
 
     setup_logging(quiet, 0)
     metrics = run_learn_tool_tokens(
@@ -327,7 +341,7 @@ def learn_tool_tokens_command(
 
 
 def _attach_recipe_commands() -> None:
-    from mergekit_tokenplug.recipes.cli import commands
+    from mergekit_tokenplug.recipes.cli import commands  # lazy: keeps the CLI's start-up fast
 
     for command in commands:
         main.add_command(command)

@@ -12,7 +12,11 @@ from typing import Any
 
 import yaml
 
+from mergekit_tokenplug import report
 from mergekit_tokenplug.errors import ConfigError, InputError
+from mergekit_tokenplug.seam.activation import activate
+from mergekit_tokenplug.seam.run import run_plugin_merge
+from mergekit_tokenplug.seam.schema import one_line_validation_error
 
 
 def transplant_recipe(
@@ -70,8 +74,6 @@ def load_recipe(recipe: dict[str, Any] | str, source_name: str = "recipe") -> An
     """Validate a recipe (dict or YAML text) into mergekit's MergeConfiguration, plugin active."""
     import pydantic
 
-    from mergekit_tokenplug.seam.activation import activate
-    from mergekit_tokenplug.seam.schema import one_line_validation_error
 
     activate()
     from mergekit.config import MergeConfiguration
@@ -113,8 +115,6 @@ def run_recipe(
     import mergekit.merge
     from mergekit.options import MergeOptions
 
-    from mergekit_tokenplug import report
-    from mergekit_tokenplug.seam.run import run_plugin_merge
 
     opts = MergeOptions(
         device=resolve_device(device),

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mergekit_tokenplug import registry
+from mergekit_tokenplug.compute.batching import CPU_BUDGET_CAP, working_memory_budget
 from mergekit_tokenplug.fill import SourceSpace, plan_fill
 from mergekit_tokenplug.methods.base import FP32, CostQuery
 from mergekit_tokenplug.seam.roles import align_settings
@@ -26,6 +27,7 @@ from mergekit_tokenplug.seam.vocab_task import (
     source_order,
     token_overrides,
 )
+from mergekit_tokenplug.surgery import load_recipe, transplant_recipe
 
 
 @dataclass
@@ -247,8 +249,6 @@ def resolve_plan_device(device: str | None) -> tuple[str, bool]:
 
 
 def _budget(device: str, available: bool) -> int:
-    from mergekit_tokenplug.compute.batching import CPU_BUDGET_CAP, working_memory_budget
-
     if not available:
         return CPU_BUDGET_CAP
     return working_memory_budget(device)
@@ -394,8 +394,6 @@ def plan_transplant(
     **recipe_options: Any,
 ) -> dict[str, Any]:
     """The plan of ``transplant BASE DONOR`` (for ``transplant --dry-run``)."""
-    from mergekit_tokenplug.surgery import load_recipe, transplant_recipe
-
     recipe = transplant_recipe(base, donor, method, params, **recipe_options)
     plan = plan_recipe(load_recipe(recipe, "transplant"), device=device)
     plan["recipe"] = recipe

@@ -24,9 +24,12 @@ import yaml
 
 from mergekit_tokenplug import registry
 from mergekit_tokenplug.errors import TokenplugError
+from mergekit_tokenplug.inputs import check_model_dir
 from mergekit_tokenplug.methods.base import Need, param_error_message
 from mergekit_tokenplug.recipes.yaml_lines import LineMap, document_line_maps, key_string
-from mergekit_tokenplug.seam.schema import tool_tokens, uses_plugin
+from mergekit_tokenplug.resources.embedder import check_embedder_dir
+from mergekit_tokenplug.seam.activation import activate, refusal_reason
+from mergekit_tokenplug.seam.schema import TokenplugTokenizerConfig, tool_tokens, uses_plugin
 
 APPROX = ("tokenizer", "approximation")
 _WHERE_PREFIX = re.compile(r"^([A-Za-z_][\w.<>\[\]-]*): (.+)$", re.S)
@@ -192,8 +195,6 @@ def _check_cycles(result: FileResult, stages: dict[str, int], maps: list[LineMap
 
 
 def _merge_configuration() -> Any:
-    from mergekit_tokenplug.seam.activation import activate
-
     activate()
     from mergekit.config import MergeConfiguration
 
@@ -256,8 +257,6 @@ class _DocChecker:
         active = True
         spec = params = None
         if plugin:
-            from mergekit_tokenplug.seam.activation import refusal_reason
-
             reason = refusal_reason()
             if reason is not None:
                 active = False
@@ -296,8 +295,6 @@ class _DocChecker:
                 )
         tok = self.doc.get("tokenizer")
         if isinstance(tok, dict):
-            from mergekit_tokenplug.seam.schema import TokenplugTokenizerConfig
-
             valid_tok = set(TokenplugTokenizerConfig.model_fields)
             for key in tok:
                 if key not in valid_tok:
@@ -457,8 +454,6 @@ class _DocChecker:
 
     def check_models(self, spec: Any) -> bool:
         """True when every reference is an existing local directory (needed to align vocabularies)."""
-        from mergekit_tokenplug.inputs import check_model_dir
-
         all_local = True
         seen: set[tuple[str, bool]] = set()
         donor_weights = spec is not None and Need.DONOR_EMBEDDINGS in spec.needs
@@ -522,8 +517,6 @@ class _DocChecker:
                 )
         embedder = getattr(params, "embedder", None)
         if isinstance(embedder, str) and embedder != "self":
-            from mergekit_tokenplug.resources.embedder import check_embedder_dir
-
             try:
                 check_embedder_dir(embedder)
             except TokenplugError as exc:
@@ -531,7 +524,9 @@ class _DocChecker:
 
     # -- OMP's k against the shared tokens
     def check_shared_tokens(self, config: Any, spec: Any, params: Any) -> None:
-        from mergekit_tokenplug.recipes.plan import recipe_vocab
+        from mergekit_tokenplug.recipes.plan import (
+            recipe_vocab,  # lazy: loads transformers and mergekit's planner
+        )
 
         k = getattr(params, "k", None)
         if k is None:

@@ -58,21 +58,29 @@ def on_module_loaded(name: str, module: ModuleType) -> None:
         if reason and "disabled" not in reason and name == "mergekit.config":
             LOG.warning("mergekit-tokenplug inactive: %s", reason)
         if name == "mergekit.config":
-            from mergekit_tokenplug.seam import config_patch
+            from mergekit_tokenplug.seam import (
+                config_patch,  # lazy: each patch loads with its mergekit module
+            )
 
             config_patch.apply(module, refuse_reason=reason)
         elif reason:
             return
         elif name == "mergekit.plan":
-            from mergekit_tokenplug.seam import planner
+            from mergekit_tokenplug.seam import (
+                planner,  # lazy: each patch loads with its mergekit module
+            )
 
             planner.apply(module)
         elif name == "mergekit.merge":
-            from mergekit_tokenplug.seam import run
+            from mergekit_tokenplug.seam import (
+                run,  # lazy: each patch loads with its mergekit module
+            )
 
             run.apply(module)
         elif name in CLI_MODULES:
-            from mergekit_tokenplug.seam import cli_patch
+            from mergekit_tokenplug.seam import (
+                cli_patch,  # lazy: each patch loads with its mergekit module
+            )
 
             cli_patch.apply(module, CLI_MODULES[name])
 

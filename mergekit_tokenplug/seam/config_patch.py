@@ -9,7 +9,12 @@ from mergekit.common import ModelReference
 from mergekit.tokenizer.config import TokenizerConfig
 from pydantic import BeforeValidator
 
-from mergekit_tokenplug.seam.schema import PluginTokenizerField, refuse_plugin_keys
+from mergekit_tokenplug.seam.schema import (
+    PluginTokenizerField,
+    TokenplugTokenizerConfig,
+    ToolTokenSource,
+    refuse_plugin_keys,
+)
 
 
 def apply(config_module: ModuleType, refuse_reason: str | None = None) -> None:
@@ -34,7 +39,6 @@ def _allow_tool_sources() -> None:
     """Add ``kind: tool`` to the per-token sources and rebuild the models that embed them."""
     from mergekit.tokenizer import config as tok_config
 
-    from mergekit_tokenplug.seam.schema import TokenplugTokenizerConfig, ToolTokenSource
 
     emb_cfg = tok_config.TokenEmbeddingConfig
     emb_cfg.model_fields["source"].annotation = Union[  # noqa: UP007 (runtime type)

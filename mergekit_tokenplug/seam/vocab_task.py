@@ -29,6 +29,7 @@ from mergekit.tokenizer.embed import PermutedVocabulary
 from mergekit_tokenplug import registry, report
 from mergekit_tokenplug.errors import InputError
 from mergekit_tokenplug.fill import SourceSpace, TextSupport, check_finite, fill_matrix
+from mergekit_tokenplug.resources.corpus import read_corpus, resolve_corpus, tokenize_corpus
 from mergekit_tokenplug.seam.method_resources import method_inputs
 from mergekit_tokenplug.seam.schema import ApproximationConfig, ToolTokenSource
 from mergekit_tokenplug.seam.tool_rows import tool_token_rows
@@ -63,8 +64,6 @@ class VocabPlan:
 
     def corpus_ids(self, patterns: tuple[str, ...]) -> list[torch.Tensor]:
         """The corpus tokenized by the output tokenizer, read once per merge."""
-        from mergekit_tokenplug.resources.corpus import read_corpus, resolve_corpus, tokenize_corpus
-
         if patterns not in self._corpora:
             self._corpora[patterns] = tokenize_corpus(
                 self.tokenizer, read_corpus(resolve_corpus(list(patterns)))
