@@ -120,9 +120,11 @@ def transplant(
     if k is not None:
         params["k"] = k
     if dry_run:
-        from mergekit_tokenplug.recipes.plan import (  # lazy: keeps the CLI's start-up fast
-            format_plan,
-            plan_transplant,
+        from mergekit_tokenplug.recipes.plan import (
+            format_plan,  # lazy: keeps the CLI's start-up fast
+        )
+        from mergekit_tokenplug.surgery import (
+            plan_transplant,  # lazy: keeps the CLI's start-up fast
         )
 
         plan = plan_transplant(

@@ -9,15 +9,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from mergekit_tokenplug import settings
 from mergekit_tokenplug.errors import InputError
 
-ALLOW_PICKLE_ENV = "MERGEKIT_TOKENPLUG_ALLOW_PICKLE"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.txt", "vocab.json")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 
-def allow_pickle_requested() -> bool:
-    return os.environ.get(ALLOW_PICKLE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+def model_path(path: str) -> str:
+    """Where a model reference points on disk: ``~`` is expanded (validation and runs alike)."""
+    return os.path.expanduser(path)
 
 
 def is_local(path: str) -> bool:
@@ -58,9 +59,9 @@ def check_model_dir(
     if any(p.glob("*.safetensors")):
         return
     pickles = sorted(f.name for f in p.iterdir() if f.suffix in PICKLE_SUFFIXES)
-    if pickles and not (allow_pickle or allow_pickle_requested()):
+    if pickles and not (allow_pickle or settings.allow_pickle()):
         raise InputError(
-            f"{path} holds only pickle checkpoints ({', '.join(pickles[:3])}); loading them can run arbitrary code — convert to safetensors, or opt in with --allow-pickle / {ALLOW_PICKLE_ENV}=1",
+            f"{path} holds only pickle checkpoints ({', '.join(pickles[:3])}); loading them can run arbitrary code — convert to safetensors, or opt in with --allow-pickle / {settings.ALLOW_PICKLE}=1",
             where=where,
         )
     if not pickles:

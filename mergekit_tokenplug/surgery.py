@@ -14,6 +14,8 @@ import yaml
 
 from mergekit_tokenplug import report
 from mergekit_tokenplug.errors import ConfigError, InputError
+from mergekit_tokenplug.recipes.plan import plan_recipe
+from mergekit_tokenplug.recipes.yaml_lines import yaml_error
 from mergekit_tokenplug.seam.activation import activate
 from mergekit_tokenplug.seam.run import run_plugin_merge
 from mergekit_tokenplug.seam.schema import one_line_validation_error
@@ -82,12 +84,9 @@ def load_recipe(recipe: dict[str, Any] | str, source_name: str = "recipe") -> An
         try:
             recipe = yaml.safe_load(recipe)
         except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark is not None else ""
-            raise ConfigError(
-                f"malformed YAML ({getattr(exc, 'problem', None) or exc})",
-                where=f"{source_name}{line}",
-            ) from None
+            line, message = yaml_error(exc)
+            where = f"{source_name}:{line}" if line else source_name
+            raise ConfigError(message, where=where) from None
     if not isinstance(recipe, dict):
         raise ConfigError("expected a mapping of recipe keys", where=source_name)
     try:
@@ -170,3 +169,18 @@ def transplant(
         allow_pickle=allow_pickle,
         config_source=text,
     )
+
+
+def plan_transplant(
+    base: str,
+    donor: str,
+    method: str = "omp",
+    params: dict[str, Any] | None = None,
+    device: str | None = "cpu",
+    **recipe_options: Any,
+) -> dict[str, Any]:
+    """The plan of ``transplant BASE DONOR`` (for ``transplant --dry-run``)."""
+    recipe = transplant_recipe(base, donor, method, params, **recipe_options)
+    plan = plan_recipe(load_recipe(recipe, "transplant"), device=device)
+    plan["recipe"] = recipe
+    return plan

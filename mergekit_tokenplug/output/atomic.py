@@ -11,13 +11,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from mergekit_tokenplug import settings
 from mergekit_tokenplug.errors import InputError
-
-OVERWRITE_ENV = "MERGEKIT_TOKENPLUG_OVERWRITE"
-
-
-def overwrite_requested() -> bool:
-    return os.environ.get(OVERWRITE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def check_output_dir(out_path: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -28,9 +23,9 @@ def check_output_dir(out_path: str | os.PathLike, overwrite: bool = False) -> Pa
             "exists and is not a directory; expected a new or empty directory",
             where=f"output path {out}",
         )
-    if out.is_dir() and any(out.iterdir()) and not (overwrite or overwrite_requested()):
+    if out.is_dir() and any(out.iterdir()) and not (overwrite or settings.overwrite()):
         raise InputError(
-            f"exists and is not empty; expected a new or empty directory (pass --overwrite or set {OVERWRITE_ENV}=1 to replace it)",
+            f"exists and is not empty; expected a new or empty directory (pass --overwrite or set {settings.OVERWRITE}=1 to replace it)",
             where=f"output path {out}",
         )
     return out

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mergekit_tokenplug import registry
-from mergekit_tokenplug.compute.batching import CPU_BUDGET_CAP, working_memory_budget
+from mergekit_tokenplug import registry, settings
+from mergekit_tokenplug.compute.batching import working_memory_budget
 from mergekit_tokenplug.fill import SourceSpace, plan_fill
 from mergekit_tokenplug.methods.base import FP32, CostQuery
 from mergekit_tokenplug.seam.roles import align_settings
@@ -27,7 +27,6 @@ from mergekit_tokenplug.seam.vocab_task import (
     source_order,
     token_overrides,
 )
-from mergekit_tokenplug.surgery import load_recipe, transplant_recipe
 
 
 @dataclass
@@ -250,7 +249,7 @@ def resolve_plan_device(device: str | None) -> tuple[str, bool]:
 
 def _budget(device: str, available: bool) -> int:
     if not available:
-        return CPU_BUDGET_CAP
+        return settings.cpu_budget_bytes()
     return working_memory_budget(device)
 
 
@@ -383,21 +382,6 @@ def plan_recipe(
 def _params_dict(params: Any) -> dict[str, Any]:
     dump = getattr(params, "model_dump", None)
     return json.loads(json.dumps(dump() if dump else {}, default=str))
-
-
-def plan_transplant(
-    base: str,
-    donor: str,
-    method: str = "omp",
-    params: dict[str, Any] | None = None,
-    device: str | None = "cpu",
-    **recipe_options: Any,
-) -> dict[str, Any]:
-    """The plan of ``transplant BASE DONOR`` (for ``transplant --dry-run``)."""
-    recipe = transplant_recipe(base, donor, method, params, **recipe_options)
-    plan = plan_recipe(load_recipe(recipe, "transplant"), device=device)
-    plan["recipe"] = recipe
-    return plan
 
 
 def _mib(n: int | float) -> str:

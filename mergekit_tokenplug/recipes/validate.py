@@ -24,11 +24,17 @@ import yaml
 
 from mergekit_tokenplug import registry
 from mergekit_tokenplug.errors import TokenplugError
-from mergekit_tokenplug.inputs import check_model_dir
+from mergekit_tokenplug.inputs import check_model_dir, model_path
 from mergekit_tokenplug.methods.base import Need, param_error_message
-from mergekit_tokenplug.recipes.yaml_lines import LineMap, document_line_maps, key_string
+from mergekit_tokenplug.recipes.yaml_lines import (
+    LineMap,
+    document_line_maps,
+    key_string,
+    yaml_error,
+)
 from mergekit_tokenplug.resources.embedder import check_embedder_dir
-from mergekit_tokenplug.seam.activation import activate, refusal_reason
+from mergekit_tokenplug.seam.config_patch import merge_configuration
+from mergekit_tokenplug.seam.guard import refusal_reason
 from mergekit_tokenplug.seam.schema import TokenplugTokenizerConfig, tool_tokens, uses_plugin
 
 APPROX = ("tokenizer", "approximation")
@@ -102,10 +108,8 @@ def validate_text(text: str, file: str = "recipe", options: Options | None = Non
         maps = document_line_maps(text)
         docs = list(yaml.safe_load_all(text))
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        line = mark.line + 1 if mark is not None else None
-        result.problems.append(Problem(file, line, "", f"malformed YAML ({problem})"))
+        line, message = yaml_error(exc)
+        result.problems.append(Problem(file, line, "", message))
         return result
     if not docs:
         result.problems.append(Problem(file, 1, "", "the file holds no recipe"))
@@ -194,13 +198,6 @@ def _check_cycles(result: FileResult, stages: dict[str, int], maps: list[LineMap
 # ---------------------------------------------------------------- one document
 
 
-def _merge_configuration() -> Any:
-    activate()
-    from mergekit.config import MergeConfiguration
-
-    return MergeConfiguration
-
-
 def _tool_tokens(tokenizer: dict) -> list[str]:
     return tool_tokens(tokenizer.get("tokens"))
 
@@ -250,7 +247,7 @@ class _DocChecker:
         if not isinstance(doc, dict):
             self.add((), f"expected a mapping of recipe keys, got {type(doc).__name__}")
             return self.out
-        merge_cfg = _merge_configuration()
+        merge_cfg = merge_configuration()
         self.check_top_level_keys(merge_cfg)
         data = {k: v for k, v in doc.items() if k != "name"}
         plugin = uses_plugin(data)
@@ -462,7 +459,7 @@ class _DocChecker:
                 self.out.stage_refs.add(model)
                 all_local = False
                 continue
-            if not os.path.exists(os.path.expanduser(model)):
+            if not os.path.exists(model_path(model)):
                 all_local = False
                 if self.options.allow_hub and _HUB_ID.fullmatch(model):
                     self.add(

@@ -1,8 +1,9 @@
-"""One-line errors from ``mergekit-yaml`` / ``mergekit-multi`` for recipes the plugin reads.
+"""``mergekit-yaml`` / ``mergekit-multi`` check a recipe that uses the plugin the way
+``recipes validate`` does, before any weight loads, and fail with its first problem:
+``Error: FILE:LINE key: message``, exit 1. Validation and run share one rule and one message.
 
-Stock mergekit prints a traceback for malformed YAML and a multi-line pydantic report for a
-bad key. The wrapped click callbacks turn malformed YAML (any recipe) and validation errors
-of recipes that use the plugin's keys into ``Error: FILE[:LINE]: key: message`` and exit 1.
+Recipes without the plugin's keys run stock; their malformed YAML gets the same one line
+instead of a traceback (only while the plugin is active).
 """
 
 from __future__ import annotations
@@ -11,31 +12,30 @@ import functools
 from types import ModuleType
 from typing import Any
 
-import pydantic
 import yaml
 
 from mergekit_tokenplug.errors import ConfigError
-from mergekit_tokenplug.seam.schema import PLUGIN_TOKENIZER_KEYS, one_line_validation_error
+from mergekit_tokenplug.recipes.validate import validate_path
+from mergekit_tokenplug.seam.guard import refusal_reason
+from mergekit_tokenplug.seam.schema import uses_plugin
 
 
-def _uses_plugin_keys(path: str) -> bool:
+def first_problem(path: str) -> str | None:
+    """The line ``recipes validate`` prints first for a recipe file, or None when it passes
+    (or does not use the plugin)."""
     try:
         with open(path, encoding="utf-8") as fh:
             docs = list(yaml.safe_load_all(fh))
-    except (OSError, yaml.YAMLError):
-        return False
-    return any(
-        isinstance(d, dict)
-        and isinstance(d.get("tokenizer"), dict)
-        and any(k in d["tokenizer"] for k in PLUGIN_TOKENIZER_KEYS)
-        for d in docs
-    )
-
-
-def yaml_error(exc: yaml.YAMLError, path: str) -> ConfigError:
-    mark = getattr(exc, "problem_mark", None)
-    where = f"{path}:{mark.line + 1}" if mark is not None else path
-    return ConfigError(f"malformed YAML ({getattr(exc, 'problem', None) or exc})", where=where)
+    except OSError:
+        return None
+    except yaml.YAMLError:
+        docs = None
+    if docs is not None and not any(uses_plugin(d) for d in docs):
+        return None
+    if docs is None and refusal_reason() is not None:
+        return None
+    errors = validate_path(path).errors
+    return errors[0].format() if errors else None
 
 
 def apply(script_module: ModuleType, config_arg: str) -> None:
@@ -46,15 +46,10 @@ def apply(script_module: ModuleType, config_arg: str) -> None:
 
     @functools.wraps(callback)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
-        path = kwargs.get(config_arg, "")
-        try:
-            return callback(*args, **kwargs)
-        except yaml.YAMLError as exc:
-            raise yaml_error(exc, path) from None
-        except pydantic.ValidationError as exc:
-            if _uses_plugin_keys(path):
-                raise ConfigError(one_line_validation_error(exc, path)) from None
-            raise
+        problem = first_problem(kwargs.get(config_arg, ""))
+        if problem is not None:
+            raise ConfigError(problem)
+        return callback(*args, **kwargs)
 
     wrapped._tokenplug_wrapped = True  # type: ignore[attr-defined]
     command.callback = wrapped

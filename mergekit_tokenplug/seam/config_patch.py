@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Annotated, Optional, Union
+from typing import Annotated, Any, Optional, Union
 
 from mergekit.common import ModelReference
 from mergekit.tokenizer.config import TokenizerConfig
 from pydantic import BeforeValidator
 
+from mergekit_tokenplug.seam.guard import refusal_reason
 from mergekit_tokenplug.seam.schema import (
     PluginTokenizerField,
     TokenplugTokenizerConfig,
@@ -25,6 +26,9 @@ def apply(config_module: ModuleType, refuse_reason: str | None = None) -> None:
     Refusing: plain config behind a validator that rejects plugin keys with the reason.
     """
     merge_cfg = config_module.MergeConfiguration
+    if getattr(merge_cfg, "_tokenplug_patched", False):
+        return
+    merge_cfg._tokenplug_patched = True
     field = merge_cfg.model_fields["tokenizer"]
     if refuse_reason is None:
         _allow_tool_sources()
@@ -33,6 +37,15 @@ def apply(config_module: ModuleType, refuse_reason: str | None = None) -> None:
         guarded = Annotated[TokenizerConfig, BeforeValidator(refuse_plugin_keys(refuse_reason))]
         field.annotation = Optional[guarded]  # noqa: UP045 (runtime type)
     merge_cfg.model_rebuild(force=True)
+
+
+def merge_configuration() -> Any:
+    """mergekit's ``MergeConfiguration`` with the plugin's keys (or their refusal) in place,
+    whether or not the start-up hook ran in this process."""
+    import mergekit.config
+
+    apply(mergekit.config, refuse_reason=refusal_reason())
+    return mergekit.config.MergeConfiguration
 
 
 def _allow_tool_sources() -> None:

@@ -52,6 +52,14 @@ def needs_donor_embeddings(config: Any) -> bool:
     return Need.DONOR_EMBEDDINGS in registry.get(config.tokenizer.approximation.method).needs
 
 
+def tokenizer_donor(config: Any) -> ModelReference | None:
+    """The tokenizer source when it is a model that is not a merge input (the donor)."""
+    source = config.tokenizer.source if config.tokenizer is not None else None
+    if isinstance(source, ModelReference) and source not in config.referenced_models():
+        return source
+    return None
+
+
 def align_settings(config: Any) -> dict[str, Any]:
     """Donor and row-count settings for a plugin config (shared by runs and dry-run plans).
 
@@ -61,11 +69,9 @@ def align_settings(config: Any) -> dict[str, Any]:
     """
     source = config.tokenizer.source
     models = list(config.referenced_models())
-    donor: ModelReference | None = None
+    donor = tokenizer_donor(config) if needs_donor_embeddings(config) else None
     if isinstance(source, ModelReference):
         reference, cut = source, True
-        if source not in models and needs_donor_embeddings(config):
-            donor = source
     else:
         reference, cut = (config.base_model or models[0]), False
     return {

@@ -17,16 +17,17 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from mergekit.common import ModelReference
+import pydantic
+from mergekit.common import ModelPath, ModelReference
 
-from mergekit_tokenplug import report
+from mergekit_tokenplug import report, settings
 from mergekit_tokenplug.compute.distributed import is_main_process
-from mergekit_tokenplug.inputs import check_model_dir
+from mergekit_tokenplug.inputs import check_model_dir, model_path
 from mergekit_tokenplug.output.atomic import atomic_directory
 from mergekit_tokenplug.output.card import model_card, vocabulary_section
 from mergekit_tokenplug.output.config_fix import fix_config
 from mergekit_tokenplug.output.manifest import input_record, write_manifest
-from mergekit_tokenplug.seam.roles import needs_donor_embeddings
+from mergekit_tokenplug.seam.roles import needs_donor_embeddings, tokenizer_donor
 from mergekit_tokenplug.seam.schema import uses_plugin
 
 LOG = logging.getLogger("mergekit_tokenplug")
@@ -58,6 +59,7 @@ def run_plugin_merge(
 ) -> None:
     """Stock merge into a temp dir, then finalize and move into place."""
     recipe = config_source or merge_config.to_yaml()
+    expand_model_paths(merge_config)
     check_inputs(merge_config, allow_pickle=allow_pickle)
     report.reset()
     if not is_main_process():
@@ -82,6 +84,23 @@ def run_plugin_merge(
         )
         finalize(tmp, merge_config, recipe, options, write_card=write_card)
     LOG.info("wrote %s", out_path)
+
+
+def expand_model_paths(node: Any) -> None:
+    """Point every model reference where validation looked (``inputs.model_path``: ``~``
+    expanded), in place: the config is frozen, and its references are shared by the plan."""
+    if isinstance(node, ModelPath):
+        if node.path != model_path(node.path):
+            object.__setattr__(node, "path", model_path(node.path))
+    elif isinstance(node, pydantic.BaseModel):
+        for name in type(node).model_fields:
+            expand_model_paths(getattr(node, name))
+    elif isinstance(node, list | tuple):
+        for item in node:
+            expand_model_paths(item)
+    elif isinstance(node, dict):
+        for item in node.values():
+            expand_model_paths(item)
 
 
 class _DiscardingWriter:
@@ -115,10 +134,10 @@ def check_inputs(merge_config: Any, allow_pickle: bool = False) -> None:
         check_model_dir(
             model.model.path, where=f"models: {model.model.path}", allow_pickle=allow_pickle
         )
-    source = merge_config.tokenizer.source
-    if isinstance(source, ModelReference) and source not in merge_config.referenced_models():
+    donor = tokenizer_donor(merge_config)
+    if donor is not None:
         check_model_dir(
-            source.model.path,
+            donor.model.path,
             where="tokenizer.source",
             need_tokenizer=True,
             need_weights=needs_donor_embeddings(merge_config),
@@ -195,13 +214,18 @@ def finalize(
         {"role": "model", **input_record(m.model.path)}
         for m in sorted(merge_config.referenced_models(), key=str)
     ]
-    if isinstance(source, ModelReference) and source not in merge_config.referenced_models():
-        inputs.append({"role": "donor", **input_record(source.model.path)})
+    donor = tokenizer_donor(merge_config)
+    if donor is not None:
+        inputs.append({"role": "donor", **input_record(donor.model.path)})
     write_manifest(
         out_dir,
         inputs=inputs,
         recipe=recipe,
         report=snap,
-        extra={"config_changes": changes, "seed": options.random_seed},
+        extra={
+            "config_changes": changes,
+            "seed": options.random_seed,
+            "settings": settings.output_settings(),
+        },
     )
     return snap
