@@ -39,6 +39,7 @@ from mergekit_tokenplug.seam.schema import TokenplugTokenizerConfig, tool_tokens
 
 APPROX = ("tokenizer", "approximation")
 _WHERE_PREFIX = re.compile(r"^([A-Za-z_][\w.<>\[\]-]*): (.+)$", re.S)
+_BRANCH = re.compile(r"function-\w+\[.*\]|[A-Z]\w*")  # pydantic's union-branch labels
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -364,13 +365,37 @@ class _DocChecker:
             del data["tokenizer"]["tokens"][token]
         return data
 
+    def meant_branches(self, errors: list[Any]) -> list[Any]:
+        """Errors of the union branches the recipe meant: a branch that rejects the value's
+        ``kind`` is not it, nor one that only misses keys while another has a real error."""
+        branches: dict[tuple, dict[str, list[Any]]] = {}
+        for err in errors:
+            loc = tuple(err["loc"])
+            for i, part in enumerate(loc):
+                if _BRANCH.fullmatch(str(part)) and loc[:i] + (part,) not in self.lines.lines:
+                    branches.setdefault(loc[:i], {}).setdefault(str(part), []).append(err)
+                    break
+        drop: set[int] = set()
+        for options in branches.values():
+            if len(options) < 2:
+                continue
+            rest = {
+                b: errs
+                for b, errs in options.items()
+                if not any(e["loc"][-1] == "kind" and e["type"] == "literal_error" for e in errs)
+            }
+            real = {b for b, errs in rest.items() if any(e["type"] != "missing" for e in errs)}
+            keep = real or set(rest) or set(options)
+            drop |= {id(e) for b, errs in options.items() if b not in keep for e in errs}
+        return [e for e in errors if id(e) not in drop]
+
     def check_schema(self, merge_cfg: Any, data: dict) -> Any:
         """mergekit's own validation (with the plugin's keys), one problem per key."""
         try:
             return merge_cfg.model_validate(data)
         except pydantic.ValidationError as exc:
             by_key: dict[tuple, list[str]] = {}
-            for err in exc.errors():
+            for err in self.meant_branches(exc.errors()):
                 path, _line = self.lines.resolve(err["loc"])
                 ctx_err = (err.get("ctx") or {}).get("error")
                 msg = str(ctx_err) if isinstance(ctx_err, Exception) else err["msg"]
