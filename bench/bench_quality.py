@@ -44,7 +44,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import time
 import unicodedata
@@ -58,6 +57,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import assets  # noqa: E402  (sibling module: bench/ is not a package)
+from timed import run_measured  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"
@@ -485,23 +485,6 @@ def part_leave_out(methods: list[Method], cache: dict[str, Any], redo: bool) -> 
 # --------------------------------------------------------------------------- part 2
 
 
-def _run_cli(cmd: list[str], log: Path) -> tuple[int, float, float | None]:
-    """Run a command (GNU time when present); return (exit code, wall s, peak RSS MiB)."""
-    use_time = Path("/usr/bin/time").exists()
-    full = ["/usr/bin/time", "-v", *cmd] if use_time else cmd
-    t0 = time.perf_counter()
-    with open(log, "w") as fh:
-        rc = subprocess.run(
-            full, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"}
-        ).returncode
-    wall = time.perf_counter() - t0
-    rss = None
-    for line in log.read_text(errors="replace").splitlines():
-        if "Maximum resident set size" in line:
-            rss = int(line.split(":")[-1]) / 1024
-    return rc, wall, rss
-
-
 def build_model(m: Method, base: Path, donor: Path, out: Path, redo: bool) -> dict[str, Any]:
     """Transplant ``donor``'s tokenizer onto ``base`` with ``m``; reuse a finished output."""
     done = out / ("tokenplug_manifest.json" if m.impl == "ours" else ".bench-complete")
@@ -542,7 +525,7 @@ def build_model(m: Method, base: Path, donor: Path, out: Path, redo: bool) -> di
             "--device",
             "cpu",
         ]
-        rc, wall, rss = _run_cli(cmd, out.parent / f"{out.name}.log")
+        rc, wall, rss = run_measured(cmd, out.parent / f"{out.name}.log")
         if rc != 0:
             raise RuntimeError(
                 f"mergekit-tokensurgeon exited {rc} (log {out.parent / (out.name + '.log')})"

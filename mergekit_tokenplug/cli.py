@@ -64,7 +64,6 @@ def main() -> None:
     help="Method parameter; repeatable.",
 )
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
-@click.option("--cuda", is_flag=True, help="Same as --device cuda.")
 @click.option("--seed", type=int, default=None, help="Seed for stochastic methods.")
 @click.option(
     "--dtype",
@@ -99,7 +98,6 @@ def transplant(
     k: int | None,
     param_pairs: tuple[str, ...],
     device: str,
-    cuda: bool,
     seed: int | None,
     dtype: str | None,
     pad_to_multiple_of: int | None,
@@ -132,7 +130,7 @@ def transplant(
             donor,
             method,
             params,
-            device="cuda" if cuda else device,
+            device=device,
             dtype=dtype,
             seed=seed,
             pad_to_multiple_of=pad_to_multiple_of,
@@ -146,7 +144,7 @@ def transplant(
         out,
         method,
         params,
-        device="cuda" if cuda else device,
+        device=device,
         seed=seed,
         dtype=dtype,
         pad_to_multiple_of=pad_to_multiple_of,

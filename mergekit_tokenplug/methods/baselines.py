@@ -1,4 +1,4 @@
-"""Baseline estimators (ALGORITHMS.md section 5), in their correct forms.
+"""Baseline estimators (README "Methods"), in their correct forms.
 
 They are the reference points every other method is judged against, and the fallbacks the
 seam uses for rows a method cannot estimate: ``mean`` (the documented fallback), ``zero``

@@ -2,7 +2,7 @@
 
 Each new row is ``softmax(A1 @ A2)[t] @ E_old``: a convex combination of the model's own rows,
 so a new output row can never out-score every old token for any hidden state (the safety
-argument behind mean initialization, see ALGORITHMS.md section 3). Only the low-rank mixing
+argument behind mean initialization, Hewitt 2021). Only the low-rank mixing
 logits ``A1 (T x r)`` and ``A2 (r x |V_old|)`` are trained, with skip-gram negative sampling
 on a corpus tokenized by the *new* tokenizer.
 

@@ -1,4 +1,4 @@
-"""OMP transplant (ALGORITHMS.md section 1): sparse codes in donor space, applied in base space.
+"""OMP transplant (README "Methods"): sparse codes in donor space, applied in base space.
 
 Each target row x (a donor embedding) is approximated by k shared-token rows of the donor
 (the dictionary A) chosen greedily by Orthogonal Matching Pursuit: pick the unselected atom

@@ -1,4 +1,4 @@
-"""TokenAdapt hybrid initialization (ALGORITHMS.md section 2, arXiv 2505.09738).
+"""TokenAdapt hybrid initialization (arXiv 2505.09738).
 
 Needs no donor model, only the new tokens' texts: a *local* estimate from the token's pieces
 under the base tokenizer (weighted by text similarity and length share) is blended with a

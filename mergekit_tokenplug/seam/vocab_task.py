@@ -71,12 +71,9 @@ class VocabPlan:
         return self._corpora[patterns]
 
     @functools.cached_property
-    def _output_texts(self) -> list[str]:
-        return token_texts(self.tokenizer, list(range(self.n_tokens)))
-
     def output_texts(self) -> list[str]:
         """Decoded text of every output token, computed once per merge."""
-        return self._output_texts
+        return token_texts(self.tokenizer, list(range(self.n_tokens)))
 
     def summary(self) -> dict[str, Any]:
         """Counts for the log, card and manifest."""
@@ -100,7 +97,7 @@ class VocabPlan:
                 return [[i for i in ids if i < rows] for ids in pieces]
 
             self._texts[key] = TextSupport(
-                out_texts=lambda ids: [self.output_texts()[int(i)] for i in ids],
+                out_texts=lambda ids: [self.output_texts[int(i)] for i in ids],
                 split_base=split_base,
                 base_vocab_texts=functools.cache(lambda: token_texts(model_tok, list(range(rows)))),
             )
