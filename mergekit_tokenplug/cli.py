@@ -26,9 +26,8 @@ def parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 
 def setup_logging(quiet: bool, verbose: int) -> None:
-    from mergekit_tokenplug.compute.distributed import (
-        launched_world_size,  # lazy: keeps the CLI's start-up fast
-    )
+    # lazy: keeps the CLI's start-up fast
+    from mergekit_tokenplug.compute.distributed import launched_world_size
 
     worker = launched_world_size() > 1 and os.environ.get("RANK", "0") != "0"
     level = logging.WARNING if quiet or worker else (logging.DEBUG if verbose > 1 else logging.INFO)
@@ -109,21 +108,19 @@ def transplant(
     verbose: int,
 ) -> None:
     """Give BASE the tokenizer of DONOR, writing a new checkpoint to OUT."""
-    from mergekit_tokenplug.surgery import (
-        transplant as run_transplant,  # lazy: keeps the CLI's start-up fast
-    )
+    # lazy: keeps the CLI's start-up fast
+    from mergekit_tokenplug.surgery import transplant as run_transplant
 
     setup_logging(quiet, verbose)
     params = parse_params(param_pairs)
     if k is not None:
         params["k"] = k
     if dry_run:
-        from mergekit_tokenplug.recipes.plan import (
-            format_plan,  # lazy: keeps the CLI's start-up fast
-        )
-        from mergekit_tokenplug.surgery import (
-            plan_transplant,  # lazy: keeps the CLI's start-up fast
-        )
+        # lazy: keeps the CLI's start-up fast
+        from mergekit_tokenplug.recipes.plan import format_plan
+
+        # lazy: keeps the CLI's start-up fast
+        from mergekit_tokenplug.surgery import plan_transplant
 
         plan = plan_transplant(
             base,
@@ -152,9 +149,8 @@ def transplant(
         quiet=quiet,
         allow_pickle=allow_pickle,
     )
-    from mergekit_tokenplug.compute.distributed import (
-        is_main_process,  # lazy: keeps the CLI's start-up fast
-    )
+    # lazy: keeps the CLI's start-up fast
+    from mergekit_tokenplug.compute.distributed import is_main_process
 
     if not is_main_process():
         return
@@ -248,10 +244,8 @@ def evaluate(
     quiet: bool,
 ) -> None:
     """Bits per byte of each MODEL (with its own tokenizer) on each --text file."""
-    from mergekit_tokenplug.evaluate.bpb import (  # lazy: keeps the CLI's start-up fast
-        evaluate_models,
-        format_table,
-    )
+    # lazy: keeps the CLI's start-up fast
+    from mergekit_tokenplug.evaluate.bpb import evaluate_models, format_table
     from mergekit_tokenplug.surgery import resolve_device  # lazy: keeps the CLI's start-up fast
 
     setup_logging(quiet, 0)
@@ -313,9 +307,9 @@ def learn_tool_tokens_command(
 ) -> None:
     """Train only the tool-token rows of MODEL on DATA.jsonl ({"prompt", "completion"} rows); write OUT."""
     from mergekit_tokenplug.surgery import resolve_device  # lazy: keeps the CLI's start-up fast
-    from mergekit_tokenplug.tooltokens.command import (
-        run_learn_tool_tokens,  # lazy: keeps the CLI's start-up fast
-    )
+
+    # lazy: keeps the CLI's start-up fast
+    from mergekit_tokenplug.tooltokens.command import run_learn_tool_tokens
 
     setup_logging(quiet, 0)
     metrics = run_learn_tool_tokens(

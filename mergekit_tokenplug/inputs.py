@@ -59,7 +59,7 @@ def check_model_dir(
     if any(p.glob("*.safetensors")):
         return
     pickles = sorted(f.name for f in p.iterdir() if f.suffix in PICKLE_SUFFIXES)
-    if pickles and not (allow_pickle or settings.allow_pickle()):
+    if pickles and not (allow_pickle or settings.flag(settings.ALLOW_PICKLE)):
         raise InputError(
             f"{path} holds only pickle checkpoints ({', '.join(pickles[:3])}); loading them can run arbitrary code — convert to safetensors, or opt in with --allow-pickle / {settings.ALLOW_PICKLE}=1",
             where=where,

@@ -34,18 +34,6 @@ def number(name: str, default: int) -> int:
         return default
 
 
-def disabled() -> bool:
-    return flag(DISABLE)
-
-
-def allow_pickle() -> bool:
-    return flag(ALLOW_PICKLE)
-
-
-def overwrite() -> bool:
-    return flag(OVERWRITE)
-
-
 def adapt_threads() -> bool:
     """On by default: OMP on CPU uses only the cores other processes leave free."""
     return flag(ADAPT_THREADS, default=True)

@@ -14,7 +14,7 @@ import yaml
 
 from mergekit_tokenplug import report
 from mergekit_tokenplug.errors import ConfigError, InputError
-from mergekit_tokenplug.recipes.plan import plan_recipe
+from mergekit_tokenplug.recipes.plan import plan_recipe, resolve_plan_device
 from mergekit_tokenplug.recipes.yaml_lines import yaml_error
 from mergekit_tokenplug.seam.activation import activate
 from mergekit_tokenplug.seam.run import run_plugin_merge
@@ -59,12 +59,8 @@ def _local_abspath(path: str) -> str:
 
 def resolve_device(device: str | None) -> str:
     """mergekit's device names, with a clear error when CUDA is asked for but absent."""
-    import torch
-
-    name = (device or "cpu").lower()
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    name, available = resolve_plan_device(device)
+    if not available:
         raise InputError(
             "CUDA was requested but no CUDA device is available; use --device cpu or --device auto",
             where="--device",

@@ -14,14 +14,8 @@ import logging
 import torch
 from pydantic import Field
 
-from mergekit_tokenplug.methods.base import (
-    FP32,
-    CostQuery,
-    EstimationProblem,
-    MethodParams,
-    MethodSpec,
-    Need,
-)
+from mergekit_tokenplug.methods import base as api
+from mergekit_tokenplug.methods.base import EstimationProblem, MethodParams, MethodSpec, Need
 
 LOG = logging.getLogger(__name__)
 
@@ -136,9 +130,9 @@ def estimate_subword_mean(problem: EstimationProblem, params: NoParams) -> torch
     return torch.where(has.unsqueeze(1), rows, problem.mean_row().to(torch.float32).unsqueeze(0))
 
 
-def mean_cost(q: CostQuery) -> tuple[int, float | None]:
+def mean_cost(q: api.CostQuery) -> tuple[int, float | None]:
     """The output rows; one pass over the model's rows."""
-    return q.targets * q.dim_model * FP32, float(q.model_rows * q.dim_model)
+    return q.targets * q.dim_model * api.FP32, float(q.model_rows * q.dim_model)
 
 
 MEAN = MethodSpec(

@@ -34,14 +34,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from mergekit_tokenplug.errors import ConfigError, InputError
-from mergekit_tokenplug.methods.base import (
-    FP32,
-    CostQuery,
-    EstimationProblem,
-    MethodParams,
-    MethodSpec,
-    Need,
-)
+from mergekit_tokenplug.methods import base as api
+from mergekit_tokenplug.methods.base import EstimationProblem, MethodParams, MethodSpec, Need
 
 LOG = logging.getLogger(__name__)
 CORPUS_KEY = "tokenizer.approximation.corpus"
@@ -266,10 +260,10 @@ def estimate_cw2v(problem: EstimationProblem, params: CW2VParams) -> torch.Tenso
     return out
 
 
-def cw2v_cost(q: CostQuery) -> tuple[int, float | None]:
+def cw2v_cost(q: api.CostQuery) -> tuple[int, float | None]:
     """A1 (T, r) and A2 (r, V) with their gradients and two Adam moments, plus the rows."""
     rank = int(getattr(q.params, "rank", 64))
-    return 4 * rank * (q.targets + q.model_rows) * FP32 + q.targets * q.dim_model * FP32, None
+    return 4 * rank * (q.targets + q.model_rows) * api.FP32 + q.targets * q.dim_model * api.FP32, None
 
 
 SPEC = MethodSpec(

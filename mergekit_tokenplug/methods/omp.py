@@ -49,14 +49,8 @@ from mergekit_tokenplug.compute.batching import (
 )
 from mergekit_tokenplug.compute.threads import threads_for_fine_grained_kernel
 from mergekit_tokenplug.errors import ConfigError
-from mergekit_tokenplug.methods.base import (
-    FP32,
-    CostQuery,
-    EstimationProblem,
-    MethodParams,
-    MethodSpec,
-    Need,
-)
+from mergekit_tokenplug.methods import base as api
+from mergekit_tokenplug.methods.base import EstimationProblem, MethodParams, MethodSpec, Need
 
 LOG = logging.getLogger(__name__)
 
@@ -613,11 +607,11 @@ def estimate_omp(problem: EstimationProblem, params: OmpParams) -> torch.Tensor:
     return F.embedding_bag(rows, problem.base.float(), per_sample_weights=coef.float(), mode="sum")
 
 
-def omp_cost(q: CostQuery) -> tuple[int, float | None]:
+def omp_cost(q: api.CostQuery) -> tuple[int, float | None]:
     """Targets and dictionary in fp32, plus per-target score row, support and factor."""
     k = min(int(getattr(q.params, "k", 64)), max(q.anchors, 1))
-    fixed = (q.targets + q.anchors) * q.dim_source * FP32
-    per_target = (q.anchors + k * q.dim_source + k * k) * FP32
+    fixed = (q.targets + q.anchors) * q.dim_source * api.FP32
+    per_target = (q.anchors + k * q.dim_source + k * k) * api.FP32
     batch = getattr(q.params, "batch_size", None) or max(1, (q.budget - fixed) // per_target)
     batch = min(int(batch), q.targets)
     return fixed + batch * per_target, 2.0 * k * q.targets * q.anchors * q.dim_source

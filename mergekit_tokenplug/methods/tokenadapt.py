@@ -20,14 +20,8 @@ import torch
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from mergekit_tokenplug.methods.base import (
-    FP32,
-    CostQuery,
-    EstimationProblem,
-    MethodParams,
-    MethodSpec,
-    Need,
-)
+from mergekit_tokenplug.methods import base as api
+from mergekit_tokenplug.methods.base import EstimationProblem, MethodParams, MethodSpec, Need
 from mergekit_tokenplug.methods.baselines import flatten_pieces, mean_of_pieces
 
 EmbedFn = Callable[[list[str]], torch.Tensor]
@@ -251,10 +245,10 @@ def estimate_tokenadapt(problem: EstimationProblem, params: TokenAdaptParams) ->
     return out
 
 
-def tokenadapt_cost(q: CostQuery) -> tuple[int, float | None]:
+def tokenadapt_cost(q: api.CostQuery) -> tuple[int, float | None]:
     """One chunk of neighbour scores plus the output rows."""
     chunk = max(1, min(q.targets, _SCORE_BUDGET // max(q.model_rows, 1)))
-    working = chunk * q.model_rows * FP32 + q.targets * q.dim_model * FP32
+    working = chunk * q.model_rows * api.FP32 + q.targets * q.dim_model * api.FP32
     return working, 2.0 * q.targets * q.model_rows * q.dim_model
 
 

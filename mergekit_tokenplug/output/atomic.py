@@ -23,7 +23,7 @@ def check_output_dir(out_path: str | os.PathLike, overwrite: bool = False) -> Pa
             "exists and is not a directory; expected a new or empty directory",
             where=f"output path {out}",
         )
-    if out.is_dir() and any(out.iterdir()) and not (overwrite or settings.overwrite()):
+    if out.is_dir() and any(out.iterdir()) and not (overwrite or settings.flag(settings.OVERWRITE)):
         raise InputError(
             f"exists and is not empty; expected a new or empty directory (pass --overwrite or set {settings.OVERWRITE}=1 to replace it)",
             where=f"output path {out}",

@@ -64,11 +64,8 @@ def validate(
     Prints one line per problem, `FILE:LINE key: message`; exit 0 when every file is valid,
     1 otherwise.
     """
-    from mergekit_tokenplug.recipes.validate import (  # lazy: keeps the CLI's start-up fast
-        Options,
-        expand_paths,
-        validate_path,
-    )
+    # lazy: keeps the CLI's start-up fast
+    from mergekit_tokenplug.recipes.validate import Options, expand_paths, validate_path
 
     files = expand_paths(list(paths))
     if not files:
@@ -99,9 +96,8 @@ def validate(
 @click.option("--indent", type=int, default=2, show_default=True)
 def schema(indent: int) -> None:
     """Print the JSON Schema (draft 2020-12) of a recipe document, plugin keys included."""
-    from mergekit_tokenplug.recipes.jsonschema import (
-        recipe_json_schema,  # lazy: keeps the CLI's start-up fast
-    )
+    # lazy: keeps the CLI's start-up fast
+    from mergekit_tokenplug.recipes.jsonschema import recipe_json_schema
 
     click.echo(json.dumps(recipe_json_schema(), indent=indent or None))
 
@@ -117,13 +113,11 @@ def plan(recipe: str, device: str, as_json: bool) -> None:
     source space, with the fallback), padded; per vocabulary matrix: estimated peak memory
     and flops on --device.
     """
-    from mergekit_tokenplug.recipes.plan import (  # lazy: keeps the CLI's start-up fast
-        format_plan,
-        plan_recipe,
-    )
-    from mergekit_tokenplug.recipes.validate import (
-        validate_path,  # lazy: keeps the CLI's start-up fast
-    )
+    # lazy: keeps the CLI's start-up fast
+    from mergekit_tokenplug.recipes.plan import format_plan, plan_recipe
+
+    # lazy: keeps the CLI's start-up fast
+    from mergekit_tokenplug.recipes.validate import validate_path
 
     with _quiet_libraries():
         result = validate_path(recipe)
@@ -159,10 +153,8 @@ def plan(recipe: str, device: str, as_json: bool) -> None:
 @click.argument("out", type=click.Path(file_okay=False))
 def verify(out: str) -> None:
     """Check every file of OUT against the sha256 sums in its tokenplug_manifest.json."""
-    from mergekit_tokenplug.output.manifest import (  # lazy: keeps the CLI's start-up fast
-        MANIFEST_NAME,
-        verify_manifest,
-    )
+    # lazy: keeps the CLI's start-up fast
+    from mergekit_tokenplug.output.manifest import MANIFEST_NAME, verify_manifest
 
     path = Path(out) / MANIFEST_NAME
     if not path.is_file():

@@ -9,16 +9,21 @@ pick a device and batch size before a long run.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from mergekit_tokenplug import registry, settings
 from mergekit_tokenplug.compute.batching import working_memory_budget
 from mergekit_tokenplug.fill import SourceSpace, plan_fill
 from mergekit_tokenplug.methods.base import FP32, CostQuery
+from mergekit_tokenplug.seam.planner import tokenizer_task
 from mergekit_tokenplug.seam.roles import align_settings
 from mergekit_tokenplug.seam.schema import uses_plugin
 from mergekit_tokenplug.seam.vocab_task import (
@@ -91,45 +96,10 @@ def input_order(config: Any) -> list[Any]:
 
 
 def output_tokenizer(config: Any, trust_remote_code: bool = False) -> Any:
-    """The output tokenizer as mergekit's ``build_tokenizer`` makes it (tokenizers only).
-
-    Its tokenizer half, with mergekit's own helpers, minus the permutation tables (and their
-    progress bar) that a plan does not need.
-    """
-    import transformers
-    from mergekit.common import ModelReference
-    from mergekit.tokenizer.build import build_union_tokenizer, get_stripped_tokenizer
-
-    models = list(config.referenced_models())
-    base = config.base_model or models[0]
-    source = config.tokenizer.source
-
-    def load(ref: Any) -> Any:
-        return transformers.AutoTokenizer.from_pretrained(
-            ref.model.path, revision=ref.model.revision, trust_remote_code=trust_remote_code
-        )
-
-    if isinstance(source, ModelReference):
-        out = load(source)
-    else:
-        base_tok = get_stripped_tokenizer(base.model, trust_remote_code=trust_remote_code)
-        if source == "base":
-            out = base_tok
-        else:
-            tokenizers = {base: base_tok}
-            for ref in models:
-                if ref != base:
-                    try:
-                        tokenizers[ref] = load(ref)
-                    except Exception:  # mergekit also skips (and assumes the base's)
-                        continue
-            out = build_union_tokenizer(base_tok, tokenizers, trust_remote_code=trust_remote_code)
-    existing = set(out.get_vocab())
-    for token in config.tokenizer.tokens or {}:
-        if token not in existing:
-            out.add_tokens(token)
-            existing.add(token)
-    return out
+    """The output tokenizer, built by the task the run builds (tokenizers only; its progress
+    bar over the permutation tables is not part of a plan's output)."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        return tokenizer_task(config, trust_remote_code).execute().tokenizer
 
 
 def recipe_vocab(config: Any, trust_remote_code: bool = False) -> RecipeVocab:
@@ -237,8 +207,6 @@ def _hidden_size(model: Any, trust_remote_code: bool) -> int:
 
 def resolve_plan_device(device: str | None) -> tuple[str, bool]:
     """(device name, whether it exists here); never fails, so a CPU box can plan a GPU run."""
-    import torch
-
     name = (device or "cpu").lower()
     if name == "auto":
         return ("cuda" if torch.cuda.is_available() else "cpu"), True

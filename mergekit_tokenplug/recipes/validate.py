@@ -546,9 +546,8 @@ class _DocChecker:
 
     # -- OMP's k against the shared tokens
     def check_shared_tokens(self, config: Any, spec: Any, params: Any) -> None:
-        from mergekit_tokenplug.recipes.plan import (
-            recipe_vocab,  # lazy: loads transformers and mergekit's planner
-        )
+        # lazy: loads transformers and mergekit's planner
+        from mergekit_tokenplug.recipes.plan import recipe_vocab
 
         k = getattr(params, "k", None)
         if k is None:

@@ -34,29 +34,25 @@ def on_module_loaded(name: str, module: ModuleType) -> None:
         if reason and "disabled" not in reason and name == "mergekit.config":
             LOG.warning("mergekit-tokenplug inactive: %s", reason)
         if name == "mergekit.config":
-            from mergekit_tokenplug.seam import (
-                config_patch,  # lazy: each patch loads with its mergekit module
-            )
+            # lazy: each patch loads with its mergekit module
+            from mergekit_tokenplug.seam import config_patch
 
             config_patch.apply(module, refuse_reason=reason)
         elif name in CLI_MODULES:  # also when refusing: plugin recipes get validate's message
-            from mergekit_tokenplug.seam import (
-                cli_patch,  # lazy: each patch loads with its mergekit module
-            )
+            # lazy: each patch loads with its mergekit module
+            from mergekit_tokenplug.seam import cli_patch
 
             cli_patch.apply(module, CLI_MODULES[name])
         elif reason:
             return
         elif name == "mergekit.plan":
-            from mergekit_tokenplug.seam import (
-                planner,  # lazy: each patch loads with its mergekit module
-            )
+            # lazy: each patch loads with its mergekit module
+            from mergekit_tokenplug.seam import planner
 
             planner.apply(module)
         elif name == "mergekit.merge":
-            from mergekit_tokenplug.seam import (
-                run,  # lazy: each patch loads with its mergekit module
-            )
+            # lazy: each patch loads with its mergekit module
+            from mergekit_tokenplug.seam import run
 
             run.apply(module)
 

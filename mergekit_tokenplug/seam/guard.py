@@ -17,7 +17,7 @@ def mergekit_version() -> str:
 
 def refusal_reason() -> str | None:
     """Why the plugin must not patch behaviour (None when it may)."""
-    if settings.disabled():
+    if settings.flag(settings.DISABLE):
         return "the plugin is disabled (MERGEKIT_TOKENPLUG_DISABLE is set)"
     found = mergekit_version()
     if found not in SUPPORTED_MERGEKIT_VERSIONS:

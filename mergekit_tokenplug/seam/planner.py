@@ -34,7 +34,7 @@ def apply(plan_module: ModuleType) -> None:
         original_init(self, config, arch_info, options, out_model_config)
         plugin = uses_plugin(config) and self._tokenizer_task is not None
         if plugin:
-            _swap_tool_aware_tokenizer(self)
+            self._tokenizer_task = tokenizer_task(self.config, self.options.trust_remote_code)
         self._tokenplug_align = _align_task(self) if plugin else None
 
     @functools.wraps(original_plan_tensor)
@@ -87,15 +87,18 @@ class ToolAwareBuildTokenizer(BuildTokenizer):
         return info
 
 
-def _swap_tool_aware_tokenizer(planner: Any) -> None:
-    tokens = planner.config.tokenizer.tokens or {}
+def tokenizer_task(config: Any, trust_remote_code: bool) -> BuildTokenizer:
+    """The task building a plugin recipe's output tokenizer (the run's, and ``plan``'s)."""
+    tokens = config.tokenizer.tokens or {}
     tools = tuple(t for t, c in tokens.items() if isinstance(c.source, ToolTokenSource))
-    if not tools:
-        return
-    stock = planner._tokenizer_task
-    fields = {k: getattr(stock, k) for k in BuildTokenizer.model_fields}
-    fields["add_tokens"] = tuple(t for t in stock.add_tokens or () if t not in tools)
-    planner._tokenizer_task = ToolAwareBuildTokenizer(**fields, tool_tokens=tools)
+    return ToolAwareBuildTokenizer(
+        base_model=config.base_model,
+        referenced_models=tuple(config.referenced_models()),
+        tokenizer_source=config.tokenizer.source,
+        trust_remote_code=trust_remote_code,
+        add_tokens=tuple(t for t in tokens if t not in tools),
+        tool_tokens=tools,
+    )
 
 
 def _align_task(planner: Any) -> AlignVocabulary:
