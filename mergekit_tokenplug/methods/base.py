@@ -158,8 +158,12 @@ def param_error_message(spec: MethodSpec, err: Any) -> str:
         name = str(err["loc"][0]) if err["loc"] else ""
         desc = fields[name].description if name in fields else None
         return f"required by method {spec.name!r}" + (f" ({desc})" if desc else "")
-    text = repr(err.get("input"))
-    return f"{err['msg']} (got {text if len(text) <= 60 else text[:57] + '...'})"
+    return f"{err['msg']} (got {short_repr(err.get('input'))})"
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def describe_validation_error(exc: pydantic.ValidationError, spec: MethodSpec) -> str:

@@ -25,7 +25,7 @@ import yaml
 from mergekit_tokenplug import registry
 from mergekit_tokenplug.errors import TokenplugError
 from mergekit_tokenplug.inputs import check_model_dir, model_path
-from mergekit_tokenplug.methods.base import Need, param_error_message
+from mergekit_tokenplug.methods.base import Need, param_error_message, short_repr
 from mergekit_tokenplug.recipes.yaml_lines import (
     LineMap,
     document_line_maps,
@@ -33,8 +33,8 @@ from mergekit_tokenplug.recipes.yaml_lines import (
     yaml_error,
 )
 from mergekit_tokenplug.resources.embedder import check_embedder_dir
+from mergekit_tokenplug.seam import refusal_reason
 from mergekit_tokenplug.seam.config_patch import merge_configuration
-from mergekit_tokenplug.seam.guard import refusal_reason
 from mergekit_tokenplug.seam.schema import TokenplugTokenizerConfig, tool_tokens, uses_plugin
 
 APPROX = ("tokenizer", "approximation")
@@ -402,7 +402,7 @@ class _DocChecker:
                 if err["type"] not in ("missing",) and not isinstance(
                     err.get("input"), dict | list
                 ):
-                    msg += f" (got {_short(err.get('input'))})"
+                    msg += f" (got {short_repr(err.get('input'))})"
                 by_key.setdefault(path, [])
                 if msg not in by_key[path]:
                     by_key[path].append(msg)
@@ -578,11 +578,6 @@ class _DocChecker:
                 (*APPROX, "k"),
                 f"must be <= {n} shared tokens (got {k}; model {model} and {source} share {n} regular tokens)",
             )
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _has_text(path: str, chunk: int = 1 << 16) -> bool:

@@ -12,7 +12,7 @@ import logging
 import threading
 from types import ModuleType
 
-from mergekit_tokenplug.seam.guard import refusal_reason
+from mergekit_tokenplug.seam import refusal_reason
 
 LOG = logging.getLogger("mergekit_tokenplug")
 _LOCK = threading.RLock()

@@ -16,7 +16,7 @@ import yaml
 
 from mergekit_tokenplug.errors import ConfigError
 from mergekit_tokenplug.recipes.validate import validate_path
-from mergekit_tokenplug.seam.guard import refusal_reason
+from mergekit_tokenplug.seam import refusal_reason
 from mergekit_tokenplug.seam.schema import uses_plugin
 
 

@@ -9,7 +9,7 @@ from mergekit.common import ModelReference
 from mergekit.tokenizer.config import TokenizerConfig
 from pydantic import BeforeValidator
 
-from mergekit_tokenplug.seam.guard import refusal_reason
+from mergekit_tokenplug.seam import refusal_reason
 from mergekit_tokenplug.seam.schema import (
     PluginTokenizerField,
     TokenplugTokenizerConfig,

@@ -103,16 +103,12 @@ def tool_tokens(tokens: Any) -> list[str]:
     return found
 
 
-def _plugin_tokenizer(value: Any) -> bool:
-    if isinstance(value, TokenplugTokenizerConfig):
-        return True
-    return isinstance(value, dict) and (
-        any(k in value for k in PLUGIN_TOKENIZER_KEYS) or bool(tool_tokens(value.get("tokens")))
-    )
-
-
 def _tokenizer_kind(value: Any) -> str:
-    return "plugin" if _plugin_tokenizer(value) else "stock"
+    plugin = isinstance(value, TokenplugTokenizerConfig) or (
+        isinstance(value, dict)
+        and (any(k in value for k in PLUGIN_TOKENIZER_KEYS) or bool(tool_tokens(value.get("tokens"))))
+    )
+    return "plugin" if plugin else "stock"
 
 
 PluginTokenizerField = Annotated[
@@ -125,7 +121,7 @@ def uses_plugin(recipe: Any) -> bool:
     """Whether a recipe asks for the plugin's behaviour (``tokenizer.approximation`` or a
     ``kind: tool`` token): a validated MergeConfiguration or a raw YAML document."""
     tok = recipe.get("tokenizer") if isinstance(recipe, dict) else getattr(recipe, "tokenizer", None)
-    return _plugin_tokenizer(tok)
+    return _tokenizer_kind(tok) == "plugin"
 
 
 def refuse_plugin_keys(reason: str):
