@@ -24,7 +24,7 @@ from mergekit_tokenplug.compute.batching import working_memory_budget
 from mergekit_tokenplug.fill import SourceSpace, plan_fill
 from mergekit_tokenplug.methods.base import FP32, CostQuery
 from mergekit_tokenplug.seam.planner import tokenizer_task
-from mergekit_tokenplug.seam.roles import align_settings
+from mergekit_tokenplug.seam.roles import align_settings, vocab_weights
 from mergekit_tokenplug.seam.schema import uses_plugin
 from mergekit_tokenplug.seam.vocab_task import (
     make_vocab_plan,
@@ -172,17 +172,6 @@ def safetensors_shapes(model_dir: str | Path) -> dict[str, tuple[list[int], str]
     return out
 
 
-def vocab_weights(model: Any, trust_remote_code: bool = False) -> list[Any]:
-    """The model architecture's weights with a vocabulary axis (embeddings, LM head)."""
-    from mergekit.architecture import arch_info_for_config
-
-    cfg = model.config(trust_remote_code=trust_remote_code)
-    arch = arch_info_for_config(cfg)
-    if arch is None:
-        return []
-    return [w for w in arch.all_weights(cfg) if w.vocabulary_axis is not None]
-
-
 def _matrix_shape(model: Any, weight: Any, shapes: dict) -> tuple[int, int] | None:
     for name in (weight.name, *(weight.aliases or ()), *(weight.tied_names or ())):
         if name in shapes:
@@ -244,7 +233,7 @@ def plan_recipe(
     out_cfg = out_model.config(trust_remote_code=trust_remote_code)
     tied_out = bool(getattr(out_cfg, "tie_word_embeddings", False))
     out_weights = [
-        w for w in vocab_weights(out_model, trust_remote_code) if not (w.tied_names and tied_out)
+        w for w in vocab_weights(out_model, trust_remote_code) or [] if not (w.tied_names and tied_out)
     ]
     settings = align_settings(config)
     donor = settings["donor"]
@@ -272,7 +261,7 @@ def plan_recipe(
         d_donor = 0
         if donor is not None:
             dshape = None
-            for dw in vocab_weights(donor, trust_remote_code):
+            for dw in vocab_weights(donor, trust_remote_code) or []:
                 if (dw.tied_names is None) == (w.tied_names is None):
                     dshape = _matrix_shape(donor, dw, donor_shapes)
                     if dshape:

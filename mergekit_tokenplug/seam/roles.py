@@ -23,18 +23,24 @@ def weight_role(weight: WeightInfo) -> str:
     return "output" if weight.tied_names or _HEAD_NAME.search(weight.name) else "input"
 
 
+def vocab_weights(model: ModelReference, trust_remote_code: bool = False) -> list[WeightInfo] | None:
+    """The weights with a vocabulary axis (embeddings, LM head); None for an unknown architecture."""
+    cfg = model.config(trust_remote_code=trust_remote_code)
+    arch = arch_info_for_config(cfg)
+    return None if arch is None else [w for w in arch.all_weights(cfg) if w.vocabulary_axis is not None]
+
+
 def role_weight(donor: ModelReference, role: str, trust_remote_code: bool) -> WeightInfo:
     """A model's own tensor for a role, found from its architecture (a donor may differ from the base)."""
-    cfg = donor.config(trust_remote_code=trust_remote_code)
-    arch = arch_info_for_config(cfg)
-    if arch is None:
+    weights = vocab_weights(donor, trust_remote_code)
+    if weights is None:
+        archs = getattr(donor.config(trust_remote_code=trust_remote_code), "architectures", None)
         raise InputError(
-            f"mergekit does not know the architecture {getattr(cfg, 'architectures', None)} of the donor {donor.model.path}",
+            f"mergekit does not know the architecture {archs} of the donor {donor.model.path}",
             where="tokenizer.source",
         )
-    vocab_weights = [w for w in arch.all_weights(cfg) if w.vocabulary_axis is not None]
-    inputs = [w for w in vocab_weights if weight_role(w) == "input"]
-    outputs = [w for w in vocab_weights if weight_role(w) == "output"]
+    inputs = [w for w in weights if weight_role(w) == "input"]
+    outputs = [w for w in weights if weight_role(w) == "output"]
     if not inputs:
         raise InputError(
             f"found no input embedding tensor in the donor {donor.model.path}",
