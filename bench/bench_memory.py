@@ -6,8 +6,8 @@ model predicts peak RSS = 2 x (base vocab matrix + donor vocab matrix + output m
 model streamed through mergekit's graph) is measured as the peak RSS of a no-op run, a
 transplant of SmolLM2 onto itself (every token exact, nothing estimated).
 
-Both runs are ``mergekit-tokenplug transplant ... --device cpu`` under ``/usr/bin/time -v``
-(GNU time; ``apt-get install time`` if missing), one run each.
+Both runs are ``mergekit-tokenplug transplant ... --device cpu``, one run each, measured by
+``timed.run_measured`` (the child's own peak RSS, as ``/usr/bin/time -v`` reports it).
 
     python bench/bench_memory.py [--k 64] [--json bench/out/memory.json]
 """
@@ -19,19 +19,16 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from safetensors import safe_open
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import assets  # noqa: E402  (sibling module: bench/ is not a package)
-from bench_transplant_real import _parse_time_v, _tool  # noqa: E402
+from timed import run_measured, tool  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-TIME_BIN = "/usr/bin/time"
 MIB = 2**20
 
 
@@ -52,23 +49,16 @@ def vocab_matrices(model_dir: Path) -> dict[str, tuple[int, int]]:
 
 
 def timed_run(label: str, cmd: list[str], log: Path) -> dict:
-    """Run under GNU time -v; return exit code, wall seconds and peak RSS (MiB)."""
+    """Run in a fresh process; return exit code, wall seconds and peak RSS (MiB)."""
     print(f"[memory] {label}: {' '.join(cmd)}", flush=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    t0 = time.perf_counter()
-    with open(log, "w") as fh:
-        proc = subprocess.run(
-            [TIME_BIN, "-v", *cmd], stdout=fh, stderr=subprocess.STDOUT, env=env, text=True
-        )
-    wall = time.perf_counter() - t0
-    _, rss = _parse_time_v(log.read_text(errors="replace"))
-    print(f"[memory] {label}: exit {proc.returncode}, {wall:.0f} s, peak RSS {rss} MiB", flush=True)
+    rc, wall, rss = run_measured(cmd, log)
+    print(f"[memory] {label}: exit {rc}, {wall:.0f} s, peak RSS {rss:.0f} MiB", flush=True)
     return {
         "label": label,
         "cmd": cmd,
-        "returncode": proc.returncode,
+        "returncode": rc,
         "wall_s": round(wall, 1),
-        "peak_rss_mib": rss,
+        "peak_rss_mib": round(rss),
         "log": str(log),
     }
 
@@ -81,10 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the output checkpoints")
     args = ap.parse_args(argv)
 
-    if not Path(TIME_BIN).exists():
-        print(f"{TIME_BIN} not found: apt-get install time", file=sys.stderr)
-        return 2
-    exe = _tool("mergekit-tokenplug")
+    exe = tool("mergekit-tokenplug")
     if exe is None:
         print("mergekit-tokenplug is not installed in this environment", file=sys.stderr)
         return 2

@@ -22,12 +22,15 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timed import run_measured  # noqa: E402  (sibling module: bench/ is not a package)
 
 
 def make_data(
@@ -92,13 +95,11 @@ def run_in_child(
             "--worker-out",
             out,
         ]
-        proc = subprocess.Popen(cmd)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{which} worker failed with exit code {proc.returncode}")
+        rc, _wall, rss_mib = run_measured(cmd)
+        if rc != 0:
+            raise RuntimeError(f"{which} worker failed with exit code {rc}")
         payload = torch.load(out)
-    return payload["seconds"], int(usage.ru_maxrss) * 1024, (payload["idx"], payload["coef"])
+    return payload["seconds"], int(rss_mib * 2**20), (payload["idx"], payload["coef"])
 
 
 def worker(args: argparse.Namespace) -> int:

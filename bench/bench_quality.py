@@ -44,7 +44,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import time
 import unicodedata
@@ -58,6 +57,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import assets  # noqa: E402  (sibling module: bench/ is not a package)
+from timed import run_measured  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"
@@ -326,49 +326,49 @@ def prepare_leave_out() -> LeaveOut:
 
 
 def run_ours(lo: LeaveOut, m: Method) -> torch.Tensor:
-    """Our kernel on an EstimationProblem filled as ``fill._problem`` fills it."""
-    from mergekit_tokenplug.methods.base import EstimationProblem
-    from mergekit_tokenplug.registry import Need, get
+    """Our kernel on the problem the run would build (``fill.build_problem``)."""
+    from mergekit_tokenplug.fill import SourceSpace, TextSupport, build_problem
+    from mergekit_tokenplug.methods.base import Need
+    from mergekit_tokenplug.registry import get
 
     spec = get(m.name)
     params = spec.parse_params(m.params)
-    t = len(lo.hidden_out)
-    problem = EstimationProblem(
-        base=lo.base,
-        anchor_ids=torch.as_tensor(lo.anchor_base, dtype=torch.long),
-        n_targets=t,
-        seed=0,
-        label=f"leave-out {m.slug}",
-        show_progress=False,
-    )
-    if Need.DONOR_EMBEDDINGS in spec.needs:
-        problem.donor = lo.donor
-        problem.donor_anchor_ids = torch.as_tensor(lo.anchor_out, dtype=torch.long)
-        problem.donor_target_ids = torch.as_tensor(lo.hidden_out, dtype=torch.long)
-    if spec.needs & {Need.BASE_TOKENIZER, Need.BASE_VOCAB_TEXTS, Need.CORPUS}:
-        problem.target_texts = list(lo.target_texts)
-        problem.extras["split_texts"] = lo.split_base
-        problem.extras["target_out_ids"] = torch.as_tensor(lo.hidden_out, dtype=torch.long)
-        if Need.BASE_TOKENIZER in spec.needs:
-            problem.target_pieces = lo.split_base(problem.target_texts)
-        if Need.BASE_VOCAB_TEXTS in spec.needs:
-            problem.base_vocab_texts = lo.base_vocab_texts
+    inputs: dict = {}
     embedder = m.params.get("embedder")
     if embedder and embedder != "self":
         from mergekit_tokenplug.resources.embedder import load_text_embedder
 
-        problem.extras["embed_texts"] = load_text_embedder(embedder, show_progress=False)
+        inputs["embed_texts"] = load_text_embedder(embedder, show_progress=False)
     if Need.CORPUS in spec.needs:
         from mergekit_tokenplug.resources.corpus import read_corpus, resolve_corpus, tokenize_corpus
 
-        out_to_target = torch.full((len(lo.out_to_base),), -1, dtype=torch.long)
-        out_to_target[torch.as_tensor(lo.hidden_out)] = torch.arange(t)
-        problem.extras["corpus_ids"] = tokenize_corpus(
+        inputs["corpus_ids"] = tokenize_corpus(
             lo.smollm2_tok, read_corpus(resolve_corpus(list(params.corpus)))
         )
-        problem.extras["out_to_base"] = torch.as_tensor(lo.out_to_base, dtype=torch.long)
-        problem.extras["out_to_target"] = out_to_target
-        problem.extras["context_matrix"] = lo.base  # tied: the output head is the same matrix
+        inputs["context_matrix"] = lo.base  # tied: the output head is the same matrix
+    text_of = dict(zip(lo.hidden_out.tolist(), lo.target_texts, strict=True))
+    texts = TextSupport(
+        out_texts=lambda ids: [text_of[int(i)] for i in ids],
+        split_base=lo.split_base,
+        base_vocab_texts=lambda: lo.base_vocab_texts,
+        inputs=inputs,
+    )
+    # Output ids are SmolLM2 ids, so the donor's row of an output id is the id itself.
+    donor = SourceSpace("donor", lo.donor, np.arange(len(lo.out_to_base)))
+    uses_donor = Need.DONOR_EMBEDDINGS in spec.needs
+    problem = build_problem(
+        lo.base,
+        lo.out_to_base,
+        lo.hidden_out,
+        lo.anchor_out if uses_donor else None,
+        donor if uses_donor else None,
+        spec,
+        texts,
+        role="input",
+        seed=0,
+        label=f"leave-out {m.slug}",
+        show_progress=False,
+    )
     return spec.estimate(problem, params)
 
 
@@ -485,23 +485,6 @@ def part_leave_out(methods: list[Method], cache: dict[str, Any], redo: bool) -> 
 # --------------------------------------------------------------------------- part 2
 
 
-def _run_cli(cmd: list[str], log: Path) -> tuple[int, float, float | None]:
-    """Run a command (GNU time when present); return (exit code, wall s, peak RSS MiB)."""
-    use_time = Path("/usr/bin/time").exists()
-    full = ["/usr/bin/time", "-v", *cmd] if use_time else cmd
-    t0 = time.perf_counter()
-    with open(log, "w") as fh:
-        rc = subprocess.run(
-            full, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"}
-        ).returncode
-    wall = time.perf_counter() - t0
-    rss = None
-    for line in log.read_text(errors="replace").splitlines():
-        if "Maximum resident set size" in line:
-            rss = int(line.split(":")[-1]) / 1024
-    return rc, wall, rss
-
-
 def build_model(m: Method, base: Path, donor: Path, out: Path, redo: bool) -> dict[str, Any]:
     """Transplant ``donor``'s tokenizer onto ``base`` with ``m``; reuse a finished output."""
     done = out / ("tokenplug_manifest.json" if m.impl == "ours" else ".bench-complete")
@@ -542,7 +525,7 @@ def build_model(m: Method, base: Path, donor: Path, out: Path, redo: bool) -> di
             "--device",
             "cpu",
         ]
-        rc, wall, rss = _run_cli(cmd, out.parent / f"{out.name}.log")
+        rc, wall, rss = run_measured(cmd, out.parent / f"{out.name}.log")
         if rc != 0:
             raise RuntimeError(
                 f"mergekit-tokensurgeon exited {rc} (log {out.parent / (out.name + '.log')})"

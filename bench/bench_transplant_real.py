@@ -16,67 +16,30 @@ import argparse
 import json
 import os
 import platform
-import re
-import resource
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import assets  # noqa: E402  (sibling module: bench/ is not a package)
+from timed import run_measured, tool  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-TIME_BIN = "/usr/bin/time"
-
-
-def _tool(name: str) -> str | None:
-    """The console script next to this interpreter (the venv's), else on PATH."""
-    local = Path(sys.executable).parent / name
-    return str(local) if local.exists() else shutil.which(name)
-
-
-def _parse_time_v(stderr: str) -> tuple[float | None, float | None]:
-    """(wall seconds, peak RSS MiB) from GNU time -v output."""
-    wall = rss = None
-    m = re.search(r"Elapsed \(wall clock\) time.*: (?:(\d+):)?(\d+):([\d.]+)", stderr)
-    if m:
-        h, mnt, s = m.groups()
-        wall = int(h or 0) * 3600 + int(mnt) * 60 + float(s)
-    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr)
-    if m:
-        rss = int(m.group(1)) / 1024
-    return wall, rss
 
 
 def run_timed(name: str, cmd: list[str], log: Path) -> dict:
     """Run ``cmd``; record exit code, wall time and peak RSS; keep its output in ``log``."""
-    use_time = Path(TIME_BIN).exists()
-    full = [TIME_BIN, "-v", *cmd] if use_time else cmd
     print(f"[bench] {name}: {' '.join(cmd)}", flush=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    t0 = time.perf_counter()
-    with open(log, "w") as fh:
-        proc = subprocess.run(full, stdout=fh, stderr=subprocess.STDOUT, env=env, text=True)
-    wall = time.perf_counter() - t0
-    text = log.read_text(errors="replace")
-    rss = None
-    if use_time:
-        _, rss = _parse_time_v(text)
-    else:
-        # ru_maxrss of children = largest child so far (kB on Linux): exact for the first
-        # run, an upper bound afterwards. Install GNU time (apt-get install time) for exact.
-        rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    rc, wall, rss = run_measured(cmd, log)
     res = {
         "name": name,
         "cmd": cmd,
-        "returncode": proc.returncode,
+        "returncode": rc,
         "wall_s": round(wall, 1),
-        "peak_rss_mib": round(rss, 0) if rss is not None else None,
+        "peak_rss_mib": round(rss, 0),
         "log": str(log),
     }
-    status = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}, see {log})"
+    status = "ok" if rc == 0 else f"FAILED (exit {rc}, see {log})"
     print(f"[bench] {name}: {status} wall={wall:.1f}s peak_rss={rss}MiB", flush=True)
     return res
 
@@ -113,13 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     outputs: dict[str, Path] = {}
     plans = []
     if not args.skip_ours:
-        exe = _tool("mergekit-tokenplug")
+        exe = tool("mergekit-tokenplug")
         out = args.out_dir / f"tokenplug-omp-k{args.k}"
         cmd = [exe or "mergekit-tokenplug", "transplant", str(base), str(donor), str(out)]
         cmd += ["--method", "omp", "--k", str(args.k), "--device", "cpu", "--overwrite"]
         plans.append((f"tokenplug omp k={args.k}", exe, cmd, out))
     if not args.skip_tokensurgeon:
-        exe = _tool("mergekit-tokensurgeon")
+        exe = tool("mergekit-tokensurgeon")
         out = args.out_dir / f"tokensurgeon-omp-k{args.k}"
         cmd = [exe or "mergekit-tokensurgeon", str(base), str(donor), str(out)]
         cmd += ["-a", "omp", "-k", str(args.k)]  # CPU is its default (no --cuda)

@@ -54,6 +54,7 @@ _VERBOSE = {"on": False}
 
 
 def setup_logging(quiet: bool, verbose: int) -> None:
+    # lazy: keeps the CLI's start-up fast
     from mergekit_tokenplug.compute.distributed import launched_world_size
 
     _VERBOSE["on"] = verbose > 0
@@ -106,7 +107,6 @@ def main() -> None:
     help="Method parameter; repeatable.",
 )
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
-@click.option("--cuda", is_flag=True, help="Same as --device cuda.")
 @click.option("--seed", type=int, default=None, help="Seed for stochastic methods.")
 @click.option(
     "--dtype",
@@ -149,7 +149,6 @@ def transplant(
     k: int | None,
     param_pairs: tuple[str, ...],
     device: str,
-    cuda: bool,
     seed: int | None,
     dtype: str | None,
     pad_to_multiple_of: int | None,
@@ -162,6 +161,7 @@ def transplant(
     verbose: int,
 ) -> None:
     """Give BASE the tokenizer of DONOR, writing a new checkpoint to OUT."""
+    # lazy: keeps the CLI's start-up fast
     from mergekit_tokenplug.surgery import transplant as run_transplant
 
     setup_logging(quiet, verbose)
@@ -175,14 +175,18 @@ def transplant(
     if json_out and not dry_run:
         check_writable_file(json_out, "--json")
     if dry_run:
-        from mergekit_tokenplug.recipes.plan import format_plan, plan_transplant
+        # lazy: keeps the CLI's start-up fast
+        from mergekit_tokenplug.recipes.plan import format_plan
+
+        # lazy: keeps the CLI's start-up fast
+        from mergekit_tokenplug.surgery import plan_transplant
 
         plan = plan_transplant(
             base,
             donor,
             method,
             params,
-            device="cuda" if cuda else device,
+            device=device,
             dtype=dtype,
             seed=seed,
             pad_to_multiple_of=pad_to_multiple_of,
@@ -197,7 +201,7 @@ def transplant(
         out,
         method,
         params,
-        device="cuda" if cuda else device,
+        device=device,
         seed=seed,
         dtype=dtype,
         pad_to_multiple_of=pad_to_multiple_of,
@@ -206,6 +210,7 @@ def transplant(
         quiet=quiet,
         allow_pickle=allow_pickle,
     )
+    # lazy: keeps the CLI's start-up fast
     from mergekit_tokenplug.compute.distributed import is_main_process
 
     if not is_main_process():
@@ -224,7 +229,7 @@ def transplant(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_methods(as_json: bool) -> None:
     """List the registered approximation methods, their parameters and defaults."""
-    from mergekit_tokenplug.registry import all_methods
+    from mergekit_tokenplug.registry import all_methods  # lazy: keeps the CLI's start-up fast
 
     records = []
     for name, spec in sorted(all_methods().items()):
@@ -300,8 +305,9 @@ def evaluate(
     quiet: bool,
 ) -> None:
     """Bits per byte of each MODEL (with its own tokenizer) on each --text file."""
+    # lazy: keeps the CLI's start-up fast
     from mergekit_tokenplug.evaluate.bpb import evaluate_models, format_table
-    from mergekit_tokenplug.surgery import resolve_device
+    from mergekit_tokenplug.surgery import resolve_device  # lazy: keeps the CLI's start-up fast
 
     setup_logging(quiet, 0)
     records = evaluate_models(
@@ -361,7 +367,9 @@ def learn_tool_tokens_command(
     quiet: bool,
 ) -> None:
     """Train only the tool-token rows of MODEL on DATA.jsonl ({"prompt", "completion"} rows); write OUT."""
-    from mergekit_tokenplug.surgery import resolve_device
+    from mergekit_tokenplug.surgery import resolve_device  # lazy: keeps the CLI's start-up fast
+
+    # lazy: keeps the CLI's start-up fast
     from mergekit_tokenplug.tooltokens.command import run_learn_tool_tokens
 
     setup_logging(quiet, 0)
@@ -388,7 +396,7 @@ def learn_tool_tokens_command(
 
 
 def _attach_recipe_commands() -> None:
-    from mergekit_tokenplug.recipes.cli import commands
+    from mergekit_tokenplug.recipes.cli import commands  # lazy: keeps the CLI's start-up fast
 
     for command in commands:
         main.add_command(command)

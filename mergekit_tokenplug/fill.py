@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 
 from mergekit_tokenplug.compute.distributed import chunk_bounds, sharded_rows
 from mergekit_tokenplug.errors import InputError
-from mergekit_tokenplug.methods.base import EstimationProblem
-from mergekit_tokenplug.registry import MethodSpec, Need, get
+from mergekit_tokenplug.methods.base import TEXT_NEEDS, EstimationProblem, MethodSpec, Need
+from mergekit_tokenplug.registry import get
 
 LOG = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class SourceSpace:
     """Another embedding space in which some output tokens are known."""
 
     name: str
-    matrix: torch.Tensor  # (V_s, d_s)
+    matrix: torch.Tensor | None  # (V_s, d_s); None where only the plan is needed
     src_ids: np.ndarray  # (V_out,) row of `matrix` per output id, -1 where absent
     anchor_mask: np.ndarray | None = None  # (V_out,) bool: ids usable as anchors (regular tokens)
 
@@ -46,7 +46,8 @@ class TextSupport:
         [list[str]], list[list[int]]
     ]  # texts -> rows of the model (base tokenizer)
     base_vocab_texts: Callable[[], list[str]]  # decoded text of every model row
-    extras: dict[str, Any] = field(default_factory=dict)  # method-specific capabilities
+    # Further EstimationProblem fields by name (embed_texts, corpus_ids, context_matrix).
+    inputs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -118,26 +119,24 @@ def fill_matrix(
     device = flat.device
     out = torch.empty((out_rows, flat.shape[1]), dtype=flat.dtype, device=device)
 
+    spec = get(method)
+    have_np, missing, groups = plan_fill(
+        src_ids, sources, spec, anchor_mask=anchor_mask, force_estimate=force_estimate
+    )
     src = torch.as_tensor(src_ids, dtype=torch.long, device=device)
-    have = src >= 0
-    if force_estimate is not None:
-        have &= ~torch.as_tensor(force_estimate, dtype=torch.bool, device=device)
+    have = torch.as_tensor(have_np, dtype=torch.bool, device=device)
     out[:n_tokens][have] = flat[src[have]]
     report.copied = int(have.sum())
-
-    missing = (~have).nonzero().flatten().cpu().numpy()
     if len(missing):
-        spec = get(method)
         estimates = _estimate_missing(
             model=model,
             role=role,
             base=flat,
             src_ids=src_ids,
             missing=missing,
-            sources=sources,
+            groups=groups,
             spec=spec,
             params=params,
-            anchor_mask=anchor_mask,
             texts=texts,
             seed=seed,
             show_progress=show_progress,
@@ -153,25 +152,69 @@ def fill_matrix(
     return out.reshape((out_rows, *token_shape)), report
 
 
-def _anchor_ids(
-    base_anchor_ok: np.ndarray, space: SourceSpace | None, model: str, method: str
-) -> np.ndarray | None:
-    """Output ids usable as anchors between the model and ``space`` (regular tokens both have)."""
-    if space is None:
-        return None
-    anchors = base_anchor_ok & (space.src_ids >= 0)
-    if space.anchor_mask is not None:
-        anchors &= space.anchor_mask
-    anchor_out = np.nonzero(anchors)[0]
-    if anchor_out.size == 0:
-        raise InputError(
-            f"model {model} shares no regular tokens with {space.name}; cannot estimate with {method!r}",
-            where="tokenizer.approximation",
-        )
-    return anchor_out
+@dataclass
+class FillGroup:
+    """Missing rows of one model estimated together: one method, one source space."""
+
+    method: str
+    source: SourceSpace | None  # the space the rows are known in (None: the model's own)
+    positions: np.ndarray  # indices into the missing ids
+    out_ids: np.ndarray  # the output ids of those rows
+    anchor_out: np.ndarray | None  # output ids shared with the source (regular tokens)
+
+    @property
+    def anchors(self) -> int | None:
+        return None if self.anchor_out is None else int(self.anchor_out.size)
 
 
-def _problem(
+def plan_fill(
+    src_ids: np.ndarray,
+    sources: list[SourceSpace],
+    spec: MethodSpec,
+    *,
+    anchor_mask: np.ndarray | None = None,
+    force_estimate: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[FillGroup]]:
+    """``(have, missing, groups)``: which output ids are copied, which are estimated, and how.
+
+    Pure and weight-free: the run, ``plan``/``recipes validate`` and the benchmarks all call it,
+    so what they report is what the run does. Methods that read donor rows estimate each
+    missing row in the first source space that has it (sources in priority order); rows no
+    space has go to the spec's fallback method.
+    """
+    have = src_ids >= 0
+    if force_estimate is not None:
+        have = have & ~np.asarray(force_estimate, dtype=bool)
+    missing = np.flatnonzero(~have)
+    groups: list[FillGroup] = []
+    if not missing.size:
+        return have, missing, groups
+    base_anchor_ok = (src_ids >= 0) if anchor_mask is None else (src_ids >= 0) & anchor_mask
+
+    def group(method: str, positions: np.ndarray, space: SourceSpace | None) -> FillGroup:
+        anchor_out = None
+        if space is not None:
+            anchors = base_anchor_ok & (space.src_ids >= 0)
+            if space.anchor_mask is not None:
+                anchors &= space.anchor_mask
+            anchor_out = np.nonzero(anchors)[0]
+        return FillGroup(method, space, positions, missing[positions], anchor_out)
+
+    if Need.DONOR_EMBEDDINGS in spec.needs:
+        unassigned = np.ones(len(missing), dtype=bool)
+        for space in sources:
+            known = unassigned & (space.src_ids[missing] >= 0)
+            if known.any():
+                groups.append(group(spec.name, np.nonzero(known)[0], space))
+                unassigned &= ~known
+        if unassigned.any():
+            groups.append(group(spec.fallback or "mean", np.nonzero(unassigned)[0], None))
+    else:
+        groups.append(group(spec.name, np.arange(len(missing)), None))
+    return have, missing, groups
+
+
+def build_problem(
     base32: torch.Tensor,
     src_ids: np.ndarray,
     out_ids: np.ndarray,
@@ -185,7 +228,8 @@ def _problem(
     label: str,
     show_progress: bool,
 ) -> EstimationProblem:
-    """Everything ``spec`` needs to estimate the rows of ``out_ids`` in ``base32``'s space."""
+    """Everything ``spec`` needs to estimate the rows of ``out_ids`` in ``base32``'s space
+    (see the Need -> field table in :mod:`mergekit_tokenplug.methods.base`)."""
     dev = base32.device
     problem = EstimationProblem(
         base=base32,
@@ -206,23 +250,23 @@ def _problem(
             space.src_ids[out_ids], dtype=torch.long, device=dev
         )
     needs = spec.needs
-    if needs & {Need.BASE_TOKENIZER, Need.BASE_VOCAB_TEXTS, Need.CORPUS, Need.MODEL_FORWARD}:
+    if needs & TEXT_NEEDS:
         if texts is None:
             raise InputError(
                 f"method {spec.name!r} needs the tokenizers, which are not available here",
                 where="tokenizer.approximation.method",
             )
         problem.target_texts = texts.out_texts(out_ids)
-        problem.extras.update(texts.extras)
-        problem.extras.setdefault("split_texts", texts.split_base)
-        problem.extras["target_out_ids"] = torch.as_tensor(out_ids, dtype=torch.long)
+        problem.split_texts = texts.split_base
+        for name, value in texts.inputs.items():
+            setattr(problem, name, value)
         if Need.CORPUS in needs:
             out_to_target = torch.full((len(src_ids),), -1, dtype=torch.long, device=dev)
             out_to_target[torch.as_tensor(out_ids, device=dev)] = torch.arange(
                 len(out_ids), device=dev
             )
-            problem.extras["out_to_base"] = torch.as_tensor(src_ids, dtype=torch.long, device=dev)
-            problem.extras["out_to_target"] = out_to_target
+            problem.out_to_base = torch.as_tensor(src_ids, dtype=torch.long, device=dev)
+            problem.out_to_target = out_to_target
         if Need.BASE_TOKENIZER in needs:
             problem.target_pieces = texts.split_base(problem.target_texts)
         if Need.BASE_VOCAB_TEXTS in needs:
@@ -237,10 +281,9 @@ def _estimate_missing(
     base: torch.Tensor,
     src_ids: np.ndarray,
     missing: np.ndarray,
-    sources: list[SourceSpace],
+    groups: list[FillGroup],
     spec: MethodSpec,
     params: Any,
-    anchor_mask: np.ndarray | None,
     texts: TextSupport | None,
     seed: int,
     show_progress: bool,
@@ -249,33 +292,21 @@ def _estimate_missing(
     """Estimates for ``missing`` output ids, in the order given."""
     base32 = base.float()
     result = torch.empty((len(missing), base.shape[1]), dtype=torch.float32, device=base.device)
-    groups: list[tuple[str, np.ndarray, SourceSpace | None]] = []
-    if Need.DONOR_EMBEDDINGS in spec.needs:
-        unassigned = np.ones(len(missing), dtype=bool)
-        for space in sources:
-            known = unassigned & (space.src_ids[missing] >= 0)
-            if known.any():
-                groups.append((spec.name, np.nonzero(known)[0], space))
-                unassigned &= ~known
-        if unassigned.any():
-            fallback = spec.fallback or "mean"
+    for g in groups:
+        method_name, positions, space, out_ids = g.method, g.positions, g.source, g.out_ids
+        if space is None and method_name != spec.name:
             LOG.info(
                 "%s %s: %d tokens are known in no other space; using %r for them",
-                model,
-                role,
-                int(unassigned.sum()),
-                fallback,
-            )
-            groups.append((fallback, np.nonzero(unassigned)[0], None))
-    else:
-        groups.append((spec.name, np.arange(len(missing)), None))
-
-    base_anchor_ok = (src_ids >= 0) if anchor_mask is None else (src_ids >= 0) & anchor_mask
-    for method_name, positions, space in groups:
+                model, role, len(out_ids), method_name,
+            )  # fmt: skip
         group_spec = get(method_name)
         group_params = params if method_name == spec.name else group_spec.parse_params({})
-        out_ids = missing[positions]
-        anchor_out = _anchor_ids(base_anchor_ok, space, model, method_name)
+        anchor_out = g.anchor_out
+        if anchor_out is not None and anchor_out.size == 0:
+            raise InputError(
+                f"model {model} shares no regular tokens with {space.name}; cannot estimate with {method_name!r}",
+                where="tokenizer.approximation",
+            )
         label = f"{method_name} {model} {role}" + (f" <- {space.name}" if space else "")
         n_chunks = len(chunk_bounds(len(out_ids))) if group_spec.shardable else 1
 
@@ -291,7 +322,7 @@ def _estimate_missing(
             space=space,
             label=label,
         ) -> torch.Tensor:
-            problem = _problem(
+            problem = build_problem(
                 base32,
                 src_ids,
                 out_ids[lo:hi],

@@ -13,9 +13,9 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from mergekit_tokenplug import settings
 from mergekit_tokenplug.errors import InputError
 
-ALLOW_PICKLE_ENV = "MERGEKIT_TOKENPLUG_ALLOW_PICKLE"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.txt", "vocab.json")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 # What mergekit 0.1.5's ShardedTensorIndex.from_disk looks for, in its order.
@@ -23,8 +23,9 @@ WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
 MAX_HEADER = 100 << 20  # safetensors' own limit on a header
 
 
-def allow_pickle_requested() -> bool:
-    return os.environ.get(ALLOW_PICKLE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+def model_path(path: str) -> str:
+    """Where a model reference points on disk: ``~`` is expanded (validation and runs alike)."""
+    return os.path.expanduser(path)
 
 
 def is_local(path: str) -> bool:
@@ -204,9 +205,9 @@ def check_model_dir(
             where=where,
         )
     if is_pickle(files):
-        if not (allow_pickle or allow_pickle_requested()):
+        if not (allow_pickle or settings.flag(settings.ALLOW_PICKLE)):
             raise InputError(
-                f"{path} would be loaded from pickle checkpoints ({', '.join(f.name for f in files[:3])}); loading them can run arbitrary code — convert to safetensors, or opt in with --allow-pickle / {ALLOW_PICKLE_ENV}=1",
+                f"{path} would be loaded from pickle checkpoints ({', '.join(f.name for f in files[:3])}); loading them can run arbitrary code — convert to safetensors, or opt in with --allow-pickle / {settings.ALLOW_PICKLE}=1",
                 where=where,
             )
         return

@@ -8,12 +8,18 @@ and a recipe run by ``mergekit-yaml`` produce the same bytes.
 from __future__ import annotations
 
 import os
-import re
 from typing import Any
 
 import yaml
 
+from mergekit_tokenplug import report
+from mergekit_tokenplug.compute.progress import bars_disabled
 from mergekit_tokenplug.errors import ConfigError, InputError
+from mergekit_tokenplug.recipes.plan import plan_recipe, resolve_plan_device
+from mergekit_tokenplug.recipes.yaml_lines import yaml_error
+from mergekit_tokenplug.seam.activation import activate
+from mergekit_tokenplug.seam.run import run_plugin_merge
+from mergekit_tokenplug.seam.schema import one_line_validation_error
 
 
 def transplant_recipe(
@@ -57,16 +63,8 @@ def _local_abspath(path: str) -> str:
 
 def resolve_device(device: str | None) -> str:
     """mergekit's device names, with a clear error when CUDA is asked for but absent."""
-    import torch
-
-    name = (device or "cpu").lower()
-    if not re.fullmatch(r"cpu|auto|mps|cuda(:\d+)?", name):
-        raise InputError(
-            f"{device!r} is not a device; expected cpu, cuda, cuda:N or auto", where="--device"
-        )
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    name, available = resolve_plan_device(device)
+    if not available:
         raise InputError(
             "CUDA was requested but no CUDA device is available; use --device cpu or --device auto",
             where="--device",
@@ -78,8 +76,6 @@ def load_recipe(recipe: dict[str, Any] | str, source_name: str = "recipe") -> An
     """Validate a recipe (dict or YAML text) into mergekit's MergeConfiguration, plugin active."""
     import pydantic
 
-    from mergekit_tokenplug.seam.activation import activate
-    from mergekit_tokenplug.seam.schema import one_line_validation_error
 
     activate()
     from mergekit.config import MergeConfiguration
@@ -88,12 +84,9 @@ def load_recipe(recipe: dict[str, Any] | str, source_name: str = "recipe") -> An
         try:
             recipe = yaml.safe_load(recipe)
         except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark is not None else ""
-            raise ConfigError(
-                f"malformed YAML ({getattr(exc, 'problem', None) or exc})",
-                where=f"{source_name}{line}",
-            ) from None
+            line, message = yaml_error(exc)
+            where = f"{source_name}:{line}" if line else source_name
+            raise ConfigError(message, where=where) from None
     if not isinstance(recipe, dict):
         raise ConfigError("expected a mapping of recipe keys", where=source_name)
     try:
@@ -121,9 +114,6 @@ def run_recipe(
     import mergekit.merge
     from mergekit.options import MergeOptions
 
-    from mergekit_tokenplug import report
-    from mergekit_tokenplug.compute.progress import bars_disabled
-    from mergekit_tokenplug.seam.run import run_plugin_merge
 
     opts = MergeOptions(
         device=resolve_device(device),
@@ -188,3 +178,18 @@ def transplant(
         allow_pickle=allow_pickle,
         config_source=text,
     )
+
+
+def plan_transplant(
+    base: str,
+    donor: str,
+    method: str = "omp",
+    params: dict[str, Any] | None = None,
+    device: str | None = "cpu",
+    **recipe_options: Any,
+) -> dict[str, Any]:
+    """The plan of ``transplant BASE DONOR`` (for ``transplant --dry-run``)."""
+    recipe = transplant_recipe(base, donor, method, params, **recipe_options)
+    plan = plan_recipe(load_recipe(recipe, "transplant"), device=device)
+    plan["recipe"] = recipe
+    return plan

@@ -9,8 +9,7 @@ import torch
 
 from mergekit_tokenplug import registry
 from mergekit_tokenplug.errors import ConfigError
-from mergekit_tokenplug.methods.base import EstimationProblem
-from mergekit_tokenplug.registry import Need
+from mergekit_tokenplug.methods.base import EstimationProblem, Need
 
 
 def _problem(base: torch.Tensor, n_targets: int, **kw) -> EstimationProblem:

@@ -42,7 +42,7 @@ def _problem(
         n_targets=N_CLUSTERS,
         seed=seed,
         show_progress=False,
-        extras={k: v for k, v in ex.items() if v is not None},
+        **{k: v for k, v in ex.items() if v is not None},
     )
 
 
@@ -74,16 +74,16 @@ def _untrained() -> CW2VParams:
 
 def _independent_sgns_loss(rows: torch.Tensor, problem: EstimationProblem) -> float:
     """Skip-gram NS loss written out with plain loops and a fixed negative sample."""
-    ctx = problem.extras["context_matrix"]
+    ctx = problem.context_matrix
     counts = torch.zeros(V_OLD)
-    for seq in problem.extras["corpus_ids"]:
+    for seq in problem.corpus_ids:
         for tok in seq.tolist():
             if tok < V_OLD:
                 counts[tok] += 1
     probs = counts**0.75 / (counts**0.75).sum()
     g = torch.Generator().manual_seed(99)
     total, n = 0.0, 0
-    for seq in problem.extras["corpus_ids"]:
+    for seq in problem.corpus_ids:
         toks = seq.tolist()
         for i, tok in enumerate(toks):
             if tok < V_OLD:
@@ -161,7 +161,7 @@ def test_empty_corpus_is_a_config_error(corpus):
 
 def test_missing_corpus_names_the_key():
     problem = _problem()
-    del problem.extras["corpus_ids"]
+    problem.corpus_ids = None
     with pytest.raises(
         ConfigError, match=r"cw2v method needs a corpus.*list of text files or globs"
     ):
@@ -169,7 +169,8 @@ def test_missing_corpus_names_the_key():
 
 
 def test_params_validation_and_registration():
-    from mergekit_tokenplug.registry import Need, get
+    from mergekit_tokenplug.methods.base import Need
+    from mergekit_tokenplug.registry import get
 
     spec = get("cw2v")
     assert Need.CORPUS in spec.needs

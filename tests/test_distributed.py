@@ -98,7 +98,7 @@ def test_a_dying_process_fails_the_run_and_leaves_no_output(zoo, tmp_path):
         textwrap.dedent("""
         import os
         import torch
-        from mergekit_tokenplug.registry import MethodParams, MethodSpec
+        from mergekit_tokenplug.methods.base import MethodParams, MethodSpec
 
         def estimate(problem, params):
             if os.environ.get("RANK") == "1":

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -154,42 +153,6 @@ def test_method_params_identical_across_recipe_and_cli(zoo, tmp_path):
               "tokenizer": {"source": str(zoo.bl_untied), "approximation": {"method": "hewitt", "scale": 0.001}}}
     run_recipe(load_recipe(recipe), str(out_recipe), seed=5, quiet=True)
     assert torch.equal(tensors(out_cli)[EMB], tensors(out_recipe)[EMB])
-
-
-def test_third_party_method_via_entry_point(zoo, tmp_path):
-    """A tiny distribution installed into a private site dir registers a method by entry point."""
-    site = tmp_path / "site"
-    pkg = site / "tp_method"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text(textwrap.dedent('''
-        import torch
-        from mergekit_tokenplug.registry import MethodParams, MethodSpec
-
-        class Params(MethodParams):
-            value: float = 2.5
-
-        def estimate(problem, params):
-            return torch.full((problem.n_targets, problem.base.shape[1]), params.value)
-
-        SPEC = MethodSpec(name="constant", params=Params, estimate=estimate, summary="every new row = value")
-    '''))
-    dist = site / "tp_method-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tp-method\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[mergekit_tokenplug.methods]\nconstant = tp_method:SPEC\n")
-    env = {"PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1", "PATH": str(BIN)}
-    listing = subprocess.run([str(BIN / "mergekit-tokenplug"), "methods"], capture_output=True, text=True, env=env, timeout=120)
-    assert "constant: every new row = value" in listing.stdout and "value: float = 2.5" in listing.stdout
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump({"merge_method": "passthrough", "models": [{"model": str(zoo.sp_untied)}],
-                                      "tokenizer": {"source": str(zoo.bl_untied), "approximation": {"method": "constant", "value": 1.5}}}))
-    out = tmp_path / "out"
-    proc = subprocess.run([str(BIN / "mergekit-yaml"), str(recipe), str(out), "--quiet"], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    manifest = json.loads((out / "tokenplug_manifest.json").read_text())
-    n_est = manifest["report"]["matrices"][0]["estimated"]
-    rows = tensors(out)[EMB]
-    assert int((rows == 1.5).all(dim=1).sum()) == n_est > 0
 
 
 @pytest.fixture(scope="module")

@@ -24,8 +24,14 @@ from click.testing import CliRunner
 
 from mergekit_tokenplug.recipes.cli import commands
 from mergekit_tokenplug.recipes.jsonschema import recipe_json_schema
-from mergekit_tokenplug.recipes.plan import plan_recipe, plan_transplant
-from mergekit_tokenplug.surgery import load_recipe, run_recipe, transplant, transplant_recipe
+from mergekit_tokenplug.recipes.plan import plan_recipe
+from mergekit_tokenplug.surgery import (
+    load_recipe,
+    plan_transplant,
+    run_recipe,
+    transplant,
+    transplant_recipe,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "broken_recipes"
 REPO = Path(__file__).resolve().parents[1]

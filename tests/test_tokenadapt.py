@@ -13,9 +13,8 @@ import torch
 from mergekit_tokenplug import registry
 from mergekit_tokenplug.errors import InputError
 from mergekit_tokenplug.methods import tokenadapt
-from mergekit_tokenplug.methods.base import EstimationProblem
+from mergekit_tokenplug.methods.base import EstimationProblem, Need
 from mergekit_tokenplug.methods.tokenadapt import self_space_embedder
-from mergekit_tokenplug.registry import Need
 from mergekit_tokenplug.resources import load_text_embedder
 
 # Base vocabulary: 6 rows in d=2. Row 5 has an empty text: it must never be a neighbour.
@@ -50,8 +49,7 @@ def _problem(texts, pieces, **kw) -> EstimationProblem:
         target_pieces=pieces,
         base_vocab_texts=VOCAB,
         show_progress=False,
-        extras=kw.pop("extras", {"embed_texts": embed_texts}),
-        **kw,
+        **{"embed_texts": embed_texts, **kw},
     )
 
 
@@ -150,9 +148,9 @@ def test_chunking_does_not_change_rows():
     assert torch.allclose(whole, chunked, atol=1e-6)
 
 
-def test_path_embedder_without_extras_is_an_error():
+def test_path_embedder_without_embed_texts_is_an_error():
     with pytest.raises(ValueError, match="embed_texts"):
-        _run(_problem(["abc"], [[2, 3]], extras={}), embedder="/some/dir")
+        _run(_problem(["abc"], [[2, 3]], embed_texts=None), embedder="/some/dir")
 
 
 # --- self space -------------------------------------------------------------------------
@@ -188,7 +186,7 @@ def test_self_space_embedder_normalized_mean_of_pieces():
 
 def test_self_space_tokenadapt_runs_and_single_piece_global_is_itself():
     problem = _problem(
-        ["abc", "xab", "x"], _split(["abc", "xab", "x"]), extras={"split_texts": _split}
+        ["abc", "xab", "x"], _split(["abc", "xab", "x"]), embed_texts=None, split_texts=_split
     )
     out = _run(problem, beta=1.0, top_k=1)
     # "xab" splits to [ab]: its self-space vector is row 2's direction, so its neighbour is row 2
@@ -277,7 +275,7 @@ def test_embedder_feeds_tokenadapt(bert_dir):
     problem = EstimationProblem(
         base=base, anchor_ids=torch.arange(6), n_targets=2, target_texts=["hello world", "plugs"],
         target_pieces=[[0, 1], [2]], base_vocab_texts=vocab, show_progress=False,
-        extras={"embed_texts": embed},
+        embed_texts=embed,
     )  # fmt: skip
     spec = registry.get("tokenadapt")
     out = spec.estimate(problem, spec.parse_params({"top_k": 2}))

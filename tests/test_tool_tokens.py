@@ -219,23 +219,23 @@ def test_read_jsonl_errors_name_file_and_line(tmp_path):
         read_jsonl(tmp_path / "absent.jsonl")
 
 
-def test_registered_tool_kernel_uses_prior_and_description_pieces():
+def test_tool_kernel_uses_prior_and_description_pieces():
     from mergekit_tokenplug.methods.base import EstimationProblem
     from mergekit_tokenplug.methods.tool import ToolParams, estimate_tool
 
     tokenizer = _tokenizer()
     model = _model(len(tokenizer), tied=False)
     pieces = [tokenizer(DESCRIPTION, add_special_tokens=False)["input_ids"]]
-    extras = {
-        "tool_descriptions": [DESCRIPTION],
-        "tool_description_pieces": pieces,
+    inputs = {
+        "target_texts": [DESCRIPTION],
+        "target_pieces": pieces,
         "model_forward": lambda texts: pooled_hidden_states(model, tokenizer, texts, "cpu"),
     }
     head = model.lm_head.weight.detach()
     emb = model.model.embed_tokens.weight.detach()
     out = estimate_tool(
         EstimationProblem(
-            base=head, anchor_ids=torch.arange(5), n_targets=1, role="output", extras=extras
+            base=head, anchor_ids=torch.arange(5), n_targets=1, role="output", **inputs
         ),
         ToolParams(),
     )
@@ -243,7 +243,7 @@ def test_registered_tool_kernel_uses_prior_and_description_pieces():
     torch.testing.assert_close(out, tool_prior(pooled, head, "sqrt_d"))
     inp = estimate_tool(
         EstimationProblem(
-            base=emb, anchor_ids=torch.arange(5), n_targets=1, role="input", extras=extras
+            base=emb, anchor_ids=torch.arange(5), n_targets=1, role="input", **inputs
         ),
         ToolParams(),
     )

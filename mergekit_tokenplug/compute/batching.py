@@ -3,7 +3,7 @@
 Heavy kernels (OMP, neighbour search) process their rows in batches whose size is a memory
 trade-off: larger batches mean larger matmuls (faster), smaller ones fit. The starting size
 comes from the memory actually free (``torch.cuda.mem_get_info`` on CUDA; on CPU the
-available RAM, capped at :data:`CPU_BUDGET_CAP` so a kernel never claims the whole machine).
+available RAM, capped at :func:`mergekit_tokenplug.settings.cpu_budget_bytes` so a kernel never claims the whole machine).
 If a batch still runs out of memory, :func:`run_batched` halves the batch size through
 ``accelerate.utils.find_executable_batch_size`` and continues from the first unfinished row,
 so work already done is kept.
@@ -20,13 +20,14 @@ import torch
 from accelerate.utils import find_executable_batch_size
 from accelerate.utils.memory import should_reduce_batch_size
 
+from mergekit_tokenplug import settings
+
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # CPU working-memory budget: half the available RAM, but never more than this. 1 GiB already
 # gives batches of hundreds of targets (full-speed matmuls on CPU) and keeps a transplant's
 # peak RSS near the size of the matrices involved; MERGEKIT_TOKENPLUG_CPU_BUDGET_MB overrides.
-CPU_BUDGET_CAP = int(os.environ.get("MERGEKIT_TOKENPLUG_CPU_BUDGET_MB", "1024")) * 1024**2
 CPU_BUDGET_FRACTION = 0.5
 CUDA_BUDGET_FRACTION = 0.8  # leave room for the allocator's fragmentation and cuBLAS workspaces
 _FALLBACK_CPU_BYTES = 1024**3  # when the OS does not tell us what is available
@@ -50,7 +51,7 @@ def working_memory_budget(device: torch.device | str) -> int:
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free * CUDA_BUDGET_FRACTION)
-    return int(min(available_cpu_memory() * CPU_BUDGET_FRACTION, CPU_BUDGET_CAP))
+    return int(min(available_cpu_memory() * CPU_BUDGET_FRACTION, settings.cpu_budget_bytes()))
 
 
 def suggest_batch_size(

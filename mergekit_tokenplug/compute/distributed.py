@@ -25,6 +25,7 @@ from typing import TypeVar
 
 import torch
 
+from mergekit_tokenplug import settings
 from mergekit_tokenplug.errors import TokenplugError
 
 T = TypeVar("T")
@@ -32,10 +33,6 @@ T = TypeVar("T")
 # Rows per chunk: large enough to keep the kernels' matmuls efficient, small enough to spread
 # the work over several processes. Part of the numerical recipe: changing it may change bytes
 # (MERGEKIT_TOKENPLUG_SHARD_CHUNK overrides it; keep it equal across runs you compare).
-SHARD_CHUNK = int(os.environ.get("MERGEKIT_TOKENPLUG_SHARD_CHUNK", "2048"))
-GROUP_TIMEOUT = datetime.timedelta(
-    minutes=int(os.environ.get("MERGEKIT_TOKENPLUG_DIST_TIMEOUT_MIN", "30"))
-)
 
 
 def launched_world_size() -> int:
@@ -50,7 +47,9 @@ def _state():
     from accelerate import PartialState
     from accelerate.utils import InitProcessGroupKwargs
 
-    kwargs = InitProcessGroupKwargs(timeout=GROUP_TIMEOUT).to_kwargs()
+    kwargs = InitProcessGroupKwargs(
+        timeout=datetime.timedelta(minutes=settings.dist_timeout_min())
+    ).to_kwargs()
     # Without CUDA, accelerate only forms a CPU group (gloo) when asked to with cpu=True.
     state = PartialState(cpu=not torch.cuda.is_available(), **kwargs)
     # A group still alive at interpreter exit is torn down by C++ static destructors, which
@@ -73,7 +72,7 @@ def is_main_process() -> bool:
 
 
 def chunk_bounds(n: int, chunk: int | None = None) -> list[tuple[int, int]]:
-    chunk = chunk or SHARD_CHUNK
+    chunk = chunk or settings.shard_chunk()
     return [(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
 
 
@@ -82,7 +81,7 @@ def sharded_rows(
     compute: Callable[[int, int, int], torch.Tensor],
     *,
     shardable: bool = True,
-    chunk: int = SHARD_CHUNK,
+    chunk: int | None = None,
 ) -> list[torch.Tensor]:
     """Row blocks for ``[0, n)``: ``compute(chunk_index, lo, hi)`` per chunk, all-gathered.
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from mergekit_tokenplug import settings
+
 LOG = logging.getLogger(__name__)
 
 SAMPLES = 7
@@ -50,7 +52,7 @@ def _running_threads_system() -> int:
 def busy_cores_elsewhere() -> int | None:
     """Threads of other processes running now (median of a few samples over ~30 ms), or None
     where this cannot be read."""
-    if os.environ.get("MERGEKIT_TOKENPLUG_ADAPT_THREADS", "1") == "0":
+    if not settings.adapt_threads():
         return None
     try:
         counts = []

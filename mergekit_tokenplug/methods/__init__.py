@@ -1,3 +1,1 @@
-"""Built-in approximation methods; importing this package registers them."""
-
-from mergekit_tokenplug.methods import baselines, cw2v, omp, tokenadapt, tool  # noqa: F401
+"""Built-in approximation methods (registered by :mod:`mergekit_tokenplug.registry`)."""

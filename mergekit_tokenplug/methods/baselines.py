@@ -1,4 +1,4 @@
-"""Baseline estimators (ALGORITHMS.md section 5), in their correct forms.
+"""Baseline estimators (README "Methods"), in their correct forms.
 
 They are the reference points every other method is judged against, and the fallbacks the
 seam uses for rows a method cannot estimate: ``mean`` (the documented fallback), ``zero``
@@ -14,8 +14,8 @@ import logging
 import torch
 from pydantic import Field
 
-from mergekit_tokenplug.methods.base import EstimationProblem
-from mergekit_tokenplug.registry import MethodParams, MethodSpec, Need, register
+from mergekit_tokenplug.methods import base as api
+from mergekit_tokenplug.methods.base import EstimationProblem, MethodParams, MethodSpec, Need
 
 LOG = logging.getLogger(__name__)
 
@@ -130,39 +130,38 @@ def estimate_subword_mean(problem: EstimationProblem, params: NoParams) -> torch
     return torch.where(has.unsqueeze(1), rows, problem.mean_row().to(torch.float32).unsqueeze(0))
 
 
-MEAN = register(
-    MethodSpec(
-        name="mean",
-        params=NoParams,
-        estimate=estimate_mean,
-        summary="mean of the model's rows (safe: inside the rows' convex hull)",
-        fallback=None,
-    )
+def mean_cost(q: api.CostQuery) -> tuple[int, float | None]:
+    """The output rows; one pass over the model's rows."""
+    return q.targets * q.dim_model * api.FP32, float(q.model_rows * q.dim_model)
+
+
+MEAN = MethodSpec(
+    name="mean",
+    params=NoParams,
+    estimate=estimate_mean,
+    summary="mean of the model's rows (safe: inside the rows' convex hull)",
+    fallback=None,
+    cost=mean_cost,
 )
-ZERO = register(
-    MethodSpec(
-        name="zero",
-        params=NoParams,
-        estimate=estimate_zero,
-        summary="zero rows (poor choice: zero logit and no signal; kept for comparison only)",
-        fallback=None,
-    )
+ZERO = MethodSpec(
+    name="zero",
+    params=NoParams,
+    estimate=estimate_zero,
+    summary="zero rows (poor choice: zero logit and no signal; kept for comparison only)",
+    fallback=None,
+    cost=mean_cost,
 )
-HEWITT = register(
-    MethodSpec(
-        name="hewitt",
-        params=HewittParams,
-        estimate=estimate_hewitt,
-        summary="mean + N(0, scale * covariance of the rows) (Hewitt 2021), mean if not positive definite",
-        fallback=None,
-    )
+HEWITT = MethodSpec(
+    name="hewitt",
+    params=HewittParams,
+    estimate=estimate_hewitt,
+    summary="mean + N(0, scale * covariance of the rows) (Hewitt 2021), mean if not positive definite",
+    fallback=None,
 )
-SUBWORD_MEAN = register(
-    MethodSpec(
-        name="subword_mean",
-        params=NoParams,
-        estimate=estimate_subword_mean,
-        summary="mean of the rows of the token's pieces under the model's tokenizer (FVT / ReTok)",
-        needs=frozenset({Need.BASE_TOKENIZER}),
-    )
+SUBWORD_MEAN = MethodSpec(
+    name="subword_mean",
+    params=NoParams,
+    estimate=estimate_subword_mean,
+    summary="mean of the rows of the token's pieces under the model's tokenizer (FVT / ReTok)",
+    needs=frozenset({Need.BASE_TOKENIZER}),
 )

@@ -2,7 +2,7 @@
 
 Each new row is ``softmax(A1 @ A2)[t] @ E_old``: a convex combination of the model's own rows,
 so a new output row can never out-score every old token for any hidden state (the safety
-argument behind mean initialization, see ALGORITHMS.md section 3). Only the low-rank mixing
+argument behind mean initialization, Hewitt 2021). Only the low-rank mixing
 logits are trained, with skip-gram negative sampling on a corpus tokenized by the *new*
 tokenizer.
 
@@ -15,7 +15,7 @@ Following the authors' code (https://github.com/AI4Bharat/VocabAdaptation_LLM, b
   combined input matrix (old rows + mixed new rows), contexts and negatives rows of the
   combined output matrix, so **new tokens are centres, contexts and negatives** alike.
   The kernel returns the mixing of its own matrix (``problem.role``); the other one is
-  ``extras["context_matrix"]`` (the same matrix for a tied model).
+  ``problem.context_matrix`` (the same matrix for a tied model).
 - **random start**: every logit factor starts uniform in [0, 1) (``torch.rand``), a random
   convex combination, not the mean row.
 - **frequent-token subsampling** of centres: an occurrence is kept with probability
@@ -54,8 +54,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from mergekit_tokenplug.errors import ConfigError, InputError
-from mergekit_tokenplug.methods.base import EstimationProblem
-from mergekit_tokenplug.registry import MethodParams, MethodSpec, Need, register
+from mergekit_tokenplug.methods import base as api
+from mergekit_tokenplug.methods.base import EstimationProblem, MethodParams, MethodSpec, Need
 
 LOG = logging.getLogger(__name__)
 CORPUS_KEY = "tokenizer.approximation.corpus"
@@ -92,18 +92,19 @@ class CW2VResult:
 
 
 def _extra(problem: EstimationProblem, key: str) -> torch.Tensor:
-    if key not in problem.extras:
-        raise InputError(f"cw2v: the vocabulary seam did not supply extras[{key!r}]")
-    return problem.extras[key]
+    value = getattr(problem, key)
+    if value is None:
+        raise InputError(f"cw2v: the vocabulary seam did not supply {key}")
+    return value
 
 
 def _corpus_ids(problem: EstimationProblem) -> list[torch.Tensor]:
-    if "corpus_ids" not in problem.extras:
+    if problem.corpus_ids is None:
         raise ConfigError(
             "the cw2v method needs a corpus (tokenizer.approximation.corpus: list of text files or globs)",
             where=CORPUS_KEY,
         )
-    seqs = [torch.as_tensor(s, dtype=torch.long).reshape(-1) for s in problem.extras["corpus_ids"]]
+    seqs = [torch.as_tensor(s, dtype=torch.long).reshape(-1) for s in problem.corpus_ids]
     seqs = [s for s in seqs if s.numel() >= 2]
     if not seqs:
         raise ConfigError(
@@ -366,14 +367,19 @@ def estimate_cw2v(problem: EstimationProblem, params: CW2VParams) -> torch.Tenso
     return out
 
 
-SPEC = register(
-    MethodSpec(
-        name="cw2v",
-        params=CW2VParams,
-        estimate=estimate_cw2v,
-        summary="convex mixtures of old rows learned by skip-gram on a corpus (CW2V)",
-        needs=frozenset({Need.CORPUS}),
-        shardable=False,  # the mixing matrices are trained jointly over all new rows
-        fallback="mean",
-    )
+def cw2v_cost(q: api.CostQuery) -> tuple[int, float | None]:
+    """A1 (T, r) and A2 (r, V) with their gradients and two Adam moments, plus the rows."""
+    rank = int(getattr(q.params, "rank", 64))
+    return 4 * rank * (q.targets + q.model_rows) * api.FP32 + q.targets * q.dim_model * api.FP32, None
+
+
+SPEC = MethodSpec(
+    name="cw2v",
+    params=CW2VParams,
+    estimate=estimate_cw2v,
+    summary="convex mixtures of old rows learned by skip-gram on a corpus (CW2V)",
+    needs=frozenset({Need.CORPUS}),
+    shardable=False,  # the mixing matrices are trained jointly over all new rows
+    fallback="mean",
+    cost=cw2v_cost,
 )

@@ -1,4 +1,4 @@
-"""OMP transplant (ALGORITHMS.md section 1): sparse codes in donor space, applied in base space.
+"""OMP transplant (README "Methods"): sparse codes in donor space, applied in base space.
 
 Each target row x (a donor embedding) is approximated by k shared-token rows of the donor
 (the dictionary A) chosen greedily by Orthogonal Matching Pursuit: pick the unselected atom
@@ -49,8 +49,8 @@ from mergekit_tokenplug.compute.batching import (
 )
 from mergekit_tokenplug.compute.threads import threads_for_fine_grained_kernel
 from mergekit_tokenplug.errors import ConfigError
-from mergekit_tokenplug.methods.base import EstimationProblem
-from mergekit_tokenplug.registry import MethodParams, MethodSpec, Need, register
+from mergekit_tokenplug.methods import base as api
+from mergekit_tokenplug.methods.base import EstimationProblem, MethodParams, MethodSpec, Need
 
 LOG = logging.getLogger(__name__)
 
@@ -607,17 +607,26 @@ def estimate_omp(problem: EstimationProblem, params: OmpParams) -> torch.Tensor:
     return F.embedding_bag(rows, problem.base.float(), per_sample_weights=coef.float(), mode="sum")
 
 
-SPEC = register(
-    MethodSpec(
-        name="omp",
-        params=OmpParams,
-        estimate=estimate_omp,
-        summary=(
-            "Orthogonal Matching Pursuit: each new token is a sparse least-squares combination "
-            "of k shared tokens in the donor's embedding space, applied to the same tokens' "
-            "rows of this model"
-        ),
-        needs=frozenset({Need.DONOR_EMBEDDINGS}),
-        fallback="mean",
-    )
+def omp_cost(q: api.CostQuery) -> tuple[int, float | None]:
+    """Targets and dictionary in fp32, plus per-target score row, support and factor."""
+    k = min(int(getattr(q.params, "k", 64)), max(q.anchors, 1))
+    fixed = (q.targets + q.anchors) * q.dim_source * api.FP32
+    per_target = (q.anchors + k * q.dim_source + k * k) * api.FP32
+    batch = getattr(q.params, "batch_size", None) or max(1, (q.budget - fixed) // per_target)
+    batch = min(int(batch), q.targets)
+    return fixed + batch * per_target, 2.0 * k * q.targets * q.anchors * q.dim_source
+
+
+SPEC = MethodSpec(
+    name="omp",
+    params=OmpParams,
+    estimate=estimate_omp,
+    summary=(
+        "Orthogonal Matching Pursuit: each new token is a sparse least-squares combination "
+        "of k shared tokens in the donor's embedding space, applied to the same tokens' "
+        "rows of this model"
+    ),
+    needs=frozenset({Need.DONOR_EMBEDDINGS}),
+    fallback="mean",
+    cost=omp_cost,
 )

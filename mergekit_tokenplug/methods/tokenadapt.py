@@ -1,4 +1,4 @@
-"""TokenAdapt hybrid initialization (ALGORITHMS.md section 2, arXiv 2505.09738).
+"""TokenAdapt hybrid initialization (arXiv 2505.09738).
 
 Needs no donor model, only the new tokens' texts: a *local* estimate from the token's pieces
 under the base tokenizer (weighted by text similarity and length share) is blended with a
@@ -20,8 +20,10 @@ Following the authors' code (https://github.com/Tinycompany-AI/tokenadapt, ``src
 - hybrid: ``(1 - beta) * local + beta * global`` (``tied.py`` line 101, ``global_weight``).
 
 Departure: special tokens (and any row without text) are never global neighbours; the
-authors index every vocabulary string, so ``<s>`` could become a neighbour of a new word. The text space is a function ``embed_texts(list[str]) -> (n, e)`` supplied by the seam
-in ``problem.extras["embed_texts"]`` (a loaded sentence embedder); without one, the base
+authors index every vocabulary string, so ``<s>`` could become a neighbour of a new word.
+
+The text space is a function ``embed_texts(list[str]) -> (n, e)`` supplied by the seam
+in ``problem.embed_texts`` (a loaded sentence embedder); without one, the base
 matrix itself serves: a text's vector is the mean of its pieces' rows (``self_space_embedder``).
 
 Conventions: an empty base-vocabulary text marks a row that is never a neighbour, and a text
@@ -37,9 +39,9 @@ import torch
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from mergekit_tokenplug.methods.base import EstimationProblem
+from mergekit_tokenplug.methods import base as api
+from mergekit_tokenplug.methods.base import EstimationProblem, MethodParams, MethodSpec, Need
 from mergekit_tokenplug.methods.baselines import flatten_pieces, mean_of_pieces
-from mergekit_tokenplug.registry import MethodParams, MethodSpec, Need, register
 
 EmbedFn = Callable[[list[str]], torch.Tensor]
 SplitFn = Callable[[list[str]], list[list[int]]]
@@ -202,18 +204,18 @@ def _global(
 
 def _resolve_embedder(problem: EstimationProblem, params: TokenAdaptParams) -> tuple[EmbedFn, bool]:
     """The text embedder to use, and whether its vocabulary embedding may be cached."""
-    embed = problem.extras.get("embed_texts")
+    embed = problem.embed_texts
     if embed is not None:
         return embed, True
     if params.embedder != "self":
         raise ValueError(
             f"tokenadapt: embedder {params.embedder!r} was configured but the seam supplied no "
-            "extras['embed_texts'] (load it with mergekit_tokenplug.resources.load_text_embedder)"
+            "embed_texts (load it with mergekit_tokenplug.resources.load_text_embedder)"
         )
-    split = problem.extras.get("split_texts")
+    split = problem.split_texts
     if split is None:
         raise ValueError(
-            "tokenadapt with embedder 'self' needs extras['split_texts'] (the base tokenizer split)"
+            "tokenadapt with embedder 'self' needs split_texts (the base tokenizer split)"
         )
     return self_space_embedder(problem.base, split), False
 
@@ -267,12 +269,18 @@ def estimate_tokenadapt(problem: EstimationProblem, params: TokenAdaptParams) ->
     return out
 
 
-TOKENADAPT = register(
-    MethodSpec(
-        name="tokenadapt",
-        params=TokenAdaptParams,
-        estimate=estimate_tokenadapt,
-        summary="local subword estimate blended with top-k neighbours in a text-embedding space (TokenAdapt)",
-        needs=frozenset({Need.BASE_TOKENIZER, Need.BASE_VOCAB_TEXTS}),
-    )
+def tokenadapt_cost(q: api.CostQuery) -> tuple[int, float | None]:
+    """One chunk of neighbour scores plus the output rows."""
+    chunk = max(1, min(q.targets, _SCORE_BUDGET // max(q.model_rows, 1)))
+    working = chunk * q.model_rows * api.FP32 + q.targets * q.dim_model * api.FP32
+    return working, 2.0 * q.targets * q.model_rows * q.dim_model
+
+
+TOKENADAPT = MethodSpec(
+    name="tokenadapt",
+    params=TokenAdaptParams,
+    estimate=estimate_tokenadapt,
+    summary="local subword estimate blended with top-k neighbours in a text-embedding space (TokenAdapt)",
+    needs=frozenset({Need.BASE_TOKENIZER, Need.BASE_VOCAB_TEXTS}),
+    cost=tokenadapt_cost,
 )

@@ -16,8 +16,7 @@ import pydantic
 import torch
 
 from mergekit_tokenplug.errors import InputError
-from mergekit_tokenplug.methods.base import EstimationProblem
-from mergekit_tokenplug.registry import MethodParams, MethodSpec, Need, register
+from mergekit_tokenplug.methods.base import EstimationProblem, MethodParams
 
 Scale = Literal["sqrt_d", "median_norm"]
 
@@ -89,33 +88,20 @@ def estimate_tool(problem: EstimationProblem, params: ToolParams) -> torch.Tenso
     """Rows for tool tokens: output role = scaled pooled-description prior; input role =
     mean of the description's subword embeddings.
 
-    The seam supplies ``extras["model_forward"]: Callable[[list[str]], Tensor (n, d)]`` (mean
-    pooled final hidden states) for the output role; descriptions are
-    ``extras["tool_descriptions"]`` (else the target token texts) and their base-tokenizer
-    pieces ``extras["tool_description_pieces"]`` (else ``problem.target_pieces``).
+    Reads ``model_forward`` (texts -> mean-pooled final hidden states) for the output role,
+    the descriptions from ``target_texts`` and their base-tokenizer pieces from
+    ``target_pieces`` for the input role.
     """
     if problem.role == "output":
-        texts = problem.extras.get("tool_descriptions") or problem.target_texts
-        forward = problem.extras.get("model_forward")
+        texts, forward = problem.target_texts, problem.model_forward
         if texts is None or forward is None:
             raise InputError(
                 "tool method: the seam supplied no descriptions or model_forward for the prior"
             )
         pooled = forward(list(texts)).to(problem.device)
         return tool_prior(pooled, problem.base, params.scale)
-    pieces = problem.extras.get("tool_description_pieces") or problem.target_pieces
+    pieces = problem.target_pieces
     if pieces is None:
         raise InputError("tool method: the seam supplied no description pieces for the input rows")
     return tool_input_rows(list(pieces), problem.base)
 
-
-SPEC = register(
-    MethodSpec(
-        name="tool",
-        params=ToolParams,
-        estimate=estimate_tool,
-        summary="tool tokens: prior from the tool description (re-initialization token learning)",
-        needs=frozenset({Need.MODEL_FORWARD, Need.BASE_TOKENIZER}),
-        fallback="mean",
-    )
-)

@@ -20,14 +20,10 @@ import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from mergekit_tokenplug import settings
 from mergekit_tokenplug.errors import InputError
 
-OVERWRITE_ENV = "MERGEKIT_TOKENPLUG_OVERWRITE"
 Listing = dict[str, tuple[int, int]]
-
-
-def overwrite_requested() -> bool:
-    return os.environ.get(OVERWRITE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def _real(path: str | os.PathLike) -> Path:
@@ -57,9 +53,9 @@ def check_output_dir(
             "exists and is not a directory; expected a new or empty directory", where=where
         )
     if out.is_dir() and any(out.iterdir()):
-        if not (overwrite or overwrite_requested()):
+        if not (overwrite or settings.flag(settings.OVERWRITE)):
             raise InputError(
-                f"exists and is not empty; expected a new or empty directory (pass --overwrite or set {OVERWRITE_ENV}=1 to replace it)",
+                f"exists and is not empty; expected a new or empty directory (pass --overwrite or set {settings.OVERWRITE}=1 to replace it)",
                 where=where,
             )
         cwd = _real(os.getcwd())

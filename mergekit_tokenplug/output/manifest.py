@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import mergekit_tokenplug
+
 MANIFEST_NAME = "tokenplug_manifest.json"
 
 
@@ -34,7 +36,6 @@ def versions() -> dict[str, str]:
 
     import torch
 
-    import mergekit_tokenplug
 
     return {
         "mergekit-tokenplug": mergekit_tokenplug.__version__,

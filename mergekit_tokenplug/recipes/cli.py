@@ -74,6 +74,7 @@ def validate(
     Prints one line per problem, `FILE:LINE key: message`; exit 0 when every file is valid,
     1 otherwise.
     """
+    # lazy: keeps the CLI's start-up fast
     from mergekit_tokenplug.recipes.validate import Options, expand_paths, validate_path
 
     files = expand_paths(list(paths))
@@ -128,6 +129,7 @@ def show_recipe(name: str, as_path: bool) -> None:
 @click.option("--indent", type=int, default=2, show_default=True)
 def schema(indent: int) -> None:
     """Print the JSON Schema (draft 2020-12) of a recipe document, plugin keys included."""
+    # lazy: keeps the CLI's start-up fast
     from mergekit_tokenplug.recipes.jsonschema import recipe_json_schema
 
     click.echo(json.dumps(recipe_json_schema(), indent=indent or None))
@@ -144,7 +146,10 @@ def plan(recipe: str, device: str, as_json: bool) -> None:
     source space, with the fallback), padded; per vocabulary matrix: estimated peak memory
     and flops on --device.
     """
+    # lazy: keeps the CLI's start-up fast
     from mergekit_tokenplug.recipes.plan import format_plan, plan_recipe
+
+    # lazy: keeps the CLI's start-up fast
     from mergekit_tokenplug.recipes.validate import validate_path
 
     with _quiet_libraries():
@@ -181,6 +186,7 @@ def plan(recipe: str, device: str, as_json: bool) -> None:
 @click.argument("out", type=click.Path(file_okay=False))
 def verify(out: str) -> None:
     """Check every file of OUT against the sha256 sums in its tokenplug_manifest.json."""
+    # lazy: keeps the CLI's start-up fast
     from mergekit_tokenplug.output.manifest import MANIFEST_NAME, verify_manifest
 
     path = Path(out) / MANIFEST_NAME

@@ -12,6 +12,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from mergekit_tokenplug import registry
+from mergekit_tokenplug.seam.activation import activate
+
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 _STRING_FORMS = {  # pydantic models that mergekit also accepts as a plain string
     "ModelReference": "a model path or hub id, optionally 'path@revision' and '+lora_path'",
@@ -60,9 +63,6 @@ def method_schema(spec: Any, defs: dict[str, Any], base_props: dict[str, Any]) -
 
 def recipe_json_schema() -> dict[str, Any]:
     """The schema of one recipe document (``name`` allowed for mergekit-multi stages)."""
-    from mergekit_tokenplug import registry
-    from mergekit_tokenplug.seam.activation import activate
-
     activate()
     from mergekit.config import MergeConfiguration
 

@@ -9,27 +9,37 @@ pick a device and batch size before a long run.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import re
 import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from mergekit_tokenplug import registry
-from mergekit_tokenplug.registry import Need
-from mergekit_tokenplug.seam.planner import align_settings
+from mergekit_tokenplug import registry, settings
+from mergekit_tokenplug.compute.batching import working_memory_budget
+from mergekit_tokenplug.errors import InputError
+from mergekit_tokenplug.fill import SourceSpace, plan_fill
+from mergekit_tokenplug.methods.base import FP32, CostQuery
+from mergekit_tokenplug.seam.planner import tokenizer_task
+from mergekit_tokenplug.seam.roles import align_settings, vocab_weights
 from mergekit_tokenplug.seam.schema import uses_plugin
 from mergekit_tokenplug.seam.tool_counts import TOOL_METHOD, TOOL_SOURCE
-
-FP32 = 4
-# tokenadapt scores its neighbour search in chunks of at most this many elements.
-TOKENADAPT_SCORE_BUDGET = 2**26
+from mergekit_tokenplug.seam.vocab_task import (
+    make_vocab_plan,
+    model_key,
+    source_order,
+    token_overrides,
+)
 
 
 @dataclass
-class FillGroup:
+class GroupCount:
     """Missing rows of one model estimated together: one method, one source space."""
 
     method: str
@@ -52,7 +62,7 @@ class ModelFill:
     padded: int
     holes: int
     forced: int
-    groups: list[FillGroup] = field(default_factory=list)
+    groups: list[GroupCount] = field(default_factory=list)
 
     def by_method(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -90,73 +100,14 @@ def input_order(config: Any) -> list[Any]:
 
 
 def output_tokenizer(config: Any, trust_remote_code: bool = False) -> Any:
-    """The output tokenizer as mergekit's ``build_tokenizer`` makes it (tokenizers only).
-
-    Its tokenizer half, with mergekit's own helpers, minus the permutation tables (and their
-    progress bar) that a plan does not need.
-    """
-    import transformers
-    from mergekit.common import ModelReference
-    from mergekit.tokenizer.build import build_union_tokenizer, get_stripped_tokenizer
-
-    models = list(config.referenced_models())
-    base = config.base_model or models[0]
-    source = config.tokenizer.source
-
-    def load(ref: Any) -> Any:
-        return transformers.AutoTokenizer.from_pretrained(
-            ref.model.path, revision=ref.model.revision, trust_remote_code=trust_remote_code
-        )
-
-    if isinstance(source, ModelReference):
-        out = load(source)
-    else:
-        base_tok = get_stripped_tokenizer(base.model, trust_remote_code=trust_remote_code)
-        if source == "base":
-            out = base_tok
-        else:
-            tokenizers = {base: base_tok}
-            for ref in models:
-                if ref != base:
-                    try:
-                        tokenizers[ref] = load(ref)
-                    except Exception:  # mergekit also skips (and assumes the base's)
-                        continue
-            out = build_union_tokenizer(base_tok, tokenizers, trust_remote_code=trust_remote_code)
-    existing = set(out.get_vocab())
-    for token in config.tokenizer.tokens or {}:
-        if token not in existing:
-            out.add_tokens(token)
-            existing.add(token)
-    return out
-
-
-def _forced_mask(config: Any, out_tok: Any, n_tokens: int) -> np.ndarray:
-    forced = np.zeros(n_tokens, dtype=bool)
-    vocab = out_tok.get_vocab()
-    for token, cfg in (config.tokenizer.tokens or {}).items():
-        token_id = vocab.get(token)
-        if token_id is not None and token_id < n_tokens and getattr(cfg, "force", False):
-            forced[token_id] = True
-    return forced
-
-
-def _tool_mask(config: Any, out_tok: Any, n_tokens: int) -> np.ndarray:
-    from mergekit_tokenplug.seam.schema import ToolTokenSource
-
-    tools = np.zeros(n_tokens, dtype=bool)
-    vocab = out_tok.get_vocab()
-    for token, cfg in (config.tokenizer.tokens or {}).items():
-        token_id = vocab.get(token)
-        if token_id is not None and token_id < n_tokens and isinstance(cfg.source, ToolTokenSource):
-            tools[token_id] = True
-    return tools
+    """The output tokenizer, built by the task the run builds (tokenizers only; its progress
+    bar over the permutation tables is not part of a plan's output)."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        return tokenizer_task(config, trust_remote_code).execute().tokenizer
 
 
 def recipe_vocab(config: Any, trust_remote_code: bool = False) -> RecipeVocab:
-    """Align a plugin recipe's vocabularies and replay the seam's fill decisions."""
-    from mergekit_tokenplug.seam.vocab_task import make_vocab_plan, model_key
-
+    """Align a plugin recipe's vocabularies and plan every model's fill as the run does."""
     settings = align_settings(config)
     out_tok = output_tokenizer(config, trust_remote_code)
     vocab = make_vocab_plan(
@@ -167,27 +118,34 @@ def recipe_vocab(config: Any, trust_remote_code: bool = False) -> RecipeVocab:
     )
     approx = config.tokenizer.approximation
     spec = registry.get(approx.method)
-    forced = _forced_mask(config, out_tok, vocab.n_tokens)
-    tools = _tool_mask(config, out_tok, vocab.n_tokens)
+    forced, _, tools = token_overrides(
+        config.tokenizer.tokens, out_tok.get_vocab(), vocab.n_tokens
+    )
+    tool_mask = np.zeros(vocab.n_tokens, dtype=bool)
+    tool_mask[[token_id for token_id, _ in tools.values()]] = True
     inputs = input_order(config)
-    base = config.base_model
-    order = sorted(inputs, key=lambda m: (m != base, inputs.index(m)))
+    spaces = {
+        model_key(m): SourceSpace(
+            model_key(m), None, vocab.models[model_key(m)].alignment.src_ids, vocab.regular
+        )
+        for m in source_order(inputs, config.base_model)
+    }
     donor = settings["donor"]
-    spaces: list[tuple[str, np.ndarray]] = [
-        (model_key(m), vocab.models[model_key(m)].alignment.src_ids) for m in order
-    ]
     if donor is not None and vocab.donor is not None:
-        spaces.append((f"donor {donor.model.path}", vocab.donor.alignment.src_ids))
+        name = f"donor {donor.model.path}"
+        spaces[name] = SourceSpace(name, None, vocab.donor.alignment.src_ids, vocab.regular)
 
     fills: dict[str, ModelFill] = {}
     for m in inputs:
         key = model_key(m)
         mv = vocab.models[key]
         src = mv.alignment.src_ids
-        have = (src >= 0) & ~forced
-        missing = np.flatnonzero(~have)
+        sources = [space for name, space in spaces.items() if name != key]
+        have, missing, groups = plan_fill(
+            src, sources, spec, anchor_mask=vocab.regular, force_estimate=forced
+        )
         counts = mv.alignment.counts()
-        fill = ModelFill(
+        fills[key] = ModelFill(
             model=key,
             rows=mv.rows,
             exact=counts["exact"],
@@ -197,30 +155,19 @@ def recipe_vocab(config: Any, trust_remote_code: bool = False) -> RecipeVocab:
             estimated=int(missing.size),
             padded=vocab.rows - vocab.n_tokens,
             holes=counts["holes"],
-            forced=int((forced & (src >= 0)).sum()),
+            forced=0 if forced is None else int((forced & (src >= 0)).sum()),
+            groups=[
+                GroupCount(g.method, g.source.name if g.source else None, len(g.out_ids), g.anchors)
+                for g in groups
+            ],
         )
-        if missing.size and Need.DONOR_EMBEDDINGS in spec.needs:
-            anchor_ok = (src >= 0) & vocab.regular
-            unassigned = np.ones(missing.size, dtype=bool)
-            for name, space_src in spaces:
-                if name == key:
-                    continue
-                known = unassigned & (space_src[missing] >= 0)
-                if known.any():
-                    anchors = int((anchor_ok & (space_src >= 0)).sum())
-                    fill.groups.append(FillGroup(spec.name, name, int(known.sum()), anchors))
-                    unassigned &= ~known
-            if unassigned.any():
-                fill.groups.append(FillGroup(spec.fallback or "mean", None, int(unassigned.sum())))
-        elif missing.size:
-            fill.groups.append(FillGroup(spec.name, None, int(missing.size)))
-        n_tools = int((tools & ~have).sum())
+        n_tools = int((tool_mask & ~have[: vocab.n_tokens]).sum())
         if n_tools:  # computed like tokens no space knows, then replaced by the prior
-            unknown = next(g for g in fill.groups if g.source is None)
+            groups_out = fills[key].groups
+            unknown = next(g for g in groups_out if g.source is None)
             unknown.count -= n_tools
-            fill.groups = [g for g in fill.groups if g.count > 0]
-            fill.groups.append(FillGroup(TOOL_METHOD, TOOL_SOURCE, n_tools))
-        fills[key] = fill
+            fills[key].groups = [g for g in groups_out if g.count > 0]
+            fills[key].groups.append(GroupCount(TOOL_METHOD, TOOL_SOURCE, n_tools))
     return RecipeVocab(config, vocab, inputs, fills, approx.method, approx.parsed_params())
 
 
@@ -238,17 +185,6 @@ def safetensors_shapes(model_dir: str | Path) -> dict[str, tuple[list[int], str]
             if name != "__metadata__":
                 out[name] = (list(info["shape"]), str(info["dtype"]))
     return out
-
-
-def vocab_weights(model: Any, trust_remote_code: bool = False) -> list[Any]:
-    """The model architecture's weights with a vocabulary axis (embeddings, LM head)."""
-    from mergekit.architecture import arch_info_for_config
-
-    cfg = model.config(trust_remote_code=trust_remote_code)
-    arch = arch_info_for_config(cfg)
-    if arch is None:
-        return []
-    return [w for w in arch.all_weights(cfg) if w.vocabulary_axis is not None]
 
 
 def _matrix_shape(model: Any, weight: Any, shapes: dict) -> tuple[int, int] | None:
@@ -270,48 +206,17 @@ def _hidden_size(model: Any, trust_remote_code: bool) -> int:
     return 0
 
 
-# ---------------------------------------------------------------- cost model
-
-
-def method_cost(
-    method: str,
-    params: Any,
-    targets: int,
-    anchors: int,
-    dim_source: int,
-    dim_model: int,
-    model_rows: int,
-    budget: int,
-) -> tuple[int, float | None]:
-    """(working bytes, flops or None) of estimating ``targets`` rows with ``method``."""
-    if targets == 0:
-        return 0, 0.0
-    if method == "omp":
-        k = min(int(getattr(params, "k", 64)), max(anchors, 1))
-        fixed = (targets + anchors) * dim_source * FP32  # targets + dictionary in fp32
-        per_target = (anchors + k * dim_source + k * k) * FP32  # score row + support + factor
-        batch = getattr(params, "batch_size", None) or max(1, (budget - fixed) // per_target)
-        batch = min(int(batch), targets)
-        return fixed + batch * per_target, 2.0 * k * targets * anchors * dim_source
-    if method == "tokenadapt":
-        chunk = max(1, min(targets, TOKENADAPT_SCORE_BUDGET // max(model_rows, 1)))
-        return chunk * model_rows * FP32 + targets * dim_model * FP32, (
-            2.0 * targets * model_rows * dim_model
-        )
-    if method == "cw2v":
-        rank = int(getattr(params, "rank", 64))
-        # A1 (T, r) and A2 (r, V) with their gradients and two Adam moments.
-        return 4 * rank * (targets + model_rows) * FP32 + targets * dim_model * FP32, None
-    if method in ("mean", "zero"):
-        return targets * dim_model * FP32, float(model_rows * dim_model)
-    return targets * dim_model * FP32, None
+# ---------------------------------------------------------------- devices
 
 
 def resolve_plan_device(device: str | None) -> tuple[str, bool]:
-    """(device name, whether it exists here); never fails, so a CPU box can plan a GPU run."""
-    import torch
-
+    """(device name, whether it exists here): a CPU box can plan a GPU run; a name that is no
+    device at all is refused."""
     name = (device or "cpu").lower()
+    if not re.fullmatch(r"cpu|auto|mps|cuda(:\d+)?", name):
+        raise InputError(
+            f"{device!r} is not a device; expected cpu, cuda, cuda:N or auto", where="--device"
+        )
     if name == "auto":
         return ("cuda" if torch.cuda.is_available() else "cpu"), True
     if name.startswith("cuda"):
@@ -320,10 +225,8 @@ def resolve_plan_device(device: str | None) -> tuple[str, bool]:
 
 
 def _budget(device: str, available: bool) -> int:
-    from mergekit_tokenplug.compute.batching import CPU_BUDGET_CAP, working_memory_budget
-
     if not available:
-        return CPU_BUDGET_CAP
+        return settings.cpu_budget_bytes()
     return working_memory_budget(device)
 
 
@@ -350,7 +253,7 @@ def plan_recipe(
     out_cfg = out_model.config(trust_remote_code=trust_remote_code)
     tied_out = bool(getattr(out_cfg, "tie_word_embeddings", False))
     out_weights = [
-        w for w in vocab_weights(out_model, trust_remote_code) if not (w.tied_names and tied_out)
+        w for w in vocab_weights(out_model, trust_remote_code) or [] if not (w.tied_names and tied_out)
     ]
     settings = align_settings(config)
     donor = settings["donor"]
@@ -378,7 +281,7 @@ def plan_recipe(
         d_donor = 0
         if donor is not None:
             dshape = None
-            for dw in vocab_weights(donor, trust_remote_code):
+            for dw in vocab_weights(donor, trust_remote_code) or []:
                 if (dw.tied_names is None) == (w.tied_names is None):
                     dshape = _matrix_shape(donor, dw, donor_shapes)
                     if dshape:
@@ -395,16 +298,18 @@ def plan_recipe(
                     if g.source and g.source.startswith("donor ")
                     else dims.get(g.source or str(m), dims[str(m)])
                 )
-                params = rv.params if g.method == rv.method else None
-                wb, fl = method_cost(
-                    g.method,
-                    params,
-                    g.count,
-                    g.anchors or 0,
-                    d_src,
-                    dims[str(m)],
-                    fill.rows,
-                    budget,
+                g_spec = registry.get(g.method)
+                params = rv.params if g.method == rv.method else g_spec.parse_params({})
+                wb, fl = g_spec.cost(
+                    CostQuery(
+                        params=params,
+                        targets=g.count,
+                        anchors=g.anchors or 0,
+                        dim_source=d_src,
+                        dim_model=dims[str(m)],
+                        model_rows=fill.rows,
+                        budget=budget,
+                    )
                 )
                 working = max(working, wb)
                 if fl is None:
@@ -454,23 +359,6 @@ def plan_recipe(
 def _params_dict(params: Any) -> dict[str, Any]:
     dump = getattr(params, "model_dump", None)
     return json.loads(json.dumps(dump() if dump else {}, default=str))
-
-
-def plan_transplant(
-    base: str,
-    donor: str,
-    method: str = "omp",
-    params: dict[str, Any] | None = None,
-    device: str | None = "cpu",
-    **recipe_options: Any,
-) -> dict[str, Any]:
-    """The plan of ``transplant BASE DONOR`` (for ``transplant --dry-run``)."""
-    from mergekit_tokenplug.surgery import load_recipe, transplant_recipe
-
-    recipe = transplant_recipe(base, donor, method, params, **recipe_options)
-    plan = plan_recipe(load_recipe(recipe, "transplant"), device=device)
-    plan["recipe"] = recipe
-    return plan
 
 
 def _mib(n: int | float) -> str:

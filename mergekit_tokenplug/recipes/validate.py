@@ -22,12 +22,25 @@ from typing import Any
 import pydantic
 import yaml
 
+from mergekit_tokenplug import registry
 from mergekit_tokenplug.errors import TokenplugError
+from mergekit_tokenplug.inputs import check_model_dir, model_path
+from mergekit_tokenplug.methods.base import Need, param_error_message, short_repr
 from mergekit_tokenplug.recipes.yaml_limits import MAX_BYTES, yaml_size_problem
-from mergekit_tokenplug.recipes.yaml_lines import LineMap, document_line_maps, key_string
+from mergekit_tokenplug.recipes.yaml_lines import (
+    LineMap,
+    document_line_maps,
+    key_string,
+    yaml_error,
+)
+from mergekit_tokenplug.resources.embedder import check_embedder_dir
+from mergekit_tokenplug.seam import refusal_reason
+from mergekit_tokenplug.seam.config_patch import merge_configuration
+from mergekit_tokenplug.seam.schema import TokenplugTokenizerConfig, tool_tokens, uses_plugin
 
 APPROX = ("tokenizer", "approximation")
 _WHERE_PREFIX = re.compile(r"^([A-Za-z_][\w.<>\[\]-]*): (.+)$", re.S)
+_BRANCH = re.compile(r"function-\w+\[.*\]|[A-Z]\w*")  # pydantic's union-branch labels
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -106,10 +119,8 @@ def validate_text(text: str, file: str = "recipe", options: Options | None = Non
         maps = document_line_maps(text)
         docs = list(yaml.safe_load_all(text))
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        line = mark.line + 1 if mark is not None else None
-        result.problems.append(Problem(file, line, "", f"malformed YAML ({problem})"))
+        line, message = yaml_error(exc)
+        result.problems.append(Problem(file, line, "", message))
         return result
     if not docs:
         result.problems.append(Problem(file, 1, "", "the file holds no recipe"))
@@ -198,36 +209,8 @@ def _check_cycles(result: FileResult, stages: dict[str, int], maps: list[LineMap
 # ---------------------------------------------------------------- one document
 
 
-def _merge_configuration() -> Any:
-    from mergekit_tokenplug.seam.activation import activate
-
-    activate()
-    from mergekit.config import MergeConfiguration
-
-    return MergeConfiguration
-
-
-def _is_tool_source(source: Any) -> bool:
-    return isinstance(source, dict) and source.get("kind") == "tool"
-
-
-def _tool_tokens(tokenizer: Any) -> list[str]:
-    tokens = tokenizer.get("tokens") if isinstance(tokenizer, dict) else None
-    if not isinstance(tokens, dict):
-        return []
-    return [
-        t
-        for t, cfg in tokens.items()
-        if isinstance(cfg, dict) and _is_tool_source(cfg.get("source"))
-    ]
-
-
-def uses_plugin_keys(doc: Any) -> bool:
-    """Whether a raw recipe document uses keys only the plugin understands."""
-    from mergekit_tokenplug.seam.schema import tokenizer_uses_plugin
-
-    tok = doc.get("tokenizer") if isinstance(doc, dict) else None
-    return tokenizer_uses_plugin(tok)
+def _tool_tokens(tokenizer: dict) -> list[str]:
+    return tool_tokens(tokenizer.get("tokens"))
 
 
 class _DocChecker:
@@ -275,15 +258,13 @@ class _DocChecker:
         if not isinstance(doc, dict):
             self.add((), f"expected a mapping of recipe keys, got {type(doc).__name__}")
             return self.out
-        merge_cfg = _merge_configuration()
+        merge_cfg = merge_configuration()
         self.check_top_level_keys(merge_cfg)
         data = self.without_unknown_tokenizer_keys({k: v for k, v in doc.items() if k != "name"})
-        plugin = uses_plugin_keys(data)
+        plugin = uses_plugin(data)
         active = True
         spec = params = None
         if plugin:
-            from mergekit_tokenplug.seam.activation import refusal_reason
-
             reason = refusal_reason()
             if reason is not None:
                 active = False
@@ -328,8 +309,6 @@ class _DocChecker:
                 self.add((str(key),), message)
         tok = self.doc.get("tokenizer")
         if isinstance(tok, dict):
-            from mergekit_tokenplug.seam.schema import TokenplugTokenizerConfig
-
             valid_tok = tuple(TokenplugTokenizerConfig.model_fields)
             for key in tok:
                 if key not in valid_tok:
@@ -383,8 +362,6 @@ class _DocChecker:
 
     def check_approximation(self, data: dict) -> tuple[Any, Any]:
         """The method and its parameters, error by error (pydantic would stop at the first)."""
-        from mergekit_tokenplug import registry
-
         approx = data["tokenizer"].get("approximation", {})
         if not isinstance(approx, dict):
             self.add(APPROX, f"expected a mapping (method and its parameters), got {approx!r}")
@@ -407,20 +384,8 @@ class _DocChecker:
             return spec, spec.params.model_validate(raw)
         except pydantic.ValidationError as exc:
             for err in exc.errors():
-                self.add((*APPROX, *err["loc"]), self.param_message(spec, err))
+                self.add((*APPROX, *err["loc"]), param_error_message(spec, err))
             return None, None
-
-    @staticmethod
-    def param_message(spec: Any, err: dict) -> str:
-        fields = spec.params.model_fields
-        if err["type"] == "extra_forbidden":
-            valid = ", ".join(sorted(fields)) or "(none)"
-            return f"unknown parameter for method {spec.name!r}; valid: {valid}"
-        if err["type"] == "missing":
-            name = str(err["loc"][0]) if err["loc"] else ""
-            desc = fields[name].description if name in fields else None
-            return f"required by method {spec.name!r}" + (f" ({desc})" if desc else "")
-        return f"{err['msg']} (got {_short(err.get('input'))})"
 
     def check_tool_tokens(self, data: dict) -> dict:
         tok = data["tokenizer"]
@@ -441,6 +406,30 @@ class _DocChecker:
             del data["tokenizer"]["tokens"][token]
         return data
 
+    def meant_branches(self, errors: list[Any]) -> list[Any]:
+        """Errors of the union branches the recipe meant: a branch that rejects the value's
+        ``kind`` is not it, nor one that only misses keys while another has a real error."""
+        branches: dict[tuple, dict[str, list[Any]]] = {}
+        for err in errors:
+            loc = tuple(err["loc"])
+            for i, part in enumerate(loc):
+                if _BRANCH.fullmatch(str(part)) and loc[:i] + (part,) not in self.lines.lines:
+                    branches.setdefault(loc[:i], {}).setdefault(str(part), []).append(err)
+                    break
+        drop: set[int] = set()
+        for options in branches.values():
+            if len(options) < 2:
+                continue
+            rest = {
+                b: errs
+                for b, errs in options.items()
+                if not any(e["loc"][-1] == "kind" and e["type"] == "literal_error" for e in errs)
+            }
+            real = {b for b, errs in rest.items() if any(e["type"] != "missing" for e in errs)}
+            keep = real or set(rest) or set(options)
+            drop |= {id(e) for b, errs in options.items() if b not in keep for e in errs}
+        return [e for e in errors if id(e) not in drop]
+
     def check_schema(self, merge_cfg: Any, data: dict) -> Any:
         """mergekit's own validation (with the plugin's keys), one problem per key."""
         try:
@@ -449,14 +438,14 @@ class _DocChecker:
             from mergekit_tokenplug.seam.schema import chosen_branch_errors
 
             by_key: dict[tuple, list[str]] = {}
-            for err in chosen_branch_errors(exc.errors()):
+            for err in self.meant_branches(chosen_branch_errors(exc.errors())):
                 path, _line = self.lines.resolve(err["loc"])
                 ctx_err = (err.get("ctx") or {}).get("error")
                 msg = str(ctx_err) if isinstance(ctx_err, Exception) else err["msg"]
                 if err["type"] not in ("missing",) and not isinstance(
                     err.get("input"), dict | list
                 ):
-                    msg += f" (got {_short(err.get('input'))})"
+                    msg += f" (got {short_repr(err.get('input'))})"
                 by_key.setdefault(path, [])
                 if msg not in by_key[path]:
                     by_key[path].append(msg)
@@ -544,9 +533,6 @@ class _DocChecker:
 
     def check_models(self, spec: Any) -> bool:
         """True when every reference is an existing local directory (needed to align vocabularies)."""
-        from mergekit_tokenplug.inputs import check_model_dir
-        from mergekit_tokenplug.registry import Need
-
         all_local = True
         seen: set[tuple[str, bool]] = set()
         donor_weights = spec is not None and Need.DONOR_EMBEDDINGS in spec.needs
@@ -555,7 +541,7 @@ class _DocChecker:
                 self.out.stage_refs.add(model)
                 all_local = False
                 continue
-            if not os.path.exists(os.path.expanduser(model)):
+            if not os.path.exists(model_path(model)):
                 all_local = False
                 if self.options.allow_hub and _HUB_ID.fullmatch(model):
                     self.add(
@@ -603,8 +589,6 @@ class _DocChecker:
 
     # -- method resources
     def check_resources(self, spec: Any, params: Any) -> None:
-        from mergekit_tokenplug.registry import Need
-
         corpus = getattr(params, "corpus", None)
         if Need.CORPUS in spec.needs and corpus:
             files: list[str] = []
@@ -627,8 +611,6 @@ class _DocChecker:
                 )
         embedder = getattr(params, "embedder", None)
         if isinstance(embedder, str) and embedder != "self":
-            from mergekit_tokenplug.resources.embedder import check_embedder_dir
-
             try:
                 check_embedder_dir(embedder)
             except TokenplugError as exc:
@@ -636,6 +618,7 @@ class _DocChecker:
 
     # -- OMP's k against the shared tokens
     def check_shared_tokens(self, config: Any, spec: Any, params: Any) -> None:
+        # lazy: loads transformers and mergekit's planner
         from mergekit_tokenplug.recipes.plan import recipe_vocab
 
         k = getattr(params, "k", None)
@@ -667,11 +650,6 @@ class _DocChecker:
                 (*APPROX, "k"),
                 f"must be <= {n} shared tokens (got {k}; model {model} and {source} share {n} regular tokens)",
             )
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _has_text(path: str, chunk: int = 1 << 16) -> bool:

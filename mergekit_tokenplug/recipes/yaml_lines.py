@@ -101,3 +101,10 @@ def document_line_maps(text: str) -> list[LineMap]:
     Documents are returned in the same order as ``yaml.safe_load_all`` yields them.
     """
     return [line_map(node) for node in yaml.compose_all(text, Loader=yaml.SafeLoader)]
+
+
+def yaml_error(exc: yaml.YAMLError) -> tuple[int | None, str]:
+    """(line, message) of a YAML syntax error, as every command reports it."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return (mark.line + 1 if mark is not None else None), f"malformed YAML ({problem})"

@@ -9,12 +9,10 @@ installed: recipes that use the plugin's keys are refused instead of silently ru
 from __future__ import annotations
 
 import logging
-import os
 import threading
-from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
 
-from mergekit_tokenplug.seam import SUPPORTED_MERGEKIT_VERSIONS
+from mergekit_tokenplug.seam import refusal_reason
 
 LOG = logging.getLogger("mergekit_tokenplug")
 _LOCK = threading.RLock()
@@ -24,28 +22,6 @@ CLI_MODULES = {
     "mergekit.scripts.run_yaml": "config_file",
     "mergekit.scripts.multimerge": "config_file",
 }
-
-
-def mergekit_version() -> str:
-    try:
-        return version("mergekit")
-    except PackageNotFoundError:  # pragma: no cover - mergekit is a hard dependency
-        return "unknown"
-
-
-def refusal_reason() -> str | None:
-    """Why the plugin must not patch behaviour (None when it may)."""
-    if os.environ.get("MERGEKIT_TOKENPLUG_DISABLE", "").strip().lower() in {
-        "1",
-        "true",
-        "yes",
-        "on",
-    }:
-        return "the plugin is disabled (MERGEKIT_TOKENPLUG_DISABLE is set)"
-    found = mergekit_version()
-    if found not in SUPPORTED_MERGEKIT_VERSIONS:
-        return f"mergekit {found} is installed and mergekit-tokenplug supports only {', '.join(SUPPORTED_MERGEKIT_VERSIONS)}"
-    return None
 
 
 def on_module_loaded(name: str, module: ModuleType) -> None:
@@ -58,23 +34,27 @@ def on_module_loaded(name: str, module: ModuleType) -> None:
         if reason and "disabled" not in reason and name == "mergekit.config":
             LOG.warning("mergekit-tokenplug inactive: %s", reason)
         if name == "mergekit.config":
+            # lazy: each patch loads with its mergekit module
             from mergekit_tokenplug.seam import config_patch
 
             config_patch.apply(module, refuse_reason=reason)
+        elif name in CLI_MODULES:  # also when refusing: plugin recipes get validate's message
+            # lazy: each patch loads with its mergekit module
+            from mergekit_tokenplug.seam import cli_patch
+
+            cli_patch.apply(module, CLI_MODULES[name])
         elif reason:
             return
         elif name == "mergekit.plan":
+            # lazy: each patch loads with its mergekit module
             from mergekit_tokenplug.seam import planner
 
             planner.apply(module)
         elif name == "mergekit.merge":
+            # lazy: each patch loads with its mergekit module
             from mergekit_tokenplug.seam import run
 
             run.apply(module)
-        elif name in CLI_MODULES:
-            from mergekit_tokenplug.seam import cli_patch
-
-            cli_patch.apply(module, CLI_MODULES[name])
 
 
 def activate() -> None:

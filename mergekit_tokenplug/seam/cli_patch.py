@@ -1,11 +1,13 @@
-"""One-line errors from ``mergekit-yaml`` / ``mergekit-multi`` for recipes the plugin reads.
+"""``mergekit-yaml`` / ``mergekit-multi`` refuse a bad plugin recipe before any weight loads.
 
 Stock mergekit prints a traceback for malformed YAML and a multi-line pydantic report for a
 bad key, and silently drops unknown keys. The wrapped click callbacks refuse keys that look
-like misspelt plugin/tokenizer keys before anything runs, and turn malformed YAML (any
-recipe) and validation errors of recipes that use the plugin's keys into
-``Error: FILE[:LINE]: key: message`` and exit 1; any other failure of such a recipe (a full
-disk, say) is one line too unless ``-v`` is given.
+like misspelt plugin/tokenizer keys anywhere in a recipe, then fail a plugin recipe with the
+first line ``recipes validate`` prints for it (one rule, one message:
+``Error: FILE:LINE key: message``, exit 1). Any other failure of such a recipe (a full disk,
+say) is one line too unless ``-v`` is given. Recipes without the plugin's keys run stock;
+their malformed YAML gets the same one line instead of a traceback (only while the plugin is
+active).
 """
 
 from __future__ import annotations
@@ -20,45 +22,36 @@ import yaml
 
 from mergekit_tokenplug.compute.progress import bars_disabled
 from mergekit_tokenplug.errors import ConfigError, TokenplugError, one_line_error
+from mergekit_tokenplug.recipes.validate import validate_path
+from mergekit_tokenplug.recipes.yaml_lines import yaml_error
+from mergekit_tokenplug.seam import refusal_reason
 from mergekit_tokenplug.seam.schema import (
-    REQUIRES_KEY,
-    STOCK_TOKENIZER_KEYS,
     check_near_misses,
-    has_tool_tokens,
     one_line_validation_error,
+    uses_plugin,
 )
 
 
-def _documents(path: str) -> list[Any]:
+def _documents(path: str) -> list[Any] | None:
+    """The recipe's YAML documents ([] when unreadable, None when malformed)."""
     try:
         with open(path, encoding="utf-8") as fh:
             return list(yaml.safe_load_all(fh))
-    except (OSError, yaml.YAMLError):
+    except OSError:
         return []
+    except yaml.YAMLError:
+        return None
 
 
-def _uses_plugin_keys(docs: list[Any]) -> bool:
-    """Plugin (or unknown) tokenizer keys, or the ``parameters.requires`` marker."""
-    return any(
-        isinstance(d, dict)
-        and (
-            (
-                isinstance(d.get("tokenizer"), dict)
-                and (
-                    any(k not in STOCK_TOKENIZER_KEYS for k in d["tokenizer"])
-                    or has_tool_tokens(d["tokenizer"].get("tokens"))
-                )
-            )
-            or (isinstance(d.get("parameters"), dict) and REQUIRES_KEY in d["parameters"])
-        )
-        for d in docs
-    )
-
-
-def yaml_error(exc: yaml.YAMLError, path: str) -> ConfigError:
-    mark = getattr(exc, "problem_mark", None)
-    where = f"{path}:{mark.line + 1}" if mark is not None else path
-    return ConfigError(f"malformed YAML ({getattr(exc, 'problem', None) or exc})", where=where)
+def first_problem(path: str, docs: list[Any] | None) -> str | None:
+    """The line ``recipes validate`` prints first for a recipe file, or None when it passes
+    (or does not use the plugin)."""
+    if docs is not None and not any(uses_plugin(d) for d in docs):
+        return None
+    if docs is None and refusal_reason() is not None:
+        return None
+    errors = validate_path(path).errors
+    return errors[0].format() if errors else None
 
 
 def apply(script_module: ModuleType, config_arg: str) -> None:
@@ -71,9 +64,13 @@ def apply(script_module: ModuleType, config_arg: str) -> None:
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         path = kwargs.get(config_arg, "")
         docs = _documents(path)
+        plugin = any(uses_plugin(d) for d in docs or ())
         try:
-            for doc in docs:
+            for doc in docs or ():
                 check_near_misses(doc)
+            problem = first_problem(path, docs)
+            if problem is not None:
+                raise ConfigError(problem)
             # the click callback is mergekit's add_merge_options wrapper: options arrive as
             # separate keyword arguments
             with bars_disabled(bool(kwargs.get("quiet", False))):
@@ -89,9 +86,10 @@ def apply(script_module: ModuleType, config_arg: str) -> None:
                 )
             return result
         except yaml.YAMLError as exc:
-            raise yaml_error(exc, path) from None
+            line, message = yaml_error(exc)
+            raise ConfigError(message, where=f"{path}:{line}" if line else path) from None
         except pydantic.ValidationError as exc:
-            if _uses_plugin_keys(docs):
+            if plugin:
                 raise ConfigError(one_line_validation_error(exc, path)) from None
             raise
         except TokenplugError as exc:
@@ -102,7 +100,7 @@ def apply(script_module: ModuleType, config_arg: str) -> None:
             raise
         except Exception as exc:
             options = kwargs.get("merge_options")
-            if getattr(options, "verbosity", 0) or not _uses_plugin_keys(docs):
+            if getattr(options, "verbosity", 0) or not plugin:
                 raise
             raise ConfigError(one_line_error(exc)) from None
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Annotated, Dict, Optional, Union  # noqa: UP035 (runtime types)
+from typing import Annotated, Any, Dict, Optional, Union  # noqa: UP035 (runtime types)
 
 from mergekit.common import ModelReference
 from mergekit.tokenizer.config import TokenizerConfig
 from pydantic import BeforeValidator
 from pydantic.fields import FieldInfo
 
+from mergekit_tokenplug.seam import refusal_reason
 from mergekit_tokenplug.seam.schema import (
     PluginTokenizerField,
+    TokenplugTokenizerConfig,
+    ToolTokenSource,
     refuse_plugin_keys,
     refuse_requirement,
     take_requirement,
@@ -26,6 +29,9 @@ def apply(config_module: ModuleType, refuse_reason: str | None = None) -> None:
     Refusing: plain config behind a validator that rejects plugin keys with the reason.
     """
     merge_cfg = config_module.MergeConfiguration
+    if getattr(merge_cfg, "_tokenplug_patched", False):
+        return
+    merge_cfg._tokenplug_patched = True
     field = merge_cfg.model_fields["tokenizer"]
     params = merge_cfg.model_fields["parameters"]
     setting = Optional[Dict[str, config_module.ParameterSetting]]  # noqa: UP006, UP045
@@ -40,12 +46,20 @@ def apply(config_module: ModuleType, refuse_reason: str | None = None) -> None:
     merge_cfg.model_rebuild(force=True)
 
 
+def merge_configuration() -> Any:
+    """mergekit's ``MergeConfiguration`` with the plugin's keys (or their refusal) in place,
+    whether or not the start-up hook ran in this process."""
+    import mergekit.config
+
+    apply(mergekit.config, refuse_reason=refusal_reason())
+    return mergekit.config.MergeConfiguration
+
+
 def _allow_tool_sources() -> None:
     """Add ``kind: tool`` to the per-token sources and ``special: bool`` to the per-token
     settings, then rebuild the models that embed them."""
     from mergekit.tokenizer import config as tok_config
 
-    from mergekit_tokenplug.seam.schema import TokenplugTokenizerConfig, ToolTokenSource
 
     emb_cfg = tok_config.TokenEmbeddingConfig
     emb_cfg.model_fields["source"].annotation = Union[  # noqa: UP007 (runtime type)

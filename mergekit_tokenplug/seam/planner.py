@@ -8,56 +8,22 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 from types import ModuleType
 from typing import Any
 
-from mergekit.architecture import WeightInfo, arch_info_for_config
-from mergekit.common import ImmutableMap, ModelReference
+from mergekit.architecture import WeightInfo
+from mergekit.common import ImmutableMap
 from mergekit.io.tasks import GatherTensors
 from mergekit.tokenizer.build import BuildTokenizer, TokenizerInfo
 from mergekit.tokenizer.embed import PermutedVocabulary
 
-from mergekit_tokenplug import registry
 from mergekit_tokenplug.errors import InputError
-from mergekit_tokenplug.registry import Need
+from mergekit_tokenplug.seam.roles import align_settings, role_weight, weight_role
 from mergekit_tokenplug.seam.schema import ToolTokenSource, uses_plugin
 from mergekit_tokenplug.seam.union_order import OrderedBuildTokenizer
 from mergekit_tokenplug.seam.vocab_task import AlignVocabulary, ApproximatedVocabulary
 
 LOG = logging.getLogger(__name__)
-_HEAD_NAME = re.compile(r"(^|\.)(lm_head|embed_out|output)\.weight$")
-
-
-def weight_role(weight: WeightInfo) -> str:
-    """``output`` for the LM head (tied to the embeddings when ``tied_names`` is set)."""
-    return "output" if weight.tied_names or _HEAD_NAME.search(weight.name) else "input"
-
-
-def role_weight(donor: ModelReference, role: str, trust_remote_code: bool) -> WeightInfo:
-    """A model's own tensor for a role, found from its architecture (a donor may differ from the base)."""
-    cfg = donor.config(trust_remote_code=trust_remote_code)
-    arch = arch_info_for_config(cfg)
-    if arch is None:
-        raise InputError(
-            f"mergekit does not know the architecture {getattr(cfg, 'architectures', None)} of the donor {donor.model.path}",
-            where="tokenizer.source",
-        )
-    vocab_weights = [w for w in arch.all_weights(cfg) if w.vocabulary_axis is not None]
-    inputs = [w for w in vocab_weights if weight_role(w) == "input"]
-    outputs = [w for w in vocab_weights if weight_role(w) == "output"]
-    if not inputs:
-        raise InputError(
-            f"found no input embedding tensor in the donor {donor.model.path}",
-            where="tokenizer.source",
-        )
-    if role == "output" and outputs:
-        head = outputs[0]
-        tied = tuple(head.tied_names or ()) or (inputs[0].name,)
-        return head.model_copy(update={"optional": False, "tied_names": tied})
-    return inputs[0]
-
-
 def apply(plan_module: ModuleType) -> None:
     planner_cls = plan_module.MergePlanner
     if getattr(planner_cls, "_tokenplug_patched", False):
@@ -70,7 +36,7 @@ def apply(plan_module: ModuleType) -> None:
         original_init(self, config, arch_info, options, out_model_config)
         plugin = uses_plugin(config) and self._tokenizer_task is not None
         if plugin:
-            _swap_tool_aware_tokenizer(self)
+            self._tokenizer_task = tokenizer_task(self.config, self.options.trust_remote_code)
         self._tokenplug_align = _align_task(self) if plugin else None
 
     @functools.wraps(original_plan_tensor)
@@ -137,52 +103,22 @@ class ToolAwareBuildTokenizer(OrderedBuildTokenizer):
         return info
 
 
-def _swap_tool_aware_tokenizer(planner: Any) -> None:
-    """The plugin's tokenizer task: reproducible union order, tool and special tokens added
-    unnormalized."""
-    tokens = planner.config.tokenizer.tokens or {}
+def tokenizer_task(config: Any, trust_remote_code: bool) -> BuildTokenizer:
+    """The task building a plugin recipe's output tokenizer (the run's, and ``plan``'s):
+    reproducible union order, tool and special tokens added unnormalized."""
+    tokens = config.tokenizer.tokens or {}
     tools = tuple(t for t, c in tokens.items() if isinstance(c.source, ToolTokenSource))
     special = tuple(t for t, c in tokens.items() if getattr(c, "special", False))
-    stock = planner._tokenizer_task
-    fields = {k: getattr(stock, k) for k in BuildTokenizer.model_fields}
-    fields["add_tokens"] = tuple(
-        t for t in stock.add_tokens or () if t not in tools and t not in special
+    return ToolAwareBuildTokenizer(
+        base_model=config.base_model,
+        referenced_models=tuple(config.referenced_models()),
+        tokenizer_source=config.tokenizer.source,
+        trust_remote_code=trust_remote_code,
+        add_tokens=tuple(t for t in tokens if t not in tools and t not in special),
+        tool_tokens=tools,
+        forced=tuple(t for t in tools if tokens[t].force),
+        special_tokens=special,
     )
-    forced = tuple(t for t in tools if tokens[t].force)
-    planner._tokenizer_task = ToolAwareBuildTokenizer(
-        **fields, tool_tokens=tools, forced=forced, special_tokens=special
-    )
-
-
-def needs_donor_embeddings(config: Any) -> bool:
-    """Whether the configured method reads the donor's embedding rows."""
-    return Need.DONOR_EMBEDDINGS in registry.get(config.tokenizer.approximation.method).needs
-
-
-def align_settings(config: Any) -> dict[str, Any]:
-    """Donor and row-count settings for a plugin config (shared by runs and dry-run plans).
-
-    The donor is the tokenizer source when it is not a merge input and the method reads its
-    embeddings; the output row count follows the source model's config (whose tokenizer must
-    not hold ids past it), else the base model's; never fewer rows than output tokens (tokens
-    the recipe adds get rows of their own).
-    """
-    source = config.tokenizer.source
-    models = list(config.referenced_models())
-    donor: ModelReference | None = None
-    if isinstance(source, ModelReference):
-        reference, cut = source, True
-        if source not in models and needs_donor_embeddings(config):
-            donor = source
-    else:
-        reference, cut = (config.base_model or models[0]), False
-    return {
-        "donor": donor,
-        "reference_rows_model": reference,
-        "cut_to_reference": cut,
-        "pad_to_multiple_of": config.tokenizer.pad_to_multiple_of,
-        "recipe_tokens": tuple(config.tokenizer.tokens or {}),
-    }
 
 
 def _align_task(planner: Any) -> AlignVocabulary:

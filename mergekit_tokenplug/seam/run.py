@@ -17,9 +17,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from mergekit.common import ModelReference
+import pydantic
+from mergekit.common import ModelPath, ModelReference
 
-from mergekit_tokenplug import report
+from mergekit_tokenplug import report, settings
 from mergekit_tokenplug.compute.distributed import is_main_process
 from mergekit_tokenplug.errors import InputError
 from mergekit_tokenplug.inputs import (
@@ -27,6 +28,7 @@ from mergekit_tokenplug.inputs import (
     check_same_width,
     is_local,
     is_pickle,
+    model_path,
     tensor_shapes,
     weight_files,
 )
@@ -37,6 +39,7 @@ from mergekit_tokenplug.output.config_fix import fix_config, strip_loader_flags
 from mergekit_tokenplug.output.manifest import input_record, write_manifest
 from mergekit_tokenplug.output.modes import apply_umask
 from mergekit_tokenplug.output.side_files import TOOL_PRIORS
+from mergekit_tokenplug.seam.roles import needs_donor_embeddings, tokenizer_donor
 from mergekit_tokenplug.seam.schema import uses_plugin
 
 LOG = logging.getLogger("mergekit_tokenplug")
@@ -72,6 +75,7 @@ def run_plugin_merge(
 ) -> None:
     """Stock merge into a temp dir, then finalize and move into place."""
     recipe = config_source or merge_config.to_yaml()
+    expand_model_paths(merge_config)
     check_inputs(
         merge_config, allow_pickle=allow_pickle, trust_remote_code=options.trust_remote_code
     )
@@ -102,6 +106,23 @@ def run_plugin_merge(
             tmp, merge_config, recipe, options, write_card=write_card, name=Path(out_path).name
         )
     LOG.info("wrote %s", out_path)
+
+
+def expand_model_paths(node: Any) -> None:
+    """Point every model reference where validation looked (``inputs.model_path``: ``~``
+    expanded), in place: the config is frozen, and its references are shared by the plan."""
+    if isinstance(node, ModelPath):
+        if node.path != model_path(node.path):
+            object.__setattr__(node, "path", model_path(node.path))
+    elif isinstance(node, pydantic.BaseModel):
+        for name in type(node).model_fields:
+            expand_model_paths(getattr(node, name))
+    elif isinstance(node, list | tuple):
+        for item in node:
+            expand_model_paths(item)
+    elif isinstance(node, dict):
+        for item in node.values():
+            expand_model_paths(item)
 
 
 class _DiscardingWriter:
@@ -144,8 +165,6 @@ def check_inputs(
     """Fail fast, with the path in the message, before mergekit touches any weight."""
     from mergekit.common import dtype_from_name
 
-    from mergekit_tokenplug.seam.planner import needs_donor_embeddings
-
     for key in ("dtype", "out_dtype"):
         name = getattr(merge_config, key, None)
         try:
@@ -166,11 +185,11 @@ def check_inputs(
         )
         check_embedding_rows(model, where, trust_remote_code)
     check_same_width([m.model.path for m in models])
-    source = merge_config.tokenizer.source
-    if isinstance(source, ModelReference) and source not in merge_config.referenced_models():
+    donor = tokenizer_donor(merge_config)
+    if donor is not None:
         need_weights = needs_donor_embeddings(merge_config)
         check_model_dir(
-            source.model.path,
+            donor.model.path,
             where="tokenizer.source",
             need_tokenizer=True,
             need_weights=need_weights,
@@ -178,7 +197,7 @@ def check_inputs(
             trust_remote_code=trust_remote_code,
         )
         if need_weights:
-            check_embedding_rows(source, "tokenizer.source", trust_remote_code)
+            check_embedding_rows(donor, "tokenizer.source", trust_remote_code)
 
 
 def check_embedding_rows(model: ModelReference, where: str, trust_remote_code: bool) -> None:
@@ -186,7 +205,7 @@ def check_embedding_rows(model: ModelReference, where: str, trust_remote_code: b
     (read from the safetensors headers; pickles are left to the run)."""
     from mergekit.tokenizer.build import get_vocab_size
 
-    from mergekit_tokenplug.seam.planner import role_weight
+    from mergekit_tokenplug.seam.roles import role_weight
 
     path = model.model.path
     if not is_local(path) or is_pickle(weight_files(path, where)):
@@ -296,8 +315,9 @@ def finalize(
         {"role": "model", **input_record(m.model.path)}
         for m in sorted(merge_config.referenced_models(), key=str)
     ]
-    if isinstance(source, ModelReference) and source not in merge_config.referenced_models():
-        inputs.append({"role": "donor", **input_record(source.model.path)})
+    donor = tokenizer_donor(merge_config)
+    if donor is not None:
+        inputs.append({"role": "donor", **input_record(donor.model.path)})
     write_manifest(
         out_dir,
         inputs=inputs,
@@ -308,6 +328,7 @@ def finalize(
             "seed": options.random_seed,
             "bos": bos,
             "side_files": {"tool_token_priors": priors} if priors else {},
+            "settings": settings.output_settings(),
         },
     )
     apply_umask(out_dir)

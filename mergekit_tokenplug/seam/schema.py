@@ -16,6 +16,7 @@ import pydantic
 from mergekit.tokenizer.config import TokenizerConfig
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
+from mergekit_tokenplug import registry
 from mergekit_tokenplug.errors import ConfigError
 
 PLUGIN_TOKENIZER_KEYS = ("approximation", "add_bos")
@@ -39,15 +40,7 @@ class ApproximationConfig(BaseModel):
 
     @pydantic.model_validator(mode="after")
     def _check_method(self) -> ApproximationConfig:
-        from mergekit_tokenplug import registry
-
-        spec = registry.get(self.method)
-        if registry.Need.MODEL_FORWARD in spec.needs:
-            raise ConfigError(
-                f"method {self.method!r} initializes individual tokens; use tokenizer.tokens.<token>.source: {{kind: {self.method}, name: ..., description: ...}}",
-                where="tokenizer.approximation.method",
-            )
-        spec.parse_params(self.method_params())
+        registry.get(self.method).parse_params(self.method_params())
         return self
 
     def method_params(self) -> dict[str, Any]:
@@ -55,8 +48,6 @@ class ApproximationConfig(BaseModel):
         return dict(self.__pydantic_extra__ or {})
 
     def parsed_params(self) -> Any:
-        from mergekit_tokenplug import registry
-
         return registry.get(self.method).parse_params(self.method_params())
 
     def key(self) -> str:
@@ -285,16 +276,17 @@ def refuse_requirement(reason: str):
     return _refuse
 
 
-def has_tool_tokens(tokens: Any) -> bool:
-    """Whether a raw or validated ``tokenizer.tokens`` mapping holds a ``kind: tool`` source."""
+def tool_tokens(tokens: Any) -> list[str]:
+    """The tokens of a raw or validated ``tokenizer.tokens`` mapping with a ``kind: tool`` source."""
     if not isinstance(tokens, dict):
-        return False
-    for cfg in tokens.values():
+        return []
+    found = []
+    for token, cfg in tokens.items():
         source = cfg.get("source") if isinstance(cfg, dict) else getattr(cfg, "source", None)
         kind = source.get("kind") if isinstance(source, dict) else getattr(source, "kind", None)
         if kind == "tool":
-            return True
-    return False
+            found.append(token)
+    return found
 
 
 def has_special_tokens(tokens: Any) -> bool:
@@ -315,7 +307,7 @@ def _tokenizer_kind(value: Any) -> str:
         return "plugin"
     if isinstance(value, dict) and (
         any(k not in STOCK_TOKENIZER_KEYS for k in value)
-        or has_tool_tokens(value.get("tokens"))
+        or tool_tokens(value.get("tokens"))
         or has_special_tokens(value.get("tokens"))
     ):
         return "plugin"  # plugin keys, or unknown keys the plugin model refuses by name
@@ -328,9 +320,15 @@ PluginTokenizerField = Annotated[
 ]
 
 
-def uses_plugin(merge_config: Any) -> bool:
-    """Whether a validated MergeConfiguration asks for the plugin's behaviour."""
-    return isinstance(getattr(merge_config, "tokenizer", None), TokenplugTokenizerConfig)
+def uses_plugin(recipe: Any) -> bool:
+    """Whether a recipe asks for the plugin's behaviour (its tokenizer keys, a ``kind: tool``
+    or ``special`` token, unknown tokenizer keys it refuses by name, or the
+    ``parameters.requires`` marker): a validated MergeConfiguration or a raw YAML document."""
+    tok = recipe.get("tokenizer") if isinstance(recipe, dict) else getattr(recipe, "tokenizer", None)
+    if isinstance(recipe, dict) and isinstance(recipe.get("parameters"), dict):
+        if REQUIRES_KEY in recipe["parameters"]:  # the marker a recipe needing the plugin carries
+            return True
+    return _tokenizer_kind(tok) == "plugin"
 
 
 def refuse_plugin_keys(reason: str):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mergekit_tokenplug.registry import Need
+from mergekit_tokenplug.methods.base import Need
 
 TOOL_METHOD = "tool"
 TOOL_SOURCE = "tool prior"

@@ -15,7 +15,7 @@ import transformers
 from mergekit.common import ModelReference
 
 from mergekit_tokenplug.methods.base import EstimationProblem
-from mergekit_tokenplug.registry import get
+from mergekit_tokenplug.methods.tool import ToolParams, estimate_tool
 from mergekit_tokenplug.seam.schema import ToolTokenSource
 from mergekit_tokenplug.tooltokens.train import pooled_hidden_states
 
@@ -93,7 +93,6 @@ def tool_token_rows(
 
     pieces = split_base(texts)
     prior_role = "output" if role == "output" or tied else "input"
-    spec = get("tool")
     rows = torch.empty((len(tools), matrix.shape[1]), dtype=torch.float32, device=device)
     for scale in sorted({t.scale for t in tools}):  # the prior's scale is set per token
         idx = [i for i, t in enumerate(tools) if t.scale == scale]
@@ -102,15 +101,12 @@ def tool_token_rows(
             anchor_ids=torch.empty(0, dtype=torch.long, device=device),
             n_targets=len(idx),
             target_texts=[texts[i] for i in idx],
+            target_pieces=[pieces[i] for i in idx],
+            model_forward=forward,
             role=prior_role,
             label=f"tool tokens {model.model.path}",
-            extras={
-                "model_forward": forward,
-                "tool_descriptions": [texts[i] for i in idx],
-                "tool_description_pieces": [pieces[i] for i in idx],
-            },
         )
-        rows[torch.tensor(idx, device=device)] = spec.estimate(
-            problem, spec.parse_params({"scale": scale})
+        rows[torch.tensor(idx, device=device)] = estimate_tool(
+            problem, ToolParams(scale=scale)
         ).float()
     return rows

@@ -24,13 +24,13 @@ from mergekit.common import ModelReference
 from mergekit.graph import Task
 from mergekit.io.tasks import GatherTensors
 from mergekit.tokenizer.build import BuildTokenizer, TokenizerInfo, get_vocab_size
-from mergekit.tokenizer.config import TokenEmbeddingConfig
 from mergekit.tokenizer.embed import PermutedVocabulary
 
 from mergekit_tokenplug import registry, report
 from mergekit_tokenplug.errors import InputError
 from mergekit_tokenplug.fill import SourceSpace, TextSupport, check_finite, fill_matrix
-from mergekit_tokenplug.seam.method_resources import method_extras
+from mergekit_tokenplug.resources.corpus import read_corpus, resolve_corpus, tokenize_corpus
+from mergekit_tokenplug.seam.method_resources import method_inputs
 from mergekit_tokenplug.seam.schema import ApproximationConfig, ToolTokenSource
 from mergekit_tokenplug.seam.tool_counts import count_as_tool, unknown_token_method
 from mergekit_tokenplug.seam.tool_rows import tool_token_rows
@@ -65,8 +65,6 @@ class VocabPlan:
 
     def corpus_ids(self, patterns: tuple[str, ...]) -> list[torch.Tensor]:
         """The corpus tokenized by the output tokenizer, read once per merge."""
-        from mergekit_tokenplug.resources.corpus import read_corpus, resolve_corpus, tokenize_corpus
-
         if patterns not in self._corpora:
             self._corpora[patterns] = tokenize_corpus(
                 self.tokenizer, read_corpus(resolve_corpus(list(patterns)))
@@ -74,12 +72,9 @@ class VocabPlan:
         return self._corpora[patterns]
 
     @functools.cached_property
-    def _output_texts(self) -> list[str]:
-        return token_texts(self.tokenizer, list(range(self.n_tokens)))
-
     def output_texts(self) -> list[str]:
         """Decoded text of every output token, computed once per merge."""
-        return self._output_texts
+        return token_texts(self.tokenizer, list(range(self.n_tokens)))
 
     def summary(self) -> dict[str, Any]:
         """Counts for the log, card and manifest."""
@@ -103,7 +98,7 @@ class VocabPlan:
                 return [[i for i in ids if i < rows] for ids in pieces]
 
             self._texts[key] = TextSupport(
-                out_texts=lambda ids: [self.output_texts()[int(i)] for i in ids],
+                out_texts=lambda ids: [self.output_texts[int(i)] for i in ids],
                 split_base=split_base,
                 # specials get "" (no text): they are never a method's text neighbours
                 base_vocab_texts=functools.cache(
@@ -325,7 +320,7 @@ class ApproximatedVocabulary(PermutedVocabulary):
             spaces[mv.name] = SourceSpace(
                 mv.name, views[m], mv.alignment.src_ids, anchor_mask=plan.regular
             )
-        order = sorted(models, key=lambda m: (m != self.base_model, models.index(m)))
+        order = source_order(models, self.base_model)
         donor_space = None
         if donor:
             d_ref, d_tensor = next(iter(donor.items()))
@@ -341,7 +336,9 @@ class ApproximatedVocabulary(PermutedVocabulary):
                 anchor_mask=plan.regular,
             )
 
-        forced, explicit, tools = self._token_overrides(plan)
+        forced, explicit, tools = token_overrides(
+            self.tokens, plan.tokenizer.get_vocab(), plan.n_tokens
+        )
         result = {}
         for m in models:
             mv = plan.models[model_key(m)]
@@ -349,7 +346,7 @@ class ApproximatedVocabulary(PermutedVocabulary):
             if donor_space is not None:
                 sources.append(donor_space)
             texts = plan.text_support(mv.name)
-            extras = method_extras(
+            inputs = method_inputs(
                 spec,
                 params,
                 model=m,
@@ -358,8 +355,8 @@ class ApproximatedVocabulary(PermutedVocabulary):
                 device=views[m].device,
                 show_progress=self.show_progress,
             )
-            if extras:
-                texts = dataclasses.replace(texts, extras={**texts.extras, **extras})
+            if inputs:
+                texts = dataclasses.replace(texts, inputs={**texts.inputs, **inputs})
             filled, rep = fill_matrix(
                 model=mv.name,
                 role=self.role,
@@ -428,24 +425,30 @@ class ApproximatedVocabulary(PermutedVocabulary):
                 where=where,
             )
 
-    def _token_overrides(
-        self, plan: VocabPlan
-    ) -> tuple[np.ndarray | None, dict[str, int], dict[str, tuple[int, ToolTokenSource]]]:
-        """Tokens listed under ``tokenizer.tokens``: forced ones, stock explicit sources, tool tokens."""
-        tools: dict[str, tuple[int, ToolTokenSource]] = {}
-        if not self.tokens:
-            return None, {}, tools
-        vocab = plan.tokenizer.get_vocab()
-        forced = np.zeros(plan.n_tokens, dtype=bool)
-        explicit: dict[str, int] = {}
-        for token, cfg in self.tokens.items():
-            token_id = vocab.get(token)
-            if token_id is None or token_id >= plan.n_tokens:
-                continue
-            assert isinstance(cfg, TokenEmbeddingConfig)
-            forced[token_id] = bool(cfg.force)
-            if isinstance(cfg.source, ToolTokenSource):
-                tools[token] = (token_id, cfg.source)
-            elif cfg.source is not None:
-                explicit[token] = token_id
-        return (forced if forced.any() else None), explicit, tools
+
+def token_overrides(
+    tokens: Any, out_vocab: dict[str, int], n_tokens: int
+) -> tuple[np.ndarray | None, dict[str, int], dict[str, tuple[int, ToolTokenSource]]]:
+    """Tokens listed under ``tokenizer.tokens``: forced ones, stock explicit sources, tool tokens."""
+    tools: dict[str, tuple[int, ToolTokenSource]] = {}
+    if not tokens:
+        return None, {}, tools
+    forced = np.zeros(n_tokens, dtype=bool)
+    explicit: dict[str, int] = {}
+    # ImmutableMap iterates in hash order (salted per process): sort for stable output files.
+    for token, cfg in sorted(tokens.items(), key=lambda kv: kv[0]):
+        token_id = out_vocab.get(token)
+        if token_id is None or token_id >= n_tokens:
+            continue
+        forced[token_id] = bool(getattr(cfg, "force", False))
+        source = getattr(cfg, "source", None)
+        if isinstance(source, ToolTokenSource):
+            tools[token] = (token_id, source)
+        elif source is not None:
+            explicit[token] = token_id
+    return (forced if forced.any() else None), explicit, tools
+
+
+def source_order(models: list[ModelReference], base: ModelReference | None) -> list[ModelReference]:
+    """Input models in the order their spaces are tried for a missing row: the base first."""
+    return sorted(models, key=lambda m: (m != base, models.index(m)))

@@ -1,6 +1,6 @@
 """Align an output vocabulary onto a model's vocabulary: which model row each output id reuses.
 
-Rules (ALGORITHMS.md section 0), for each output id:
+Rules, for each output id:
 
 * special tokens (``special`` added tokens and every bos/eos/unk/pad/cls/sep/mask token):
   the model's added/special token with the identical string; else the model token holding

@@ -215,11 +215,6 @@ def _byte_piece_map() -> dict[str, bytes]:
 _BYTE_PIECE_MAP = _byte_piece_map()
 
 
-def is_byte_piece(token: str) -> bool:
-    """Whether ``token`` is a SentencePiece byte-fallback piece `<0xNN>`."""
-    return token in _BYTE_PIECE_MAP
-
-
 def _splits_off_alone(token: str) -> bool:
     """One punctuation or CJK character: BERT makes it a word of its own (no leading space)."""
     if len(token) != 1:

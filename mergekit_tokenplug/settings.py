@@ -1,0 +1,57 @@
+"""The environment variables the plugin reads, read when asked (never at import time).
+
+Flags share one parse: ``1/true/yes/on`` set them, ``0/false/no/off`` clear them, anything
+else (or unset) leaves the default. Variables that can change output bytes are listed by
+:func:`output_settings` and recorded in the manifest.
+"""
+
+from __future__ import annotations
+
+import os
+
+DISABLE = "MERGEKIT_TOKENPLUG_DISABLE"
+ALLOW_PICKLE = "MERGEKIT_TOKENPLUG_ALLOW_PICKLE"
+OVERWRITE = "MERGEKIT_TOKENPLUG_OVERWRITE"
+ADAPT_THREADS = "MERGEKIT_TOKENPLUG_ADAPT_THREADS"
+SHARD_CHUNK = "MERGEKIT_TOKENPLUG_SHARD_CHUNK"
+CPU_BUDGET_MB = "MERGEKIT_TOKENPLUG_CPU_BUDGET_MB"
+DIST_TIMEOUT_MIN = "MERGEKIT_TOKENPLUG_DIST_TIMEOUT_MIN"
+
+
+def flag(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    return default
+
+
+def number(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, "").strip() or default)
+    except ValueError:
+        return default
+
+
+def adapt_threads() -> bool:
+    """On by default: OMP on CPU uses only the cores other processes leave free."""
+    return flag(ADAPT_THREADS, default=True)
+
+
+def shard_chunk() -> int:
+    """Rows per chunk of a sharded fill: part of the numerical recipe (changes bytes)."""
+    return number(SHARD_CHUNK, 2048)
+
+
+def cpu_budget_bytes() -> int:
+    return number(CPU_BUDGET_MB, 1024) * 1024**2
+
+
+def dist_timeout_min() -> int:
+    return number(DIST_TIMEOUT_MIN, 30)
+
+
+def output_settings() -> dict[str, int]:
+    """The settings that can change output bytes, for the manifest."""
+    return {SHARD_CHUNK: shard_chunk()}
