@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from mergekit_tokenplug.output.bos import bos_sentence
 from mergekit_tokenplug.output.side_files import TOOL_PRIORS
 
 COUNT_KEYS = ("exact", "canonical", "special", "missing")
@@ -21,8 +22,6 @@ def vocabulary_section(
     bos: dict[str, Any] | None = None,
 ) -> str:
     """Markdown: method + parameters, BOS convention, alignment counts per model, rows per matrix."""
-    from mergekit_tokenplug.output.bos import bos_sentence
-
     vocab = report.get("vocabulary", {})
     lines = [
         "## Vocabulary transplant (mergekit-tokenplug)",

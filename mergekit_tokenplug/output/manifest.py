@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import mergekit_tokenplug
+from mergekit_tokenplug.inputs import weight_files
 
 MANIFEST_NAME = "tokenplug_manifest.json"
 
@@ -47,8 +48,6 @@ def versions() -> dict[str, str]:
 
 def input_record(path: str) -> dict[str, Any]:
     """A model input: its path and the sha256 of each weight file mergekit read from it."""
-    from mergekit_tokenplug.inputs import weight_files
-
     p = Path(path)
     files = weight_files(p) if p.is_dir() else []
     return {

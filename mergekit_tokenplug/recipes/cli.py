@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from mergekit_tokenplug.errors import TokenplugError
+from mergekit_tokenplug.recipes.collection import find, recipe_files, summary
 
 
 @contextlib.contextmanager
@@ -108,8 +109,6 @@ def validate(
 @recipes.command("list")
 def list_recipes() -> None:
     """List the curated recipes shipped with the package."""
-    from mergekit_tokenplug.recipes.collection import recipe_files, summary
-
     for path in recipe_files():
         click.echo(f"{path.stem}: {summary(path)}")
 
@@ -119,8 +118,6 @@ def list_recipes() -> None:
 @click.option("--path", "as_path", is_flag=True, help="Print the file's path instead of its text.")
 def show_recipe(name: str, as_path: bool) -> None:
     """Print a shipped recipe (NAME: file name, stem or number, e.g. 01)."""
-    from mergekit_tokenplug.recipes.collection import find
-
     path = find(name)
     click.echo(str(path) if as_path else path.read_text(encoding="utf-8"), nl=as_path)
 

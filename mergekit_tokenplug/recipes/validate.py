@@ -24,7 +24,7 @@ import yaml
 
 from mergekit_tokenplug import registry
 from mergekit_tokenplug.errors import TokenplugError
-from mergekit_tokenplug.inputs import check_model_dir, model_path
+from mergekit_tokenplug.inputs import check_model_dir, check_same_width, model_path
 from mergekit_tokenplug.methods.base import Need, param_error_message, short_repr
 from mergekit_tokenplug.recipes.yaml_limits import MAX_BYTES, yaml_size_problem
 from mergekit_tokenplug.recipes.yaml_lines import (
@@ -36,7 +36,14 @@ from mergekit_tokenplug.recipes.yaml_lines import (
 from mergekit_tokenplug.resources.embedder import check_embedder_dir
 from mergekit_tokenplug.seam import refusal_reason
 from mergekit_tokenplug.seam.config_patch import merge_configuration
-from mergekit_tokenplug.seam.schema import TokenplugTokenizerConfig, tool_tokens, uses_plugin
+from mergekit_tokenplug.seam.schema import (
+    TokenplugTokenizerConfig,
+    chosen_branch_errors,
+    near_misses,
+    tool_tokens,
+    unknown_key_message,
+    uses_plugin,
+)
 
 APPROX = ("tokenizer", "approximation")
 _WHERE_PREFIX = re.compile(r"^([A-Za-z_][\w.<>\[\]-]*): (.+)$", re.S)
@@ -298,8 +305,6 @@ class _DocChecker:
         return self.out
 
     def check_top_level_keys(self, merge_cfg: Any) -> None:
-        from mergekit_tokenplug.seam.schema import near_misses, unknown_key_message
-
         valid = set(merge_cfg.model_fields) | ({"name"} if self.result.multi else set())
         # near_misses words a misplaced plugin key the way the stock commands refuse it
         hints = dict(near_misses({k: v for k, v in self.doc.items() if k not in valid}))
@@ -323,8 +328,6 @@ class _DocChecker:
     @staticmethod
     def without_unknown_tokenizer_keys(data: dict) -> dict:
         """Unknown tokenizer keys are reported by check_top_level_keys; validate the rest."""
-        from mergekit_tokenplug.seam.schema import TokenplugTokenizerConfig
-
         tok = data.get("tokenizer")
         if not isinstance(tok, dict):
             return data
@@ -435,8 +438,6 @@ class _DocChecker:
         try:
             return merge_cfg.model_validate(data)
         except pydantic.ValidationError as exc:
-            from mergekit_tokenplug.seam.schema import chosen_branch_errors
-
             by_key: dict[tuple, list[str]] = {}
             for err in self.meant_branches(chosen_branch_errors(exc.errors())):
                 path, _line = self.lines.resolve(err["loc"])
@@ -580,8 +581,6 @@ class _DocChecker:
 
     def check_widths(self, config: Any) -> None:
         """Merged models must share a hidden size (a transplant across widths is a source)."""
-        from mergekit_tokenplug.inputs import check_same_width
-
         try:
             check_same_width([m.model.path for m in config.referenced_models()])
         except TokenplugError as exc:

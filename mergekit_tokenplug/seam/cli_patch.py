@@ -25,6 +25,7 @@ from mergekit_tokenplug.errors import ConfigError, TokenplugError, one_line_erro
 from mergekit_tokenplug.recipes.validate import validate_path
 from mergekit_tokenplug.recipes.yaml_lines import yaml_error
 from mergekit_tokenplug.seam import refusal_reason
+from mergekit_tokenplug.seam.multi_provenance import finalize_multi
 from mergekit_tokenplug.seam.schema import (
     check_near_misses,
     one_line_validation_error,
@@ -76,8 +77,6 @@ def apply(script_module: ModuleType, config_arg: str) -> None:
             with bars_disabled(bool(kwargs.get("quiet", False))):
                 result = callback(*args, **kwargs)
             if script_module.__name__ == "mergekit.scripts.multimerge":
-                from mergekit_tokenplug.seam.multi_provenance import finalize_multi
-
                 finalize_multi(
                     path,
                     kwargs.get("intermediate_dir", ""),

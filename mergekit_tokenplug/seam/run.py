@@ -39,7 +39,7 @@ from mergekit_tokenplug.output.config_fix import fix_config, strip_loader_flags
 from mergekit_tokenplug.output.manifest import input_record, write_manifest
 from mergekit_tokenplug.output.modes import apply_umask
 from mergekit_tokenplug.output.side_files import TOOL_PRIORS
-from mergekit_tokenplug.seam.roles import needs_donor_embeddings, tokenizer_donor
+from mergekit_tokenplug.seam.roles import needs_donor_embeddings, role_weight, tokenizer_donor
 from mergekit_tokenplug.seam.schema import uses_plugin
 
 LOG = logging.getLogger("mergekit_tokenplug")
@@ -204,8 +204,6 @@ def check_embedding_rows(model: ModelReference, where: str, trust_remote_code: b
     """The vocabulary tensors exist and their row count is the config's ``vocab_size``
     (read from the safetensors headers; pickles are left to the run)."""
     from mergekit.tokenizer.build import get_vocab_size
-
-    from mergekit_tokenplug.seam.roles import role_weight
 
     path = model.model.path
     if not is_local(path) or is_pickle(weight_files(path, where)):

@@ -16,7 +16,7 @@ import pydantic
 from mergekit.tokenizer.config import TokenizerConfig
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from mergekit_tokenplug import registry
+from mergekit_tokenplug import __version__, registry
 from mergekit_tokenplug.errors import ConfigError
 
 PLUGIN_TOKENIZER_KEYS = ("approximation", "add_bos")
@@ -240,8 +240,6 @@ def take_requirement(parameters: Any) -> Any:
 def check_requirement(value: Any) -> None:
     """``{mergekit-tokenplug: SPEC}``: SPEC (a PEP 440 specifier, may be empty) must match."""
     from packaging.specifiers import InvalidSpecifier, SpecifierSet
-
-    from mergekit_tokenplug import __version__
 
     where = f"parameters.{REQUIRES_KEY}"
     if not isinstance(value, dict) or set(value) != {PLUGIN_NAME}:
