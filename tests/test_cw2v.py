@@ -188,7 +188,7 @@ def _joint_loss(w_rows: torch.Tensor, v_rows: torch.Tensor, problem, seqs, windo
     centres from the input rows (old: base, new: ``w_rows``), contexts and negatives from the
     output rows (old: context_matrix, new: ``v_rows``); fixed negatives, plain loops."""
     w = torch.cat([problem.base, w_rows])
-    v = torch.cat([problem.extras["context_matrix"], v_rows])
+    v = torch.cat([problem.context_matrix, v_rows])
     counts = torch.bincount(torch.cat(seqs), minlength=V_OLD + N_CLUSTERS).double()
     probs = counts**0.75 / (counts**0.75).sum()
     g = torch.Generator().manual_seed(99)

@@ -324,7 +324,7 @@ def test_special_tokens_are_never_global_neighbours(zoo):
     problem = EstimationProblem(
         base=base, anchor_ids=torch.arange(0), n_targets=1, target_texts=["</s>"],
         target_pieces=[[]], base_vocab_texts=texts, show_progress=False,
-        extras={"embed_texts": lambda ts: torch.tensor([[1.0] if t == "</s>" else [0.5] for t in ts])},
+        embed_texts=lambda ts: torch.tensor([[1.0] if t == "</s>" else [0.5] for t in ts]),
     )
     spec = registry.get("tokenadapt")
     row = spec.estimate(problem, spec.parse_params({"beta": 1.0, "top_k": 1}))[0]
