@@ -30,10 +30,11 @@ from mergekit.tokenizer.embed import PermutedVocabulary
 from mergekit_tokenplug import registry, report
 from mergekit_tokenplug.errors import InputError
 from mergekit_tokenplug.fill import SourceSpace, TextSupport, check_finite, fill_matrix
+from mergekit_tokenplug.output.manifest import id_ranges
 from mergekit_tokenplug.seam.method_resources import method_extras
 from mergekit_tokenplug.seam.schema import ApproximationConfig, ToolTokenSource
 from mergekit_tokenplug.seam.tool_rows import tool_token_rows
-from mergekit_tokenplug.vocab.align import VocabAlignment, align_vocab
+from mergekit_tokenplug.vocab.align import CANONICAL, VocabAlignment, align_vocab
 from mergekit_tokenplug.vocab.texts import split_texts, token_texts
 
 LOG = logging.getLogger(__name__)
@@ -363,7 +364,14 @@ class ApproximatedVocabulary(PermutedVocabulary):
                 report.add_tool_rows(
                     mv.name, self.weight_name, list(tools), ids.tolist(), rows.cpu()
                 )
-            report.add_fill({**rep.as_dict(), "weight": self.weight_name, "method": approx.method})
+            report.add_fill(
+                {
+                    **rep.as_dict(),
+                    "weight": self.weight_name,
+                    "method": approx.method,
+                    "row_ids": _row_ids(mv.alignment, forced),
+                }
+            )
             result[m] = filled.movedim(0, self.vocabulary_axis)
         return result
 
@@ -403,3 +411,17 @@ class ApproximatedVocabulary(PermutedVocabulary):
             elif cfg.source is not None:
                 explicit[token] = token_id
         return (forced if forced.any() else None), explicit, tools
+
+
+def _row_ids(alignment: VocabAlignment, forced: np.ndarray | None) -> dict[str, list[list[int]]]:
+    """Output ids (as :func:`id_ranges` runs) whose rows were estimated, and those copied
+    through a canonical match (same bytes, other spelling, e.g. a ``<0xNN>`` byte piece):
+    what ``heal`` trains."""
+    copied = alignment.src_ids >= 0
+    if forced is not None:
+        copied &= ~forced
+    canonical = copied & (alignment.how == CANONICAL)
+    return {
+        "estimated": id_ranges(np.flatnonzero(~copied)),
+        "canonical": id_ranges(np.flatnonzero(canonical)),
+    }
