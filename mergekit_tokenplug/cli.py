@@ -342,8 +342,8 @@ def learn_tool_tokens_command(
     type=click.Choice(["estimated", "new", "all"]),
     default="estimated",
     show_default=True,
-    help="estimated: rows the transplant estimated; new: plus rows copied by canonical/byte "
-    "matches; all: whole matrices.",
+    help="estimated: rows the transplant estimated; new: plus rows copied from <0xNN> byte "
+    "pieces; all: whole matrices.",
 )
 @click.option(
     "--matrices",

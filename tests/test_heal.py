@@ -11,6 +11,8 @@ import torch
 from click.testing import CliRunner
 from safetensors import safe_open
 from test_distributed import launch
+from transformers import AutoTokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from mergekit_tokenplug.cli import main
 from mergekit_tokenplug.heal import run_heal
@@ -40,14 +42,24 @@ def corpus(zoo) -> list[str]:
     return [str(zoo.corpus_dir / "*.txt")]
 
 
-def test_manifest_records_the_estimated_rows(transplanted):
+def test_manifest_records_the_estimated_and_byte_fallback_rows(zoo, transplanted):
     manifest = json.loads((transplanted / MANIFEST_NAME).read_text())
     rec = next(r for r in manifest["report"]["matrices"] if r["role"] == "input")
-    assert len(expand_ranges(rec["row_ids"]["estimated"])) == rec["estimated"]
-    assert rec["estimated"] > 0
-    assert rows_to_train(transplanted, "estimated", rec["rows"]) == expand_ranges(
-        rec["row_ids"]["estimated"]
-    )
+    estimated = expand_ranges(rec["row_ids"]["estimated"])
+    assert len(estimated) == rec["estimated"] > 0
+    assert rows_to_train(transplanted, "estimated", rec["rows"]) == estimated
+    # byte-fallback copies: output tokens whose row came from the base's <0xNN> pieces,
+    # i.e. single bytes the base only spells with a byte piece
+    out_tok = AutoTokenizer.from_pretrained(transplanted)
+    base_vocab = AutoTokenizer.from_pretrained(zoo.sp_tied).get_vocab()
+    from_bytes = expand_ranges(rec["row_ids"]["byte_fallback"])
+    assert from_bytes and not set(from_bytes) & set(estimated)
+    byte_of = {ch: b for b, ch in bytes_to_unicode().items()}  # byte-level BPE alphabet
+    for i in from_bytes:
+        token = out_tok.convert_ids_to_tokens(i)
+        assert len(token) == 1 and f"<0x{byte_of[token]:02X}>" in base_vocab
+    new = rows_to_train(transplanted, "new", rec["rows"])
+    assert new == sorted(estimated + from_bytes)
 
 
 def test_only_the_chosen_rows_change_and_the_tied_model_is_untied(zoo, transplanted, tmp_path):

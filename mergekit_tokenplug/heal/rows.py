@@ -1,9 +1,9 @@
 """Which rows heal trains, read from the transplant's manifest.
 
 ``estimated``: rows no input model had (estimated by the transplant's method);
-``new``: those plus rows copied through a canonical match (the same bytes under another
-spelling, e.g. a ``<0xNN>`` byte piece standing for a whole character): copies the base
-model was never trained to see in these contexts; ``all``: the whole matrix.
+``new``: those plus rows copied from one of the model's ``<0xNN>`` byte-fallback pieces (the
+same bytes, but a piece the model only emits when nothing else spells them, so its row was
+barely trained, now standing for a whole token); ``all``: the whole matrix.
 """
 
 from __future__ import annotations
@@ -41,6 +41,6 @@ def rows_to_train(model_dir: str | Path, choice: RowChoice, n_rows: int) -> list
             "expected a transplant's manifest (or pass --rows all)",
             where=str(path),
         )
-    kinds = ("estimated",) if choice == "estimated" else ("estimated", "canonical")
+    kinds = ("estimated",) if choice == "estimated" else ("estimated", "byte_fallback")
     ids = {i for r in records for k in kinds for i in expand_ranges(r["row_ids"].get(k, []))}
     return sorted(i for i in ids if i < n_rows)

@@ -34,7 +34,8 @@ from mergekit_tokenplug.output.manifest import id_ranges
 from mergekit_tokenplug.seam.method_resources import method_extras
 from mergekit_tokenplug.seam.schema import ApproximationConfig, ToolTokenSource
 from mergekit_tokenplug.seam.tool_rows import tool_token_rows
-from mergekit_tokenplug.vocab.align import CANONICAL, VocabAlignment, align_vocab
+from mergekit_tokenplug.vocab.align import VocabAlignment, align_vocab
+from mergekit_tokenplug.vocab.canonical import BYTE_PIECES
 from mergekit_tokenplug.vocab.texts import split_texts, token_texts
 
 LOG = logging.getLogger(__name__)
@@ -369,7 +370,7 @@ class ApproximatedVocabulary(PermutedVocabulary):
                     **rep.as_dict(),
                     "weight": self.weight_name,
                     "method": approx.method,
-                    "row_ids": _row_ids(mv.alignment, forced),
+                    "row_ids": _row_ids(mv.alignment, forced, mv.tokenizer),
                 }
             )
             result[m] = filled.movedim(0, self.vocabulary_axis)
@@ -413,15 +414,19 @@ class ApproximatedVocabulary(PermutedVocabulary):
         return (forced if forced.any() else None), explicit, tools
 
 
-def _row_ids(alignment: VocabAlignment, forced: np.ndarray | None) -> dict[str, list[list[int]]]:
+def _row_ids(
+    alignment: VocabAlignment, forced: np.ndarray | None, model_tokenizer: Any
+) -> dict[str, list[list[int]]]:
     """Output ids (as :func:`id_ranges` runs) whose rows were estimated, and those copied
-    through a canonical match (same bytes, other spelling, e.g. a ``<0xNN>`` byte piece):
-    what ``heal`` trains."""
+    from one of the model's ``<0xNN>`` byte-fallback pieces (rows the model barely trained,
+    now standing for a whole token): what ``heal`` trains."""
     copied = alignment.src_ids >= 0
     if forced is not None:
         copied &= ~forced
-    canonical = copied & (alignment.how == CANONICAL)
+    vocab = model_tokenizer.get_vocab()
+    byte_rows = [vocab[t] for t in BYTE_PIECES if t in vocab]
+    from_bytes = copied & np.isin(alignment.src_ids, np.asarray(byte_rows, dtype=np.int64))
     return {
         "estimated": id_ranges(np.flatnonzero(~copied)),
-        "canonical": id_ranges(np.flatnonzero(canonical)),
+        "byte_fallback": id_ranges(np.flatnonzero(from_bytes)),
     }
