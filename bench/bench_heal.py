@@ -151,7 +151,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--texts", choices=("heldout", "tune"), default="heldout")
     ap.add_argument("--transplant", type=Path, default=None)
     ap.add_argument("--out-dir", type=Path, default=Path("bench/out/heal"))
-    ap.add_argument("--name", default="default", help="Name of this heal variant (its cache key).")
+    ap.add_argument(
+        "--name", default="default", help="Name of this heal variant (its cache key: a second "
+        "run with the same name scores the healed model it wrote on --texts, without healing again)."
+    )
     ap.add_argument("heal_args", nargs="*", help="Options passed to `heal` (after --).")
     args = ap.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -160,7 +163,12 @@ def main(argv: list[str] | None = None) -> None:
     model = with_row_ids(args.transplant or ensure_transplant(args.out_dir), args.out_dir)
     tag = args.texts
     healed_dir = args.out_dir / f"healed-{args.name}"
-    run = timed_heal(model, healed_dir, args.heal_args, args.out_dir / f"summary-{args.name}.json")
+    run_file = args.out_dir / f"run-{args.name}.json"
+    if run_file.exists() and (healed_dir / "tokenplug_manifest.json").exists():
+        run = json.loads(run_file.read_text())  # the same variant scored on other texts
+    else:
+        run = timed_heal(model, healed_dir, args.heal_args, args.out_dir / f"summary-{args.name}.json")
+        run_file.write_text(json.dumps(run, indent=2))
     healed = bpb_records(healed_dir, texts, args.out_dir / f"bpb-{args.name}-{tag}.json")
     trans = bpb_records(model, texts, args.out_dir / f"bpb-transplant-{tag}.json")
     orig = bpb_records(root / "models/gemma3-270m", texts, args.out_dir / f"bpb-original-{tag}.json")
