@@ -17,6 +17,7 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 from mergekit_tokenplug.cli import main
 from mergekit_tokenplug.heal import run_heal
 from mergekit_tokenplug.heal.rows import rows_to_train
+from mergekit_tokenplug.heal.train import prox_toward
 from mergekit_tokenplug.output.manifest import MANIFEST_NAME, expand_ranges, verify_manifest
 from mergekit_tokenplug.surgery import transplant
 
@@ -146,3 +147,14 @@ def test_bad_input_is_one_line_and_leaves_nothing(zoo, transplanted, tmp_path, c
     assert len(lines) == 1 and expected in lines[0], res.output
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
+
+
+def test_the_regularizer_step_shrinks_the_displacement_by_lr_times_lambda():
+    start = torch.zeros(3, 4)
+    rows = torch.full((3, 4), 0.5)  # ||rows - start|| = 0.5 * sqrt(12)
+    norm = float(torch.linalg.norm(rows))
+    prox_toward(rows, start, 0.25)
+    assert float(torch.linalg.norm(rows)) == pytest.approx(norm - 0.25)
+    assert torch.allclose(rows / rows.norm(), torch.full((3, 4), 12**-0.5))  # same direction
+    prox_toward(rows, start, 100.0)
+    assert torch.equal(rows, start)
