@@ -102,9 +102,17 @@ def with_row_ids(transplant_dir: Path, out_dir: Path) -> Path:
     return out
 
 
-def timed_heal(model: Path, out: Path, heal_args: list[str], summary: Path) -> dict[str, Any]:
+def timed_heal(
+    model: Path, out: Path, heal_args: list[str], summary: Path, processes: int = 1
+) -> dict[str, Any]:
+    """Run heal; /usr/bin/time's peak RSS is that of the largest single process."""
     corpus = str(assets.cache_root() / "texts/heal/*.txt")
-    cmd = ["/usr/bin/time", "-v", str(BIN / "mergekit-tokenplug"), "heal", str(model), str(out)]
+    launcher = [str(BIN / "mergekit-tokenplug")]
+    if processes > 1:  # accelerate's torchrun launcher (works without GPUs)
+        launcher = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes",
+                    str(processes), "--num_machines", "1", "--mixed_precision", "no",
+                    "--dynamo_backend", "no", "-m", "mergekit_tokenplug"]  # fmt: skip
+    cmd = ["/usr/bin/time", "-v", *launcher, "heal", str(model), str(out)]
     cmd += ["--corpus", corpus, "--json", str(summary), "--overwrite", *heal_args]
     log = summary.with_suffix(".log")  # progress bar and /usr/bin/time's report
     load = os.getloadavg()[0]
@@ -155,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         "--name", default="default", help="Name of this heal variant (its cache key: a second "
         "run with the same name scores the healed model it wrote on --texts, without healing again)."
     )
+    ap.add_argument("--processes", type=int, default=1, help="Data-parallel CPU processes.")
     ap.add_argument("heal_args", nargs="*", help="Options passed to `heal` (after --).")
     args = ap.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -167,7 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     if run_file.exists() and (healed_dir / "tokenplug_manifest.json").exists():
         run = json.loads(run_file.read_text())  # the same variant scored on other texts
     else:
-        run = timed_heal(model, healed_dir, args.heal_args, args.out_dir / f"summary-{args.name}.json")
+        summary = args.out_dir / f"summary-{args.name}.json"
+        run = timed_heal(model, healed_dir, args.heal_args, summary, args.processes)
         run_file.write_text(json.dumps(run, indent=2))
     healed = bpb_records(healed_dir, texts, args.out_dir / f"bpb-{args.name}-{tag}.json")
     trans = bpb_records(model, texts, args.out_dir / f"bpb-transplant-{tag}.json")
