@@ -395,6 +395,98 @@ def learn_tool_tokens_command(
         )
 
 
+@main.command()
+@click.argument("model", type=click.Path())
+@click.argument("out", type=click.Path())
+@click.option(
+    "--corpus",
+    "corpus",
+    multiple=True,
+    required=True,
+    help="Text file or glob (UTF-8); repeatable.",
+)
+@click.option("--steps", type=int, default=60, show_default=True)
+@click.option(
+    "--rows",
+    type=click.Choice(["estimated", "new", "all"]),
+    default="estimated",
+    show_default=True,
+    help="estimated: rows the transplant estimated; new: plus rows copied from <0xNN> byte "
+    "pieces; all: whole matrices.",
+)
+@click.option(
+    "--matrices",
+    type=click.Choice(["input", "both"]),
+    default="input",
+    show_default=True,
+    help="input: only input rows move (a tied model is untied); both: output rows too.",
+)
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate (cosine decay to lr/10).")
+@click.option("--lam", type=float, default=1e-2, show_default=True, help="Weight of ||W - W0||_F (0 disables it).")
+@click.option("--seq-len", type=int, default=512, show_default=True, help="Tokens per window.")
+@click.option("--batch-size", type=int, default=1, show_default=True, help="Windows per step, over all processes.")
+@click.option("--micro-batch", type=int, default=1, show_default=True, help="Windows per forward pass (memory).")
+@click.option("--eval-fraction", type=float, default=0.1, show_default=True, help="Held-out tail of each corpus file.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda (under accelerate launch: one per process).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists and is not empty.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the summary as JSON.")
+@click.option("--quiet", "-q", is_flag=True)
+def heal(
+    model: str,
+    out: str,
+    corpus: tuple[str, ...],
+    steps: int,
+    rows: str,
+    matrices: str,
+    lr: float,
+    lam: float,
+    seq_len: int,
+    batch_size: int,
+    micro_batch: int,
+    eval_fraction: float,
+    device: str,
+    seed: int,
+    overwrite: bool,
+    json_out: str | None,
+    quiet: bool,
+) -> None:
+    """Train only the transplanted rows of MODEL on --corpus text, regularized toward their
+    estimate; write OUT. Data parallel under `accelerate launch`."""
+    from mergekit_tokenplug.heal import run_heal
+
+    setup_logging(quiet, 0)
+    summary = run_heal(
+        model,
+        out,
+        list(corpus),
+        steps=steps,
+        rows=rows,  # type: ignore[arg-type]
+        matrices=matrices,  # type: ignore[arg-type]
+        lr=lr,
+        lam=lam,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        micro_batch=micro_batch,
+        eval_fraction=eval_fraction,
+        device=device,
+        seed=seed,
+        overwrite=overwrite,
+        quiet=quiet,
+    )
+    if os.environ.get("RANK", "0") != "0":
+        return
+    if json_out:
+        with open(json_out, "w", encoding="utf-8") as fh:
+            json.dump({"out": out, **summary}, fh, indent=2)
+    r = summary["rows"]
+    click.echo(f"wrote {out}: trained {r['count']} {r['which']} rows ({', '.join(r['matrices'])}), {summary['steps']} steps, {summary['seconds']} s")
+    for phase in ("before", "after"):
+        m = summary[f"heldout_{phase}"]
+        if m:
+            click.echo(f"held-out {phase}: loss {m['loss']:.4f}, bits per byte {m['bpb']:.4f}")
+
+
 def _attach_recipe_commands() -> None:
     from mergekit_tokenplug.recipes.cli import commands  # lazy: keeps the CLI's start-up fast
 

@@ -153,3 +153,34 @@ def model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def heal_section(summary: dict[str, Any]) -> str:
+    """Markdown: what ``heal`` trained, on what, and the held-out figures before/after."""
+    rows = summary["rows"]
+    lines = [
+        "## Heal (mergekit-tokenplug)",
+        "",
+        f"After the transplant, {rows['count']} rows ({rows['which']}) of the "
+        f"{' and '.join(rows['matrices'])} matrix were trained for {summary['steps']} steps "
+        f"on {len(summary['corpus'])} corpus file(s), everything else frozen, regularized toward "
+        f"their starting rows (lambda = {summary['lam']}).",
+    ]
+    if summary.get("untied"):
+        lines += [
+            "",
+            "The model was tied; it is now untied (`tie_word_embeddings: false`): the output "
+            "matrix is the transplanted one, only the input rows were trained.",
+        ]
+    before, after = summary.get("heldout_before"), summary.get("heldout_after")
+    if before and after:
+        lines += [
+            "",
+            "| held-out | loss | bits per byte |",
+            "|---|---:|---:|",
+            f"| before | {before['loss']:.4f} | {before['bpb']:.4f} |",
+            f"| after | {after['loss']:.4f} | {after['bpb']:.4f} |",
+        ]
+    lines += ["", "Corpus (sha256):", ""]
+    lines += [f"- `{path}`: `{digest}`" for path, digest in summary["corpus"].items()]
+    return "\n".join(lines) + "\n"

@@ -92,3 +92,20 @@ def verify_manifest(out_dir: str | os.PathLike) -> list[str]:
     ]
     problems += [f"unexpected: {name}" for name in actual if name not in recorded]
     return problems
+
+
+def id_ranges(ids: Any) -> list[list[int]]:
+    """Sorted ids as ``[[first, last], ...]`` inclusive runs: a row set that stays short in
+    JSON however many rows it holds (estimated rows come in long runs)."""
+    runs: list[list[int]] = []
+    for i in sorted({int(x) for x in ids}):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return runs
+
+
+def expand_ranges(runs: list[list[int]]) -> list[int]:
+    """The ids of :func:`id_ranges` runs, sorted."""
+    return [i for first, last in runs for i in range(int(first), int(last) + 1)]

@@ -8,18 +8,18 @@ from typing import Any
 
 import torch
 
-from mergekit_tokenplug.errors import ConfigError
+from mergekit_tokenplug.errors import ConfigError, InputError
 
 CORPUS_KEY = "tokenizer.approximation.corpus"
 
 
-def resolve_corpus(patterns: list[str]) -> list[str]:
+def resolve_corpus(patterns: list[str], where: str = CORPUS_KEY) -> list[str]:
     """Expand files/globs (sorted, deduplicated); every pattern must match at least one file."""
     files: list[str] = []
     for pattern in patterns:
         matches = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
         if not matches:
-            raise ConfigError(f"{pattern!r} matches no file; expected text files or globs", where=CORPUS_KEY)
+            raise ConfigError(f"{pattern!r} matches no file; expected text files or globs", where=where)
         files.extend(m for m in matches if m not in files)
     return files
 
@@ -39,3 +39,22 @@ def tokenize_corpus(tokenizer: Any, texts: list[str]) -> list[torch.Tensor]:
     """Token ids of each text under ``tokenizer`` (no special tokens), one tensor per text."""
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
     return [torch.tensor(ids, dtype=torch.long) for ids in encoded]
+
+
+def read_text_strict(path: str) -> str:
+    """A training text must be what it claims: UTF-8 without NUL bytes (a binary file
+    decoded with replacements would train the rows on garbage), and not blank."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror or exc}; expected a text file", where=path) from None
+    if b"\x00" in data:
+        raise InputError("is a binary file (NUL bytes); expected UTF-8 text", where=path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"is not UTF-8 text (byte {exc.start}); expected UTF-8 text", where=path) from None
+    if not text.strip():
+        raise InputError("is empty; expected text", where=path)
+    return text

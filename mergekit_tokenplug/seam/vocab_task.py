@@ -29,12 +29,14 @@ from mergekit.tokenizer.embed import PermutedVocabulary
 from mergekit_tokenplug import registry, report
 from mergekit_tokenplug.errors import InputError
 from mergekit_tokenplug.fill import SourceSpace, TextSupport, check_finite, fill_matrix
+from mergekit_tokenplug.output.manifest import id_ranges
 from mergekit_tokenplug.resources.corpus import read_corpus, resolve_corpus, tokenize_corpus
 from mergekit_tokenplug.seam.method_resources import method_inputs
 from mergekit_tokenplug.seam.schema import ApproximationConfig, ToolTokenSource
 from mergekit_tokenplug.seam.tool_counts import count_as_tool, unknown_token_method
 from mergekit_tokenplug.seam.tool_rows import tool_token_rows
 from mergekit_tokenplug.vocab.align import VocabAlignment, align_vocab
+from mergekit_tokenplug.vocab.canonical import BYTE_PIECES
 from mergekit_tokenplug.vocab.texts import split_texts, token_texts
 
 LOG = logging.getLogger(__name__)
@@ -406,7 +408,14 @@ class ApproximatedVocabulary(PermutedVocabulary):
                     mv.name, self.weight_name, list(tools), ids.tolist(), rows.cpu()
                 )
                 count_as_tool(rep.by_method, rep.by_source, len(tools), unknown_token_method(spec))
-            report.add_fill({**rep.as_dict(), "weight": self.weight_name, "method": approx.method})
+            report.add_fill(
+                {
+                    **rep.as_dict(),
+                    "weight": self.weight_name,
+                    "method": approx.method,
+                    "row_ids": _row_ids(mv.alignment, forced, mv.tokenizer),
+                }
+            )
             result[m] = filled.movedim(0, self.vocabulary_axis)
         return result
 
@@ -452,3 +461,21 @@ def token_overrides(
 def source_order(models: list[ModelReference], base: ModelReference | None) -> list[ModelReference]:
     """Input models in the order their spaces are tried for a missing row: the base first."""
     return sorted(models, key=lambda m: (m != base, models.index(m)))
+
+
+def _row_ids(
+    alignment: VocabAlignment, forced: np.ndarray | None, model_tokenizer: Any
+) -> dict[str, list[list[int]]]:
+    """Output ids (as :func:`id_ranges` runs) whose rows were estimated, and those copied
+    from one of the model's ``<0xNN>`` byte-fallback pieces (rows the model barely trained,
+    now standing for a whole token): what ``heal`` trains."""
+    copied = alignment.src_ids >= 0
+    if forced is not None:
+        copied &= ~forced
+    vocab = model_tokenizer.get_vocab()
+    byte_rows = [vocab[t] for t in BYTE_PIECES if t in vocab]
+    from_bytes = copied & np.isin(alignment.src_ids, np.asarray(byte_rows, dtype=np.int64))
+    return {
+        "estimated": id_ranges(np.flatnonzero(~copied)),
+        "byte_fallback": id_ranges(np.flatnonzero(from_bytes)),
+    }

@@ -1,0 +1,133 @@
+"""``heal``: the run from MODEL to OUT (checks, corpus, rows, before/after scores, writing)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from mergekit_tokenplug.errors import ConfigError
+from mergekit_tokenplug.heal.data import load_corpus
+from mergekit_tokenplug.heal.output import write_healed
+from mergekit_tokenplug.heal.rows import RowChoice, rows_to_train
+from mergekit_tokenplug.heal.scores import heldout_scores
+from mergekit_tokenplug.heal.train import LoopSettings, is_tied, train_rows, untie
+from mergekit_tokenplug.inputs import check_model_dir
+from mergekit_tokenplug.output.atomic import atomic_directory, check_output_dir
+
+Matrices = Literal["input", "both"]
+
+
+def _accelerator(device: str) -> Any:
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=device == "cpu" or not torch.cuda.is_available())
+
+
+def run_heal(
+    model_dir: str,
+    out: str,
+    corpus: list[str],
+    *,
+    steps: int = 60,
+    rows: RowChoice = "estimated",
+    matrices: Matrices = "input",
+    lr: float = 1e-3,
+    lam: float = 1e-2,
+    seq_len: int = 512,
+    batch_size: int = 1,
+    micro_batch: int = 1,
+    eval_fraction: float = 0.1,
+    device: str = "cpu",
+    seed: int = 0,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Heal MODEL into OUT; return the summary (also recorded in OUT's manifest)."""
+    import transformers
+
+    t0 = time.perf_counter()
+    for value, name in ((steps, "--steps"), (batch_size, "--batch-size"), (micro_batch, "--micro-batch")):
+        if value < 1:
+            raise ConfigError(f"must be >= 1, got {value}", where=name)
+    if lr <= 0:
+        raise ConfigError(f"must be > 0, got {lr}", where="--lr")
+    if lam < 0:
+        raise ConfigError(f"must be >= 0, got {lam}", where="--lam")
+    check_model_dir(model_dir, where="MODEL", need_tokenizer=True)
+    check_output_dir(out, overwrite)
+    src = Path(model_dir)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(src)
+    data = load_corpus(corpus, tokenizer, seq_len=seq_len, eval_fraction=eval_fraction)
+    config = transformers.AutoConfig.from_pretrained(src)
+    n_rows = config.get_text_config().vocab_size
+    row_ids = rows_to_train(src, rows, n_rows)
+    if not row_ids:
+        raise ConfigError(f"selects no rows of {src}; nothing to train", where="--rows")
+
+    accelerator = _accelerator(device)
+    model = transformers.AutoModelForCausalLM.from_pretrained(src, dtype="auto")
+    file_dtype = model.get_input_embeddings().weight.dtype
+    model = model.float().to(accelerator.device)
+    untied = False
+    if is_tied(model) and matrices == "input":
+        untie(model)
+        untied = True
+    mats = [model.get_input_embeddings().weight]
+    if matrices == "both" and not is_tied(model):
+        mats.append(model.get_output_embeddings().weight)
+    score = dict(seq_len=seq_len, device=accelerator.device)
+    before = heldout_scores(model, tokenizer, data.heldout, **score)
+    losses = train_rows(
+        model,
+        mats,
+        row_ids,
+        data.windows,
+        LoopSettings(steps, lr, lam, batch_size, micro_batch, seed),
+        accelerator,
+        show_progress=not quiet,
+    )
+    with torch.no_grad():  # what OUT will hold: rows rounded to the file's dtype
+        ids = torch.tensor(row_ids, device=accelerator.device)
+        for m in mats:
+            m[ids] = m[ids].to(file_dtype).float()
+    after = heldout_scores(model, tokenizer, data.heldout, **score)
+    summary: dict[str, Any] = {
+        "rows": {
+            "which": rows,
+            "count": len(row_ids),
+            "matrices": ["input", "output"]
+            if len(mats) == 2
+            else ["input"]
+            if not is_tied(model)
+            else ["tied input/output"],
+        },
+        "untied": untied,
+        "steps": steps,
+        "lr": lr,
+        "lr_schedule": "cosine to lr/10",
+        "lam": lam,
+        "seq_len": seq_len,
+        "batch_size": batch_size,
+        "processes": accelerator.num_processes,
+        "seed": seed,
+        "train_windows": int(data.windows.shape[0]),
+        "eval_fraction": eval_fraction,
+        "corpus": data.sha256,
+        "heldout_before": before,
+        "heldout_after": after,
+        "train_loss": losses,
+    }
+    command = (
+        f"heal rows={rows} matrices={matrices} steps={steps} lr={lr} lam={lam} seq_len={seq_len} "
+        f"batch_size={batch_size} eval_fraction={eval_fraction} seed={seed}"
+    )
+    if accelerator.is_main_process:
+        model.to("cpu", file_dtype)
+        with atomic_directory(out, overwrite=overwrite) as tmp:
+            write_healed(tmp, model=model, tokenizer=tokenizer, src=src, summary=summary, command=command)
+    accelerator.wait_for_everyone()
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    return summary

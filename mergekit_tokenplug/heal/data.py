@@ -1,0 +1,87 @@
+"""The heal corpus: files -> a held-out text per file and fixed-length training windows.
+
+The held-out part is the tail of every file (cut at a line break), so it is text the rows
+never trained on, in every language of the corpus. The training parts are tokenized once,
+joined (EOS between files when the tokenizer has one) and cut into full windows of
+``seq_len`` tokens, each led by BOS when the tokenizer defines one (the convention of
+``evaluate/bpb.py``, so training and scoring see the same kind of input).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mergekit_tokenplug.errors import ConfigError, InputError
+from mergekit_tokenplug.output.manifest import sha256_file
+from mergekit_tokenplug.resources.corpus import read_text_strict, resolve_corpus
+
+WHERE = "--corpus"
+
+
+@dataclass
+class HealCorpus:
+    files: list[str]
+    sha256: dict[str, str]
+    windows: torch.Tensor  # (n, seq_len [+1 with BOS]) int64 training windows
+    heldout: dict[str, str]  # file -> held-out text (may be empty when eval_fraction is 0)
+
+
+def split_text(text: str, eval_fraction: float) -> tuple[str, str]:
+    """(train, held-out): the last ``eval_fraction`` of the characters, moved back to the
+    start of a line when there is one in the train part."""
+    if eval_fraction <= 0:
+        return text, ""
+    cut = int(len(text) * (1.0 - eval_fraction))
+    line = text.rfind("\n", 0, cut)
+    if line > 0:
+        cut = line + 1
+    return text[:cut], text[cut:]
+
+
+def load_corpus(
+    patterns: list[str], tokenizer: Any, *, seq_len: int, eval_fraction: float
+) -> HealCorpus:
+    """Read, split and window the corpus; every problem is one line naming the file or option."""
+    if not patterns:
+        raise ConfigError("no corpus given; expected at least one text file or glob", where=WHERE)
+    if seq_len < 2:
+        raise ConfigError(f"must be >= 2 tokens, got {seq_len}", where="--seq-len")
+    if not 0 <= eval_fraction < 1:
+        raise ConfigError(f"must be in [0, 1), got {eval_fraction}", where="--eval-fraction")
+    files = resolve_corpus(list(patterns), where=WHERE)
+    texts = {f: read_text_strict(f) for f in files}
+    train_ids: list[int] = []
+    heldout: dict[str, str] = {}
+    sep = getattr(tokenizer, "eos_token_id", None)
+    for f, text in texts.items():
+        train, held = split_text(text, eval_fraction)
+        heldout[f] = held if held.strip() else ""
+        ids = tokenizer(train, add_special_tokens=False, verbose=False)["input_ids"]
+        if train_ids and sep is not None:
+            train_ids.append(sep)
+        train_ids.extend(ids)
+    n = len(train_ids) // seq_len
+    if n == 0:
+        raise InputError(
+            f"the corpus gives {len(train_ids)} training tokens, shorter than one sequence of "
+            f"--seq-len {seq_len}; expected more text (or a smaller --seq-len)",
+            where=WHERE,
+        )
+    windows = torch.tensor(train_ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is not None:
+        windows = torch.cat([torch.full((n, 1), bos, dtype=torch.long), windows], dim=1)
+    if eval_fraction > 0 and not any(heldout.values()):
+        raise InputError(
+            "the held-out split is empty; expected longer files or a larger --eval-fraction",
+            where=WHERE,
+        )
+    return HealCorpus(
+        files=files,
+        sha256={f: sha256_file(f) for f in files},
+        windows=windows,
+        heldout=heldout,
+    )

@@ -1,0 +1,155 @@
+"""The heal loop: language-model loss on corpus windows, gradients read only at the chosen
+rows, Adam on a float32 copy of those rows, then the proximal step of the regularizer.
+
+Everything but the chosen rows is frozen and stays bit-identical: the gradient of a matrix is
+read at the chosen rows only, and only those rows are written back.
+
+Regularizer: ``lam * ||W - W0||_F`` (Frobenius, not squared; the Re-Initialization paper's
+penalty toward the prior, here the transplant's estimate W0). It is not differentiable at
+W0, where training starts, so it is applied by its proximal step after each Adam step: the
+displacement ``W - W0`` shrinks by ``lr_t * lam`` in norm (to zero when it is smaller).
+A very large ``lam`` therefore keeps the rows exactly at W0.
+
+Data parallel through accelerate: the global batch of ``batch_size`` windows is the same
+whatever the process count; process ``r`` takes its contiguous share, and the row gradients
+are averaged with ``Accelerator.reduce``. All windows have the same length, so the average
+of the processes' mean losses is the mean loss of the global batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from mergekit_tokenplug.errors import ConfigError
+
+
+@dataclass
+class LoopSettings:
+    steps: int
+    lr: float
+    lam: float
+    batch_size: int  # global, in windows
+    micro_batch: int
+    seed: int
+
+
+def is_tied(model: Any) -> bool:
+    head = model.get_output_embeddings()
+    return head is None or head.weight is model.get_input_embeddings().weight
+
+
+def untie(model: Any) -> None:
+    """Give the model its own output matrix, equal to the tied one, so the input rows can
+    move while the output rows stay as transplanted; the config records it."""
+    emb = model.get_input_embeddings().weight
+    model.get_output_embeddings().weight = torch.nn.Parameter(emb.detach().clone())
+    for cfg in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
+        cfg.tie_word_embeddings = False
+
+
+def window_order(n_windows: int, seed: int) -> Iterator[int]:
+    """Window indices, epoch after epoch, each epoch a fresh permutation from ``seed``."""
+    gen = torch.Generator().manual_seed(int(seed))
+    while True:
+        yield from torch.randperm(n_windows, generator=gen).tolist()
+
+
+def cosine_lr(step: int, steps: int, lr: float) -> float:
+    """Cosine decay from ``lr`` (step 1) to a tenth of it (last step)."""
+    t = (step - 1) / max(1, steps - 1)
+    return lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * t)))
+
+
+@torch.no_grad()
+def prox_toward(rows: torch.Tensor, start: torch.Tensor, shrink: float) -> None:
+    """Proximal step of ``shrink * ||rows - start||_F``, in place."""
+    diff = rows - start
+    norm = float(torch.linalg.norm(diff))
+    keep = max(0.0, 1.0 - shrink / norm) if norm > 0 else 0.0
+    rows.copy_(start + diff * keep)
+
+
+def train_rows(
+    model: Any,
+    matrices: list[torch.Tensor],
+    row_ids: list[int],
+    windows: torch.Tensor,
+    settings: LoopSettings,
+    accelerator: Any,
+    *,
+    show_progress: bool = True,
+) -> list[float]:
+    """Train ``row_ids`` of each matrix in ``matrices`` in place; return the loss per step
+    (mean LM loss of the global batch)."""
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if settings.batch_size % world:
+        raise ConfigError(
+            f"{settings.batch_size} windows do not split over {world} processes; expected a multiple of {world}",
+            where="--batch-size",
+        )
+    per_process = settings.batch_size // world
+    device = accelerator.device
+    ids = torch.tensor(row_ids, dtype=torch.long, device=device)
+    start = [m.detach()[ids].float().clone() for m in matrices]
+    rows = [torch.nn.Parameter(s.clone()) for s in start]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for m in matrices:
+        m.requires_grad_(True)
+    opt = torch.optim.Adam(rows, lr=settings.lr)
+    order = window_order(windows.shape[0], settings.seed)
+    model.eval()  # no dropout: the rows are the only thing that changes
+    losses: list[float] = []
+    running = None
+    bar = tqdm(
+        range(1, settings.steps + 1),
+        desc="heal",
+        unit="step",
+        disable=not (show_progress and accelerator.is_main_process),
+    )
+    try:
+        for step in bar:
+            picks = [next(order) for _ in range(settings.batch_size)]
+            mine = picks[rank * per_process : (rank + 1) * per_process]
+            for m in matrices:
+                m.grad = None
+            total = torch.zeros((), device=device)
+            for lo in range(0, per_process, settings.micro_batch):
+                part = mine[lo : lo + settings.micro_batch]
+                inp = windows[part].to(device)
+                logits = model(input_ids=inp).logits[:, :-1].float()
+                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), inp[:, 1:].reshape(-1))
+                loss = loss * (len(part) / per_process)
+                loss.backward()
+                total += loss.detach()
+            grads = [m.grad[ids].float() for m in matrices]
+            if world > 1:
+                grads = [accelerator.reduce(g, reduction="mean") for g in grads]
+                total = accelerator.reduce(total, reduction="mean")
+            lr_t = cosine_lr(step, settings.steps, settings.lr)
+            for group in opt.param_groups:
+                group["lr"] = lr_t
+            for r, g in zip(rows, grads, strict=True):
+                r.grad = g
+            opt.step()
+            with torch.no_grad():
+                for r, s, m in zip(rows, start, matrices, strict=True):
+                    if settings.lam > 0:
+                        prox_toward(r, s, lr_t * settings.lam)
+                    m[ids] = r.to(m.dtype)
+            losses.append(float(total))
+            running = losses[-1] if running is None else 0.9 * running + 0.1 * losses[-1]
+            bar.set_postfix(loss=f"{running:.4f}")
+    finally:
+        bar.close()
+        for m in matrices:
+            m.grad = None
+            m.requires_grad_(False)
+    return losses
