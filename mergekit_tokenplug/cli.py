@@ -453,6 +453,7 @@ def heal(
 ) -> None:
     """Train only the transplanted rows of MODEL on --corpus text, regularized toward their
     estimate; write OUT. Data parallel under `accelerate launch`."""
+    # lazy: keeps the CLI's start-up fast
     from mergekit_tokenplug.heal import run_heal
 
     setup_logging(quiet, 0)
