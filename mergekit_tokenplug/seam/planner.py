@@ -159,6 +159,7 @@ def align_settings(config: Any) -> dict[str, Any]:
         "reference_rows_model": reference,
         "cut_to_reference": cut,
         "pad_to_multiple_of": config.tokenizer.pad_to_multiple_of,
+        "byte_pieces": config.tokenizer.approximation.byte_tokens,
     }
 
 

@@ -165,6 +165,7 @@ class AlignVocabulary(Task[VocabPlan]):
     cut_to_reference: bool = False  # True when the output tokenizer is that model's own
     pad_to_multiple_of: int | None = None
     trust_remote_code: bool = False
+    byte_pieces: str = "copy"  # ApproximationConfig.byte_tokens
 
     def arguments(self) -> dict[str, Task]:
         return {"tokenizer_info": self.tokenizer_task}
@@ -178,6 +179,7 @@ class AlignVocabulary(Task[VocabPlan]):
             cut_to_reference=self.cut_to_reference,
             pad_to_multiple_of=self.pad_to_multiple_of,
             trust_remote_code=self.trust_remote_code,
+            byte_pieces=self.byte_pieces,
         )
         report.set_vocab(plan.summary())
         for name, mv in plan.models.items():
@@ -194,6 +196,7 @@ def make_vocab_plan(
     cut_to_reference: bool = False,
     pad_to_multiple_of: int | None = None,
     trust_remote_code: bool = False,
+    byte_pieces: str = "copy",
 ) -> VocabPlan:
     """Decide the output rows and align every model (and the donor) onto the output vocabulary.
 
@@ -213,7 +216,9 @@ def make_vocab_plan(
     def vocab_for(model: ModelReference, where: str) -> ModelVocab:
         tok = _load_tokenizer(model, trust_remote_code, where)
         model_rows = _model_rows(model, tok, trust_remote_code)
-        alignment = align_vocab(out_tok, tok, model_rows=model_rows, out_rows=n_tokens)
+        alignment = align_vocab(
+            out_tok, tok, model_rows=model_rows, out_rows=n_tokens, byte_pieces=byte_pieces
+        )
         if alignment.size > n_tokens:  # output ids past the reference rows cannot be embedded
             alignment.src_ids, alignment.how = (
                 alignment.src_ids[:n_tokens],
