@@ -497,3 +497,21 @@ def test_byte_pieces_copy_or_estimate(toks):
     assert np.array_equal(est.src_ids[same & kept], copy.src_ids[same & kept])
     with pytest.raises(Exception, match="byte_pieces"):
         align_vocab(bl, ms, model_rows=len(ms), byte_pieces="drop")
+
+
+def test_byte_tokens_recipe_setting(zoo, tmp_path):
+    """``approximation.byte_tokens: estimate`` leaves byte-piece-only tokens to the method."""
+    from mergekit_tokenplug.surgery import transplant
+
+    counts = {}
+    for mode in ("copy", "estimate"):
+        out = tmp_path / mode
+        summary = transplant(
+            str(zoo.sp_untied), str(zoo.bl_untied), str(out), "mean", {"byte_tokens": mode},
+            quiet=True,
+        )
+        (per_model,) = summary["vocabulary"]["per_model"].values()
+        counts[mode] = per_model
+    assert counts["estimate"]["missing"] > counts["copy"]["missing"]
+    moved = counts["estimate"]["missing"] - counts["copy"]["missing"]
+    assert counts["copy"]["canonical"] - counts["estimate"]["canonical"] == moved

@@ -87,4 +87,5 @@ def align_settings(config: Any) -> dict[str, Any]:
         "cut_to_reference": cut,
         "pad_to_multiple_of": config.tokenizer.pad_to_multiple_of,
         "recipe_tokens": tuple(config.tokenizer.tokens or {}),
+        "byte_pieces": config.tokenizer.approximation.byte_tokens,
     }

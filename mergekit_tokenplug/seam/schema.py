@@ -37,6 +37,11 @@ class ApproximationConfig(BaseModel):
     seed: int | None = Field(
         None, description="seed for stochastic methods (defaults to --random-seed, else 0)"
     )
+    byte_tokens: Literal["copy", "estimate"] = Field(
+        "copy",
+        description="tokens whose only counterpart is a <0xNN> byte-fallback piece: copy that "
+        "piece's row, or estimate them with the method (bench/RESULTS.md)",
+    )
 
     @pydantic.model_validator(mode="after")
     def _check_method(self) -> ApproximationConfig:
@@ -53,14 +58,24 @@ class ApproximationConfig(BaseModel):
     def key(self) -> str:
         """A canonical, hashable form for mergekit's frozen task fields."""
         return json.dumps(
-            {"method": self.method, "seed": self.seed, "params": self.method_params()},
+            {
+                "method": self.method,
+                "seed": self.seed,
+                "byte_tokens": self.byte_tokens,
+                "params": self.method_params(),
+            },
             sort_keys=True,
         )
 
     @classmethod
     def from_key(cls, key: str) -> ApproximationConfig:
         data = json.loads(key)
-        return cls(method=data["method"], seed=data["seed"], **data["params"])
+        return cls(
+            method=data["method"],
+            seed=data["seed"],
+            byte_tokens=data.get("byte_tokens", "copy"),
+            **data["params"],
+        )
 
 
 class ToolTokenSource(BaseModel, frozen=True):

@@ -164,6 +164,7 @@ class AlignVocabulary(Task[VocabPlan]):
     pad_to_multiple_of: int | None = None
     trust_remote_code: bool = False
     recipe_tokens: tuple[str, ...] = ()  # tokenizer.tokens entries (rows added for them)
+    byte_pieces: str = "copy"  # ApproximationConfig.byte_tokens
 
     def arguments(self) -> dict[str, Task]:
         return {"tokenizer_info": self.tokenizer_task}
@@ -178,6 +179,7 @@ class AlignVocabulary(Task[VocabPlan]):
             pad_to_multiple_of=self.pad_to_multiple_of,
             trust_remote_code=self.trust_remote_code,
             recipe_tokens=self.recipe_tokens,
+            byte_pieces=self.byte_pieces,
         )
         report.set_vocab(plan.summary())
         for name, mv in plan.models.items():
@@ -231,6 +233,7 @@ def make_vocab_plan(
     pad_to_multiple_of: int | None = None,
     trust_remote_code: bool = False,
     recipe_tokens: tuple[str, ...] = (),
+    byte_pieces: str = "copy",
 ) -> VocabPlan:
     """Decide the output rows and align every model (and the donor) onto the output vocabulary.
 
@@ -257,7 +260,9 @@ def make_vocab_plan(
     def vocab_for(model: ModelReference, where: str) -> ModelVocab:
         tok = _load_tokenizer(model, trust_remote_code, where)
         model_rows = _model_rows(model, tok, trust_remote_code)
-        alignment = align_vocab(out_tok, tok, model_rows=model_rows, out_rows=n_tokens)
+        alignment = align_vocab(
+            out_tok, tok, model_rows=model_rows, out_rows=n_tokens, byte_pieces=byte_pieces
+        )
         return ModelVocab(
             name=model_key(model), tokenizer=tok, rows=model_rows, alignment=alignment
         )
