@@ -409,7 +409,7 @@ def learn_tool_tokens_command(
 @click.option(
     "--rows",
     type=click.Choice(["estimated", "new", "all"]),
-    default="estimated",
+    default="new",
     show_default=True,
     help="estimated: rows the transplant estimated; new: plus rows copied from <0xNN> byte "
     "pieces; all: whole matrices.",
@@ -421,10 +421,10 @@ def learn_tool_tokens_command(
     show_default=True,
     help="input: only input rows move (a tied model is untied); both: output rows too.",
 )
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate (cosine decay to lr/10).")
+@click.option("--lr", type=float, default=2e-3, show_default=True, help="Peak learning rate (cosine decay to lr/10).")
 @click.option("--lam", type=float, default=1e-2, show_default=True, help="Weight of ||W - W0||_F (0 disables it).")
 @click.option("--seq-len", type=int, default=512, show_default=True, help="Tokens per window.")
-@click.option("--batch-size", type=int, default=1, show_default=True, help="Windows per step, over all processes.")
+@click.option("--batch-size", type=int, default=2, show_default=True, help="Windows per step, over all processes.")
 @click.option("--micro-batch", type=int, default=1, show_default=True, help="Windows per forward pass (memory).")
 @click.option("--eval-fraction", type=float, default=0.1, show_default=True, help="Held-out tail of each corpus file.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda (under accelerate launch: one per process).")

@@ -65,7 +65,7 @@ def test_manifest_records_the_estimated_and_byte_fallback_rows(zoo, transplanted
 
 def test_only_the_chosen_rows_change_and_the_tied_model_is_untied(zoo, transplanted, tmp_path):
     out = tmp_path / "healed"
-    summary = run_heal(str(transplanted), str(out), corpus(zoo), lam=0.0, **FAST)
+    summary = run_heal(str(transplanted), str(out), corpus(zoo), lam=0.0, rows="estimated", **FAST)
     before, after = tensors(transplanted), tensors(out)
     chosen = rows_to_train(transplanted, "estimated", before[EMBED].shape[0])
     assert summary["rows"]["count"] == len(chosen) and summary["untied"]
@@ -88,7 +88,7 @@ def test_only_the_chosen_rows_change_and_the_tied_model_is_untied(zoo, transplan
 
 def test_a_huge_lambda_keeps_the_rows_at_their_estimate(zoo, transplanted, tmp_path):
     out = tmp_path / "healed"
-    run_heal(str(transplanted), str(out), corpus(zoo), lam=1e12, **FAST)
+    run_heal(str(transplanted), str(out), corpus(zoo), lam=1e12, rows="estimated", **FAST)
     assert torch.equal(tensors(out)[EMBED], tensors(transplanted)[EMBED])
 
 
