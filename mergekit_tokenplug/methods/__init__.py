@@ -1,3 +1,3 @@
 """Built-in approximation methods; importing this package registers them."""
 
-from mergekit_tokenplug.methods import baselines, cw2v, omp, tokenadapt, tool  # noqa: F401
+from mergekit_tokenplug.methods import baselines, cw2v, omp, omp_map, tokenadapt, tool  # noqa: F401
