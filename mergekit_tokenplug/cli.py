@@ -12,6 +12,7 @@ import click
 import yaml
 
 from mergekit_tokenplug.errors import ConfigError
+from mergekit_tokenplug.registry import DEFAULT_METHOD
 
 
 def parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -48,7 +49,7 @@ def main() -> None:
 @click.option(
     "--method",
     "-m",
-    default="omp",
+    default=DEFAULT_METHOD,
     show_default=True,
     help="Approximation method (see `mergekit-tokenplug methods`).",
 )

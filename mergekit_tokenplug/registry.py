@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "mergekit_tokenplug.methods"
+#: Method used when none is named (``transplant`` and ``approximation:`` without ``method:``):
+#: the best on held-out bits per byte (bench/RESULTS.md).
+DEFAULT_METHOD = "omp_map"
 
 
 class Need(str, enum.Enum):

@@ -13,12 +13,13 @@ from typing import Any
 import yaml
 
 from mergekit_tokenplug.errors import ConfigError, InputError
+from mergekit_tokenplug.registry import DEFAULT_METHOD
 
 
 def transplant_recipe(
     base: str,
     donor: str,
-    method: str = "omp",
+    method: str = DEFAULT_METHOD,
     params: dict[str, Any] | None = None,
     *,
     dtype: str | None = None,
@@ -143,7 +144,7 @@ def transplant(
     base: str,
     donor: str,
     out: str,
-    method: str = "omp",
+    method: str = DEFAULT_METHOD,
     params: dict[str, Any] | None = None,
     *,
     device: str | None = "cpu",

@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from mergekit_tokenplug.registry import DEFAULT_METHOD
+
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 _STRING_FORMS = {  # pydantic models that mergekit also accepts as a plain string
     "ModelReference": "a model path or hub id, optionally 'path@revision' and '+lora_path'",
@@ -45,7 +47,7 @@ def method_schema(spec: Any, defs: dict[str, Any], base_props: dict[str, Any]) -
     props.update(_rewrite_refs(params.get("properties", {}), rename))
     props["method"] = {"const": spec.name, "description": spec.summary}
     required = list(params.get("required", []))
-    if spec.name != "omp":  # ``method`` defaults to omp
+    if spec.name != DEFAULT_METHOD:  # ``method`` may be left out for the default
         required.insert(0, "method")
     branch: dict[str, Any] = {
         "title": spec.name,

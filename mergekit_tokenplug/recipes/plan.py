@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from mergekit_tokenplug import registry
-from mergekit_tokenplug.registry import Need
+from mergekit_tokenplug.registry import DEFAULT_METHOD, Need
 from mergekit_tokenplug.seam.planner import align_settings
 from mergekit_tokenplug.seam.schema import uses_plugin
 
@@ -266,7 +266,7 @@ def method_cost(
     """(working bytes, flops or None) of estimating ``targets`` rows with ``method``."""
     if targets == 0:
         return 0, 0.0
-    if method == "omp":
+    if method in ("omp", "omp_map"):  # omp_map: OMP plus a small check and a d x d map
         k = min(int(getattr(params, "k", 64)), max(anchors, 1))
         fixed = (targets + anchors) * dim_source * FP32  # targets + dictionary in fp32
         per_target = (anchors + k * dim_source + k * k) * FP32  # score row + support + factor
@@ -439,7 +439,7 @@ def _params_dict(params: Any) -> dict[str, Any]:
 def plan_transplant(
     base: str,
     donor: str,
-    method: str = "omp",
+    method: str = DEFAULT_METHOD,
     params: dict[str, Any] | None = None,
     device: str | None = "cpu",
     **recipe_options: Any,

@@ -16,6 +16,7 @@ from mergekit.tokenizer.config import TokenizerConfig
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from mergekit_tokenplug.errors import ConfigError
+from mergekit_tokenplug.registry import DEFAULT_METHOD
 
 PLUGIN_TOKENIZER_KEYS = ("approximation",)
 
@@ -25,7 +26,7 @@ class ApproximationConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    method: str = "omp"
+    method: str = DEFAULT_METHOD
     seed: int | None = Field(
         None, description="seed for stochastic methods (defaults to --random-seed, else 0)"
     )
@@ -95,7 +96,7 @@ class TokenplugTokenizerConfig(TokenizerConfig, frozen=True):
     """mergekit's ``TokenizerConfig`` plus the plugin's keys."""
 
     approximation: ApproximationConfig = Field(
-        default_factory=lambda: ApproximationConfig(method="omp")
+        default_factory=lambda: ApproximationConfig(method=DEFAULT_METHOD)
     )
 
 
