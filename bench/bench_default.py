@@ -100,29 +100,42 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--texts", type=Path, default=assets.cache_root() / "texts" / "heldout")
     ap.add_argument("--json", type=Path, default=REPO / "bench" / "out" / "default.json")
     ap.add_argument("--md", type=Path, default=REPO / "bench" / "out" / "default.md")
+    ap.add_argument("--redo", action="store_true", help="ignore results already in --json")
     args = ap.parse_args(argv)
     texts = {lang: (args.texts / f"{lang}.txt").read_text(encoding="utf-8") for lang in LANGS}
 
-    gemma_model, gemma_tok = load(assets.model_dir("gemma3"))
+    # Gemma's per-byte bits are kept next to the JSON: later calls add models without
+    # re-scoring it (--redo starts over).
+    cache = args.json.with_suffix(".gemma.npz")
+    prev = json.loads(args.json.read_text()) if args.json.is_file() and not args.redo else {}
     ref: dict[str, Any] = {}
-    for lang, text in texts.items():
-        bits = token_bits(gemma_model, gemma_tok, text)
-        lens = byte_lengths(gemma_tok, text)
-        per_byte = np.repeat(
-            bits / np.maximum(lens, 1), lens
-        )  # bits spread over each token's bytes
-        ref[lang] = {"bpb": float(bits.sum() / len(text.encode("utf-8"))), "per_byte": per_byte}
-        print(f"[gemma] {lang}: {ref[lang]['bpb']:.4f}", flush=True)
-    del gemma_model
+    if prev and cache.is_file() and prev.get("texts") == str(args.texts):
+        arrays = np.load(cache)
+        ref = {g: {"bpb": prev["gemma"][g], "per_byte": arrays[g]} for g in LANGS}
+    else:
+        prev = {}
+        gemma_model, gemma_tok = load(assets.model_dir("gemma3"))
+        for lang, text in texts.items():
+            bits = token_bits(gemma_model, gemma_tok, text)
+            lens = byte_lengths(gemma_tok, text)
+            per_byte = np.repeat(bits / np.maximum(lens, 1), lens)  # spread over its bytes
+            ref[lang] = {"bpb": float(bits.sum() / len(text.encode("utf-8"))), "per_byte": per_byte}
+            print(f"[gemma] {lang}: {ref[lang]['bpb']:.4f}", flush=True)
+        del gemma_model
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, **{g: ref[g]["per_byte"] for g in LANGS})
 
     report: dict[str, Any] = {
         "texts": str(args.texts),
         "gemma": {k: v["bpb"] for k, v in ref.items()},
-        "models": {},
+        "models": prev.get("models", {}),
     }
     classes = None
     for spec in args.model:
-        label, _, path = spec.partition("=")
+        label, _, path = spec.rpartition("=")
+        if report["models"].get(label, {}).get("path") == path:
+            print(f"[{label}] cached", flush=True)
+            continue
         model, tok = load(Path(path))
         if classes is None:
             classes = token_classes(tok)
@@ -159,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
                 for name in CLASSES
             },
         }
+        rows["path"] = path
         report["models"][label] = rows
+        args.json.write_text(json.dumps(report, indent=2))
         del model
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
