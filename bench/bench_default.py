@@ -92,90 +92,117 @@ def load(model_dir: Path) -> tuple[Any, Any]:
     return model, tok
 
 
+def slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in label).strip("-")
+
+
+def score_to(out_dir: Path, label: str, model_dir: Path, texts: dict[str, str], redo: bool) -> None:
+    """Per-token bits, byte lengths and ids of one model, one ``LABEL-LANG.npz`` per text."""
+    todo = [g for g in texts if redo or not (out_dir / f"{slug(label)}-{g}.npz").is_file()]
+    if not todo:
+        return
+    model, tok = load(model_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for lang in todo:
+        text = texts[lang]
+        ids = np.asarray(tok(text, add_special_tokens=False, verbose=False)["input_ids"])
+        bits = token_bits(model, tok, text)
+        lens = byte_lengths(tok, text)
+        np.savez(out_dir / f"{slug(label)}-{lang}.npz", ids=ids, bits=bits, lens=lens)
+        print(f"[{label}] {lang}: {bits.sum() / len(text.encode('utf-8')):.4f}", flush=True)
+
+
+def scores(out_dir: Path, label: str) -> dict[str, np.ndarray]:
+    """What ``score_to`` saved, as {"bits_LANG": ..., "lens_LANG": ..., "ids_LANG": ...}."""
+    result = {}
+    for lang in LANGS:
+        with np.load(out_dir / f"{slug(label)}-{lang}.npz") as f:
+            result.update({f"{k}_{lang}": f[k] for k in f.files})
+    return result
+
+
+def gemma_per_byte(ref: Any, lang: str) -> np.ndarray:
+    """Gemma's bits spread evenly over the bytes of each of its tokens."""
+    if f"per_byte_{lang}" in ref:
+        return ref[f"per_byte_{lang}"]
+    lens = ref[f"lens_{lang}"]
+    return np.repeat(ref[f"bits_{lang}"] / np.maximum(lens, 1), lens)
+
+
+def model_rows(ref: Any, arrays: Any, classes: np.ndarray, texts: dict[str, str]) -> dict[str, Any]:
+    """bpb, cost and the cost split by class of one model (see the module docstring)."""
+    rows: dict[str, Any] = {}
+    for lang, text in texts.items():
+        n_bytes = len(text.encode("utf-8"))
+        per_byte = gemma_per_byte(ref, lang)
+        cum = np.concatenate([[0.0], np.cumsum(per_byte)])
+        ids, bits, lens = arrays[f"ids_{lang}"], arrays[f"bits_{lang}"], arrays[f"lens_{lang}"]
+        ends = np.cumsum(lens)
+        cost = bits - (cum[ends] - cum[ends - lens])
+        c = classes[ids]
+        bpb, g_bpb = float(bits.sum() / n_bytes), float(per_byte.sum() / n_bytes)
+        rows[lang] = {
+            "bpb": bpb,
+            "cost": bpb - g_bpb,
+            "tokens": int(len(ids)),
+            "by_class": {
+                name: {"tokens": int((c == i).sum()), "cost": float(cost[c == i].sum() / n_bytes)}
+                for i, name in enumerate(CLASSES)
+            },
+        }
+    rows["mean"] = {
+        "bpb": float(np.mean([rows[g]["bpb"] for g in LANGS])),
+        "cost": float(np.mean([rows[g]["cost"] for g in LANGS])),
+        "by_class": {
+            name: float(np.mean([rows[g]["by_class"][name]["cost"] for g in LANGS]))
+            for name in CLASSES
+        },
+    }
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--model", action="append", required=True, help="LABEL=DIR; repeatable")
+    ap.add_argument("--model", action="append", default=[], help="LABEL=DIR; repeatable")
     ap.add_argument("--texts", type=Path, default=assets.cache_root() / "texts" / "heldout")
+    ap.add_argument("--out-dir", type=Path, default=REPO / "bench" / "out" / "default")
     ap.add_argument("--json", type=Path, default=REPO / "bench" / "out" / "default.json")
     ap.add_argument("--md", type=Path, default=REPO / "bench" / "out" / "default.md")
-    ap.add_argument("--redo", action="store_true", help="ignore results already in --json")
+    ap.add_argument("--redo", action="store_true", help="re-score models already scored")
+    ap.add_argument(
+        "--score-only", action="store_true", help="score the models given, write no report"
+    )
+    ap.add_argument("--langs", default="", help="score only these texts (e.g. ru,zh)")
+    ap.add_argument("--gemma", action="store_true", help="with --score-only: score Gemma too")
     args = ap.parse_args(argv)
     texts = {lang: (args.texts / f"{lang}.txt").read_text(encoding="utf-8") for lang in LANGS}
+    # Each model's per-token scores are kept in --out-dir: several processes may score models
+    # in parallel (--score-only), and a last call assembles the report from what is there.
+    models = [("Gemma-3-270M, own tokenizer", str(assets.model_dir("gemma3")))]
+    models += [tuple(spec.rpartition("=")[::2]) for spec in args.model]
+    if args.score_only and not args.gemma:
+        models = models[1:]
+    wanted = {g: texts[g] for g in args.langs.split(",")} if args.langs else texts
+    for label, path in models:
+        score_to(args.out_dir, label, Path(path), wanted, args.redo)
+    if args.score_only:
+        return 0
+    ref = scores(args.out_dir, models[0][0])
+    from transformers import AutoTokenizer
 
-    # Gemma's per-byte bits are kept next to the JSON: later calls add models without
-    # re-scoring it (--redo starts over).
-    cache = args.json.with_suffix(".gemma.npz")
-    prev = json.loads(args.json.read_text()) if args.json.is_file() and not args.redo else {}
-    ref: dict[str, Any] = {}
-    if prev and cache.is_file() and prev.get("texts") == str(args.texts):
-        arrays = np.load(cache)
-        ref = {g: {"bpb": prev["gemma"][g], "per_byte": arrays[g]} for g in LANGS}
-    else:
-        prev = {}
-        gemma_model, gemma_tok = load(assets.model_dir("gemma3"))
-        for lang, text in texts.items():
-            bits = token_bits(gemma_model, gemma_tok, text)
-            lens = byte_lengths(gemma_tok, text)
-            per_byte = np.repeat(bits / np.maximum(lens, 1), lens)  # spread over its bytes
-            ref[lang] = {"bpb": float(bits.sum() / len(text.encode("utf-8"))), "per_byte": per_byte}
-            print(f"[gemma] {lang}: {ref[lang]['bpb']:.4f}", flush=True)
-        del gemma_model
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, **{g: ref[g]["per_byte"] for g in LANGS})
-
+    classes = token_classes(AutoTokenizer.from_pretrained(str(assets.model_dir("smollm2"))))
     report: dict[str, Any] = {
         "texts": str(args.texts),
-        "gemma": {k: v["bpb"] for k, v in ref.items()},
-        "models": prev.get("models", {}),
+        "gemma": {
+            g: float(gemma_per_byte(ref, g).sum() / len(texts[g].encode("utf-8"))) for g in LANGS
+        },
+        "models": {},
     }
-    classes = None
-    for spec in args.model:
-        label, _, path = spec.rpartition("=")
-        if report["models"].get(label, {}).get("path") == path:
-            print(f"[{label}] cached", flush=True)
-            continue
-        model, tok = load(Path(path))
-        if classes is None:
-            classes = token_classes(tok)
-        rows: dict[str, Any] = {}
-        for lang, text in texts.items():
-            ids = np.asarray(tok(text, add_special_tokens=False, verbose=False)["input_ids"])
-            bits = token_bits(model, tok, text)
-            lens = byte_lengths(tok, text)
-            n_bytes = len(text.encode("utf-8"))
-            ends = np.cumsum(lens)
-            starts = ends - lens
-            cum = np.concatenate([[0.0], np.cumsum(ref[lang]["per_byte"])])
-            gemma_bits = cum[ends] - cum[starts]
-            cost = bits - gemma_bits
-            c = classes[ids]
-            rows[lang] = {
-                "bpb": float(bits.sum() / n_bytes),
-                "cost": float(bits.sum() / n_bytes - ref[lang]["bpb"]),
-                "tokens": int(len(ids)),
-                "by_class": {
-                    name: {
-                        "tokens": int((c == i).sum()),
-                        "cost": float(cost[c == i].sum() / n_bytes),
-                    }
-                    for i, name in enumerate(CLASSES)
-                },
-            }
-            print(f"[{label}] {lang}: {rows[lang]['bpb']:.4f}", flush=True)
-        rows["mean"] = {
-            "bpb": float(np.mean([rows[g]["bpb"] for g in LANGS])),
-            "cost": float(np.mean([rows[g]["cost"] for g in LANGS])),
-            "by_class": {
-                name: float(np.mean([rows[g]["by_class"][name]["cost"] for g in LANGS]))
-                for name in CLASSES
-            },
-        }
-        rows["path"] = path
-        report["models"][label] = rows
-        args.json.write_text(json.dumps(report, indent=2))
-        del model
+    for label, path in models[1:]:
+        rows = model_rows(ref, scores(args.out_dir, label), classes, texts)
+        report["models"][label] = {**rows, "path": path}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     md = tables(report)
