@@ -123,8 +123,6 @@ def scores(out_dir: Path, label: str) -> dict[str, np.ndarray]:
 
 def gemma_per_byte(ref: Any, lang: str) -> np.ndarray:
     """Gemma's bits spread evenly over the bytes of each of its tokens."""
-    if f"per_byte_{lang}" in ref:
-        return ref[f"per_byte_{lang}"]
     lens = ref[f"lens_{lang}"]
     return np.repeat(ref[f"bits_{lang}"] / np.maximum(lens, 1), lens)
 

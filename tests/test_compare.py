@@ -154,3 +154,30 @@ def test_plot_is_written(zoo, tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_text_transplants_with_each_method_and_reports_bpb(zoo, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 20, encoding="utf-8")
+    out = tmp_path / "r.json"
+    res = run_compare(
+        str(zoo.bl_big),
+        str(zoo.sp_tied),
+        "--methods",
+        "omp,mean",
+        "--text",
+        str(text),
+        "--hold-out",
+        "0.2",
+        "--json",
+        str(out),
+        "-q",
+    )
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    for name in ("omp", "mean"):
+        (value,) = data["methods"][name]["bpb"].values()
+        assert 0 < value < 64
+    assert list(data["reference_bpb"]) == list(data["methods"]["omp"]["bpb"])
+    assert data["methods"]["omp"]["bpb"] != data["methods"]["mean"]["bpb"]
+    assert "bpb t.txt" in res.output
