@@ -1,22 +1,14 @@
 """Quality of the method family on real models, side by side with mergekit-tokensurgeon.
 
 Part 1 — leave-out reconstruction (no training, no forward pass). Base = Gemma-3-270M, donor =
-SmolLM2-135M. Shared tokens are the SmolLM2 ids the plugin's own alignment maps onto a Gemma
-row (EXACT or CANONICAL, regular tokens). A fixed random 5% of them (seed 0) is hidden and
-their Gemma rows are estimated from the rest by every method; the score is the mean cosine
-and relative L2 error to the true rows, overall and per token category. Hiding is strict, so
-no method can read a hidden row back:
-
-* the base matrix the methods see has the hidden rows removed (ids compacted);
-* texts are split by a Gemma tokenizer *without* the hidden tokens (removed from its vocabulary
-  with every merge that makes or uses them: the tokenizer Gemma would have without them);
-* the matrix passed to tokensurgeon's ``subword`` (which indexes by tokenizer id) holds NaN in
-  the hidden rows, so a leak would show up as NaN.
-
-Our methods run through their kernels with an ``EstimationProblem`` filled the way the seam
-(``fill._problem``) fills it; tokensurgeon's through ``mergekit.tokensurgeon.*`` with the
+SmolLM2-135M. The hidden set, the strict hiding and the scores are those of
+``mergekit-tokenplug compare`` (``mergekit_tokenplug/evaluate/compare.py``): 5% of the shared
+regular tokens (seed 0), drawn to match the category mix of the tokens Gemma really lacks, are
+hidden and estimated from the rest by every method; the score is the mean cosine and relative
+L2 error to the true rows, overall and per token category. Our methods run through compare's
+path (the transplant's fill code); tokensurgeon's through ``mergekit.tokensurgeon.*`` with the
 inputs ``mergekit/scripts/tokensurgeon.py::compute_new_embeddings`` builds (shared rows in
-donor-id order, targets in batches of the CLI's default 512), on the same shared set.
+donor-id order, targets in batches of the CLI's default 512), on the same hidden set.
 
 Part 2 — bits per byte after a real transplant: SmolLM2's tokenizer on Gemma-3-270M by every
 method through ``transplant(...)`` (float32), plus ``mergekit-tokensurgeon -a omp -k 64``, plus
@@ -46,7 +38,6 @@ import os
 import shutil
 import sys
 import time
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,12 +50,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import assets  # noqa: E402  (sibling module: bench/ is not a package)
 from timed import run_measured  # noqa: E402
 
+from mergekit_tokenplug.evaluate.compare import CATEGORIES  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"
 LEAVE_OUT_FRACTION = 0.05
 LEAVE_OUT_SEED = 0
 TS_BATCH = 512  # mergekit-tokensurgeon's default --batch-size
-CATEGORIES = ("word-start", "digits", "punctuation", "multi-byte", "long")
 CW2V_TRAIN_SLICE = (26_000, 66_000)  # disjoint from assets.TEXT_SLICE (20,000-26,000)
 
 LOG = logging.getLogger("bench_quality")
@@ -87,6 +79,7 @@ class Method:
 def all_methods(cw2v_corpus: list[str]) -> list[Method]:
     """Every method of the bench (cw2v's corpus differs between part 1 and part 2)."""
     return [
+        Method("omp_map", "omp_map (default)", "ours", "omp_map"),
         Method("omp", "omp k=64", "ours", "omp", {"k": 64}),
         Method("tokenadapt-self", "tokenadapt (self)", "ours", "tokenadapt"),
         Method(
@@ -157,224 +150,55 @@ def cw2v_train_corpus(dest: Path) -> list[str]:
 # --------------------------------------------------------------------------- part 1
 
 
-def categories(texts: list[str]) -> dict[str, np.ndarray]:
-    """Boolean masks per token category (they overlap); texts are running-text forms."""
+def holdout_for_bench() -> Any:
+    """The hidden set of ``mergekit-tokenplug compare`` on this pair (one implementation)."""
+    from mergekit_tokenplug.evaluate.compare import prepare_holdout
 
-    def punct(t: str) -> bool:
-        s = t.strip()
-        return bool(s) and all(unicodedata.category(c)[0] in "PS" for c in s)
-
-    rules: dict[str, Callable[[str], bool]] = {
-        "word-start": lambda t: t.startswith(" "),
-        "digits": lambda t: any(c.isdigit() for c in t),
-        "punctuation": punct,
-        "multi-byte": lambda t: any(ord(c) > 127 for c in t),
-        "long": lambda t: len(t) >= 8,
-    }
-    return {k: np.array([f(t) for t in texts], dtype=bool) for k, f in rules.items()}
-
-
-def score(est: torch.Tensor, true: torch.Tensor, cats: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Mean cosine and mean relative L2 error, overall and per category."""
-    est, true = est.float(), true.float()
-    cos = torch.nn.functional.cosine_similarity(est, true, dim=1).numpy()
-    rel = ((est - true).norm(dim=1) / true.norm(dim=1).clamp_min(1e-12)).numpy()
-
-    def agg(mask: np.ndarray) -> dict[str, float | int]:
-        n = int(mask.sum())
-        if n == 0:
-            return {"n": 0, "cos": float("nan"), "rel_l2": float("nan")}
-        return {"n": n, "cos": float(cos[mask].mean()), "rel_l2": float(rel[mask].mean())}
-
-    return {
-        "overall": agg(np.ones(len(cos), dtype=bool)),
-        "by_category": {k: agg(m) for k, m in cats.items()},
-    }
-
-
-def tokenizer_without(tokenizer: Any, tokens: set[str]) -> Any:
-    """A copy of a BPE ``tokenizer`` that does not know ``tokens``: removed from the
-    vocabulary and the added tokens, with every merge that makes or uses one of them. Ids of
-    the other tokens are unchanged, so the result indexes the same matrix."""
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    spec = json.loads(tokenizer.backend_tokenizer.to_str())
-    model = spec["model"]
-    if model.get("type") != "BPE":
-        raise ValueError(f"expected a BPE tokenizer, got {model.get('type')}")
-    for t in tokens:
-        model["vocab"].pop(t, None)
-
-    def pair(m: Any) -> tuple[str, str]:
-        return tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1))  # type: ignore[return-value]
-
-    model["merges"] = [m for m in model["merges"] if not ({*pair(m), "".join(pair(m))} & tokens)]
-    spec["added_tokens"] = [a for a in spec["added_tokens"] if a["content"] not in tokens]
-    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)))
-
-
-def regular_mask(tokenizer: Any, n: int) -> np.ndarray:
-    """Ids that are ordinary vocabulary tokens (the seam's ``_regular_mask``)."""
-    mask = np.zeros(n, dtype=bool)
-    ids = [i for i in tokenizer.get_vocab().values() if i < n]
-    mask[np.asarray(ids, dtype=np.int64)] = True
-    added = [i for i in tokenizer.added_tokens_decoder if i < n]
-    mask[np.asarray(added, dtype=np.int64)] = False
-    return mask
-
-
-@dataclass
-class LeaveOut:
-    """Everything the methods see in the leave-out experiment."""
-
-    base: torch.Tensor  # Gemma rows without the hidden ones (compacted)
-    base_nan: torch.Tensor  # full Gemma matrix, hidden rows = NaN (for id-indexed code)
-    donor: torch.Tensor  # SmolLM2 matrix
-    true: torch.Tensor  # (T, d) the hidden Gemma rows
-    hidden_out: np.ndarray  # SmolLM2 ids of the hidden tokens
-    anchor_out: np.ndarray  # SmolLM2 ids of the remaining shared tokens
-    anchor_base: np.ndarray  # their rows of `base` (compacted ids)
-    anchor_gemma: np.ndarray  # their rows of the full Gemma matrix
-    out_to_base: np.ndarray  # (V_smollm2,) compacted Gemma row, -1 where hidden / missing
-    target_texts: list[str]
-    split_base: Callable[[list[str]], list[list[int]]]  # texts -> compacted Gemma rows
-    base_vocab_texts: list[str]
-    gemma_without: Any  # the Gemma tokenizer without the hidden tokens (original ids)
-    smollm2_tok: Any
-    cats: dict[str, np.ndarray]
-    info: dict[str, Any]
-
-
-def prepare_leave_out() -> LeaveOut:
-    from transformers import AutoTokenizer
-
-    from mergekit_tokenplug.vocab.align import CANONICAL, EXACT, align_vocab
-    from mergekit_tokenplug.vocab.texts import split_texts, token_texts
-
-    g_dir, s_dir = assets.model_dir("gemma3"), assets.model_dir("smollm2")
-    g_tok = AutoTokenizer.from_pretrained(str(g_dir))
-    s_tok = AutoTokenizer.from_pretrained(str(s_dir))
-    g_emb, s_emb = load_matrix(g_dir), load_matrix(s_dir)
-    al = align_vocab(s_tok, g_tok, model_rows=g_emb.shape[0])
-    n_out = al.size
-    regular = regular_mask(s_tok, n_out)
-    shared = np.flatnonzero(np.isin(al.how, [EXACT, CANONICAL]) & regular)
-    rng = np.random.default_rng(LEAVE_OUT_SEED)
-    n_hide = int(round(LEAVE_OUT_FRACTION * len(shared)))
-    hidden_out = np.sort(rng.choice(shared, size=n_hide, replace=False))
-    hidden_gemma = al.src_ids[hidden_out]
-    anchor_out = np.setdiff1d(shared, hidden_out)
-    # an anchor that shares its Gemma row with a hidden token would leak that row
-    anchor_out = anchor_out[~np.isin(al.src_ids[anchor_out], hidden_gemma)]
-    anchor_gemma = al.src_ids[anchor_out]
-
-    keep = np.ones(g_emb.shape[0], dtype=bool)
-    keep[hidden_gemma] = False
-    compact = np.full(g_emb.shape[0], -1, dtype=np.int64)
-    compact[keep] = np.arange(int(keep.sum()))
-    base = g_emb[torch.from_numpy(keep)].contiguous()
-    base_nan = g_emb.clone()
-    base_nan[torch.from_numpy(hidden_gemma)] = float("nan")
-
-    hidden_strings = set(g_tok.convert_ids_to_tokens(hidden_gemma.tolist()))
-    g_without = tokenizer_without(g_tok, hidden_strings)
-
-    def split_base(texts: list[str]) -> list[list[int]]:
-        pieces = split_texts(g_without, texts, running_text=True)
-        out = []
-        for ids in pieces:
-            rows = compact[[i for i in ids if i < len(compact)]]
-            if (rows < 0).any():
-                raise RuntimeError("a hidden token came out of the tokenizer without it")
-            out.append(rows.tolist())
-        return out
-
-    target_texts = token_texts(s_tok, hidden_out.tolist())
-    vocab_texts_full = token_texts(g_tok, range(g_emb.shape[0]))
-    base_vocab_texts = [vocab_texts_full[i] for i in np.flatnonzero(keep)]
-    out_to_base = np.where(al.src_ids >= 0, compact[np.maximum(al.src_ids, 0)], -1)
-    out_to_base[hidden_out] = -1
-    digest = hashlib.sha256(hidden_out.tobytes()).hexdigest()[:16]
-    info = {
-        "alignment_counts": al.counts(),
-        "shared_regular": int(len(shared)),
-        "hidden": int(n_hide),
-        "anchors": int(len(anchor_out)),
-        "seed": LEAVE_OUT_SEED,
-        "fraction": LEAVE_OUT_FRACTION,
-        "hidden_sha": digest,
-    }
-    return LeaveOut(
-        base=base,
-        base_nan=base_nan,
-        donor=s_emb,
-        true=g_emb[torch.from_numpy(hidden_gemma)].clone(),
-        hidden_out=hidden_out,
-        anchor_out=anchor_out,
-        anchor_base=compact[anchor_gemma],
-        anchor_gemma=anchor_gemma,
-        out_to_base=out_to_base,
-        target_texts=target_texts,
-        split_base=split_base,
-        base_vocab_texts=base_vocab_texts,
-        gemma_without=g_without,
-        smollm2_tok=s_tok,
-        cats=categories(target_texts),
-        info=info,
+    return prepare_holdout(
+        str(assets.model_dir("gemma3")),
+        str(assets.model_dir("smollm2")),
+        LEAVE_OUT_FRACTION,
+        LEAVE_OUT_SEED,
     )
 
 
-def run_ours(lo: LeaveOut, m: Method) -> torch.Tensor:
-    """Our kernel on the problem the run would build (``fill.build_problem``)."""
-    from mergekit_tokenplug.fill import SourceSpace, TextSupport, build_problem
-    from mergekit_tokenplug.methods.base import Need
+def bench_score(est: torch.Tensor, ho: Any) -> dict[str, Any]:
+    """compare's score, in this report's layout (overall / by_category)."""
+    from mergekit_tokenplug.evaluate.compare import score
+
+    s = score(est, ho.true, ho.categories)
+    nan = {"n": 0, "cos": float("nan"), "rel_l2": float("nan")}
+    return {
+        "overall": {"n": len(ho.categories), "cos": s["cos"], "rel_l2": s["rel_l2"]},
+        "by_category": {c: s["categories"].get(c, nan) for c in CATEGORIES},
+    }
+
+
+def run_ours(ho: Any, m: Method) -> torch.Tensor:
+    """Our method through compare's path (the transplant's fill code)."""
+    from mergekit_tokenplug.evaluate.compare import estimate_hidden
     from mergekit_tokenplug.registry import get
 
     spec = get(m.name)
-    params = spec.parse_params(m.params)
-    inputs: dict = {}
-    embedder = m.params.get("embedder")
-    if embedder and embedder != "self":
-        from mergekit_tokenplug.resources.embedder import load_text_embedder
-
-        inputs["embed_texts"] = load_text_embedder(embedder, show_progress=False)
-    if Need.CORPUS in spec.needs:
-        from mergekit_tokenplug.resources.corpus import read_corpus, resolve_corpus, tokenize_corpus
-
-        inputs["corpus_ids"] = tokenize_corpus(
-            lo.smollm2_tok, read_corpus(resolve_corpus(list(params.corpus)))
-        )
-        inputs["context_matrix"] = lo.base  # tied: the output head is the same matrix
-    text_of = dict(zip(lo.hidden_out.tolist(), lo.target_texts, strict=True))
-    texts = TextSupport(
-        out_texts=lambda ids: [text_of[int(i)] for i in ids],
-        split_base=lo.split_base,
-        base_vocab_texts=lambda: lo.base_vocab_texts,
-        inputs=inputs,
-    )
-    # Output ids are SmolLM2 ids, so the donor's row of an output id is the id itself.
-    donor = SourceSpace("donor", lo.donor, np.arange(len(lo.out_to_base)))
-    uses_donor = Need.DONOR_EMBEDDINGS in spec.needs
-    problem = build_problem(
-        lo.base,
-        lo.out_to_base,
-        lo.hidden_out,
-        lo.anchor_out if uses_donor else None,
-        donor if uses_donor else None,
-        spec,
-        texts,
-        role="input",
-        seed=0,
-        label=f"leave-out {m.slug}",
-        show_progress=False,
-    )
-    return spec.estimate(problem, params)
+    return estimate_hidden(ho, spec, spec.parse_params(m.params), show_progress=False)
 
 
-def run_tokensurgeon(lo: LeaveOut, m: Method) -> torch.Tensor:
+def run_tokensurgeon(ho: Any, m: Method) -> torch.Tensor:
     """tokensurgeon's approximation as ``compute_new_embeddings`` invokes it (CLI defaults:
-    euclidean distances, distance-proportional weights, subword mean, batches of 512)."""
+    euclidean distances, distance-proportional weights, subword mean, batches of 512), on
+    compare's hidden set. Its ``subword`` indexes the full Gemma matrix by tokenizer id: the
+    hidden rows hold NaN there, so a leak would show up as NaN."""
+    from mergekit_tokenplug.evaluate.compare import tokenizer_without
+
+    donor = ho.donor_space.matrix.float()
+    lo = argparse.Namespace(
+        donor=donor,
+        base=ho.base,
+        anchor_out=ho.anchor_out,
+        anchor_base=ho.out_to_base[ho.anchor_out],
+        hidden_out=ho.hidden_out,
+        smollm2_tok=ho.plan.tokenizer,
+    )
     from mergekit.tokenizer.normalization import normalized_vocabulary
     from mergekit.tokensurgeon import (
         SubwordMethod,
@@ -391,6 +215,12 @@ def run_tokensurgeon(lo: LeaveOut, m: Method) -> torch.Tensor:
     orig_shared = lo.base[torch.as_tensor(lo.anchor_base)]
     targets_all = lo.donor[torch.as_tensor(lo.hidden_out)]
     if m.name == "subword":
+        g_tok = next(iter(ho.plan.models.values())).tokenizer
+        lo.gemma_without = tokenizer_without(
+            g_tok, set(g_tok.convert_ids_to_tokens(ho.hidden_base.tolist()))
+        )
+        lo.base_nan = load_matrix(assets.model_dir("gemma3"))
+        lo.base_nan[torch.from_numpy(ho.hidden_base)] = float("nan")
         by_id = {i: tok for tok, i in normalized_vocabulary(lo.smollm2_tok).items()}
         target_tokens = [by_id[int(i)] for i in lo.hidden_out]
     torch.manual_seed(0)  # landmark_pca uses torch.pca_lowrank (randomized)
@@ -434,14 +264,20 @@ def run_tokensurgeon(lo: LeaveOut, m: Method) -> torch.Tensor:
 
 def part_leave_out(methods: list[Method], cache: dict[str, Any], redo: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
-    lo = prepare_leave_out()
+    lo = holdout_for_bench()
     setup_s = time.perf_counter() - t0
-    print(f"[leave-out] setup {setup_s:.1f}s: {lo.info}", flush=True)
-    prev = (
-        cache.get("methods", {})
-        if cache.get("info", {}).get("hidden_sha") == lo.info["hidden_sha"]
-        else {}
-    )
+    digest = hashlib.sha256(lo.hidden_out.tobytes()).hexdigest()[:16]
+    info = {
+        "shared_regular": lo.info["shared"],
+        "hidden": int(len(lo.hidden_out)),
+        "anchors": int(len(lo.anchor_out)),
+        "seed": LEAVE_OUT_SEED,
+        "fraction": LEAVE_OUT_FRACTION,
+        "missing_mix": lo.missing_mix,
+        "hidden_sha": digest,
+    }
+    print(f"[leave-out] setup {setup_s:.1f}s: {info}", flush=True)
+    prev = cache.get("methods", {}) if cache.get("info", {}).get("hidden_sha") == digest else {}
     results: dict[str, Any] = dict(prev)
     for m in methods:
         if m.slug in results and not redo and "error" not in results[m.slug]:
@@ -460,7 +296,7 @@ def part_leave_out(methods: list[Method], cache: dict[str, Any], redo: bool) -> 
                 "label": m.label,
                 "impl": m.impl,
                 "seconds": round(secs, 2),
-                **score(est, lo.true, lo.cats),
+                **bench_score(est, lo),
             }
         except Exception as exc:  # report a crashing method instead of stopping the bench
             LOG.exception("leave-out %s failed", m.slug)
@@ -475,9 +311,9 @@ def part_leave_out(methods: list[Method], cache: dict[str, Any], redo: bool) -> 
             f"[leave-out] {m.slug}: cos={shown} ({res.get('seconds', '-')}s) {res.get('error', '')}",
             flush=True,
         )
-    n_cat = {k: int(v.sum()) for k, v in lo.cats.items()}
+    n_cat = {c: lo.categories.count(c) for c in CATEGORIES}
     return {
-        "info": {**lo.info, "categories": n_cat, "setup_seconds": round(setup_s, 1)},
+        "info": {**info, "categories": n_cat, "setup_seconds": round(setup_s, 1)},
         "methods": results,
     }
 
@@ -670,6 +506,7 @@ def bpb_table(rows: dict[str, Any], title: str, ref: str) -> str:
 # side in the same colour; tokensurgeon's bars are hatched, reference models grey.
 FAMILY_COLOURS = {
     "omp": "tab:blue",
+    "omp_map": "tab:gray",
     "tokenadapt-self": "tab:cyan",
     "tokenadapt-minilm": "tab:green",
     "subword_mean": "tab:red",

@@ -13,6 +13,7 @@ import click
 import yaml
 
 from mergekit_tokenplug.errors import ConfigError, one_line_error
+from mergekit_tokenplug.registry import DEFAULT_METHOD
 
 
 def parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -93,7 +94,7 @@ def main() -> None:
 @click.option(
     "--method",
     "-m",
-    default="omp",
+    default=DEFAULT_METHOD,
     show_default=True,
     help="Approximation method (see `mergekit-tokenplug methods`).",
 )
@@ -322,6 +323,72 @@ def evaluate(
     if json_out:
         with open(json_out, "w", encoding="utf-8") as fh:
             json.dump(records, fh, indent=2)
+
+
+@main.command()
+@click.argument("base")
+@click.argument("donor")
+@click.option(
+    "--methods",
+    default=None,
+    help="Comma-separated methods (default: every registered method that can run on the pair).",
+)
+@click.option(
+    "--hold-out",
+    "hold_out",
+    type=float,
+    default=0.05,
+    show_default=True,
+    help="Fraction of the shared tokens hidden and estimated back.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the hidden draw.")
+@click.option(
+    "--text",
+    "texts",
+    multiple=True,
+    type=click.Path(),
+    help="Also transplant with each method and report bits per byte on this text; repeatable.",
+)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None)
+@click.option(
+    "--plot", type=click.Path(dir_okay=False), default=None, help="Bar chart (needs matplotlib)."
+)
+@click.option("--quiet", "-q", is_flag=True)
+def compare(
+    base: str,
+    donor: str,
+    methods: str | None,
+    hold_out: float,
+    seed: int,
+    texts: tuple[str, ...],
+    json_out: str | None,
+    plot: str | None,
+    quiet: bool,
+) -> None:
+    """Which method is best for BASE wearing DONOR's tokenizer: hide shared tokens drawn like
+    the missing ones, estimate them with each method, score per token category."""
+    from mergekit_tokenplug.evaluate.compare import (
+        compare_methods,
+        format_report,
+        plot_report,
+        require_matplotlib,
+    )
+
+    setup_logging(quiet, 0)
+    if plot:
+        require_matplotlib()
+    names = [m.strip() for m in methods.split(",") if m.strip()] if methods is not None else None
+    if names is not None and not names:
+        raise ConfigError("expected at least one method name", where="--methods")
+    report = compare_methods(
+        base, donor, names, fraction=hold_out, seed=seed, texts=texts, show_progress=not quiet
+    )
+    click.echo(format_report(report))
+    if json_out:
+        with open(json_out, "w", encoding="utf-8") as fh:
+            json.dump(report, fh, indent=2)
+    if plot:
+        plot_report(report, plot)
 
 
 @main.command("learn-tool-tokens")

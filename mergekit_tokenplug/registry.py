@@ -13,14 +13,18 @@ import logging
 from importlib.metadata import entry_points
 
 from mergekit_tokenplug.errors import ConfigError
-from mergekit_tokenplug.methods import baselines, cw2v, omp, tokenadapt
+from mergekit_tokenplug.methods import baselines, cw2v, omp, omp_map, tokenadapt
 from mergekit_tokenplug.methods.base import MethodSpec
 
 LOG = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "mergekit_tokenplug.methods"
+#: Method used when none is named (``transplant`` and ``approximation:`` without ``method:``):
+#: the best on held-out bits per byte (bench/RESULTS.md).
+DEFAULT_METHOD = "omp_map"
 
 BUILTIN_METHODS: list[MethodSpec] = [
     omp.SPEC,
+    omp_map.SPEC,
     tokenadapt.TOKENADAPT,
     cw2v.SPEC,
     baselines.MEAN,

@@ -17,6 +17,7 @@ from mergekit_tokenplug.compute.progress import bars_disabled
 from mergekit_tokenplug.errors import ConfigError, InputError
 from mergekit_tokenplug.recipes.plan import plan_recipe, resolve_plan_device
 from mergekit_tokenplug.recipes.yaml_lines import yaml_error
+from mergekit_tokenplug.registry import DEFAULT_METHOD
 from mergekit_tokenplug.seam.activation import activate
 from mergekit_tokenplug.seam.run import run_plugin_merge
 from mergekit_tokenplug.seam.schema import one_line_validation_error
@@ -25,7 +26,7 @@ from mergekit_tokenplug.seam.schema import one_line_validation_error
 def transplant_recipe(
     base: str,
     donor: str,
-    method: str = "omp",
+    method: str = DEFAULT_METHOD,
     params: dict[str, Any] | None = None,
     *,
     dtype: str | None = None,
@@ -143,7 +144,7 @@ def transplant(
     base: str,
     donor: str,
     out: str,
-    method: str = "omp",
+    method: str = DEFAULT_METHOD,
     params: dict[str, Any] | None = None,
     *,
     device: str | None = "cpu",
@@ -183,7 +184,7 @@ def transplant(
 def plan_transplant(
     base: str,
     donor: str,
-    method: str = "omp",
+    method: str = DEFAULT_METHOD,
     params: dict[str, Any] | None = None,
     device: str | None = "cpu",
     **recipe_options: Any,

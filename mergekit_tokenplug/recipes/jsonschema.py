@@ -13,6 +13,7 @@ import copy
 from typing import Any
 
 from mergekit_tokenplug import registry
+from mergekit_tokenplug.registry import DEFAULT_METHOD
 from mergekit_tokenplug.seam.activation import activate
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
@@ -48,7 +49,7 @@ def method_schema(spec: Any, defs: dict[str, Any], base_props: dict[str, Any]) -
     props.update(_rewrite_refs(params.get("properties", {}), rename))
     props["method"] = {"const": spec.name, "description": spec.summary}
     required = list(params.get("required", []))
-    if spec.name != "omp":  # ``method`` defaults to omp
+    if spec.name != DEFAULT_METHOD:  # ``method`` may be left out for the default
         required.insert(0, "method")
     branch: dict[str, Any] = {
         "title": spec.name,

@@ -369,7 +369,7 @@ class _DocChecker:
         if not isinstance(approx, dict):
             self.add(APPROX, f"expected a mapping (method and its parameters), got {approx!r}")
             return None, None
-        method = approx.get("method", "omp")
+        method = approx.get("method", registry.DEFAULT_METHOD)
         methods = registry.all_methods()
         if not isinstance(method, str) or method not in methods:
             self.add(

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from mergekit_tokenplug import __version__, registry
 from mergekit_tokenplug.errors import ConfigError
+from mergekit_tokenplug.registry import DEFAULT_METHOD
 
 PLUGIN_TOKENIZER_KEYS = ("approximation", "add_bos")
 STOCK_TOKENIZER_KEYS = tuple(TokenizerConfig.model_fields)
@@ -33,7 +34,7 @@ class ApproximationConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    method: str = "omp"
+    method: str = DEFAULT_METHOD
     seed: int | None = Field(
         None, description="seed for stochastic methods (defaults to --random-seed, else 0)"
     )
@@ -111,7 +112,7 @@ class TokenplugTokenizerConfig(TokenizerConfig, frozen=True):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     approximation: ApproximationConfig = Field(
-        default_factory=lambda: ApproximationConfig(method="omp")
+        default_factory=lambda: ApproximationConfig(method=DEFAULT_METHOD)
     )
     add_bos: Literal["base", "source"] = Field(
         "base",

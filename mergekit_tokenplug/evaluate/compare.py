@@ -1,0 +1,514 @@
+"""``compare``: which method is best for *this* pair? (leave-out per method and token category)
+
+A seeded fraction of the shared regular tokens is hidden and estimated from the rest by each
+method, through the same fill code a transplant runs (``fill._estimate_missing``). The hidden set
+is drawn to match the category mix of the tokens the base really lacks: a uniform draw
+over-represents frequent whole words, which are the easy case. Hiding is strict, so no method
+can read a hidden row back:
+
+* the base matrix the methods see has the hidden rows removed (ids compacted), and shared
+  tokens that copy the same base row as a hidden token are dropped from the anchors;
+* texts are split by a base tokenizer *without* the hidden tokens (removed from a BPE
+  vocabulary with every merge that makes or uses them).
+
+Only the input embeddings are compared. Leave-out scores shared tokens, which are easier than
+truly new ones: with ``texts`` each method also runs a real transplant and bits per byte on
+those texts are reported, the figure to decide by.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import tempfile
+import time
+import unicodedata
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mergekit_tokenplug.errors import ConfigError, InputError
+from mergekit_tokenplug.fill import FillReport, SourceSpace, TextSupport, plan_fill
+from mergekit_tokenplug.fill import _estimate_missing as estimate_rows
+from mergekit_tokenplug.methods.base import MethodSpec, Need
+from mergekit_tokenplug.registry import all_methods, get
+
+LOG = logging.getLogger(__name__)
+
+#: Token categories, a partition: each token gets the first that applies.
+CATEGORIES: tuple[str, ...] = (
+    "multi-byte",
+    "digits",
+    "punctuation",
+    "long",
+    "word-start",
+    "continuation",
+)
+TEXT_NEEDS = frozenset({Need.BASE_TOKENIZER, Need.BASE_VOCAB_TEXTS, Need.CORPUS})
+
+
+def token_category(form: bytes) -> str:
+    """Category of a token from its canonical bytes (leading space = word start)."""
+    if any(b >= 0x80 for b in form):
+        return "multi-byte"
+    text = form.decode("ascii")
+    if any(c.isdigit() for c in text):
+        return "digits"
+    stripped = text.strip()
+    if stripped and all(unicodedata.category(c)[0] in "PS" for c in stripped):
+        return "punctuation"
+    if len(text.strip()) >= 8:
+        return "long"
+    return "word-start" if text.startswith(" ") else "continuation"
+
+
+def draw_matching(
+    pool_cats: Sequence[str], mix: dict[str, float], n: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Positions into ``pool_cats``: ``n`` draws split over categories as ``mix`` says
+    (largest remainder), each category capped at what the pool holds."""
+    cats = np.asarray(pool_cats)
+    raw = {c: n * mix.get(c, 0.0) for c in CATEGORIES}
+    quota = {c: int(np.floor(v)) for c, v in raw.items()}
+    short = n - sum(quota.values())
+    for c in sorted(CATEGORIES, key=lambda c: (-(raw[c] - quota[c]), CATEGORIES.index(c)))[:short]:
+        quota[c] += 1
+    picked = []
+    for c in CATEGORIES:
+        pos = np.flatnonzero(cats == c)
+        take = min(quota[c], len(pos))
+        if take:
+            picked.append(rng.choice(pos, size=take, replace=False))
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
+
+
+def tokenizer_without(tokenizer: Any, tokens: set[str]) -> Any:
+    """A copy of a BPE ``tokenizer`` that does not know ``tokens``: removed from the vocabulary
+    and the added tokens, with every merge that makes or uses one of them. Other ids are
+    unchanged, so the result indexes the same matrix. None for other model types."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    model = spec["model"]
+    if model.get("type") != "BPE":
+        return None
+    for t in tokens:
+        model["vocab"].pop(t, None)
+
+    def pair(m: Any) -> tuple[str, str]:
+        return tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1))  # type: ignore[return-value]
+
+    model["merges"] = [m for m in model["merges"] if not ({*pair(m), "".join(pair(m))} & tokens)]
+    spec["added_tokens"] = [a for a in spec["added_tokens"] if a["content"] not in tokens]
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)))
+
+
+@dataclass
+class HoldOut:
+    """Everything the methods see in the leave-out, and the truth they are scored against."""
+
+    base: torch.Tensor  # base rows without the hidden ones (compacted)
+    true: torch.Tensor  # (T, d) the hidden rows
+    hidden_out: np.ndarray  # output (donor tokenizer) ids of the hidden tokens
+    anchor_out: np.ndarray  # output ids of the shared tokens left as anchors
+    out_to_base: np.ndarray  # (n_tokens,) compacted base row, -1 where hidden / missing
+    hidden_base: np.ndarray  # rows of the full base matrix that were hidden
+    regular: np.ndarray  # (n_tokens,) regular output tokens
+    donor_space: SourceSpace | None
+    texts: TextSupport | None  # None when the base tokenizer cannot be cut (not BPE)
+    categories: list[str]  # per hidden token
+    missing_mix: dict[str, int]  # category counts of the really missing tokens
+    plan: Any
+    base_ref: Any
+    seed: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _matrix(ref: Any) -> torch.Tensor:
+    """A model's input embedding matrix, read through mergekit's lazy loader."""
+    from mergekit.io.tasks import LoaderCache
+
+    from mergekit_tokenplug.seam.roles import role_weight
+
+    w = role_weight(ref, "input", False)
+    names = [*(w.aliases or ()), *(w.tied_names or ())]
+    return LoaderCache().get(ref).get_tensor(w.name, aliases=names).float()
+
+
+def has_weights(path: str) -> bool:
+    return (Path(path) / "config.json").is_file() and any(Path(path).glob("*.safetensors"))
+
+
+def prepare_holdout(base: str, donor: str, fraction: float = 0.05, seed: int = 0) -> HoldOut:
+    """Align, draw the hidden set (seeded, matched to the missing tokens' mix) and hide it."""
+    from mergekit.common import ModelReference
+    from transformers import AutoTokenizer
+
+    from mergekit_tokenplug.inputs import check_model_dir
+    from mergekit_tokenplug.seam.vocab_task import make_vocab_plan
+    from mergekit_tokenplug.vocab.align import CANONICAL, EXACT
+    from mergekit_tokenplug.vocab.canonical import canonical_forms
+    from mergekit_tokenplug.vocab.texts import split_texts, token_texts
+
+    if not 0.0 < fraction < 1.0:
+        raise InputError(f"--hold-out must be between 0 and 1 (got {fraction})", where="compare")
+    check_model_dir(base, where="BASE")
+    check_model_dir(donor, where="DONOR", need_weights=False, need_tokenizer=True)
+    base_ref, donor_ref = ModelReference.parse(base), ModelReference.parse(donor)
+    donor_has_model = has_weights(donor)
+    out_tok = AutoTokenizer.from_pretrained(donor)
+    plan = make_vocab_plan(out_tok, [base_ref], donor=donor_ref if donor_has_model else None)
+    mv = next(iter(plan.models.values()))
+    src, how = mv.alignment.src_ids, mv.alignment.how
+    n = plan.n_tokens
+    donor_ok = (
+        plan.donor.alignment.src_ids >= 0 if plan.donor is not None else np.ones(n, dtype=bool)
+    )
+    regular = plan.regular
+    shared = np.flatnonzero(regular & np.isin(how, [EXACT, CANONICAL]) & donor_ok)
+    missing = np.flatnonzero(regular & (src < 0) & donor_ok)
+    if len(shared) < 2:
+        raise InputError(
+            f"{base} and {donor} share fewer than 2 regular tokens; nothing to compare",
+            where="compare",
+        )
+    forms = canonical_forms(out_tok)
+    cat_of = {int(i): token_category(forms.get(int(i), b"")) for i in (*shared, *missing)}
+    missing_mix = {c: 0 for c in CATEGORIES}
+    for i in missing:
+        missing_mix[cat_of[int(i)]] += 1
+    pool_cats = [cat_of[int(i)] for i in shared]
+    if len(missing):
+        mix = {c: v / len(missing) for c, v in missing_mix.items()}
+    else:  # nothing is missing: the shared tokens' own mix
+        mix = {c: pool_cats.count(c) / len(shared) for c in CATEGORIES}
+    n_hide = min(max(1, round(fraction * len(shared))), len(shared) - 1)
+    rng = np.random.default_rng(seed)
+    hidden_out = shared[draw_matching(pool_cats, mix, n_hide, rng)]
+    hidden_base = np.unique(src[hidden_out])
+    anchor_out = np.setdiff1d(shared, hidden_out)
+    anchor_out = anchor_out[~np.isin(src[anchor_out], hidden_base)]
+
+    full = _matrix(base_ref)
+    keep = np.ones(full.shape[0], dtype=bool)
+    keep[hidden_base] = False
+    compact = np.full(full.shape[0], -1, dtype=np.int64)
+    compact[keep] = np.arange(int(keep.sum()))
+    out_to_base = np.where(src >= 0, compact[np.maximum(src, 0)], -1)
+    out_to_base[~np.isin(np.arange(n), anchor_out)] = -1  # only anchors are known rows
+    compact_base = full[torch.from_numpy(keep)].contiguous()
+
+    donor_space = None
+    if plan.donor is not None:
+        donor_space = SourceSpace(
+            f"donor {donor}", _matrix(donor_ref), plan.donor.alignment.src_ids, anchor_mask=regular
+        )
+    base_tok = mv.tokenizer
+    cut = tokenizer_without(base_tok, set(base_tok.convert_ids_to_tokens(hidden_base.tolist())))
+    texts = None
+    if cut is not None:
+        out_texts = token_texts(out_tok, range(n))
+
+        def split_base(items: list[str]) -> list[list[int]]:
+            result = []
+            for ids in split_texts(cut, items, running_text=True):
+                rows = compact[[i for i in ids if i < len(compact)]]
+                if (rows < 0).any():
+                    raise RuntimeError("a hidden token came out of the tokenizer without it")
+                result.append(rows.tolist())
+            return result
+
+        vocab_texts = token_texts(base_tok, range(full.shape[0]))
+        texts = TextSupport(
+            out_texts=lambda ids: [out_texts[int(i)] for i in ids],
+            split_base=split_base,
+            base_vocab_texts=lambda: [vocab_texts[i] for i in np.flatnonzero(keep)],
+        )
+    return HoldOut(
+        base=compact_base,
+        true=full[torch.from_numpy(src[hidden_out])].clone(),
+        hidden_out=hidden_out,
+        anchor_out=anchor_out,
+        out_to_base=out_to_base,
+        hidden_base=hidden_base,
+        regular=regular,
+        donor_space=donor_space,
+        texts=texts,
+        categories=[cat_of[int(i)] for i in hidden_out],
+        missing_mix=missing_mix,
+        plan=plan,
+        base_ref=base_ref,
+        seed=seed,
+        info={"shared": int(len(shared)), "missing": int(len(missing)), "requested": int(n_hide)},
+    )
+
+
+def cannot_run(spec: MethodSpec, holdout: HoldOut) -> str | None:
+    """Why ``spec`` cannot run on this pair with its default parameters (None if it can)."""
+    if Need.MODEL_FORWARD in spec.needs:
+        return "initializes tool tokens only (tokenizer.tokens.<token>.source)"
+    if Need.DONOR_EMBEDDINGS in spec.needs and holdout.donor_space is None:
+        return "needs donor embeddings; the donor has no weights"
+    if spec.needs & TEXT_NEEDS and holdout.texts is None:
+        return "needs the base tokenizer split without hidden tokens (only BPE bases)"
+    try:
+        spec.parse_params({})
+    except ConfigError as exc:
+        return f"needs parameters: {exc}"
+    return None
+
+
+def estimate_hidden(
+    holdout: HoldOut, spec: MethodSpec, params: Any, *, show_progress: bool = True
+) -> torch.Tensor:
+    """Rows of the hidden tokens estimated by ``spec``, through the transplant's fill code."""
+    from mergekit_tokenplug.seam.method_resources import method_inputs
+
+    texts = holdout.texts
+    inputs = method_inputs(
+        spec,
+        params,
+        model=holdout.base_ref,
+        plan=holdout.plan,
+        role="input",
+        device=holdout.base.device,
+        show_progress=show_progress,
+    )
+    if inputs and texts is not None:
+        if "context_matrix" in inputs:  # the full matrix holds the hidden rows: never show it
+            inputs["context_matrix"] = holdout.base
+        texts = dataclasses.replace(texts, inputs={**texts.inputs, **inputs})
+    sources = [holdout.donor_space] if holdout.donor_space is not None else []
+    # The run's own fill plan, kept to the hidden ids (other missing ids are not scored).
+    _, missing, groups = plan_fill(holdout.out_to_base, sources, spec, anchor_mask=holdout.regular)
+    hidden_groups = []
+    for g in groups:
+        keep = np.isin(g.out_ids, holdout.hidden_out)
+        if keep.any():
+            hidden_groups.append(
+                dataclasses.replace(g, positions=g.positions[keep], out_ids=g.out_ids[keep])
+            )
+    rows = estimate_rows(
+        model="base",
+        role="input",
+        base=holdout.base,
+        src_ids=holdout.out_to_base,
+        missing=missing,
+        groups=hidden_groups,
+        spec=spec,
+        params=params,
+        texts=texts,
+        seed=holdout.seed,
+        show_progress=show_progress,
+        report=FillReport(model="base", role="input", rows=len(holdout.hidden_out)),
+    )
+    return rows[torch.as_tensor(np.searchsorted(missing, holdout.hidden_out))]
+
+
+def score(est: torch.Tensor, true: torch.Tensor, cats: Sequence[str]) -> dict[str, Any]:
+    """Mean cosine and relative L2 error, overall and per category."""
+    est, true = est.float(), true.float()
+    cos = torch.nn.functional.cosine_similarity(est, true, dim=1).numpy()
+    rel = ((est - true).norm(dim=1) / true.norm(dim=1).clamp_min(1e-12)).numpy()
+    labels = np.asarray(cats)
+    per = {}
+    for c in CATEGORIES:
+        m = labels == c
+        if m.any():
+            per[c] = {
+                "n": int(m.sum()),
+                "cos": float(cos[m].mean()),
+                "rel_l2": float(rel[m].mean()),
+            }
+    return {"cos": float(cos.mean()), "rel_l2": float(rel.mean()), "categories": per}
+
+
+def compare_methods(
+    base: str,
+    donor: str,
+    methods: Sequence[str] | None = None,
+    *,
+    fraction: float = 0.05,
+    seed: int = 0,
+    texts: Sequence[str] = (),
+    show_progress: bool = True,
+    on_holdout: Callable[[HoldOut], None] | None = None,
+) -> dict[str, Any]:
+    """The ``compare`` report (see the module docstring); JSON-ready."""
+    specs = [get(m) for m in methods] if methods else list(all_methods().values())
+    for t in texts:
+        if not Path(t).is_file():
+            raise InputError(f"{t} is not a file; expected a text file", where="--text")
+    holdout = prepare_holdout(base, donor, fraction, seed)
+    if on_holdout is not None:
+        on_holdout(holdout)
+    result: dict[str, Any] = {
+        "hidden": int(len(holdout.hidden_out)),
+        "anchors": int(len(holdout.anchor_out)),
+        "seed": seed,
+        "hold_out": fraction,
+        "missing": holdout.missing_mix,
+        "methods": {},
+        "skipped": {},
+    }
+    ran = []
+    for spec in tqdm(specs, desc="compare", unit="method", disable=not show_progress):
+        note = cannot_run(spec, holdout)
+        if note is None:
+            try:
+                t0 = time.perf_counter()
+                est = estimate_hidden(
+                    holdout, spec, spec.parse_params({}), show_progress=show_progress
+                )
+                secs = time.perf_counter() - t0
+            except (ConfigError, InputError) as exc:
+                note = str(exc)
+        if note is not None:
+            result["skipped"][spec.name] = note
+            LOG.info("compare: %s skipped: %s", spec.name, note)
+            continue
+        result["methods"][spec.name] = {
+            **score(est, holdout.true, holdout.categories),
+            "seconds": round(secs, 3),
+        }
+        ran.append(spec.name)
+    if texts:
+        result["reference_bpb"], per_method = texts_bpb(
+            base, donor, ran, texts, seed, show_progress
+        )
+        for name, bpb in per_method.items():
+            result["methods"][name]["bpb"] = bpb
+    return result
+
+
+def texts_bpb(
+    base: str,
+    donor: str,
+    methods: Sequence[str],
+    texts: Sequence[str],
+    seed: int,
+    show_progress: bool,
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Bits per byte of the base (own tokenizer) and of a real transplant per method."""
+    from mergekit_tokenplug.evaluate.bpb import evaluate_models
+    from mergekit_tokenplug.surgery import transplant
+
+    def bpb_of(model_dir: str) -> dict[str, float]:
+        recs = evaluate_models([model_dir], list(texts), show_progress=False)
+        return {str(r["text"]): float(r["bpb"]) for r in recs}
+
+    reference = bpb_of(base)
+    out: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="tokenplug-compare-") as tmp:
+        for name in tqdm(methods, desc="transplant + bpb", disable=not show_progress):
+            dest = str(Path(tmp) / name)
+            transplant(base, donor, dest, name, {}, seed=seed, quiet=True)
+            out[name] = bpb_of(dest)
+    return reference, out
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """Plain-text table: overall and per-category cosine, relative L2, time, bpb."""
+    cats = [c for c in CATEGORIES if any(c in m["categories"] for m in report["methods"].values())]
+    texts = sorted({t for m in report["methods"].values() for t in m.get("bpb", {})})
+    head = ["method", "cos", "rel_l2", "s", *(f"cos {c}" for c in cats)]
+    head += [f"bpb {Path(t).name}" for t in texts]
+    rows = []
+    order = sorted(report["methods"].items(), key=lambda kv: -kv[1]["cos"])
+    for name, m in order:
+        row = [name, f"{m['cos']:.3f}", f"{m['rel_l2']:.3f}", f"{m['seconds']:.1f}"]
+        row += [f"{m['categories'][c]['cos']:.3f}" if c in m["categories"] else "-" for c in cats]
+        row += [f"{m['bpb'][t]:.3f}" for t in texts] if texts else []
+        rows.append(row)
+    if texts and report.get("reference_bpb"):
+        ref = report["reference_bpb"]
+        rows.append(
+            [
+                "(base, own tokenizer)",
+                "",
+                "",
+                "",
+                *[""] * len(cats),
+                *(f"{ref[t]:.3f}" for t in texts),
+            ]
+        )
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+
+    def fmt(r: list[str]) -> str:
+        return "  ".join(
+            v.ljust(w) if i == 0 else v.rjust(w)
+            for i, (v, w) in enumerate(zip(r, widths, strict=True))
+        )
+
+    n_cat = {
+        c: next(m["categories"][c]["n"] for m in report["methods"].values() if c in m["categories"])
+        for c in cats
+    }
+    lines = [
+        f"hidden {report['hidden']} of the shared tokens (seed {report['seed']}), anchors {report['anchors']}; "
+        + ", ".join(f"{c} {n_cat[c]}" for c in cats),
+        fmt(head),
+        *(fmt(r) for r in rows),
+    ]
+    lines += [f"skipped {k}: {v}" for k, v in report["skipped"].items()]
+    return "\n".join(lines)
+
+
+def require_matplotlib() -> None:
+    """Fail before any work when a plot is asked for and matplotlib is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise InputError(
+            "needs matplotlib, which is not installed (pip install matplotlib)", where="--plot"
+        ) from None
+
+
+def plot_report(report: dict[str, Any], path: str) -> None:
+    """Grouped bars: mean cosine per category (and overall) for every method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = sorted(report["methods"], key=lambda k: -report["methods"][k]["cos"])
+    cats = [c for c in CATEGORIES if any(c in report["methods"][m]["categories"] for m in methods)]
+    groups = ["overall", *cats]
+    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(groups) + 2), 4.8))
+    width = 0.84 / max(len(methods), 1)
+    for j, name in enumerate(methods):
+        m = report["methods"][name]
+        vals = [m["cos"]] + [m["categories"].get(c, {}).get("cos", np.nan) for c in cats]
+        xs = np.arange(len(groups)) + (j - (len(methods) - 1) / 2) * width
+        ax.bar(xs, vals, width, label=name)
+    n_cat = {
+        c: next(
+            report["methods"][m]["categories"][c]["n"]
+            for m in methods
+            if c in report["methods"][m]["categories"]
+        )
+        for c in cats
+    }
+    ax.set_xticks(np.arange(len(groups)))
+    ax.set_xticklabels(
+        [f"overall\n(n={report['hidden']})", *(f"{c}\n(n={n_cat[c]})" for c in cats)]
+    )
+    ax.set_ylabel("mean cosine to the true row")
+    ax.set_title(
+        f"Leave-out: {report['hidden']} hidden shared tokens drawn like the missing ones (seed {report['seed']})"
+    )
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(
+        ncol=min(len(methods), 5), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15)
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
