@@ -367,6 +367,7 @@ def compare(
 ) -> None:
     """Which method is best for BASE wearing DONOR's tokenizer: hide shared tokens drawn like
     the missing ones, estimate them with each method, score per token category."""
+    # lazy: keeps the CLI's start-up fast
     from mergekit_tokenplug.evaluate.compare import (
         compare_methods,
         format_report,

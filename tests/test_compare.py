@@ -31,7 +31,7 @@ def report(zoo, tmp_path_factory):
         str(zoo.bl_big),
         str(zoo.sp_tied),
         "--methods",
-        FAST + ",cw2v,tool",
+        FAST + ",cw2v",
         "--hold-out",
         "0.2",
         "--seed",
@@ -61,7 +61,6 @@ def test_json_shape(report):
 def test_unrunnable_methods_are_skipped_with_a_note(report):
     data, output = report
     assert "corpus" in data["skipped"]["cw2v"]
-    assert "tool" in data["skipped"]["tool"]
     assert "skipped cw2v" in output
 
 

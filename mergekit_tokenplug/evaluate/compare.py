@@ -34,10 +34,19 @@ import torch
 from tqdm.auto import tqdm
 
 from mergekit_tokenplug.errors import ConfigError, InputError
+from mergekit_tokenplug.evaluate.bpb import evaluate_models
 from mergekit_tokenplug.fill import FillReport, SourceSpace, TextSupport, plan_fill
 from mergekit_tokenplug.fill import _estimate_missing as estimate_rows
+from mergekit_tokenplug.inputs import check_model_dir
 from mergekit_tokenplug.methods.base import MethodSpec, Need
 from mergekit_tokenplug.registry import all_methods, get
+from mergekit_tokenplug.seam.method_resources import method_inputs
+from mergekit_tokenplug.seam.roles import role_weight
+from mergekit_tokenplug.seam.vocab_task import make_vocab_plan
+from mergekit_tokenplug.surgery import transplant
+from mergekit_tokenplug.vocab.align import CANONICAL, EXACT
+from mergekit_tokenplug.vocab.canonical import canonical_forms
+from mergekit_tokenplug.vocab.texts import split_texts, token_texts
 
 LOG = logging.getLogger(__name__)
 
@@ -135,7 +144,6 @@ def _matrix(ref: Any) -> torch.Tensor:
     """A model's input embedding matrix, read through mergekit's lazy loader."""
     from mergekit.io.tasks import LoaderCache
 
-    from mergekit_tokenplug.seam.roles import role_weight
 
     w = role_weight(ref, "input", False)
     names = [*(w.aliases or ()), *(w.tied_names or ())]
@@ -151,11 +159,6 @@ def prepare_holdout(base: str, donor: str, fraction: float = 0.05, seed: int = 0
     from mergekit.common import ModelReference
     from transformers import AutoTokenizer
 
-    from mergekit_tokenplug.inputs import check_model_dir
-    from mergekit_tokenplug.seam.vocab_task import make_vocab_plan
-    from mergekit_tokenplug.vocab.align import CANONICAL, EXACT
-    from mergekit_tokenplug.vocab.canonical import canonical_forms
-    from mergekit_tokenplug.vocab.texts import split_texts, token_texts
 
     if not 0.0 < fraction < 1.0:
         raise InputError(f"--hold-out must be between 0 and 1 (got {fraction})", where="compare")
@@ -253,7 +256,7 @@ def prepare_holdout(base: str, donor: str, fraction: float = 0.05, seed: int = 0
 def cannot_run(spec: MethodSpec, holdout: HoldOut) -> str | None:
     """Why ``spec`` cannot run on this pair with its default parameters (None if it can)."""
     if Need.MODEL_FORWARD in spec.needs:
-        return "initializes tool tokens only (tokenizer.tokens.<token>.source)"
+        return "needs the base model's forward pass, which a leave-out does not run"
     if Need.DONOR_EMBEDDINGS in spec.needs and holdout.donor_space is None:
         return "needs donor embeddings; the donor has no weights"
     if spec.needs & TEXT_NEEDS and holdout.texts is None:
@@ -269,7 +272,6 @@ def estimate_hidden(
     holdout: HoldOut, spec: MethodSpec, params: Any, *, show_progress: bool = True
 ) -> torch.Tensor:
     """Rows of the hidden tokens estimated by ``spec``, through the transplant's fill code."""
-    from mergekit_tokenplug.seam.method_resources import method_inputs
 
     texts = holdout.texts
     inputs = method_inputs(
@@ -397,8 +399,6 @@ def texts_bpb(
     show_progress: bool,
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Bits per byte of the base (own tokenizer) and of a real transplant per method."""
-    from mergekit_tokenplug.evaluate.bpb import evaluate_models
-    from mergekit_tokenplug.surgery import transplant
 
     def bpb_of(model_dir: str) -> dict[str, float]:
         recs = evaluate_models([model_dir], list(texts), show_progress=False)
