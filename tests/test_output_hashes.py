@@ -17,6 +17,7 @@ from mergekit_tokenplug.surgery import load_recipe, run_recipe, transplant_recip
 
 CASES = {
     "omp": {"k": 8},
+    "omp_map": {"k": 8},
     "tokenadapt": {"top_k": 2},
     "cw2v": {"epochs": 1, "rank": 8, "corpus": ["corpus.txt"]},
     "mean": {},
