@@ -240,6 +240,12 @@ def build_problem(
         label=label,
         show_progress=show_progress,
     )
+    # Every method sees which output tokens the model has (and where) and which are targets.
+    problem.out_to_base = torch.as_tensor(src_ids, dtype=torch.long, device=dev)
+    problem.out_to_target = torch.full((len(src_ids),), -1, dtype=torch.long, device=dev)
+    problem.out_to_target[torch.as_tensor(out_ids, dtype=torch.long, device=dev)] = torch.arange(
+        len(out_ids), device=dev
+    )
     if space is not None and anchor_out is not None:
         problem.anchor_ids = torch.as_tensor(src_ids[anchor_out], dtype=torch.long, device=dev)
         problem.donor = space.matrix.float().reshape(space.matrix.shape[0], -1).to(dev)
@@ -260,13 +266,6 @@ def build_problem(
         problem.split_texts = texts.split_base
         for name, value in texts.inputs.items():
             setattr(problem, name, value)
-        if Need.CORPUS in needs:
-            out_to_target = torch.full((len(src_ids),), -1, dtype=torch.long, device=dev)
-            out_to_target[torch.as_tensor(out_ids, device=dev)] = torch.arange(
-                len(out_ids), device=dev
-            )
-            problem.out_to_base = torch.as_tensor(src_ids, dtype=torch.long, device=dev)
-            problem.out_to_target = out_to_target
         if Need.BASE_TOKENIZER in needs:
             problem.target_pieces = texts.split_base(problem.target_texts)
         if Need.BASE_VOCAB_TEXTS in needs:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 
@@ -107,3 +108,19 @@ def test_subword_mean_rejects_bad_pieces():
         _run("subword_mean", _problem(base, 1, target_pieces=[[4]]))
     with pytest.raises(ValueError, match="target_pieces"):
         _run("subword_mean", _problem(base, 2))
+
+
+def test_methods_without_donor_rows_see_which_tokens_are_shared():
+    """Every problem says which output tokens the model has (and where) and which are targets,
+    whatever the method needs."""
+    from mergekit_tokenplug.fill import build_problem
+
+    base = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    src_ids = np.array([0, -1, 2, 4, -1, 1])  # output id -> row of the model
+    out_ids = np.array([1, 4])
+    problem = build_problem(
+        base, src_ids, out_ids, None, None, registry.get("mean"), None,
+        role="input", seed=0, label="", show_progress=False,
+    )  # fmt: skip
+    assert problem.out_to_base.tolist() == src_ids.tolist()
+    assert problem.out_to_target.tolist() == [-1, 0, -1, -1, 1, -1]

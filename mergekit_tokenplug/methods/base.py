@@ -10,13 +10,15 @@ Which ``Need`` fills which :class:`EstimationProblem` field (others stay ``None`
 =====================  ===================================================================
 need                   fields
 =====================  ===================================================================
-(always)               ``base``, ``anchor_ids``, ``n_targets``, ``role``, ``seed``, ``label``
+(always)               ``base``, ``anchor_ids``, ``n_targets``, ``role``, ``seed``, ``label``,
+                       ``out_to_base`` (which output tokens the model has, and where),
+                       ``out_to_target`` (which output ids are the targets)
 ``DONOR_EMBEDDINGS``   ``donor``, ``donor_anchor_ids``, ``donor_target_ids`` (rows without a
                        source space go to the spec's ``fallback`` method instead)
 any text need below    ``target_texts``, ``split_texts``
 ``BASE_TOKENIZER``     ``target_pieces``
 ``BASE_VOCAB_TEXTS``   ``base_vocab_texts``
-``CORPUS``             ``corpus_ids``, ``out_to_base``, ``out_to_target``, ``context_matrix``
+``CORPUS``             ``corpus_ids``, ``context_matrix``
 ``MODEL_FORWARD``      ``model_forward`` (tool tokens)
 (param ``embedder``)   ``embed_texts`` when the parameters name an embedder directory
 =====================  ===================================================================

@@ -293,6 +293,9 @@ def plan_recipe(
         for m in rv.inputs:
             fill = rv.fills[str(m)]
             for g in fill.groups:
+                if g.method == TOOL_METHOD:  # the base model's forward over the tool texts
+                    flops_known = False
+                    continue
                 d_src = (
                     d_donor
                     if g.source and g.source.startswith("donor ")
