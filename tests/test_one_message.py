@@ -1,6 +1,7 @@
 """``recipes validate`` and ``mergekit-yaml`` / ``mergekit-multi`` say the same one line.
 
-Every broken fixture of tests/fixtures/broken_recipes is run through both commands (real
+Every broken fixture of tests/fixtures/broken_recipes is run through both (`recipes validate
+--inputs`: a run has its inputs, so it checks them too; real
 processes); for a recipe that uses the plugin's keys, or that is not even YAML, the run
 prints validate's first problem and writes nothing. Recipes without plugin keys are stock
 mergekit's business: the plugin leaves their runs alone.
@@ -48,12 +49,12 @@ def test_validate_and_run_give_the_same_line(fixture, zoo, workdir, tmp_path):  
     env = {**os.environ, **dict(h.split("=", 1) for h in headers(source, "env"))}
     if headers(source, "env"):  # process-wide state: a fresh interpreter
         check = subprocess.run(
-            [str(BIN / "mergekit-tokenplug"), "recipes", "validate", "-q", str(recipe)],
+            [str(BIN / "mergekit-tokenplug"), "recipes", "validate", "--inputs", "-q", str(recipe)],
             capture_output=True, text=True, timeout=300, env=env,
         )  # fmt: skip
         code, output = check.returncode, check.stdout
     else:
-        res = CliRunner().invoke(main, ["recipes", "validate", "-q", str(recipe)])
+        res = CliRunner().invoke(main, ["recipes", "validate", "--inputs", "-q", str(recipe)])
         code, output = res.exit_code, res.output
     assert code == 1, output
     expected = output.strip().splitlines()[0]

@@ -569,27 +569,36 @@ def select_settings(
     return None, precision == "tf32"
 
 
-def estimate_omp(problem: EstimationProblem, params: OmpParams) -> torch.Tensor:
-    """Rows sum_j c_j * base[anchor_j] with (anchor_j, c_j) from OMP in the donor space."""
-    d_base = problem.base.shape[1]
-    if problem.n_targets == 0:
-        return torch.zeros((0, d_base), dtype=torch.float32, device=problem.device)
+def donor_rows(problem: api.EstimationProblem, k: int, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(targets, dictionary): the targets' and the anchors' donor rows in fp32 on the compute
+    device, after checking the problem has donor rows and at least ``k`` anchors."""
     if (
         problem.donor is None
         or problem.donor_anchor_ids is None
         or problem.donor_target_ids is None
     ):
-        raise ValueError("omp needs donor embeddings (donor, donor_anchor_ids, donor_target_ids)")
+        raise ValueError(
+            f"{method} needs donor embeddings (donor, donor_anchor_ids, donor_target_ids)"
+        )
     n_anchors = int(problem.anchor_ids.numel())
-    if params.k > n_anchors:
+    if k > n_anchors:
         raise ConfigError(
-            f"must be <= {n_anchors} shared tokens (got {params.k})",
+            f"must be <= {n_anchors} shared tokens (got {k})",
             where="tokenizer.approximation.k",
         )
-    device = problem.device
-    donor = problem.donor
+    donor, device = problem.donor, problem.device
     targets = donor[problem.donor_target_ids.to(donor.device)].to(device, torch.float32)
     dictionary = donor[problem.donor_anchor_ids.to(donor.device)].to(device, torch.float32)
+    return targets, dictionary
+
+
+def estimate_omp(problem: EstimationProblem, params: OmpParams) -> torch.Tensor:
+    """Rows sum_j c_j * base[anchor_j] with (anchor_j, c_j) from OMP in the donor space."""
+    d_base = problem.base.shape[1]
+    if problem.n_targets == 0:
+        return torch.zeros((0, d_base), dtype=torch.float32, device=problem.device)
+    targets, dictionary = donor_rows(problem, params.k, "omp")
+    device = problem.device
     label = f"OMP {problem.label}".strip()
     select_dtype, select_tf32 = select_settings(params.select_precision, device)
     idx, coef = batch_omp(

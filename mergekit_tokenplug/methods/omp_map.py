@@ -34,9 +34,14 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from mergekit_tokenplug.errors import ConfigError
 from mergekit_tokenplug.methods.base import EstimationProblem, MethodParams, MethodSpec, Need
-from mergekit_tokenplug.methods.omp import SelectPrecision, batch_omp, omp_cost, select_settings
+from mergekit_tokenplug.methods.omp import (
+    SelectPrecision,
+    batch_omp,
+    donor_rows,
+    omp_cost,
+    select_settings,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -191,24 +196,9 @@ def estimate_omp_map(problem: EstimationProblem, params: OmpMapParams) -> torch.
     d_base = problem.base.shape[1]
     if problem.n_targets == 0:
         return torch.zeros((0, d_base), dtype=torch.float32, device=problem.device)
-    if (
-        problem.donor is None
-        or problem.donor_anchor_ids is None
-        or problem.donor_target_ids is None
-    ):
-        raise ValueError(
-            "omp_map needs donor embeddings (donor, donor_anchor_ids, donor_target_ids)"
-        )
-    n_anchors = int(problem.anchor_ids.numel())
-    if params.k > n_anchors:
-        raise ConfigError(
-            f"must be <= {n_anchors} shared tokens (got {params.k})",
-            where="tokenizer.approximation.k",
-        )
+    targets, d_anchors = donor_rows(problem, params.k, "omp_map")
+    n_anchors = int(d_anchors.shape[0])
     device = problem.device
-    donor = problem.donor
-    targets = donor[problem.donor_target_ids.to(donor.device)].to(device, torch.float32)
-    d_anchors = donor[problem.donor_anchor_ids.to(donor.device)].to(device, torch.float32)
     b_anchors = problem.base.float()[problem.anchor_ids.to(device)]
 
     alpha, ridge = params.alpha, params.ridge
