@@ -146,7 +146,6 @@ def test_missing_base_is_one_line(zoo, tmp_path):
 
 
 def test_plot_is_written(zoo, tmp_path):
-    pytest.importorskip("matplotlib")
     png = tmp_path / "c.png"
     res = run_compare(
         str(zoo.bl_big), str(zoo.sp_tied), "--methods", "omp,mean", "--plot", str(png), "-q"

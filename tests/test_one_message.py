@@ -84,7 +84,7 @@ def test_home_relative_paths_run(zoo, tmp_path):
         "tokenizer": {"source": "~/donor", "approximation": {"method": "mean"}},
     }))  # fmt: skip
     env = {**os.environ, "HOME": str(home)}
-    check = subprocess.run([str(BIN / "mergekit-tokenplug"), "recipes", "validate", str(recipe)], capture_output=True, text=True, timeout=300, env=env)
+    check = subprocess.run([str(BIN / "mergekit-tokenplug"), "recipes", "validate", "--inputs", str(recipe)], capture_output=True, text=True, timeout=300, env=env)
     assert check.returncode == 0, check.stdout
     run = subprocess.run([str(BIN / "mergekit-yaml"), str(recipe), str(tmp_path / "out"), "--quiet"], capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stderr[-2000:]

@@ -217,11 +217,16 @@ def test_multi_stage_output_carries_every_stage(zoo, tmp_path):
     import subprocess
     import sys
 
-    from test_recipes import RECIPES, localize, reference_map
+    from test_recipes import RECIPES, link_references, reference_map
 
     recipe = next(r for r in RECIPES if r.name.startswith("02-"))
+    mapping = reference_map(zoo)
+    link_references(tmp_path, mapping)
+    text = recipe.read_text()
+    for ref in mapping:  # absolute paths: the card looks relative names up on the Hub
+        text = text.replace(ref, str(tmp_path / ref))
     local = tmp_path / recipe.name
-    local.write_text(localize(recipe.read_text(), reference_map(zoo)))
+    local.write_text(text)
     out = tmp_path / "final"
     cmd = [str(Path(sys.executable).parent / "mergekit-multi"), str(local), "--intermediate-dir", str(tmp_path / "stages"), "--out-path", str(out), "--quiet"]
     for extra in ([], ["--no-lazy"]):
@@ -233,7 +238,8 @@ def test_multi_stage_output_carries_every_stage(zoo, tmp_path):
     assert res.exit_code == 0, res.output
     card = (out / "README.md").read_text()
     meta = _front_matter(card)
-    assert str(zoo.sp_untied) in meta["base_model"] and "aligned" not in meta["base_model"]
+    assert str(tmp_path / "models/base-model") in meta["base_model"]
+    assert "aligned" not in meta["base_model"]
     assert not any(str(tmp_path / "stages") in m for m in meta["base_model"])
     assert "Stage `aligned`: vocabulary transplant" in card and "# final" in card
 

@@ -90,7 +90,10 @@ def _stock_mergekit_yaml(recipe: Path, out: Path) -> subprocess.CompletedProcess
     site = sysconfig.get_paths()["purelib"]
     code = (
         "import sys; sys.path.append(sys.argv[1]); "
-        "import importlib.util as u; assert u.find_spec('mergekit_tokenplug') is None; "
+        # an editable install may leave the wheel's data folder (recipes/shipped) in site-packages
+        # as a code-less namespace: the plugin's code must still be out of reach
+        "import importlib.util as u; s = u.find_spec('mergekit_tokenplug'); "
+        "assert s is None or (s.origin is None and u.find_spec('mergekit_tokenplug.seam') is None); "
         "from mergekit.scripts.run_yaml import main; "
         "sys.argv = ['mergekit-yaml', sys.argv[2], sys.argv[3], '--no-write-model-card']; main()"
     )

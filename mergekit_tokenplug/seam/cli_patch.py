@@ -67,11 +67,11 @@ def apply(script_module: ModuleType, config_arg: str) -> None:
         docs = _documents(path)
         plugin = any(uses_plugin(d) for d in docs or ())
         try:
-            for doc in docs or ():
-                check_near_misses(doc)
-            problem = first_problem(path, docs)
+            problem = first_problem(path, docs)  # validate's own line (with the YAML line)
             if problem is not None:
                 raise ConfigError(problem)
+            for doc in docs or ():  # misspelt plugin keys in a recipe that looks stock
+                check_near_misses(doc)
             # the click callback is mergekit's add_merge_options wrapper: options arrive as
             # separate keyword arguments
             with bars_disabled(bool(kwargs.get("quiet", False))):
