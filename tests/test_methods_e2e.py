@@ -164,25 +164,38 @@ def tool_model(zoo, tmp_path_factory) -> Path:
     return out
 
 
-def test_learn_tool_tokens_trains_only_tool_rows(tool_model, tmp_path):
+@pytest.mark.parametrize("command", ["learn-tool-tokens", "heal"])
+def test_learn_tool_tokens_trains_only_tool_rows(tool_model, tmp_path, command):
     from mergekit_tokenplug.tooltokens.data import generate_arithmetic_dataset
 
     data = tmp_path / "data.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in generate_arithmetic_dataset(12, seed=1)) + "\n")
     out = tmp_path / "trained"
-    res = CliRunner().invoke(main, ["learn-tool-tokens", str(tool_model), str(data), str(out), "--steps", "3", "--batch-size", "4", "-q"])
+    args = [str(tool_model), str(data), str(out)] if command == "learn-tool-tokens" else [str(tool_model), str(out), "--corpus", str(data), "--rows", "tool", "--lr", "1e-2"]
+    res = CliRunner().invoke(main, [command, *args, "--steps", "3", "--batch-size", "4", "-q"])
     assert res.exit_code == 0, res.output
-    assert "before:" in res.output and "after:" in res.output
-    metrics = json.loads((out / "learn_tool_tokens.json").read_text())
-    assert metrics["n_eval"] >= 1 and metrics["n_train"] >= 1
+    assert "held-out before: loss" in res.output and "tool-token accuracy" in res.output
+    heal = json.loads((out / "tokenplug_manifest.json").read_text())["report"]["heal"]
+    assert heal["rows"]["which"] == "tool" and heal["rows"]["matrices"] == ["input", "output"]
+    assert heal["heldout_before"]["tool_rank"] >= 1 and "tool_acc" in heal["heldout_after"]
     before, after = tensors(tool_model), tensors(out)
-    tid = metrics["tool_token_ids"][0]
+    (tid,) = heal["rows"]["ids"]
     for name in (EMB, HEAD):
         keep = torch.ones(before[name].shape[0], dtype=torch.bool)
         keep[tid] = False
         assert torch.equal(before[name][keep], after[name][keep])
     assert not torch.equal(before[HEAD][tid], after[HEAD][tid])
-    assert (out / "tokenplug" / "tool_token_priors.safetensors").exists() and (out / "tokenplug_manifest.json").exists()
+    assert (out / "tokenplug" / "tool_token_priors.safetensors").exists()
+    assert "tool-token accuracy" in (out / "README.md").read_text()
+
+
+def test_heal_tool_rows_refuse_an_unknown_tool_token(tool_model, tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b"}\n' * 3)
+    out = tmp_path / "trained"
+    res = CliRunner().invoke(main, ["learn-tool-tokens", str(tool_model), str(data), str(out), "--tool-token", "<tool:nope>"])
+    assert res.exit_code != 0 and "--tool-token" in res.output and "<tool:nope>" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and not out.exists()
 
 
 def test_learn_tool_tokens_bad_row_names_the_line(tool_model, tmp_path):

@@ -1,5 +1,6 @@
-"""Tool tokens: prior scaling, regularizer value, row-only training on a tiny Llama with a
-tiny byte-level BPE tokenizer built here, dataset generation and the JSONL reader."""
+"""Tool tokens: prior scaling, row-only training (heal's loop on prompt/completion examples)
+on a tiny Llama with a tiny byte-level BPE tokenizer built here, dataset generation and the
+JSONL reader."""
 
 from __future__ import annotations
 
@@ -9,16 +10,18 @@ import re
 
 import pytest
 import torch
+from accelerate import Accelerator
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from mergekit_tokenplug.errors import InputError
-from mergekit_tokenplug.methods.tool import tool_input_rows, tool_prior, tool_token_regularizer
+from mergekit_tokenplug.heal.examples import encode_examples, example_scores
+from mergekit_tokenplug.heal.train import LoopSettings, is_tied, train_rows
+from mergekit_tokenplug.methods.tool import tool_input_rows, tool_prior
 from mergekit_tokenplug.tooltokens import (
     add_tool_tokens,
     generate_arithmetic_dataset,
     init_tool_rows,
-    learn_tool_tokens,
     pooled_hidden_states,
     read_jsonl,
 )
@@ -61,6 +64,16 @@ def _model(vocab: int, tied: bool) -> LlamaForCausalLM:
     return LlamaForCausalLM(cfg).eval()
 
 
+def _train(model, tokenizer, ids, rows, *, steps: int, lr: float, lam: float) -> list[float]:
+    """heal's loop (``--rows tool``) on prompt/completion examples, batch 4."""
+    data = encode_examples(tokenizer, rows, set(ids), "train")
+    mats = [model.get_input_embeddings().weight]
+    if not is_tied(model):
+        mats.append(model.get_output_embeddings().weight)
+    settings = LoopSettings(steps=steps, lr=lr, lam=lam, batch_size=4, micro_batch=4, seed=0)
+    return train_rows(model, mats, ids, data, settings, Accelerator(cpu=True), show_progress=False)
+
+
 def _setup(tied: bool, init: str = "prior"):
     tokenizer = _tokenizer()
     model = _model(len(tokenizer), tied)
@@ -83,20 +96,6 @@ def test_tool_prior_scaling():
     torch.testing.assert_close(torch.nn.functional.cosine_similarity(sq, pooled), torch.ones(3))
     with pytest.raises(InputError):
         tool_prior(pooled, torch.randn(5, 8), "median_norm")
-
-
-def test_regularizer_is_lam_times_frobenius_norm():
-    g = torch.Generator().manual_seed(1)
-    w, p = torch.randn(2, 5, generator=g), torch.randn(2, 5, generator=g)
-    expected = 0.03 * math.sqrt(
-        sum((a - b) ** 2 for a, b in zip(w.flatten().tolist(), p.flatten().tolist(), strict=True))
-    )
-    assert math.isclose(float(tool_token_regularizer(w, p, 0.03)), expected, rel_tol=1e-6)
-    # default lambda is 1e-2; gradient is finite (zero) exactly at the prior
-    assert math.isclose(float(tool_token_regularizer(w, p)), expected / 3, rel_tol=1e-6)
-    x = p.clone().requires_grad_(True)
-    tool_token_regularizer(x, p).backward()
-    assert torch.equal(x.grad, torch.zeros_like(p))
 
 
 def test_tool_input_rows_mean_and_fallback():
@@ -149,16 +148,11 @@ def test_dataset_puts_tool_token_first_and_is_correct():
 
 @pytest.mark.parametrize("tied", [False, True])
 def test_learning_changes_only_tool_rows(tied):
-    model, tokenizer, ids, priors = _setup(tied)
+    model, tokenizer, ids, _ = _setup(tied)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    train = generate_arithmetic_dataset(24, seed=1)
-    evals = generate_arithmetic_dataset(8, seed=2)
-    out = learn_tool_tokens(
-        model, tokenizer, ids, train, evals, steps=12, lr=0.1, lam=1e-2,
-        prior_out=priors["prior_out"], prior_in=priors["prior_in"], device="cpu", seed=0,
-        show_progress=False, batch_size=4,
-    )  # fmt: skip
-    assert out["tied"] is tied
+    evals = encode_examples(tokenizer, generate_arithmetic_dataset(8, seed=2), set(ids), "eval")
+    first = example_scores(model, evals, device="cpu")
+    losses = _train(model, tokenizer, ids, generate_arithmetic_dataset(24, seed=1), steps=12, lr=0.1, lam=1e-2)
     after = model.state_dict()
     emb_key = "model.embed_tokens.weight"
     matrices = [emb_key, "lm_head.weight"]  # one shared tensor when tied
@@ -170,27 +164,35 @@ def test_learning_changes_only_tool_rows(tied):
             assert not torch.equal(after[k][ids], v[ids]), k
         else:
             assert torch.equal(after[k], v), k
-    if tied:
-        assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
-    assert all(p.grad is None and p.requires_grad for p in model.parameters())  # flags restored
-    first, last = out["history"][0], out["final"]
-    assert last["step"] == 12 and len(out["train_loss"]) == 12
+    assert is_tied(model) is tied
+    assert all(p.grad is None for p in model.parameters())
+    last = example_scores(model, evals, device="cpu")
+    assert len(losses) == 12
     assert last["tool_logprob"] > first["tool_logprob"]
     assert 0.0 <= last["tool_acc"] <= 1.0 and last["tool_rank"] >= 1.0
 
 
 def test_learning_is_deterministic_and_lam_zero_disables_regularizer():
     runs = []
-    for lam in (1e-2, 1e-2, 0.0):
-        model, tokenizer, ids, priors = _setup(tied=False, init="mean")
-        learn_tool_tokens(
-            model, tokenizer, ids, generate_arithmetic_dataset(12, seed=1), generate_arithmetic_dataset(4, seed=2),
-            steps=4, lr=0.05, lam=lam, prior_out=priors["prior_out"], prior_in=priors["prior_in"],
-            device="cpu", seed=0, show_progress=False, batch_size=4,
-        )  # fmt: skip
+    for lam in (1.0, 1.0, 0.0):
+        model, tokenizer, ids, _ = _setup(tied=False, init="mean")
+        _train(model, tokenizer, ids, generate_arithmetic_dataset(12, seed=1), steps=4, lr=0.05, lam=lam)
         runs.append(model.lm_head.weight[ids].clone())
     assert torch.equal(runs[0], runs[1])
     assert not torch.equal(runs[0], runs[2])
+
+
+def test_completion_loss_ignores_prompt_and_padding():
+    tokenizer = _tokenizer()
+    rows = [{"prompt": "Question: What is 2 + 3?", "completion": " 5"}, {"prompt": "Hi", "completion": " a longer answer here"}]
+    ex = encode_examples(tokenizer, rows, set(), "data")
+    for i, row in enumerate(rows):
+        p = tokenizer(row["prompt"])["input_ids"]
+        c = tokenizer(row["completion"], add_special_tokens=False)["input_ids"]
+        assert ex.labels[i].tolist() == [-100] * len(p) + c + [-100] * (ex.ids.shape[1] - len(p) - len(c))
+        assert ex.mask[i].sum() == len(p) + len(c)
+    with pytest.raises(InputError, match="data: row 2: empty prompt or completion"):
+        encode_examples(tokenizer, [rows[0], {"prompt": "x", "completion": ""}], set(), "data")
 
 
 def test_read_jsonl_errors_name_file_and_line(tmp_path):

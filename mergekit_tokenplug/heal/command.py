@@ -9,7 +9,8 @@ from typing import Any, Literal
 import torch
 
 from mergekit_tokenplug.errors import ConfigError
-from mergekit_tokenplug.heal.data import load_corpus
+from mergekit_tokenplug.heal.data import HealCorpus, load_corpus
+from mergekit_tokenplug.heal.examples import example_scores
 from mergekit_tokenplug.heal.output import write_healed
 from mergekit_tokenplug.heal.rows import RowChoice, rows_to_train
 from mergekit_tokenplug.heal.scores import heldout_scores
@@ -26,6 +27,14 @@ def _accelerator(device: str) -> Any:
     return Accelerator(cpu=device == "cpu" or not torch.cuda.is_available())
 
 
+def _scores(model: Any, tokenizer: Any, data: HealCorpus, seq_len: int, device: Any) -> dict[str, Any] | None:
+    """Held-out figures: bits per byte of the text tails, or the JSONL rows' completion loss
+    (and tool-token accuracy, log-prob and rank where the rows hold tool tokens)."""
+    if data.heldout_examples is not None:
+        return example_scores(model, data.heldout_examples, device=device)
+    return heldout_scores(model, tokenizer, data.heldout, seq_len=seq_len, device=device)
+
+
 def run_heal(
     model_dir: str,
     out: str,
@@ -33,7 +42,8 @@ def run_heal(
     *,
     steps: int = 60,
     rows: RowChoice = "new",
-    matrices: Matrices = "input",
+    matrices: Matrices | None = None,
+    tool_tokens: tuple[str, ...] = (),
     lr: float = 2e-3,
     lam: float = 1e-2,
     seq_len: int = 512,
@@ -45,7 +55,10 @@ def run_heal(
     overwrite: bool = False,
     quiet: bool = False,
 ) -> dict[str, Any]:
-    """Heal MODEL into OUT; return the summary (also recorded in OUT's manifest)."""
+    """Heal MODEL into OUT; return the summary (also recorded in OUT's manifest).
+
+    ``matrices`` defaults to ``input`` for transplanted rows and to ``both`` for tool rows
+    (a tool token must be predicted: its output row is the one that matters)."""
     import transformers
 
     t0 = time.perf_counter()
@@ -60,12 +73,14 @@ def run_heal(
     check_output_dir(out, overwrite)
     src = Path(model_dir)
     tokenizer = transformers.AutoTokenizer.from_pretrained(src)
-    data = load_corpus(corpus, tokenizer, seq_len=seq_len, eval_fraction=eval_fraction)
     config = transformers.AutoConfig.from_pretrained(src)
     n_rows = config.get_text_config().vocab_size
-    row_ids = rows_to_train(src, rows, n_rows)
+    row_ids = rows_to_train(src, rows, n_rows, tool_tokens=tool_tokens, vocab=tokenizer.get_vocab())
     if not row_ids:
         raise ConfigError(f"selects no rows of {src}; nothing to train", where="--rows")
+    tool_ids = set(row_ids) if rows == "tool" else set()
+    data = load_corpus(corpus, tokenizer, seq_len=seq_len, eval_fraction=eval_fraction, seed=seed, tool_ids=tool_ids)
+    matrices = matrices or ("both" if rows == "tool" else "input")
 
     accelerator = _accelerator(device)
     model = transformers.AutoModelForCausalLM.from_pretrained(src, dtype="auto")
@@ -78,13 +93,12 @@ def run_heal(
     mats = [model.get_input_embeddings().weight]
     if matrices == "both" and not is_tied(model):
         mats.append(model.get_output_embeddings().weight)
-    score = dict(seq_len=seq_len, device=accelerator.device)
-    before = heldout_scores(model, tokenizer, data.heldout, **score)
+    before = _scores(model, tokenizer, data, seq_len, accelerator.device)
     losses = train_rows(
         model,
         mats,
         row_ids,
-        data.windows,
+        data.train,
         LoopSettings(steps, lr, lam, batch_size, micro_batch, seed),
         accelerator,
         show_progress=not quiet,
@@ -93,11 +107,12 @@ def run_heal(
         ids = torch.tensor(row_ids, device=accelerator.device)
         for m in mats:
             m[ids] = m[ids].to(file_dtype).float()
-    after = heldout_scores(model, tokenizer, data.heldout, **score)
+    after = _scores(model, tokenizer, data, seq_len, accelerator.device)
     summary: dict[str, Any] = {
         "rows": {
             "which": rows,
             "count": len(row_ids),
+            **({"ids": row_ids} if rows == "tool" else {}),
             "matrices": ["input", "output"]
             if len(mats) == 2
             else ["input"]
@@ -113,7 +128,7 @@ def run_heal(
         "batch_size": batch_size,
         "processes": accelerator.num_processes,
         "seed": seed,
-        "train_windows": int(data.windows.shape[0]),
+        "train_windows": len(data.train),
         "eval_fraction": eval_fraction,
         "corpus": data.sha256,
         "heldout_before": before,

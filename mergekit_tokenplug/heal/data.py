@@ -1,22 +1,30 @@
-"""The heal corpus: files -> a held-out text per file and fixed-length training windows.
+"""The heal corpus: text files -> a held-out text per file and fixed-length training windows;
+JSONL files -> prompt/completion examples, a seeded share of them held out.
 
-The held-out part is the tail of every file (cut at a line break), so it is text the rows
-never trained on, in every language of the corpus. The training parts are tokenized once,
+Text: the held-out part is the tail of every file (cut at a line break), so it is text the
+rows never trained on, in every language of the corpus. The training parts are tokenized once,
 joined (EOS between files when the tokenizer has one) and cut into full windows of
 ``seq_len`` tokens, each led by BOS when the tokenizer defines one (the convention of
 ``evaluate/bpb.py``, so training and scoring see the same kind of input).
+
+JSONL (``{"prompt", "completion"}`` per line, e.g. tool-use data): rows are shuffled with the
+seed and the first ``eval_fraction`` of them held out (rows are independent, unlike a text's
+tail); the loss is on completions only (``heal/examples.py``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from mergekit_tokenplug.errors import ConfigError, InputError
+from mergekit_tokenplug.heal.examples import Examples, encode_examples
 from mergekit_tokenplug.output.manifest import sha256_file
 from mergekit_tokenplug.resources.corpus import read_text_strict, resolve_corpus
+from mergekit_tokenplug.tooltokens.data import read_jsonl
 
 WHERE = "--corpus"
 
@@ -25,8 +33,9 @@ WHERE = "--corpus"
 class HealCorpus:
     files: list[str]
     sha256: dict[str, str]
-    windows: torch.Tensor  # (n, seq_len [+1 with BOS]) int64 training windows
-    heldout: dict[str, str]  # file -> held-out text (may be empty when eval_fraction is 0)
+    train: Examples  # text: (n, seq_len [+1 with BOS]) windows, every position a label
+    heldout: dict[str, str] = field(default_factory=dict)  # text file -> its held-out tail
+    heldout_examples: Examples | None = None  # JSONL: the held-out rows
 
 
 def split_text(text: str, eval_fraction: float) -> tuple[str, str]:
@@ -42,7 +51,13 @@ def split_text(text: str, eval_fraction: float) -> tuple[str, str]:
 
 
 def load_corpus(
-    patterns: list[str], tokenizer: Any, *, seq_len: int, eval_fraction: float
+    patterns: list[str],
+    tokenizer: Any,
+    *,
+    seq_len: int,
+    eval_fraction: float,
+    seed: int = 0,
+    tool_ids: set[int] | None = None,
 ) -> HealCorpus:
     """Read, split and window the corpus; every problem is one line naming the file or option."""
     if not patterns:
@@ -52,6 +67,14 @@ def load_corpus(
     if not 0 <= eval_fraction < 1:
         raise ConfigError(f"must be in [0, 1), got {eval_fraction}", where="--eval-fraction")
     files = resolve_corpus(list(patterns), where=WHERE)
+    jsonl = [f.endswith(".jsonl") for f in files]
+    if any(jsonl) and not all(jsonl):
+        raise InputError(
+            "mixes .jsonl and text files; expected either prompt/completion JSONL files or text files",
+            where=WHERE,
+        )
+    if all(jsonl):
+        return _load_examples(files, tokenizer, eval_fraction, seed, tool_ids or set())
     texts = {f: read_text_strict(f) for f in files}
     train_ids: list[int] = []
     heldout: dict[str, str] = {}
@@ -79,9 +102,22 @@ def load_corpus(
             "the held-out split is empty; expected longer files or a larger --eval-fraction",
             where=WHERE,
         )
-    return HealCorpus(
-        files=files,
-        sha256={f: sha256_file(f) for f in files},
-        windows=windows,
-        heldout=heldout,
-    )
+    train = Examples(windows, windows.clone(), None, torch.full((n,), -1, dtype=torch.long))
+    return HealCorpus(files, {f: sha256_file(f) for f in files}, train, heldout=heldout)
+
+
+def _load_examples(
+    files: list[str], tokenizer: Any, eval_fraction: float, seed: int, tool_ids: set[int]
+) -> HealCorpus:
+    rows = [r for f in files for r in read_jsonl(f)]
+    n_eval = max(1, round(len(rows) * eval_fraction)) if eval_fraction > 0 else 0
+    if len(rows) - n_eval < 1:
+        raise InputError(
+            f"has {len(rows)} usable rows, {n_eval} of them held out; expected at least one "
+            "training row (more rows or a smaller --eval-fraction)",
+            where=WHERE,
+        )
+    random.Random(seed).shuffle(rows)
+    held = encode_examples(tokenizer, rows[:n_eval], tool_ids, WHERE) if n_eval else None
+    train = encode_examples(tokenizer, rows[n_eval:], tool_ids, WHERE)
+    return HealCorpus(files, {f: sha256_file(f) for f in files}, train, heldout_examples=held)

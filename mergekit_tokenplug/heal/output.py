@@ -19,9 +19,10 @@ REWRITTEN = ("config.json", "generation_config.json", "README.md", MANIFEST_NAME
 def carry_side_files(src: Path, out: Path) -> None:
     for path in sorted(src.rglob("*")):
         rel = path.relative_to(src)
-        if not path.is_file() or rel.name in REWRITTEN or rel.suffix == ".safetensors":
-            continue
-        if rel.name.endswith(".safetensors.index.json") or (out / rel).exists():
+        weights = len(rel.parts) == 1 and (
+            rel.suffix == ".safetensors" or rel.name.endswith(".safetensors.index.json")
+        )  # the model's own shards (save_pretrained rewrote them); side files live below
+        if not path.is_file() or rel.name in REWRITTEN or weights or (out / rel).exists():
             continue
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, out / rel)

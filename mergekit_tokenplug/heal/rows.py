@@ -3,26 +3,61 @@
 ``estimated``: rows no input model had (estimated by the transplant's method);
 ``new``: those plus rows copied from one of the model's ``<0xNN>`` byte-fallback pieces (the
 same bytes, but a piece the model only emits when nothing else spells them, so its row was
-barely trained, now standing for a whole token); ``all``: the whole matrix.
+barely trained, now standing for a whole token); ``tool``: the tool tokens a tool-token
+recipe added (``tokenplug/tool_token_priors.safetensors`` lists them) or those named;
+``all``: the whole matrix.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+from safetensors import safe_open
+
 from mergekit_tokenplug.errors import InputError
 from mergekit_tokenplug.output.manifest import MANIFEST_NAME, expand_ranges
+from mergekit_tokenplug.output.side_files import TOOL_PRIORS
 
-RowChoice = Literal["estimated", "new", "all"]
-ROW_CHOICES: tuple[str, ...] = ("estimated", "new", "all")
+RowChoice = Literal["estimated", "new", "tool", "all"]
+ROW_CHOICES: tuple[str, ...] = ("estimated", "new", "tool", "all")
 
 
-def rows_to_train(model_dir: str | Path, choice: RowChoice, n_rows: int) -> list[int]:
+def tool_rows(model_dir: str | Path, names: Sequence[str], vocab: dict[str, int]) -> list[int]:
+    """Ids of the named tool tokens, else of those the tool-token recipe recorded."""
+    if names:
+        unknown = [t for t in names if t not in vocab]
+        if unknown:
+            raise InputError(
+                f"tool tokens {unknown} are not in the tokenizer; add them with a tool-token recipe first",
+                where="--tool-token",
+            )
+        return sorted({vocab[t] for t in names})
+    path = Path(model_dir) / TOOL_PRIORS
+    if not path.is_file():
+        raise InputError(
+            f"has no {TOOL_PRIORS} and no --tool-token was given; expected a tool-token recipe's output",
+            where=str(model_dir),
+        )
+    with safe_open(str(path), "pt") as fh:
+        return sorted(int(i) for i in fh.get_tensor("token_ids").tolist())
+
+
+def rows_to_train(
+    model_dir: str | Path,
+    choice: RowChoice,
+    n_rows: int,
+    *,
+    tool_tokens: Sequence[str] = (),
+    vocab: dict[str, int] | None = None,
+) -> list[int]:
     """Sorted row ids of the input matrix to train (every id < ``n_rows``)."""
     if choice == "all":
         return list(range(n_rows))
+    if choice == "tool":
+        return [i for i in tool_rows(model_dir, tool_tokens, vocab or {}) if i < n_rows]
     path = Path(model_dir) / MANIFEST_NAME
     if not path.is_file():
         raise InputError(

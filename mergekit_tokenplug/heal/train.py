@@ -12,14 +12,15 @@ A very large ``lam`` therefore keeps the rows exactly at W0.
 
 Data parallel through accelerate: the global batch of ``batch_size`` windows is the same
 whatever the process count; process ``r`` takes its contiguous share, and the row gradients
-are averaged with ``Accelerator.reduce``. All windows have the same length, so the average
-of the processes' mean losses is the mean loss of the global batch.
+are averaged with ``Accelerator.reduce``. Corpus windows all have the same length, so the
+average of the processes' mean losses is the mean loss of the global batch (prompt/completion
+examples weigh each share's labelled tokens equally instead).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from mergekit_tokenplug.errors import ConfigError
+from mergekit_tokenplug.heal.examples import IGNORE, Examples
 
 
 @dataclass
@@ -80,14 +82,16 @@ def train_rows(
     model: Any,
     matrices: list[torch.Tensor],
     row_ids: list[int],
-    windows: torch.Tensor,
+    data: Examples,
     settings: LoopSettings,
     accelerator: Any,
     *,
     show_progress: bool = True,
+    on_step: Callable[[int], None] | None = None,
 ) -> list[float]:
     """Train ``row_ids`` of each matrix in ``matrices`` in place; return the loss per step
-    (mean LM loss of the global batch)."""
+    (mean LM loss of the global batch). ``on_step(step)`` runs after each step's update
+    (e.g. an evaluation every few steps)."""
     world, rank = accelerator.num_processes, accelerator.process_index
     if settings.batch_size % world:
         raise ConfigError(
@@ -104,7 +108,7 @@ def train_rows(
     for m in matrices:
         m.requires_grad_(True)
     opt = torch.optim.Adam(rows, lr=settings.lr)
-    order = window_order(windows.shape[0], settings.seed)
+    order = window_order(len(data), settings.seed)
     model.eval()  # no dropout: the rows are the only thing that changes
     losses: list[float] = []
     running = None
@@ -123,9 +127,11 @@ def train_rows(
             total = torch.zeros((), device=device)
             for lo in range(0, per_process, settings.micro_batch):
                 part = mine[lo : lo + settings.micro_batch]
-                inp = windows[part].to(device)
-                logits = model(input_ids=inp).logits[:, :-1].float()
-                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), inp[:, 1:].reshape(-1))
+                batch = data.take(part)
+                mask = None if batch.mask is None else batch.mask.to(device)
+                logits = model(input_ids=batch.ids.to(device), attention_mask=mask).logits[:, :-1].float()
+                labels = batch.labels[:, 1:].to(device)
+                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE)
                 loss = loss * (len(part) / per_process)
                 loss.backward()
                 total += loss.detach()
@@ -147,6 +153,8 @@ def train_rows(
             losses.append(float(total))
             running = losses[-1] if running is None else 0.9 * running + 0.1 * losses[-1]
             bar.set_postfix(loss=f"{running:.4f}")
+            if on_step is not None:
+                on_step(step)
     finally:
         bar.close()
         for m in matrices:

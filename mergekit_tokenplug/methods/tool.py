@@ -3,8 +3,8 @@
 A new tool token (``<tool:calculator>``) gets an output row built from what the frozen base
 model "thinks" when it reads the tool's description (mean-pooled final hidden states, after
 the final norm), and an input row from the description's subword embeddings. The same prior
-regularizes later fine-tuning (``tool_token_regularizer``) so the learned row stays aligned
-with the word-token space. Pooling runs a model, so it lives in
+regularizes later fine-tuning (``heal --rows tool``: ``lam * ||W - W0||_F``) so the learned
+row stays aligned with the word-token space. Pooling runs a model, so it lives in
 :mod:`mergekit_tokenplug.tooltokens`; everything here is a pure function of tensors.
 """
 
@@ -65,17 +65,6 @@ def tool_input_rows(pieces: list[list[int]], base: torch.Tensor) -> torch.Tensor
     if bool(empty.any()):
         rows[empty] = base.float().mean(dim=0)
     return rows
-
-
-def tool_token_regularizer(
-    weight: torch.Tensor, prior: torch.Tensor, lam: float = 1e-2
-) -> torch.Tensor:
-    """``lam * ||weight - prior||_F`` (Frobenius norm, not squared), added to the task loss.
-
-    The gradient at ``weight == prior`` is zero (torch defines it so), so training can start
-    exactly at the prior.
-    """
-    return lam * torch.linalg.norm((weight - prior.to(weight.dtype)).reshape(-1))
 
 
 class ToolParams(MethodParams):

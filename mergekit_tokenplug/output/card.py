@@ -155,6 +155,15 @@ def model_card(
     return "\n".join(lines)
 
 
+HEAL_FIGURES = {  # held-out figures heal records, in the order the card shows them
+    "loss": "loss",
+    "bpb": "bits per byte",
+    "tool_acc": "tool-token accuracy",
+    "tool_logprob": "tool-token log-prob",
+    "tool_rank": "tool-token rank",
+}
+
+
 def heal_section(summary: dict[str, Any]) -> str:
     """Markdown: what ``heal`` trained, on what, and the held-out figures before/after."""
     rows = summary["rows"]
@@ -174,12 +183,12 @@ def heal_section(summary: dict[str, Any]) -> str:
         ]
     before, after = summary.get("heldout_before"), summary.get("heldout_after")
     if before and after:
+        cols = [k for k in HEAL_FIGURES if k in before and k in after]
         lines += [
             "",
-            "| held-out | loss | bits per byte |",
-            "|---|---:|---:|",
-            f"| before | {before['loss']:.4f} | {before['bpb']:.4f} |",
-            f"| after | {after['loss']:.4f} | {after['bpb']:.4f} |",
+            "| held-out | " + " | ".join(HEAL_FIGURES[k] for k in cols) + " |",
+            "|---|" + "---:|" * len(cols),
+            *(f"| {name} | " + " | ".join(f"{rec[k]:.4f}" for k in cols) + " |" for name, rec in (("before", before), ("after", after))),
         ]
     lines += ["", "Corpus (sha256):", ""]
     lines += [f"- `{path}`: `{digest}`" for path, digest in summary["corpus"].items()]
