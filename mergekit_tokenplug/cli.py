@@ -212,28 +212,25 @@ def list_methods(as_json: bool) -> None:
     """List the registered approximation methods, their parameters and defaults."""
     from mergekit_tokenplug.registry import all_methods  # lazy: keeps the CLI's start-up fast
 
-    records = []
-    for name, spec in sorted(all_methods().items()):
-        params = []
-        for pname, f in spec.params.model_fields.items():
-            default = "(required)" if f.is_required() else f.get_default(call_default_factory=True)
-            params.append(
-                {
-                    "name": pname,
-                    "type": _type_name(f.annotation),
-                    "default": default,
-                    "help": f.description or "",
-                }
-            )
-        records.append(
-            {
-                "name": name,
-                "summary": spec.summary,
-                "needs": sorted(n.value for n in spec.needs),
-                "fallback": spec.fallback,
-                "params": params,
-            }
-        )
+    def param(name: str, f: Any) -> dict[str, Any]:
+        default = "(required)" if f.is_required() else f.get_default(call_default_factory=True)
+        return {
+            "name": name,
+            "type": _type_name(f.annotation),
+            "default": default,
+            "help": f.description or "",
+        }
+
+    records = [
+        {
+            "name": name,
+            "summary": spec.summary,
+            "needs": sorted(n.value for n in spec.needs),
+            "fallback": spec.fallback,
+            "params": [param(p, f) for p, f in spec.params.model_fields.items()],
+        }
+        for name, spec in sorted(all_methods().items())
+    ]
     if as_json:
         click.echo(json.dumps(records, indent=2, default=str))
         return

@@ -33,6 +33,7 @@ from mergekit_tokenplug.recipes.yaml_lines import (
     key_string,
     yaml_error,
 )
+from mergekit_tokenplug.resources.corpus import corpus_matches, no_match_message
 from mergekit_tokenplug.resources.embedder import check_embedder_dir
 from mergekit_tokenplug.seam import refusal_reason
 from mergekit_tokenplug.seam.config_patch import merge_configuration
@@ -570,16 +571,9 @@ class _DocChecker:
         if Need.CORPUS in spec.needs and corpus:
             files: list[str] = []
             for i, pattern in enumerate(corpus):
-                matches = sorted(
-                    p
-                    for p in glob.glob(os.path.expanduser(pattern), recursive=True)
-                    if os.path.isfile(p)
-                )
+                matches = corpus_matches(pattern)
                 if not matches:
-                    self.add(
-                        (*APPROX, "corpus", i),
-                        f"{pattern!r} matches no file; expected text files or globs",
-                    )
+                    self.add((*APPROX, "corpus", i), no_match_message(pattern))
                 files.extend(matches)
             if files and not any(_has_text(f) for f in files):
                 self.add(
