@@ -150,20 +150,16 @@ def transplant(
     k: int | None,
     param_pairs: tuple[str, ...],
     device: str,
-    seed: int | None,
-    dtype: str | None,
-    pad_to_multiple_of: int | None,
-    add_bos: str,
     overwrite: bool,
     allow_pickle: bool,
     dry_run: bool,
     json_out: str | None,
     quiet: bool,
     verbose: int,
+    **recipe_options: Any,
 ) -> None:
     """Give BASE the tokenizer of DONOR, writing a new checkpoint to OUT."""
-    # lazy: keeps the CLI's start-up fast
-    from mergekit_tokenplug.surgery import transplant as run_transplant
+    from mergekit_tokenplug import surgery  # lazy: keeps the CLI's start-up fast
 
     setup_logging(quiet, verbose)
     params = parse_params(param_pairs)
@@ -173,43 +169,27 @@ def transplant(
                 f"--k {k} and -p k={params['k']} disagree; expected one of them", where="--k"
             )
         params["k"] = k
-    if json_out and not dry_run:
-        check_writable_file(json_out, "--json")
     if dry_run:
         # lazy: keeps the CLI's start-up fast
         from mergekit_tokenplug.recipes.plan import format_plan
 
-        # lazy: keeps the CLI's start-up fast
-        from mergekit_tokenplug.surgery import plan_transplant
-
-        plan = plan_transplant(
-            base,
-            donor,
-            method,
-            params,
-            device=device,
-            dtype=dtype,
-            seed=seed,
-            pad_to_multiple_of=pad_to_multiple_of,
-            add_bos=add_bos,
-        )
+        plan = surgery.plan_transplant(base, donor, method, params, device=device, **recipe_options)
         click.echo(yaml.safe_dump(plan["recipe"], sort_keys=False), nl=False)
         click.echo(format_plan(plan))
         return
-    summary = run_transplant(
+    if json_out:
+        check_writable_file(json_out, "--json")
+    summary = surgery.transplant(
         base,
         donor,
         out,
         method,
         params,
         device=device,
-        seed=seed,
-        dtype=dtype,
-        pad_to_multiple_of=pad_to_multiple_of,
-        add_bos=add_bos,
         overwrite=overwrite,
         quiet=quiet,
         allow_pickle=allow_pickle,
+        **recipe_options,
     )
     # lazy: keeps the CLI's start-up fast
     from mergekit_tokenplug.compute.distributed import is_main_process
@@ -232,28 +212,25 @@ def list_methods(as_json: bool) -> None:
     """List the registered approximation methods, their parameters and defaults."""
     from mergekit_tokenplug.registry import all_methods  # lazy: keeps the CLI's start-up fast
 
-    records = []
-    for name, spec in sorted(all_methods().items()):
-        params = []
-        for pname, f in spec.params.model_fields.items():
-            default = "(required)" if f.is_required() else f.get_default(call_default_factory=True)
-            params.append(
-                {
-                    "name": pname,
-                    "type": _type_name(f.annotation),
-                    "default": default,
-                    "help": f.description or "",
-                }
-            )
-        records.append(
-            {
-                "name": name,
-                "summary": spec.summary,
-                "needs": sorted(n.value for n in spec.needs),
-                "fallback": spec.fallback,
-                "params": params,
-            }
-        )
+    def param(name: str, f: Any) -> dict[str, Any]:
+        default = "(required)" if f.is_required() else f.get_default(call_default_factory=True)
+        return {
+            "name": name,
+            "type": _type_name(f.annotation),
+            "default": default,
+            "help": f.description or "",
+        }
+
+    records = [
+        {
+            "name": name,
+            "summary": spec.summary,
+            "needs": sorted(n.value for n in spec.needs),
+            "fallback": spec.fallback,
+            "params": [param(p, f) for p, f in spec.params.model_fields.items()],
+        }
+        for name, spec in sorted(all_methods().items())
+    ]
     if as_json:
         click.echo(json.dumps(records, indent=2, default=str))
         return

@@ -32,10 +32,6 @@ def is_local(path: str) -> bool:
     return os.path.exists(path) or path.startswith((".", "/", "~"))
 
 
-def has_tokenizer(path: str | Path) -> bool:
-    return any((Path(path) / name).exists() for name in TOKENIZER_FILES)
-
-
 def read_json(path: Path, where: str, what: str = "a JSON file") -> Any:
     """A small JSON file, or a one-line error naming it."""
     try:
@@ -179,7 +175,7 @@ def check_model_dir(
         raise InputError(f"{path} does not exist; expected a model directory", where=where)
     if not p.is_dir():
         raise InputError(f"{path} is not a directory; expected a model directory", where=where)
-    if need_tokenizer and not has_tokenizer(p):
+    if need_tokenizer and not any((p / name).exists() for name in TOKENIZER_FILES):
         raise InputError(
             f"{path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); expected a model or tokenizer directory",
             where=where,

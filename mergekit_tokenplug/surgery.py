@@ -77,7 +77,6 @@ def load_recipe(recipe: dict[str, Any] | str, source_name: str = "recipe") -> An
     """Validate a recipe (dict or YAML text) into mergekit's MergeConfiguration, plugin active."""
     import pydantic
 
-
     activate()
     from mergekit.config import MergeConfiguration
 
@@ -115,7 +114,6 @@ def run_recipe(
     import mergekit.merge
     from mergekit.options import MergeOptions
 
-
     opts = MergeOptions(
         device=resolve_device(device),
         random_seed=seed,
@@ -148,36 +146,23 @@ def transplant(
     params: dict[str, Any] | None = None,
     *,
     device: str | None = "cpu",
-    seed: int | None = None,
-    dtype: str | None = None,
-    pad_to_multiple_of: int | None = None,
-    add_bos: str = "base",
     overwrite: bool = False,
     quiet: bool = False,
     allow_pickle: bool = False,
+    **recipe_options: Any,
 ) -> dict[str, Any]:
-    """Give ``base`` the tokenizer of ``donor`` (rows estimated with ``method``), written to ``out``."""
-    recipe = transplant_recipe(
-        base,
-        donor,
-        method,
-        params,
-        dtype=dtype,
-        seed=seed,
-        pad_to_multiple_of=pad_to_multiple_of,
-        add_bos=add_bos,
-    )
-    text = yaml.safe_dump(recipe, sort_keys=False)
-    merge_config = load_recipe(recipe, "transplant")
+    """Give ``base`` the tokenizer of ``donor`` (rows estimated with ``method``), written to
+    ``out``; ``recipe_options`` are :func:`transplant_recipe`'s (``seed`` also seeds the run)."""
+    recipe = transplant_recipe(base, donor, method, params, **recipe_options)
     return run_recipe(
-        merge_config,
+        load_recipe(recipe, "transplant"),
         out,
         device=device,
-        seed=seed,
+        seed=recipe_options.get("seed"),
         overwrite=overwrite,
         quiet=quiet,
         allow_pickle=allow_pickle,
-        config_source=text,
+        config_source=yaml.safe_dump(recipe, sort_keys=False),
     )
 
 

@@ -15,7 +15,7 @@ from mergekit_tokenplug.errors import InputError
 from mergekit_tokenplug.methods import tokenadapt
 from mergekit_tokenplug.methods.base import EstimationProblem, Need
 from mergekit_tokenplug.methods.tokenadapt import self_space_embedder
-from mergekit_tokenplug.resources import load_text_embedder
+from mergekit_tokenplug.resources.embedder import load_text_embedder
 
 # Base vocabulary: 6 rows in d=2. Row 5 has an empty text: it must never be a neighbour.
 VOCAB = ["a", "b", "ab", "c", "dd", ""]

@@ -21,18 +21,11 @@ import datetime
 import functools
 import os
 from collections.abc import Callable
-from typing import TypeVar
 
 import torch
 
 from mergekit_tokenplug import settings
 from mergekit_tokenplug.errors import TokenplugError
-
-T = TypeVar("T")
-
-# Rows per chunk: large enough to keep the kernels' matmuls efficient, small enough to spread
-# the work over several processes. Part of the numerical recipe: changing it may change bytes
-# (MERGEKIT_TOKENPLUG_SHARD_CHUNK overrides it; keep it equal across runs you compare).
 
 
 def launched_world_size() -> int:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from mergekit_tokenplug import settings
 from mergekit_tokenplug.errors import InputError
+from mergekit_tokenplug.output.modes import current_umask
 
 Listing = dict[str, tuple[int, int]]
 
@@ -111,7 +112,7 @@ def atomic_directory(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    os.chmod(out, 0o777 & ~_umask())
+    os.chmod(out, 0o777 & ~current_umask())
 
 
 def _is_write_failure(exc: OSError, tmp: Path) -> bool:
@@ -174,9 +175,3 @@ def _terminate_as_exception() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -37,7 +37,6 @@ def versions() -> dict[str, str]:
 
     import torch
 
-
     return {
         "mergekit-tokenplug": mergekit_tokenplug.__version__,
         "mergekit": version("mergekit"),

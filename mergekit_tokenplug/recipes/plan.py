@@ -108,13 +108,10 @@ def output_tokenizer(config: Any, trust_remote_code: bool = False) -> Any:
 
 def recipe_vocab(config: Any, trust_remote_code: bool = False) -> RecipeVocab:
     """Align a plugin recipe's vocabularies and plan every model's fill as the run does."""
-    settings = align_settings(config)
+    align = align_settings(config)
     out_tok = output_tokenizer(config, trust_remote_code)
     vocab = make_vocab_plan(
-        out_tok,
-        tuple(config.referenced_models()),
-        trust_remote_code=trust_remote_code,
-        **settings,
+        out_tok, tuple(config.referenced_models()), trust_remote_code=trust_remote_code, **align
     )
     approx = config.tokenizer.approximation
     spec = registry.get(approx.method)
@@ -130,7 +127,7 @@ def recipe_vocab(config: Any, trust_remote_code: bool = False) -> RecipeVocab:
         )
         for m in source_order(inputs, config.base_model)
     }
-    donor = settings["donor"]
+    donor = align["donor"]
     if donor is not None and vocab.donor is not None:
         name = f"donor {donor.model.path}"
         spaces[name] = SourceSpace(name, None, vocab.donor.alignment.src_ids, vocab.regular)
@@ -224,12 +221,6 @@ def resolve_plan_device(device: str | None) -> tuple[str, bool]:
     return name, True
 
 
-def _budget(device: str, available: bool) -> int:
-    if not available:
-        return settings.cpu_budget_bytes()
-    return working_memory_budget(device)
-
-
 # ---------------------------------------------------------------- plans
 
 
@@ -248,21 +239,16 @@ def plan_recipe(
     rv = recipe_vocab(config, trust_remote_code)
     vocab = rv.vocab
     spec = registry.get(rv.method)
-    budget = _budget(dev, available)
+    budget = working_memory_budget(dev) if available else settings.cpu_budget_bytes()
     out_model = config.base_model or config.referenced_models()[0]  # as mergekit's out config
     out_cfg = out_model.config(trust_remote_code=trust_remote_code)
     tied_out = bool(getattr(out_cfg, "tie_word_embeddings", False))
     out_weights = [
         w for w in vocab_weights(out_model, trust_remote_code) or [] if not (w.tied_names and tied_out)
     ]
-    settings = align_settings(config)
-    donor = settings["donor"]
+    donor = align_settings(config)["donor"]
     donor_shapes = safetensors_shapes(donor.model.path) if donor is not None else {}
-
-    models = []
-    shapes = {}
-    for m in rv.inputs:
-        shapes[str(m)] = safetensors_shapes(m.model.path)
+    shapes = {str(m): safetensors_shapes(m.model.path) for m in rv.inputs}
     weight_records = []
     peak = 0
     total_flops = 0.0
@@ -330,12 +316,8 @@ def plan_recipe(
         )
         peak = max(peak, matrices + working)
         total_flops += flops
-    for m in rv.inputs:
-        fill = rv.fills[str(m)]
-        record = asdict(fill)
-        record["by_method"] = fill.by_method()
-        record["by_source"] = fill.by_source()
-        models.append(record)
+    fills = [rv.fills[str(m)] for m in rv.inputs]
+    models = [{**asdict(f), "by_method": f.by_method(), "by_source": f.by_source()} for f in fills]
     source = config.tokenizer.source
     return {
         "plugin": True,

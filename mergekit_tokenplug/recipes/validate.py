@@ -33,6 +33,7 @@ from mergekit_tokenplug.recipes.yaml_lines import (
     key_string,
     yaml_error,
 )
+from mergekit_tokenplug.resources.corpus import corpus_matches, no_match_message
 from mergekit_tokenplug.resources.embedder import check_embedder_dir
 from mergekit_tokenplug.seam import refusal_reason
 from mergekit_tokenplug.seam.config_patch import merge_configuration
@@ -99,6 +100,9 @@ class FileResult:
     def errors(self) -> list[Problem]:
         return [p for p in self.problems if p.severity == "error"]
 
+    def add(self, line: int | None, key: str, message: str) -> None:
+        self.problems.append(Problem(self.file, line, key, message))
+
 
 def validate_path(path: str | os.PathLike, options: Options | None = None) -> FileResult:
     """Validate one recipe file (single- or multi-document)."""
@@ -120,17 +124,17 @@ def validate_text(text: str, file: str = "recipe", options: Options | None = Non
     result = FileResult(file)
     too_big = yaml_size_problem(text)
     if too_big is not None:
-        result.problems.append(Problem(file, None, "", too_big))
+        result.add(None, "", too_big)
         return result
     try:
         maps = document_line_maps(text)
         docs = list(yaml.safe_load_all(text))
     except yaml.YAMLError as exc:
         line, message = yaml_error(exc)
-        result.problems.append(Problem(file, line, "", message))
+        result.add(line, "", message)
         return result
     if not docs:
-        result.problems.append(Problem(file, 1, "", "the file holds no recipe"))
+        result.add(1, "", "the file holds no recipe")
         return result
     result.multi = len(docs) > 1 or any(isinstance(d, dict) and "name" in d for d in docs)
     stages = _stage_names(docs, maps, result)
@@ -156,30 +160,22 @@ def _stage_names(docs: list[Any], maps: list[LineMap], result: FileResult) -> di
         if "name" not in doc:
             unnamed.append(index)
             if result.multi and len(unnamed) > 1:
-                result.problems.append(
-                    Problem(
-                        result.file,
-                        lines.start_line,
-                        "",
-                        f"a second unnamed (final) document (the first starts on line {maps[unnamed[0]].start_line}); mergekit-multi allows one, give the others a name",
-                    )
+                result.add(
+                    lines.start_line,
+                    "",
+                    f"a second unnamed (final) document (the first starts on line {maps[unnamed[0]].start_line}); mergekit-multi allows one, give the others a name",
                 )
             continue
         name = doc["name"]
         line = lines.line_of(("name",))
         if not isinstance(name, str) or not name.strip():
-            result.problems.append(
-                Problem(result.file, line, "name", f"expected a non-empty stage name, got {name!r}")
-            )
+            result.add(line, "name", f"expected a non-empty stage name, got {name!r}")
         elif name in stages:
             first = maps[stages[name]].line_of(("name",))
-            result.problems.append(
-                Problem(
-                    result.file,
-                    line,
-                    "name",
-                    f"duplicate stage name {name!r} (first defined on line {first}); stage names must be unique",
-                )
+            result.add(
+                line,
+                "name",
+                f"duplicate stage name {name!r} (first defined on line {first}); stage names must be unique",
             )
         else:
             stages[name] = index
@@ -196,14 +192,7 @@ def _check_cycles(result: FileResult, stages: dict[str, int], maps: list[LineMap
             if state.get(dep) == 1:
                 cycle = " -> ".join([*trail[trail.index(dep) :], dep]) if dep in trail else dep
                 line = maps[stages[name]].line_of(("name",))
-                result.problems.append(
-                    Problem(
-                        result.file,
-                        line,
-                        "name",
-                        f"stages depend on each other in a cycle: {cycle}",
-                    )
-                )
+                result.add(line, "name", f"stages depend on each other in a cycle: {cycle}")
             elif state.get(dep) is None and dep in deps:
                 visit(dep, [*trail, dep])
         state[name] = 2
@@ -214,10 +203,6 @@ def _check_cycles(result: FileResult, stages: dict[str, int], maps: list[LineMap
 
 
 # ---------------------------------------------------------------- one document
-
-
-def _tool_tokens(tokenizer: dict) -> list[str]:
-    return tool_tokens(tokenizer.get("tokens"))
 
 
 class _DocChecker:
@@ -336,7 +321,7 @@ class _DocChecker:
 
     def report_inactive(self, reason: str, data: dict) -> None:
         tok = data["tokenizer"]
-        tools = _tool_tokens(tok)
+        tools = tool_tokens(tok.get("tokens"))
         loc = (
             APPROX
             if "approximation" in tok
@@ -356,7 +341,7 @@ class _DocChecker:
         tok = data["tokenizer"]
         for key in ("approximation", "add_bos"):
             tok.pop(key, None)
-        for token in _tool_tokens(tok):
+        for token in tool_tokens(tok.get("tokens")):
             del tok["tokens"][token]
         for cfg in (tok.get("tokens") or {}).values():
             if isinstance(cfg, dict):
@@ -393,7 +378,7 @@ class _DocChecker:
     def check_tool_tokens(self, data: dict) -> dict:
         tok = data["tokenizer"]
         bad = []
-        for token in _tool_tokens(tok):
+        for token in tool_tokens(tok.get("tokens")):
             source = tok["tokens"][token]["source"]
             texts = [source.get("name"), source.get("description")]
             if not any(isinstance(t, str) and t.strip() for t in texts):
@@ -438,20 +423,16 @@ class _DocChecker:
         try:
             return merge_cfg.model_validate(data)
         except pydantic.ValidationError as exc:
-            by_key: dict[tuple, list[str]] = {}
+            by_key: dict[tuple, dict[str, None]] = {}
             for err in self.meant_branches(chosen_branch_errors(exc.errors())):
                 path, _line = self.lines.resolve(err["loc"])
                 ctx_err = (err.get("ctx") or {}).get("error")
                 msg = str(ctx_err) if isinstance(ctx_err, Exception) else err["msg"]
-                if err["type"] not in ("missing",) and not isinstance(
-                    err.get("input"), dict | list
-                ):
+                if err["type"] != "missing" and not isinstance(err.get("input"), dict | list):
                     msg += f" (got {short_repr(err.get('input'))})"
-                by_key.setdefault(path, [])
-                if msg not in by_key[path]:
-                    by_key[path].append(msg)
+                by_key.setdefault(path, {})[msg] = None  # an ordered set
             for path, msgs in by_key.items():
-                self.add(path, "; or ".join(msgs) if len(msgs) > 1 else msgs[0])
+                self.add(path, "; or ".join(msgs))
         except TokenplugError as exc:
             self.add_tokenplug_error(exc)
         except (RuntimeError, ValueError, TypeError) as exc:  # mergekit's own validators
@@ -495,26 +476,24 @@ class _DocChecker:
             refs.append((path, ref.model.path, role_of(path)))
 
         def walk(node: Any, path: tuple) -> None:
-            if isinstance(node, dict):
-                for key, value in node.items():
-                    child = (*path, key)
-                    if key in ("model", "base_model", "tokenizer_source") and isinstance(
-                        value, str
-                    ):
-                        if not (child == ("tokenizer_source",) and value in ("union", "base")):
-                            add_ref(child, value)
-                    elif key == "path" and isinstance(value, str) and path and path[-1] == "model":
-                        refs.append((child, value.split("@")[0], role_of(child)))
-                    elif key == "source" and path[-2:-1] == ("tokens",) and isinstance(value, str):
-                        add_ref(child, value)
-                    elif child == ("tokenizer", "source") and isinstance(value, str):
-                        if value not in ("union", "base"):
-                            add_ref(child, value)
-                    else:
-                        walk(value, child)
-            elif isinstance(node, list):
+            if isinstance(node, list):
                 for i, item in enumerate(node):
                     walk(item, (*path, i))
+            if not isinstance(node, dict):
+                return
+            for key, value in node.items():
+                child = (*path, key)
+                if not isinstance(value, str):
+                    walk(value, child)
+                elif key == "path" and path[-1:] == ("model",):
+                    refs.append((child, value.split("@")[0], role_of(child)))
+                elif child in (("tokenizer_source",), ("tokenizer", "source")):
+                    if value not in ("union", "base"):
+                        add_ref(child, value)
+                elif key in ("model", "base_model", "tokenizer_source") or (
+                    key == "source" and path[-2:-1] == ("tokens",)
+                ):
+                    add_ref(child, value)
 
         walk({k: v for k, v in self.doc.items() if k != "name"}, ())
         return refs
@@ -592,16 +571,9 @@ class _DocChecker:
         if Need.CORPUS in spec.needs and corpus:
             files: list[str] = []
             for i, pattern in enumerate(corpus):
-                matches = sorted(
-                    p
-                    for p in glob.glob(os.path.expanduser(pattern), recursive=True)
-                    if os.path.isfile(p)
-                )
+                matches = corpus_matches(pattern)
                 if not matches:
-                    self.add(
-                        (*APPROX, "corpus", i),
-                        f"{pattern!r} matches no file; expected text files or globs",
-                    )
+                    self.add((*APPROX, "corpus", i), no_match_message(pattern))
                 files.extend(matches)
             if files and not any(_has_text(f) for f in files):
                 self.add(

@@ -13,13 +13,24 @@ from mergekit_tokenplug.errors import ConfigError, InputError
 CORPUS_KEY = "tokenizer.approximation.corpus"
 
 
+def corpus_matches(pattern: str) -> list[str]:
+    """The files a corpus file or glob names, sorted (``recipes validate`` checks each)."""
+    return sorted(
+        p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p)
+    )
+
+
+def no_match_message(pattern: str) -> str:
+    return f"{pattern!r} matches no file; expected text files or globs"
+
+
 def resolve_corpus(patterns: list[str], where: str = CORPUS_KEY) -> list[str]:
     """Expand files/globs (sorted, deduplicated); every pattern must match at least one file."""
     files: list[str] = []
     for pattern in patterns:
-        matches = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
+        matches = corpus_matches(pattern)
         if not matches:
-            raise ConfigError(f"{pattern!r} matches no file; expected text files or globs", where=where)
+            raise ConfigError(no_match_message(pattern), where=where)
         files.extend(m for m in matches if m not in files)
     return files
 

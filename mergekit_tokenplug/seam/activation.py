@@ -17,6 +17,7 @@ from mergekit_tokenplug.seam import refusal_reason
 LOG = logging.getLogger("mergekit_tokenplug")
 _LOCK = threading.RLock()
 _DONE: set[str] = set()
+PATCHED = ("mergekit.config", "mergekit.plan", "mergekit.merge")  # what activate() patches
 # mergekit's recipe commands and the name of their recipe-file argument.
 CLI_MODULES = {
     "mergekit.scripts.run_yaml": "config_file",
@@ -61,13 +62,9 @@ def activate() -> None:
     """Import-time activation for processes that started without the ``.pth`` (e.g. ``python -S``)."""
     import importlib
 
-    for name in ("mergekit.config", "mergekit.plan", "mergekit.merge"):
+    for name in PATCHED:
         on_module_loaded(name, importlib.import_module(name))
 
 
 def is_active() -> bool:
-    return {
-        "mergekit.config",
-        "mergekit.plan",
-        "mergekit.merge",
-    } <= _DONE and refusal_reason() is None
+    return set(PATCHED) <= _DONE and refusal_reason() is None

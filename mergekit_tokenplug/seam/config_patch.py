@@ -60,7 +60,6 @@ def _allow_tool_sources() -> None:
     settings, then rebuild the models that embed them."""
     from mergekit.tokenizer import config as tok_config
 
-
     emb_cfg = tok_config.TokenEmbeddingConfig
     emb_cfg.model_fields["source"].annotation = Union[  # noqa: UP007 (runtime type)
         tok_config.ModelTokenEmbedding,

@@ -311,11 +311,6 @@ def has_special_tokens(tokens: Any) -> bool:
     return any(isinstance(c, dict) and c.get("special") for c in tokens.values())
 
 
-def tokenizer_uses_plugin(value: Any) -> bool:
-    """Whether a raw ``tokenizer`` mapping needs the plugin's model (its keys or unknown keys)."""
-    return _tokenizer_kind(value) == "plugin"
-
-
 def _tokenizer_kind(value: Any) -> str:
     if isinstance(value, TokenplugTokenizerConfig):
         return "plugin"

@@ -138,10 +138,6 @@ def config_rows(model: ModelReference, trust_remote_code: bool) -> int | None:
     return int(rows) if rows else None
 
 
-def _model_rows(model: ModelReference, tokenizer: Any, trust_remote_code: bool) -> int:
-    return config_rows(model, trust_remote_code) or len(tokenizer)
-
-
 def _regular_mask(tokenizer: Any, n_tokens: int) -> np.ndarray:
     """Output ids that are ordinary vocabulary tokens (not special/added, not holes)."""
     mask = np.zeros(n_tokens, dtype=bool)
@@ -170,17 +166,8 @@ class AlignVocabulary(Task[VocabPlan]):
         return {"tokenizer_info": self.tokenizer_task}
 
     def execute(self, tokenizer_info: TokenizerInfo) -> VocabPlan:
-        plan = make_vocab_plan(
-            tokenizer_info.tokenizer,
-            self.models,
-            donor=self.donor,
-            reference_rows_model=self.reference_rows_model,
-            cut_to_reference=self.cut_to_reference,
-            pad_to_multiple_of=self.pad_to_multiple_of,
-            trust_remote_code=self.trust_remote_code,
-            recipe_tokens=self.recipe_tokens,
-            byte_pieces=self.byte_pieces,
-        )
+        fields = {k: getattr(self, k) for k in type(self).model_fields if k != "tokenizer_task"}
+        plan = make_vocab_plan(tokenizer_info.tokenizer, **fields)
         report.set_vocab(plan.summary())
         for name, mv in plan.models.items():
             LOG.info("vocabulary %s: %s", name, mv.alignment.counts())
@@ -259,7 +246,7 @@ def make_vocab_plan(
 
     def vocab_for(model: ModelReference, where: str) -> ModelVocab:
         tok = _load_tokenizer(model, trust_remote_code, where)
-        model_rows = _model_rows(model, tok, trust_remote_code)
+        model_rows = config_rows(model, trust_remote_code) or len(tok)
         alignment = align_vocab(
             out_tok, tok, model_rows=model_rows, out_rows=n_tokens, byte_pieces=byte_pieces
         )
@@ -380,22 +367,16 @@ class ApproximatedVocabulary(PermutedVocabulary):
                 show_progress=self.show_progress,
             )
             filled = filled.to(dtype)
-            if explicit:
-                stock_views = {o: views[o] for o in models}
-                for token, token_id in explicit.items():
-                    if (
-                        forced is not None
-                        and forced[token_id]
-                        or mv.alignment.src_ids[token_id] < 0
-                    ):
-                        filled[token_id] = self.compute_default_embedding(
-                            tokenizer_info,
-                            stock_views,
-                            tokenizer_info.permutations,
-                            token,
-                            token_id,
-                            self.tokens[token],
-                        ).to(dtype)
+            for token, token_id in explicit.items():  # stock sources: stock rows
+                if (forced is not None and forced[token_id]) or mv.alignment.src_ids[token_id] < 0:
+                    filled[token_id] = self.compute_default_embedding(
+                        tokenizer_info,
+                        views,
+                        tokenizer_info.permutations,
+                        token,
+                        token_id,
+                        self.tokens[token],
+                    ).to(dtype)
             if tools:
                 ids = torch.tensor(
                     [token_id for token_id, _ in tools.values()], device=filled.device

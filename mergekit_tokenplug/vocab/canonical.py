@@ -70,12 +70,6 @@ def backend_of(tokenizer: Any) -> Tokenizer:
     )
 
 
-def _tokenizer_json(backend: Tokenizer) -> dict[str, Any]:
-    """The backend's tokenizer.json, parsed (one serialisation gives scheme, vocab and added
-    tokens; faster on a 262k vocabulary than ``get_vocab``)."""
-    return json.loads(backend.to_str())
-
-
 def _walk(node: Any) -> Iterator[dict[str, Any]]:
     """Every component inside a (possibly nested) Sequence normalizer/pre-tokenizer/decoder."""
     if not isinstance(node, dict):
@@ -205,14 +199,8 @@ _BYTE_LEVEL_TABLE = _byte_level_table()
 BYTE_PIECES: tuple[str, ...] = tuple(f"<0x{b:02X}>" for b in range(256))
 
 
-def _byte_piece_map() -> dict[str, bytes]:
-    table = {f"<0x{b:02X}>": bytes([b]) for b in range(256)}
-    table.update({f"<0x{b:02x}>": bytes([b]) for b in range(256)})
-    return table
-
-
 #: `<0xNN>` spelling (either hex case) -> the single byte it stands for.
-_BYTE_PIECE_MAP = _byte_piece_map()
+_BYTE_PIECE_MAP = {f"<0x{b:02{x}}>": bytes([b]) for x in "Xx" for b in range(256)}
 
 
 def _splits_off_alone(token: str) -> bool:
@@ -292,7 +280,9 @@ class VocabView:
 def read_vocab(tokenizer: Any, scheme: TokenScheme | None = None) -> VocabView:
     """Collect ids, added/special tokens and roles (bos/eos/... from the transformers wrapper)."""
     backend = backend_of(tokenizer)
-    data = _tokenizer_json(backend)
+    # one serialisation gives scheme, vocab and added tokens (on a 262k vocabulary, faster
+    # than get_vocab)
+    data = json.loads(backend.to_str())
     scheme = scheme or _scheme_from_json(_scheme_parts(backend, data))
     vocab = (data.get("model") or {}).get("vocab") or {}
     if isinstance(vocab, list):  # Unigram: [[piece, score], ...], id = position
