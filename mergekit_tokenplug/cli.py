@@ -308,7 +308,11 @@ def evaluate(
 @click.option(
     "--methods",
     default=None,
-    help="Comma-separated methods (default: every registered method that can run on the pair).",
+    help=(
+        "Comma-separated methods (default: every registered method that can run on the pair); "
+        "tokensurgeon:NAME (omp, common_interpolation, subword, mean, ...) adds "
+        "mergekit-tokensurgeon's own method NAME with its defaults."
+    ),
 )
 @click.option(
     "--hold-out",

@@ -11,9 +11,10 @@ can read a hidden row back:
 * texts are split by a base tokenizer *without* the hidden tokens (removed from a BPE
   vocabulary with every merge that makes or uses them).
 
-Only the input embeddings are compared. Leave-out scores shared tokens, which are easier than
-truly new ones: with ``texts`` each method also runs a real transplant and bits per byte on
-those texts are reported, the figure to decide by.
+``tokensurgeon:NAME`` entries run mergekit-tokensurgeon's own code on the same leave-out
+(``tokensurgeon_ref``). Only the input embeddings are compared. Leave-out scores shared tokens,
+which are easier than truly new ones: with ``texts`` each of the plugin's methods also runs a
+real transplant and bits per byte on those texts are reported, the figure to decide by.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mergekit_tokenplug.errors import ConfigError, InputError
+from mergekit_tokenplug.evaluate import tokensurgeon_ref
 from mergekit_tokenplug.evaluate.bpb import evaluate_models
 from mergekit_tokenplug.fill import FillReport, SourceSpace, TextSupport, plan_fill
 from mergekit_tokenplug.fill import _estimate_missing as estimate_rows
@@ -138,12 +140,14 @@ class HoldOut:
     base_ref: Any
     seed: int
     info: dict[str, Any] = field(default_factory=dict)
+    out_tokenizer: Any = None  # the donor's (output) tokenizer
+    cut_tokenizer: Any = None  # the base tokenizer without the hidden tokens (BPE only)
+    donor_ref: Any = None
 
 
 def _matrix(ref: Any) -> torch.Tensor:
     """A model's input embedding matrix, read through mergekit's lazy loader."""
     from mergekit.io.tasks import LoaderCache
-
 
     w = role_weight(ref, "input", False)
     names = [*(w.aliases or ()), *(w.tied_names or ())]
@@ -158,7 +162,6 @@ def prepare_holdout(base: str, donor: str, fraction: float = 0.05, seed: int = 0
     """Align, draw the hidden set (seeded, matched to the missing tokens' mix) and hide it."""
     from mergekit.common import ModelReference
     from transformers import AutoTokenizer
-
 
     if not 0.0 < fraction < 1.0:
         raise InputError(f"--hold-out must be between 0 and 1 (got {fraction})", where="compare")
@@ -250,6 +253,9 @@ def prepare_holdout(base: str, donor: str, fraction: float = 0.05, seed: int = 0
         base_ref=base_ref,
         seed=seed,
         info={"shared": int(len(shared)), "missing": int(len(missing)), "requested": int(n_hide)},
+        out_tokenizer=out_tok,
+        cut_tokenizer=cut,
+        donor_ref=donor_ref,
     )
 
 
@@ -344,7 +350,14 @@ def compare_methods(
     on_holdout: Callable[[HoldOut], None] | None = None,
 ) -> dict[str, Any]:
     """The ``compare`` report (see the module docstring); JSON-ready."""
-    specs = [get(m) for m in methods] if methods else list(all_methods().values())
+    specs: list[MethodSpec | tokensurgeon_ref.TokenSurgeonMethod] = (
+        [
+            tokensurgeon_ref.lookup(m) if tokensurgeon_ref.is_reference(m) else get(m)
+            for m in methods
+        ]
+        if methods
+        else list(all_methods().values())
+    )
     for t in texts:
         if not Path(t).is_file():
             raise InputError(f"{t} is not a file; expected a text file", where="--text")
@@ -362,13 +375,19 @@ def compare_methods(
     }
     ran = []
     for spec in tqdm(specs, desc="compare", unit="method", disable=not show_progress):
-        note = cannot_run(spec, holdout)
+        reference = isinstance(spec, tokensurgeon_ref.TokenSurgeonMethod)
+        note = (
+            tokensurgeon_ref.cannot_run(spec, holdout) if reference else cannot_run(spec, holdout)
+        )
         if note is None:
             try:
                 t0 = time.perf_counter()
-                est = estimate_hidden(
-                    holdout, spec, spec.parse_params({}), show_progress=show_progress
-                )
+                if reference:
+                    est = tokensurgeon_ref.estimate(spec, holdout)
+                else:
+                    est = estimate_hidden(
+                        holdout, spec, spec.parse_params({}), show_progress=show_progress
+                    )
                 secs = time.perf_counter() - t0
             except (ConfigError, InputError) as exc:
                 note = str(exc)
@@ -379,8 +398,10 @@ def compare_methods(
         result["methods"][spec.name] = {
             **score(est, holdout.true, holdout.categories),
             "seconds": round(secs, 3),
+            **(spec.describe() if reference else {}),
         }
-        ran.append(spec.name)
+        if not reference:  # --text transplants run the plugin's methods only
+            ran.append(spec.name)
     if texts:
         result["reference_bpb"], per_method = texts_bpb(
             base, donor, ran, texts, seed, show_progress
@@ -425,7 +446,7 @@ def format_report(report: dict[str, Any]) -> str:
     for name, m in order:
         row = [name, f"{m['cos']:.3f}", f"{m['rel_l2']:.3f}", f"{m['seconds']:.1f}"]
         row += [f"{m['categories'][c]['cos']:.3f}" if c in m["categories"] else "-" for c in cats]
-        row += [f"{m['bpb'][t]:.3f}" for t in texts] if texts else []
+        row += [f"{m['bpb'][t]:.3f}" if t in m.get("bpb", {}) else "-" for t in texts]
         rows.append(row)
     if texts and report.get("reference_bpb"):
         ref = report["reference_bpb"]
@@ -457,6 +478,13 @@ def format_report(report: dict[str, Any]) -> str:
         fmt(head),
         *(fmt(r) for r in rows),
     ]
+    refs = {m["reference"] for m in report["methods"].values() if "reference" in m}
+    if refs:
+        lines.append(
+            f"tokensurgeon:* rows: {', '.join(sorted(refs))}, its own code and default "
+            "parameters on the same hidden set and anchors"
+            + (" (no bpb: --text transplants use the plugin's methods)" if texts else "")
+        )
     lines += [f"skipped {k}: {v}" for k, v in report["skipped"].items()]
     return "\n".join(lines)
 
@@ -487,7 +515,17 @@ def plot_report(report: dict[str, Any], path: str) -> None:
         m = report["methods"][name]
         vals = [m["cos"]] + [m["categories"].get(c, {}).get("cos", np.nan) for c in cats]
         xs = np.arange(len(groups)) + (j - (len(methods) - 1) / 2) * width
-        ax.bar(xs, vals, width, label=name)
+        reference = "reference" in m  # tokensurgeon:* (mergekit's own code): hatched bars
+        ax.bar(
+            xs,
+            vals,
+            width,
+            label=name,
+            color=plt.get_cmap("tab20" if len(methods) > 10 else "tab10")(j % 20),
+            hatch="//" if reference else None,
+            edgecolor="black" if reference else None,
+            linewidth=0.4 if reference else None,
+        )
     n_cat = {
         c: next(
             report["methods"][m]["categories"][c]["n"]
@@ -507,8 +545,8 @@ def plot_report(report: dict[str, Any], path: str) -> None:
     ax.axhline(0, color="black", linewidth=0.6)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(
-        ncol=min(len(methods), 5), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15)
+        ncol=min(len(methods), 4), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15)
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, bbox_inches="tight")  # the legend sits below the axes
     plt.close(fig)
