@@ -425,11 +425,12 @@ def learn_tool_tokens_command(model: str, data: str, out: str, tool_tokens: tupl
 @click.option("--steps", type=int, default=60, show_default=True)
 @click.option(
     "--rows",
-    type=click.Choice(["estimated", "new", "tool", "all"]),
-    default="new",
+    type=click.Choice(["all", "estimated", "new", "tool"]),
+    default="all",
     show_default=True,
-    help="estimated: rows the transplant estimated; new: plus rows copied from <0xNN> byte "
-    "pieces; tool: the tool tokens (recorded by a tool-token recipe, or --tool-token); all: whole matrices.",
+    help="all: every row of the input matrix (works without a manifest); estimated: rows the "
+    "transplant estimated; new: plus rows copied from <0xNN> byte pieces; tool: the tool tokens "
+    "(recorded by a tool-token recipe, or --tool-token).",
 )
 @click.option(
     "--matrices",

@@ -132,7 +132,7 @@ def _bad_inputs(zoo, transplanted, tmp):
         "no match": ([m, "--corpus", str(tmp / "none*.txt")], "matches no file"),
         "binary": ([m, "--corpus", str(binary)], "blob.txt: is a binary file"),
         "short": ([m, "--corpus", str(short)], "shorter than one sequence"),
-        "no manifest": ([str(zoo.sp_untied), *good], "pass --rows all"),
+        "no manifest": ([str(zoo.sp_untied), *good, "--rows", "new"], "pass --rows all"),
         "zero steps": ([m, *good, "--steps", "0"], "--steps: must be >= 1"),
         "mixed corpus": ([m, *good, "--corpus", str(one_row)], "mixes .jsonl and text files"),
         "one jsonl row": ([m, "--corpus", str(one_row)], "has 1 usable rows, 1 of them held out"),
@@ -164,3 +164,12 @@ def test_the_regularizer_step_shrinks_the_displacement_by_lr_times_lambda():
     assert torch.allclose(rows / rows.norm(), torch.full((3, 4), 12**-0.5))  # same direction
     prox_toward(rows, start, 100.0)
     assert torch.equal(rows, start)
+
+
+def test_the_default_trains_the_whole_input_matrix_and_needs_no_manifest(zoo, tmp_path):
+    out = tmp_path / "healed"
+    summary = run_heal(str(zoo.sp_untied), str(out), corpus(zoo), lam=0.0, **FAST)
+    before, after = tensors(zoo.sp_untied), tensors(out)
+    assert summary["rows"]["which"] == "all" and summary["rows"]["count"] == before[EMBED].shape[0]
+    changed = (after[EMBED] != before[EMBED]).any(dim=1).sum()
+    assert changed > 0 and all(torch.equal(after[k], v) for k, v in before.items() if k != EMBED)

@@ -41,7 +41,7 @@ def run_heal(
     corpus: list[str],
     *,
     steps: int = 60,
-    rows: RowChoice = "new",
+    rows: RowChoice = "all",
     matrices: Matrices | None = None,
     tool_tokens: tuple[str, ...] = (),
     lr: float = 2e-3,
