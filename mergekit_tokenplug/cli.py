@@ -452,8 +452,9 @@ def learn_tool_tokens_command(model: str, data: str, out: str, tool_tokens: tupl
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True)
 def heal(model: str, out: str, corpus: tuple[str, ...], **options: Any) -> None:
-    """Train only the transplanted (or tool-token) rows of MODEL on --corpus, regularized
-    toward their estimate; write OUT. Data parallel under `accelerate launch`."""
+    """Train only vocabulary rows of MODEL (every input row by default; a transplant's
+    estimated rows, or tool-token rows) on --corpus, regularized toward where they started;
+    write OUT. Data parallel under `accelerate launch`."""
     _heal(model, out, corpus, **options)
 
 

@@ -1,5 +1,6 @@
-"""Heal a model: train only its transplanted (or tool-token) rows on a text or prompt/completion
-corpus, regularized toward their estimate, data parallel through accelerate."""
+"""Heal a model: train only rows of its vocabulary matrices (every input row, a transplant's
+estimated rows, or tool-token rows) on a text or prompt/completion corpus, regularized toward
+where they started, data parallel through accelerate."""
 
 from mergekit_tokenplug.heal.command import run_heal
 
