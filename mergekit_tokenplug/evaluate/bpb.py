@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from mergekit_tokenplug.errors import InputError
+from mergekit_tokenplug.inputs import check_model_dir
 
 LN2 = math.log(2.0)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
 def _token_byte_lengths(tokenizer: Any, text: str, ids: list[int]) -> list[int]:
@@ -132,30 +132,6 @@ def bits_per_byte(
     }
 
 
-def _check_model_dir(path: Path, allow_pickle: bool) -> None:
-    if not path.exists():
-        raise InputError(f"model directory {path} does not exist")
-    if not path.is_dir():
-        raise InputError(f"{path} is not a directory: expected a Hugging Face model directory")
-    if not (path / "config.json").is_file():
-        raise InputError(f"{path} has no config.json: expected a Hugging Face model directory")
-    if not any((path / f).is_file() for f in TOKENIZER_FILES):
-        raise InputError(
-            f"{path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}): "
-            "save the tokenizer next to the model"
-        )
-    has_st = any(path.glob("*.safetensors"))
-    has_bin = any(path.glob("*.bin")) or any(path.glob("*.pt")) or any(path.glob("*.pth"))
-    if not has_st:
-        if has_bin and not allow_pickle:
-            raise InputError(
-                f"{path} holds only pickle weights (.bin): refusing to unpickle; convert to "
-                "safetensors or pass allow_pickle=True if you trust the files"
-            )
-        if not has_bin:
-            raise InputError(f"{path} has no weights (*.safetensors)")
-
-
 def _read_text(path: Path) -> str:
     if not path.is_file():
         raise InputError(f"text file {path} does not exist")
@@ -193,7 +169,7 @@ def evaluate_models(
         raise InputError("no text files given")
     dirs = [Path(d) for d in model_dirs]
     for d in dirs:
-        _check_model_dir(d, allow_pickle)
+        check_model_dir(str(d), where="MODEL", need_tokenizer=True, allow_pickle=allow_pickle)
     texts = {Path(f): _read_text(Path(f)) for f in text_files}
 
     records: list[dict[str, Any]] = []
