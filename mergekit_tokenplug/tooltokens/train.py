@@ -5,26 +5,18 @@ initializing their rows. Training only those rows is ``heal --rows tool``
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
 
 from mergekit_tokenplug.errors import InputError
+from mergekit_tokenplug.heal.train import is_tied
 from mergekit_tokenplug.methods.tool import (
     Scale,
     tool_input_rows,
     tool_prior,
 )
-
-LOG = logging.getLogger(__name__)
-IGNORE = -100
-
-
-def _is_tied(model) -> bool:
-    head = model.get_output_embeddings()
-    return head is None or head.weight is model.get_input_embeddings().weight
 
 
 @torch.no_grad()
@@ -93,7 +85,7 @@ def init_tool_rows(
     the matrix does not exist separately)."""
     ids = torch.tensor(list(tool_token_ids), dtype=torch.long)
     emb = model.get_input_embeddings().weight
-    tied = _is_tied(model)
+    tied = is_tied(model)
     head = emb if tied else model.get_output_embeddings().weight
     keep = torch.ones(emb.shape[0], dtype=torch.bool)
     keep[ids] = False
