@@ -137,12 +137,13 @@ def _bad_inputs(zoo, transplanted, tmp):
         "mixed corpus": ([m, *good, "--corpus", str(one_row)], "mixes .jsonl and text files"),
         "one jsonl row": ([m, "--corpus", str(one_row)], "has 1 usable rows, 1 of them held out"),
         "no tool tokens": ([m, *good, "--rows", "tool"], "no --tool-token was given"),
+        "tool token, other rows": ([m, *good, "--tool-token", "x"], "only --rows tool trains"),
     }
 
 
 @pytest.mark.parametrize(
     "case",
-    ["empty corpus", "no match", "binary", "short", "no manifest", "zero steps", "mixed corpus", "one jsonl row", "no tool tokens"],
+    ["empty corpus", "no match", "binary", "short", "no manifest", "zero steps", "mixed corpus", "one jsonl row", "no tool tokens", "tool token, other rows"],
 )
 def test_bad_input_is_one_line_and_leaves_nothing(zoo, transplanted, tmp_path, case):
     args, expected = _bad_inputs(zoo, transplanted, tmp_path)[case]

@@ -69,6 +69,8 @@ def run_heal(
         raise ConfigError(f"must be > 0, got {lr}", where="--lr")
     if lam < 0:
         raise ConfigError(f"must be >= 0, got {lam}", where="--lam")
+    if tool_tokens and rows != "tool":
+        raise ConfigError(f"names tool tokens, which only --rows tool trains (got --rows {rows})", where="--tool-token")
     check_model_dir(model_dir, where="MODEL", need_tokenizer=True)
     check_output_dir(out, overwrite)
     src = Path(model_dir)
