@@ -7,12 +7,14 @@ import logging
 import os
 import sys
 import tempfile
-from typing import Any
+from typing import Any, get_args
 
 import click
 import yaml
 
 from mergekit_tokenplug.errors import ConfigError, one_line_error
+from mergekit_tokenplug.heal.command import Matrices, run_heal
+from mergekit_tokenplug.heal.rows import RowChoice
 from mergekit_tokenplug.registry import DEFAULT_METHOD
 
 
@@ -425,7 +427,7 @@ def learn_tool_tokens_command(model: str, data: str, out: str, tool_tokens: tupl
 @click.option("--steps", type=int, default=60, show_default=True)
 @click.option(
     "--rows",
-    type=click.Choice(["all", "estimated", "new", "tool"]),
+    type=click.Choice(get_args(RowChoice)),
     default="all",
     show_default=True,
     help="all: every row of the input matrix (works without a manifest); estimated: rows the "
@@ -434,7 +436,7 @@ def learn_tool_tokens_command(model: str, data: str, out: str, tool_tokens: tupl
 )
 @click.option(
     "--matrices",
-    type=click.Choice(["input", "both"]),
+    type=click.Choice(get_args(Matrices)),
     default=None,
     help="input: only input rows move (a tied model is untied); both: output rows too.  "
     "[default: input; both with --rows tool]",
@@ -459,9 +461,6 @@ def heal(model: str, out: str, corpus: tuple[str, ...], **options: Any) -> None:
 
 
 def _heal(model: str, out: str, corpus: tuple[str, ...], *, json_out: str | None, quiet: bool, **options: Any) -> None:
-    # lazy: keeps the CLI's start-up fast
-    from mergekit_tokenplug.heal import run_heal
-
     setup_logging(quiet, 0)
     summary = run_heal(model, out, list(corpus), quiet=quiet, **options)
     if os.environ.get("RANK", "0") != "0":

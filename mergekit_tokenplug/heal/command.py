@@ -18,7 +18,7 @@ from mergekit_tokenplug.heal.train import LoopSettings, is_tied, train_rows, unt
 from mergekit_tokenplug.inputs import check_model_dir
 from mergekit_tokenplug.output.atomic import atomic_directory, check_output_dir
 
-Matrices = Literal["input", "both"]
+Matrices = Literal["input", "both"]  # the CLI's choices
 
 
 def _accelerator(device: str) -> Any:

@@ -21,8 +21,7 @@ from mergekit_tokenplug.errors import InputError
 from mergekit_tokenplug.output.manifest import MANIFEST_NAME, expand_ranges
 from mergekit_tokenplug.output.side_files import TOOL_PRIORS
 
-RowChoice = Literal["estimated", "new", "tool", "all"]
-ROW_CHOICES: tuple[str, ...] = ("estimated", "new", "tool", "all")
+RowChoice = Literal["all", "estimated", "new", "tool"]  # the CLI's choices, in this order
 
 
 def tool_rows(model_dir: str | Path, names: Sequence[str], vocab: dict[str, int]) -> list[int]:
