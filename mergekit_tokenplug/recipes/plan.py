@@ -14,6 +14,7 @@ import io
 import json
 import re
 import struct
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,17 +66,17 @@ class ModelFill:
     groups: list[GroupCount] = field(default_factory=list)
 
     def by_method(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for g in self.groups:
-            out[g.method] = out.get(g.method, 0) + g.count
-        return out
+        return _totals((g.method, g.count) for g in self.groups)
 
     def by_source(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for g in self.groups:
-            key = g.source or "(none)"
-            out[key] = out.get(key, 0) + g.count
-        return out
+        return _totals((g.source or "(none)", g.count) for g in self.groups)
+
+
+def _totals(pairs: Iterable[tuple[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for key, count in pairs:
+        out[key] = out.get(key, 0) + count
+    return out
 
 
 @dataclass
@@ -115,17 +116,13 @@ def recipe_vocab(config: Any, trust_remote_code: bool = False) -> RecipeVocab:
     )
     approx = config.tokenizer.approximation
     spec = registry.get(approx.method)
-    forced, _, tools = token_overrides(
-        config.tokenizer.tokens, out_tok.get_vocab(), vocab.n_tokens
-    )
+    forced, _, tools = token_overrides(config.tokenizer.tokens, out_tok.get_vocab(), vocab.n_tokens)
     tool_mask = np.zeros(vocab.n_tokens, dtype=bool)
     tool_mask[[token_id for token_id, _ in tools.values()]] = True
     inputs = input_order(config)
     spaces = {
-        model_key(m): SourceSpace(
-            model_key(m), None, vocab.models[model_key(m)].alignment.src_ids, vocab.regular
-        )
-        for m in source_order(inputs, config.base_model)
+        key: SourceSpace(key, None, vocab.models[key].alignment.src_ids, vocab.regular)
+        for key in map(model_key, source_order(inputs, config.base_model))
     }
     donor = align["donor"]
     if donor is not None and vocab.donor is not None:
@@ -133,38 +130,36 @@ def recipe_vocab(config: Any, trust_remote_code: bool = False) -> RecipeVocab:
         spaces[name] = SourceSpace(name, None, vocab.donor.alignment.src_ids, vocab.regular)
 
     fills: dict[str, ModelFill] = {}
-    for m in inputs:
-        key = model_key(m)
+    for key in map(model_key, inputs):
         mv = vocab.models[key]
         src = mv.alignment.src_ids
         sources = [space for name, space in spaces.items() if name != key]
         have, missing, groups = plan_fill(
             src, sources, spec, anchor_mask=vocab.regular, force_estimate=forced
         )
-        counts = mv.alignment.counts()
+        counts = [
+            GroupCount(g.method, g.source.name if g.source else None, len(g.out_ids), g.anchors)
+            for g in groups
+        ]
+        n_tools = int((tool_mask & ~have[: vocab.n_tokens]).sum())
+        if n_tools:  # computed like tokens no space knows, then replaced by the prior
+            next(g for g in counts if g.source is None).count -= n_tools
+            counts = [g for g in counts if g.count > 0]
+            counts.append(GroupCount(TOOL_METHOD, TOOL_SOURCE, n_tools))
+        matches = mv.alignment.counts()
         fills[key] = ModelFill(
             model=key,
             rows=mv.rows,
-            exact=counts["exact"],
-            canonical=counts["canonical"],
-            special=counts["special"],
+            exact=matches["exact"],
+            canonical=matches["canonical"],
+            special=matches["special"],
             copied=int(have.sum()),
             estimated=int(missing.size),
             padded=vocab.rows - vocab.n_tokens,
-            holes=counts["holes"],
+            holes=matches["holes"],
             forced=0 if forced is None else int((forced & (src >= 0)).sum()),
-            groups=[
-                GroupCount(g.method, g.source.name if g.source else None, len(g.out_ids), g.anchors)
-                for g in groups
-            ],
+            groups=counts,
         )
-        n_tools = int((tool_mask & ~have[: vocab.n_tokens]).sum())
-        if n_tools:  # computed like tokens no space knows, then replaced by the prior
-            groups_out = fills[key].groups
-            unknown = next(g for g in groups_out if g.source is None)
-            unknown.count -= n_tools
-            fills[key].groups = [g for g in groups_out if g.count > 0]
-            fills[key].groups.append(GroupCount(TOOL_METHOD, TOOL_SOURCE, n_tools))
     return RecipeVocab(config, vocab, inputs, fills, approx.method, approx.parsed_params())
 
 
@@ -184,14 +179,24 @@ def safetensors_shapes(model_dir: str | Path) -> dict[str, tuple[list[int], str]
     return out
 
 
-def _matrix_shape(model: Any, weight: Any, shapes: dict) -> tuple[int, int] | None:
+def _matrix_shape(weight: Any, shapes: dict) -> tuple[int, int] | None:
     for name in (weight.name, *(weight.aliases or ()), *(weight.tied_names or ())):
-        if name in shapes:
-            shape = shapes[name][0]
-            if len(shape) == 2:
-                rows = shape[weight.vocabulary_axis]
-                return int(rows), int(shape[1 - weight.vocabulary_axis])
+        shape = shapes.get(name, ([],))[0]
+        if len(shape) == 2:
+            return int(shape[weight.vocabulary_axis]), int(shape[1 - weight.vocabulary_axis])
     return None
+
+
+def _donor_shape(donor: Any, weight: Any, aligned: Any, trust_remote_code: bool) -> tuple[int, int]:
+    """(rows, width) of the donor matrix that plays ``weight``'s part (tied or not); without
+    one in the headers, the aligned donor's rows and its config's width."""
+    shapes = safetensors_shapes(donor.model.path)
+    for dw in vocab_weights(donor, trust_remote_code) or []:
+        if (dw.tied_names is None) == (weight.tied_names is None):
+            shape = _matrix_shape(dw, shapes)
+            if shape:
+                return shape
+    return aligned.rows, _hidden_size(donor, trust_remote_code)
 
 
 def _hidden_size(model: Any, trust_remote_code: bool) -> int:
@@ -238,84 +243,18 @@ def plan_recipe(
         }
     rv = recipe_vocab(config, trust_remote_code)
     vocab = rv.vocab
-    spec = registry.get(rv.method)
     budget = working_memory_budget(dev) if available else settings.cpu_budget_bytes()
     out_model = config.base_model or config.referenced_models()[0]  # as mergekit's out config
     out_cfg = out_model.config(trust_remote_code=trust_remote_code)
     tied_out = bool(getattr(out_cfg, "tie_word_embeddings", False))
-    out_weights = [
-        w for w in vocab_weights(out_model, trust_remote_code) or [] if not (w.tied_names and tied_out)
-    ]
     donor = align_settings(config)["donor"]
-    donor_shapes = safetensors_shapes(donor.model.path) if donor is not None else {}
     shapes = {str(m): safetensors_shapes(m.model.path) for m in rv.inputs}
-    weight_records = []
-    peak = 0
-    total_flops = 0.0
-    flops_known = True
-    for w in out_weights:
-        matrices = 0
-        working = 0
-        flops = 0.0
-        dims = {}
-        for m in rv.inputs:
-            fill = rv.fills[str(m)]
-            shape = _matrix_shape(m, w, shapes[str(m)])
-            rows, dim = shape if shape else (fill.rows, _hidden_size(m, trust_remote_code))
-            dims[str(m)] = dim
-            matrices += (rows + vocab.rows) * dim * FP32
-        d_donor = 0
-        if donor is not None:
-            dshape = None
-            for dw in vocab_weights(donor, trust_remote_code) or []:
-                if (dw.tied_names is None) == (w.tied_names is None):
-                    dshape = _matrix_shape(donor, dw, donor_shapes)
-                    if dshape:
-                        break
-            if dshape is None:
-                dshape = (vocab.donor.rows, _hidden_size(donor, trust_remote_code))
-            d_donor = dshape[1]
-            matrices += dshape[0] * d_donor * FP32
-        for m in rv.inputs:
-            fill = rv.fills[str(m)]
-            for g in fill.groups:
-                if g.method == TOOL_METHOD:  # the base model's forward over the tool texts
-                    flops_known = False
-                    continue
-                d_src = (
-                    d_donor
-                    if g.source and g.source.startswith("donor ")
-                    else dims.get(g.source or str(m), dims[str(m)])
-                )
-                g_spec = registry.get(g.method)
-                params = rv.params if g.method == rv.method else g_spec.parse_params({})
-                wb, fl = g_spec.cost(
-                    CostQuery(
-                        params=params,
-                        targets=g.count,
-                        anchors=g.anchors or 0,
-                        dim_source=d_src,
-                        dim_model=dims[str(m)],
-                        model_rows=fill.rows,
-                        budget=budget,
-                    )
-                )
-                working = max(working, wb)
-                if fl is None:
-                    flops_known = False
-                else:
-                    flops += fl
-        weight_records.append(
-            {
-                "weight": w.name,
-                "matrices_bytes": int(matrices),
-                "working_bytes": int(working),
-                "peak_bytes": int(matrices + working),
-                "flops": flops if flops_known else None,
-            }
-        )
-        peak = max(peak, matrices + working)
-        total_flops += flops
+    weights = [
+        _weight_record(rv, w, shapes, donor, budget, trust_remote_code)
+        for w in vocab_weights(out_model, trust_remote_code) or []
+        if not (w.tied_names and tied_out)
+    ]
+    flops = [w["flops"] for w in weights]
     fills = [rv.fills[str(m)] for m in rv.inputs]
     models = [{**asdict(f), "by_method": f.by_method(), "by_source": f.by_source()} for f in fills]
     source = config.tokenizer.source
@@ -323,7 +262,7 @@ def plan_recipe(
         "plugin": True,
         "method": rv.method,
         "params": _params_dict(rv.params),
-        "fallback": spec.fallback,
+        "fallback": registry.get(rv.method).fallback,
         "device": dev,
         "device_available": available,
         "output": {
@@ -334,10 +273,61 @@ def plan_recipe(
         "donor": None
         if donor is None
         else {"model": str(donor), "rows": vocab.donor.rows if vocab.donor else None},
-        "weights": weight_records,
+        "weights": weights,
         "models": models,
-        "peak_bytes": int(peak),
-        "flops": total_flops if flops_known else None,
+        "peak_bytes": max((w["peak_bytes"] for w in weights), default=0),
+        "flops": None if None in flops else sum(flops, 0.0),
+    }
+
+
+def _weight_record(
+    rv: RecipeVocab, w: Any, shapes: dict, donor: Any, budget: int, trust_remote_code: bool
+) -> dict[str, Any]:
+    """Memory and flops of rebuilding one vocabulary matrix in every input model."""
+    dims = {}
+    matrices = 0
+    for m in rv.inputs:
+        shape = _matrix_shape(w, shapes[str(m)])
+        rows, dims[str(m)] = shape or (rv.fills[str(m)].rows, _hidden_size(m, trust_remote_code))
+        matrices += (rows + rv.vocab.rows) * dims[str(m)] * FP32
+    d_donor = 0
+    if donor is not None:
+        rows, d_donor = _donor_shape(donor, w, rv.vocab.donor, trust_remote_code)
+        matrices += rows * d_donor * FP32
+    working = 0
+    flops: float | None = 0.0
+    for m in rv.inputs:
+        fill = rv.fills[str(m)]
+        for g in fill.groups:
+            if g.method == TOOL_METHOD:  # the base model's forward over the tool texts
+                flops = None
+                continue
+            d_src = (
+                d_donor
+                if g.source and g.source.startswith("donor ")
+                else dims.get(g.source or str(m), dims[str(m)])
+            )
+            spec = registry.get(g.method)
+            params = rv.params if g.method == rv.method else spec.parse_params({})
+            wb, fl = spec.cost(
+                CostQuery(
+                    params=params,
+                    targets=g.count,
+                    anchors=g.anchors or 0,
+                    dim_source=d_src,
+                    dim_model=dims[str(m)],
+                    model_rows=fill.rows,
+                    budget=budget,
+                )
+            )
+            working = max(working, wb)
+            flops = None if fl is None or flops is None else flops + fl
+    return {
+        "weight": w.name,
+        "matrices_bytes": int(matrices),
+        "working_bytes": int(working),
+        "peak_bytes": int(matrices + working),
+        "flops": flops,
     }
 
 
