@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -92,7 +93,7 @@ def validate(
     problems = [p for r in results for p in r.problems]
     errors = [p for p in problems if p.severity == "error"]
     if as_json:
-        click.echo(json.dumps([p.as_dict() for p in problems], indent=2))
+        click.echo(json.dumps([asdict(p) for p in problems], indent=2))
     else:
         for r in results:
             for p in r.problems:

@@ -15,12 +15,13 @@ import copy
 import glob
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pydantic
 import yaml
+from mergekit.common import ModelReference
 
 from mergekit_tokenplug import registry
 from mergekit_tokenplug.errors import TokenplugError
@@ -40,6 +41,7 @@ from mergekit_tokenplug.seam.config_patch import merge_configuration
 from mergekit_tokenplug.seam.schema import (
     TokenplugTokenizerConfig,
     chosen_branch_errors,
+    error_message,
     near_misses,
     tool_tokens,
     unknown_key_message,
@@ -66,9 +68,6 @@ class Problem:
         where = f"{self.file}:{self.line}" if self.line else self.file
         text = (f"{self.severity}: " if self.severity != "error" else "") + self.message
         return f"{where} {self.key}: {text}" if self.key else f"{where} {text}"
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -292,23 +291,15 @@ class _DocChecker:
     def check_top_level_keys(self, merge_cfg: Any) -> None:
         valid = set(merge_cfg.model_fields) | ({"name"} if self.result.multi else set())
         # near_misses words a misplaced plugin key the way the stock commands refuse it
-        hints = dict(near_misses({k: v for k, v in self.doc.items() if k not in valid}))
+        found = near_misses(self.doc)
+        hints = {path[0]: message for path, message in found if len(path) == 1}
         for key in self.doc:
             if key not in valid:
-                message = hints.get(str(key)) or unknown_key_message("top-level", key, tuple(valid))
+                message = hints.get(key) or unknown_key_message("top-level", key, tuple(valid))
                 self.add((str(key),), message)
-        tok = self.doc.get("tokenizer")
-        if isinstance(tok, dict):
-            valid_tok = tuple(TokenplugTokenizerConfig.model_fields)
-            for key in tok:
-                if key not in valid_tok:
-                    self.add(
-                        ("tokenizer", str(key)), unknown_key_message("tokenizer", key, valid_tok)
-                    )
-        for where, message in near_misses(self.doc):
-            parts = where.split(".")
-            if len(parts) > 1 and parts[:1] + parts[2:] != ["tokenizer"]:  # reported above
-                self.add(tuple(int(p) if p.isdigit() else p for p in parts), message)
+        for path, message in found:
+            if len(path) > 1:
+                self.add(path, message)
 
     @staticmethod
     def without_unknown_tokenizer_keys(data: dict) -> dict:
@@ -426,8 +417,7 @@ class _DocChecker:
             by_key: dict[tuple, dict[str, None]] = {}
             for err in self.meant_branches(chosen_branch_errors(exc.errors())):
                 path, _line = self.lines.resolve(err["loc"])
-                ctx_err = (err.get("ctx") or {}).get("error")
-                msg = str(ctx_err) if isinstance(ctx_err, Exception) else err["msg"]
+                msg = error_message(err)
                 if err["type"] != "missing" and not isinstance(err.get("input"), dict | list):
                     msg += f" (got {short_repr(err.get('input'))})"
                 by_key.setdefault(path, {})[msg] = None  # an ordered set
@@ -454,26 +444,27 @@ class _DocChecker:
 
     # -- model directories
     def model_refs(self) -> list[tuple[tuple, str, str]]:
-        """(key path, model path, role) of every model reference in the document."""
+        """(key path, model path, role) of every model reference in the document; references
+        to a stage of the same file go to ``stage_refs`` instead."""
         refs: list[tuple[tuple, str, str]] = []
 
         def role_of(path: tuple) -> str:
             if path[:2] == ("tokenizer", "source"):
                 return "donor"
-            if path and path[0] == "tokenizer_source":
-                return "tokenizer"
-            return "weights"
+            return "tokenizer" if path[0] == "tokenizer_source" else "weights"
 
-        def add_ref(path: tuple, value: Any) -> None:
-            if not isinstance(value, str):
-                return
+        def add(path: tuple, model: str) -> None:
+            if self.result.multi and model in self.stages:
+                self.out.stage_refs.add(model)
+            else:
+                refs.append((path, model, role_of(path)))
+
+        def add_ref(path: tuple, value: str) -> None:
             try:
-                from mergekit.common import ModelReference
-
                 ref = ModelReference.model_validate(value)
             except Exception:  # reported by the schema check
                 return
-            refs.append((path, ref.model.path, role_of(path)))
+            add(path, ref.model.path)
 
         def walk(node: Any, path: tuple) -> None:
             if isinstance(node, list):
@@ -486,7 +477,7 @@ class _DocChecker:
                 if not isinstance(value, str):
                     walk(value, child)
                 elif key == "path" and path[-1:] == ("model",):
-                    refs.append((child, value.split("@")[0], role_of(child)))
+                    add(child, value.split("@")[0])
                 elif child in (("tokenizer_source",), ("tokenizer", "source")):
                     if value not in ("union", "base"):
                         add_ref(child, value)
@@ -501,9 +492,7 @@ class _DocChecker:
     def note_absent_inputs(self) -> None:
         """Structure-only mode: say which inputs are not here (checked with ``--inputs``)."""
         for path, model, _role in self.model_refs():
-            if self.result.multi and model in self.stages:
-                self.out.stage_refs.add(model)
-            elif not os.path.exists(os.path.expanduser(model)):
+            if not os.path.exists(os.path.expanduser(model)):
                 kind = "a hub id or a path" if _HUB_ID.fullmatch(model) else "a local path"
                 self.add(
                     path,
@@ -513,14 +502,11 @@ class _DocChecker:
 
     def check_models(self, spec: Any) -> bool:
         """True when every reference is an existing local directory (needed to align vocabularies)."""
-        all_local = True
+        refs = self.model_refs()
+        all_local = not self.out.stage_refs
         seen: set[tuple[str, bool]] = set()
         donor_weights = spec is not None and Need.DONOR_EMBEDDINGS in spec.needs
-        for path, model, role in self.model_refs():
-            if self.result.multi and model in self.stages:
-                self.out.stage_refs.add(model)
-                all_local = False
-                continue
+        for path, model, role in refs:
             if not os.path.exists(model_path(model)):
                 all_local = False
                 if self.options.allow_hub and _HUB_ID.fullmatch(model):
@@ -636,10 +622,8 @@ def expand_paths(paths: list[str]) -> list[str]:
     files: list[str] = []
     for p in paths:
         if os.path.isdir(p):
-            found = sorted(
-                glob.glob(os.path.join(p, "*.yaml")) + glob.glob(os.path.join(p, "*.yml"))
-            )
-            files.extend(found)
+            found = glob.glob(os.path.join(p, "*.yaml")) + glob.glob(os.path.join(p, "*.yml"))
+            files.extend(sorted(found))
         else:
             files.append(p)
     return files

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import pydantic
@@ -46,7 +47,7 @@ class ApproximationConfig(BaseModel):
 
     @pydantic.model_validator(mode="after")
     def _check_method(self) -> ApproximationConfig:
-        registry.get(self.method).parse_params(self.method_params())
+        self.parsed_params()
         return self
 
     def method_params(self) -> dict[str, Any]:
@@ -58,25 +59,13 @@ class ApproximationConfig(BaseModel):
 
     def key(self) -> str:
         """A canonical, hashable form for mergekit's frozen task fields."""
-        return json.dumps(
-            {
-                "method": self.method,
-                "seed": self.seed,
-                "byte_tokens": self.byte_tokens,
-                "params": self.method_params(),
-            },
-            sort_keys=True,
-        )
+        fields = {"method": self.method, "seed": self.seed, "byte_tokens": self.byte_tokens}
+        return json.dumps({**fields, "params": self.method_params()}, sort_keys=True)
 
     @classmethod
     def from_key(cls, key: str) -> ApproximationConfig:
         data = json.loads(key)
-        return cls(
-            method=data["method"],
-            seed=data["seed"],
-            byte_tokens=data.get("byte_tokens", "copy"),
-            **data["params"],
-        )
+        return cls(**data.pop("params"), **data)
 
 
 class ToolTokenSource(BaseModel, frozen=True):
@@ -184,52 +173,45 @@ def _known_recipe_keys() -> frozenset[str]:
     return frozenset({"name", *(k for m in models for k in m.model_fields)})
 
 
-def _top_level_keys() -> tuple[str, ...]:
-    from mergekit.config import MergeConfiguration
-
-    return tuple(MergeConfiguration.model_fields)
-
-
 NEAR_MISS_TARGETS = (*PLUGIN_TOKENIZER_KEYS, *STOCK_TOKENIZER_KEYS, "tokenizer", REQUIRES_KEY)
 
 
-def near_misses(doc: Any) -> list[tuple[str, str]]:
+def near_misses(doc: Any) -> list[tuple[tuple, str]]:
     """``(key path, message)`` for each key that looks like a misspelt plugin/tokenizer key.
 
     Walks the whole recipe document: a misplaced or misspelt ``aproximation`` anywhere would
     otherwise be dropped by mergekit. Token strings (keys of ``tokenizer.tokens``), merge
     parameters and method parameters are free-form and not compared.
     """
-    known = _known_recipe_keys()
-    top_level = _top_level_keys()
-    found: list[tuple[str, str]] = []
+    from mergekit.config import MergeConfiguration
 
-    def walk(node: Any, path: tuple[str, ...]) -> None:
+    known = _known_recipe_keys()
+    found: list[tuple[tuple, str]] = []
+
+    def walk(node: Any, path: tuple) -> None:
         if isinstance(node, list):
             for i, item in enumerate(node):
-                walk(item, (*path, str(i)))
+                walk(item, (*path, i))
             return
         if not isinstance(node, dict):
             return
         free_keys = path[-1:] in (("tokens",), ("parameters",), ("approximation",))
         tokenizer_level = path == ("tokenizer",)
         for key, value in node.items():
-            child = (*path, str(key))
+            child = (*path, key)
             if tokenizer_level and key not in TokenplugTokenizerConfig.model_fields:
                 valid = tuple(TokenplugTokenizerConfig.model_fields)
-                found.append((".".join(child), unknown_key_message("tokenizer", key, valid)))
+                found.append((child, unknown_key_message("tokenizer", key, valid)))
             elif not free_keys and str(key) not in known:
                 close = difflib.get_close_matches(str(key), NEAR_MISS_TARGETS, n=1, cutoff=0.8)
                 if close and not path:
-                    valid = (*top_level, "name")
+                    valid = (*MergeConfiguration.model_fields, "name")
                     hint = close[0] if close[0] in valid else f"tokenizer.{close[0]}"
-                    found.append((str(key), unknown_key_message("top-level", key, valid, hint)))
+                    found.append((child, unknown_key_message("top-level", key, valid, hint)))
                 elif close:
+                    hint = f"did you mean {close[0]!r}?"
                     found.append(
-                        (
-                            ".".join(child),
-                            f"unknown key (mergekit would silently ignore it); did you mean {close[0]!r}?",
-                        )
+                        (child, f"unknown key (mergekit would silently ignore it); {hint}")
                     )
             if path[-1:] != ("approximation",):
                 walk(value, child)
@@ -240,7 +222,8 @@ def near_misses(doc: Any) -> list[tuple[str, str]]:
 
 def check_near_misses(doc: Any, source: str | None = None) -> None:
     """Raise the first near-miss as a one-line ConfigError (used inside the stock commands)."""
-    for where, message in near_misses(doc):
+    for path, message in near_misses(doc):
+        where = ".".join(map(str, path))
         raise ConfigError(message, where=f"{source}: {where}" if source else where)
 
 
@@ -276,31 +259,34 @@ def check_requirement(value: Any) -> None:
         )
 
 
-def refuse_requirement(reason: str):
-    """A before-validator for ``parameters`` used when the plugin must not run."""
-
+def _refuser(applies: Callable[[Any], bool], message: str, where: str) -> Callable[[Any], Any]:
     def _refuse(value: Any) -> Any:
-        if isinstance(value, dict) and REQUIRES_KEY in value:
-            raise ConfigError(
-                f"this recipe requires {PLUGIN_NAME} but {reason}; refusing to run it with stock mergekit",
-                where=f"parameters.{REQUIRES_KEY}",
-            )
+        if applies(value):
+            raise ConfigError(message, where=where)
         return value
 
     return _refuse
+
+
+def refuse_requirement(reason: str) -> Callable[[Any], Any]:
+    """A before-validator for ``parameters`` used when the plugin must not run."""
+    return _refuser(
+        lambda value: isinstance(value, dict) and REQUIRES_KEY in value,
+        f"this recipe requires {PLUGIN_NAME} but {reason}; refusing to run it with stock mergekit",
+        f"parameters.{REQUIRES_KEY}",
+    )
+
+
+def _field(node: Any, name: str) -> Any:
+    """``name`` of a raw YAML mapping or of a validated model (None when absent)."""
+    return node.get(name) if isinstance(node, dict) else getattr(node, name, None)
 
 
 def tool_tokens(tokens: Any) -> list[str]:
     """The tokens of a raw or validated ``tokenizer.tokens`` mapping with a ``kind: tool`` source."""
     if not isinstance(tokens, dict):
         return []
-    found = []
-    for token, cfg in tokens.items():
-        source = cfg.get("source") if isinstance(cfg, dict) else getattr(cfg, "source", None)
-        kind = source.get("kind") if isinstance(source, dict) else getattr(source, "kind", None)
-        if kind == "tool":
-            found.append(token)
-    return found
+    return [t for t, cfg in tokens.items() if _field(_field(cfg, "source"), "kind") == "tool"]
 
 
 def has_special_tokens(tokens: Any) -> bool:
@@ -333,25 +319,19 @@ def uses_plugin(recipe: Any) -> bool:
     """Whether a recipe asks for the plugin's behaviour (its tokenizer keys, a ``kind: tool``
     or ``special`` token, unknown tokenizer keys it refuses by name, or the
     ``parameters.requires`` marker): a validated MergeConfiguration or a raw YAML document."""
-    tok = recipe.get("tokenizer") if isinstance(recipe, dict) else getattr(recipe, "tokenizer", None)
     if isinstance(recipe, dict) and isinstance(recipe.get("parameters"), dict):
         if REQUIRES_KEY in recipe["parameters"]:  # the marker a recipe needing the plugin carries
             return True
-    return _tokenizer_kind(tok) == "plugin"
+    return _tokenizer_kind(_field(recipe, "tokenizer")) == "plugin"
 
 
-def refuse_plugin_keys(reason: str):
+def refuse_plugin_keys(reason: str) -> Callable[[Any], Any]:
     """A before-validator for the ``tokenizer`` field used when the plugin must not run."""
-
-    def _refuse(value: Any) -> Any:
-        if _tokenizer_kind(value) == "plugin":
-            raise ConfigError(
-                f"this recipe uses mergekit-tokenplug's keys but {reason}; refusing to run it with stock mergekit (which would copy raw rows or write zeros)",
-                where="tokenizer.approximation",
-            )
-        return value
-
-    return _refuse
+    return _refuser(
+        lambda value: _tokenizer_kind(value) == "plugin",
+        f"this recipe uses mergekit-tokenplug's keys but {reason}; refusing to run it with stock mergekit (which would copy raw rows or write zeros)",
+        "tokenizer.approximation",
+    )
 
 
 def chosen_branch_errors(errors: list[Any]) -> list[Any]:
@@ -367,7 +347,9 @@ def chosen_branch_errors(errors: list[Any]) -> list[Any]:
     def other_branch(err: Any) -> bool:
         loc = err["loc"]
         return any(
-            tuple(loc[: len(p)]) == p and len(loc) > len(p) and "ToolTokenSource" not in str(loc[len(p)])
+            tuple(loc[: len(p)]) == p
+            and len(loc) > len(p)
+            and "ToolTokenSource" not in str(loc[len(p)])
             for p in tool_at
         )
 
@@ -379,15 +361,18 @@ def _branch_label(part: Any) -> bool:
     return text in ("plugin", "stock") or text.startswith("function-") or text == "ToolTokenSource"
 
 
+def error_message(err: Any) -> str:
+    """One pydantic error's text: the exception a validator raised, else pydantic's message."""
+    ctx_err = (err.get("ctx") or {}).get("error")
+    return str(ctx_err) if isinstance(ctx_err, Exception) else err["msg"]
+
+
 def one_line_validation_error(exc: pydantic.ValidationError, source: str | None = None) -> str:
     """pydantic's report as one line: ``source: key.path: message``."""
     parts = []
     for err in chosen_branch_errors(exc.errors()):
         loc = ".".join(str(p) for p in err["loc"] if not _branch_label(p))
-        msg = err["msg"]
-        ctx_err = (err.get("ctx") or {}).get("error")
-        if isinstance(ctx_err, Exception):
-            msg = str(ctx_err)
+        msg = error_message(err)
         parts.append(f"{loc}: {msg}" if loc and not msg.startswith(loc) else msg)
     text = "; ".join(dict.fromkeys(parts))
     return f"{source}: {text}" if source else text
