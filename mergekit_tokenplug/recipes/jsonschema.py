@@ -15,6 +15,7 @@ from typing import Any
 from mergekit_tokenplug import registry
 from mergekit_tokenplug.registry import DEFAULT_METHOD
 from mergekit_tokenplug.seam.activation import activate
+from mergekit_tokenplug.seam.schema import PLUGIN_NAME, REQUIRES_KEY
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 _STRING_FORMS = {  # pydantic models that mergekit also accepts as a plain string
@@ -108,8 +109,6 @@ def recipe_json_schema() -> dict[str, Any]:
             defs[name]["additionalProperties"] = False
 
     # ``parameters.requires``: the marker stock mergekit refuses (see seam/schema.py).
-    from mergekit_tokenplug.seam.schema import PLUGIN_NAME, REQUIRES_KEY
-
     for branch in schema["properties"].get("parameters", {}).get("anyOf", []):
         if branch.get("type") == "object":
             branch["properties"] = {

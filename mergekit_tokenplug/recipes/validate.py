@@ -99,8 +99,8 @@ class FileResult:
     def errors(self) -> list[Problem]:
         return [p for p in self.problems if p.severity == "error"]
 
-    def add(self, line: int | None, key: str, message: str) -> None:
-        self.problems.append(Problem(self.file, line, key, message))
+    def add(self, line: int | None, key: str, message: str, severity: str = "error") -> None:
+        self.problems.append(Problem(self.file, line, key, message, severity))
 
 
 def validate_path(path: str | os.PathLike, options: Options | None = None) -> FileResult:
@@ -138,7 +138,7 @@ def validate_text(text: str, file: str = "recipe", options: Options | None = Non
     result.multi = len(docs) > 1 or any(isinstance(d, dict) and "name" in d for d in docs)
     stages = _stage_names(docs, maps, result)
     for index, (doc, lines) in enumerate(zip(docs, maps, strict=True)):
-        checker = _DocChecker(file, index, doc, lines, options, result, stages)
+        checker = _DocChecker(index, doc, lines, options, result, stages)
         result.documents.append(checker.run())
     if result.multi:
         _check_cycles(result, stages, maps)
@@ -204,29 +204,26 @@ def _check_cycles(result: FileResult, stages: dict[str, int], maps: list[LineMap
 # ---------------------------------------------------------------- one document
 
 
+@dataclass
 class _DocChecker:
-    def __init__(
-        self,
-        file: str,
-        index: int,
-        doc: Any,
-        lines: LineMap,
-        options: Options,
-        result: FileResult,
-        stages: dict[str, int],
-    ):
-        self.file, self.index, self.doc, self.lines = file, index, doc, lines
-        self.options, self.result, self.stages = options, result, stages
-        name = doc.get("name") if isinstance(doc, dict) else None
-        self.out = DocResult(index, name if isinstance(name, str) else None)
-        self.errors = 0
+    """Checks one YAML document; problems go to ``result``, the document's outcome to ``out``."""
+
+    index: int
+    doc: Any
+    lines: LineMap
+    options: Options
+    result: FileResult
+    stages: dict[str, int]
+    errors: int = 0
+
+    def __post_init__(self) -> None:
+        name = self.doc.get("name") if isinstance(self.doc, dict) else None
+        self.out = DocResult(self.index, name if isinstance(name, str) else None)
 
     # -- reporting
     def add(self, loc: tuple | list, message: str, severity: str = "error") -> None:
         path, line = self.lines.resolve(loc)
-        self.result.problems.append(
-            Problem(self.file, line, key_string(path), " ".join(str(message).split()), severity)
-        )
+        self.result.add(line, key_string(path), " ".join(str(message).split()), severity)
         if severity == "error":
             self.errors += 1
 
@@ -252,13 +249,10 @@ class _DocChecker:
         merge_cfg = merge_configuration()
         self.check_top_level_keys(merge_cfg)
         data = self.without_unknown_tokenizer_keys({k: v for k, v in doc.items() if k != "name"})
-        plugin = uses_plugin(data)
-        active = True
-        spec = params = None
-        if plugin:
+        spec = params = None  # set only when the plugin is active and the method is valid
+        if uses_plugin(data):
             reason = refusal_reason()
             if reason is not None:
-                active = False
                 self.report_inactive(reason, data)
                 data = self.strip_plugin_keys(data)
             else:
@@ -275,7 +269,7 @@ class _DocChecker:
             self.check_widths(config)
         if not self.options.check_models and self.options.note_inputs:
             self.note_absent_inputs()
-        if plugin and active and spec is not None and self.options.check_models:
+        if spec is not None and self.options.check_models:
             self.check_resources(spec, params)
             if config is not None and refs_ok and self.errors == 0:
                 self.check_shared_tokens(config, spec, params)

@@ -39,17 +39,12 @@ class LineMap:
         path: list[Any] = []
         line = self.start_line
         for i, part in enumerate(loc):
-            candidate = (*path, part)
-            if candidate in self.lines:
-                path.append(part)
-                line = self.lines[candidate]
-                continue
-            if isinstance(part, int) and (*path, str(part)) in self.lines:
-                path.append(str(part))
+            # a YAML key like ``5:`` loads as an int; the map holds its text
+            key = str(part) if isinstance(part, int) and (*path, part) not in self.lines else part
+            if (*path, key) in self.lines:
+                path.append(key)
                 line = self.lines[tuple(path)]
-                continue
-            is_last = i == len(loc) - 1
-            if is_last and isinstance(part, str) and _looks_like_key(part):
+            elif i == len(loc) - 1 and isinstance(part, str) and _looks_like_key(part):
                 path.append(part)
         return tuple(path), line
 
@@ -63,13 +58,7 @@ def _looks_like_key(part: str) -> bool:
 
 def key_string(path: Sequence[Any]) -> str:
     """``tokenizer.approximation.k`` / ``models[0].model``."""
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).removeprefix(".")
 
 
 def _walk(node: yaml.Node, path: Path, lines: dict[Path, int]) -> None:
@@ -88,19 +77,15 @@ def _walk(node: yaml.Node, path: Path, lines: dict[Path, int]) -> None:
             _walk(item, child, lines)
 
 
-def line_map(node: yaml.Node) -> LineMap:
-    """The line map of one composed document."""
-    lines: dict[Path, int] = {}
-    _walk(node, (), lines)
-    return LineMap(start_line=node.start_mark.line + 1, lines=lines)
-
-
 def document_line_maps(text: str) -> list[LineMap]:
-    """One map per document of ``text`` (raises ``yaml.YAMLError`` on bad syntax).
-
-    Documents are returned in the same order as ``yaml.safe_load_all`` yields them.
-    """
-    return [line_map(node) for node in yaml.compose_all(text, Loader=yaml.SafeLoader)]
+    """One map per document of ``text``, in ``yaml.safe_load_all``'s order (raises
+    ``yaml.YAMLError`` on bad syntax)."""
+    maps = []
+    for node in yaml.compose_all(text, Loader=yaml.SafeLoader):
+        lines: dict[Path, int] = {}
+        _walk(node, (), lines)
+        maps.append(LineMap(node.start_mark.line + 1, lines))
+    return maps
 
 
 def yaml_error(exc: yaml.YAMLError) -> tuple[int | None, str]:

@@ -357,8 +357,7 @@ def chosen_branch_errors(errors: list[Any]) -> list[Any]:
 
 
 def _branch_label(part: Any) -> bool:
-    text = str(part)
-    return text in ("plugin", "stock") or text.startswith("function-") or text == "ToolTokenSource"
+    return str(part) in ("plugin", "stock", "ToolTokenSource") or str(part).startswith("function-")
 
 
 def error_message(err: Any) -> str:
