@@ -25,6 +25,7 @@ from click.testing import CliRunner
 from mergekit_tokenplug.recipes.cli import commands
 from mergekit_tokenplug.recipes.jsonschema import recipe_json_schema
 from mergekit_tokenplug.recipes.plan import plan_recipe
+from mergekit_tokenplug.recipes.validate import Options, validate_text
 from mergekit_tokenplug.surgery import (
     load_recipe,
     plan_transplant,
@@ -134,6 +135,14 @@ def test_json_output_lists_problems(cli, zoo, workdir):
         (str(target), "tokenizer.approximation.k", "error")
     ]
     assert "shared tokens" in problems[0]["message"]
+
+
+def test_dotted_tokenizer_key_is_one_problem():
+    """An unknown tokenizer key holding a dot is reported once, under its own name."""
+    text = "merge_method: passthrough\nmodels: [{model: m}]\ntokenizer:\n  source: base\n  a.b: 1\n"
+    problems = validate_text(text, "r.yaml", Options(check_models=False)).problems
+    assert [(p.line, p.key) for p in problems] == [(5, "tokenizer.a.b")]
+    assert "unknown tokenizer key" in problems[0].message
 
 
 def test_usage_errors_exit_2(cli, tmp_path):

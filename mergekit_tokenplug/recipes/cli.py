@@ -96,9 +96,8 @@ def validate(
         click.echo(json.dumps([asdict(p) for p in problems], indent=2))
     else:
         for r in results:
-            for p in r.problems:
-                if not (quiet and p.severity != "error"):
-                    click.echo(p.format())
+            for p in r.errors if quiet else r.problems:
+                click.echo(p.format())
             if not quiet and not r.errors:
                 click.echo(f"OK: {r.file}")
         if not quiet:

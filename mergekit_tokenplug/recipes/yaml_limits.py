@@ -29,12 +29,9 @@ def yaml_size_problem(text: str) -> str | None:
         if key in sizes:
             return sizes[key]
         sizes[key] = MAX_NODES + 1  # a node that reaches itself expands without end
+        children = node.value if isinstance(node, yaml.CollectionNode) else []
         if isinstance(node, yaml.MappingNode):
-            children = [n for pair in node.value for n in pair]
-        elif isinstance(node, yaml.SequenceNode):
-            children = list(node.value)
-        else:
-            children = []
+            children = [n for pair in children for n in pair]
         total = 1
         for child in children:
             total += expanded(child)

@@ -51,7 +51,7 @@ class ApproximationConfig(BaseModel):
         return self
 
     def method_params(self) -> dict[str, Any]:
-        """The raw method parameters (everything but ``method`` and ``seed``)."""
+        """The raw method parameters (the keys that are not fields of this model)."""
         return dict(self.__pydantic_extra__ or {})
 
     def parsed_params(self) -> Any:
