@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -285,7 +285,7 @@ def _gram_step_ready(
 
 
 def _omp_block(
-    x: torch.Tensor, dic: _Dictionary, k: int, strategy: str, on_step=None
+    x: torch.Tensor, dic: _Dictionary, k: int, strategy: str, on_step: Callable[[], None]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """OMP for one batch of targets x (b, D); returns (indices (b, k), coefficients (b, k))."""
     b, dim = x.shape
@@ -303,11 +303,9 @@ def _omp_block(
     # alpha0 = x . A^T in the Gram layout while the Gram form is in use (Batch-OMP); the
     # support's atoms (b, k, D) once the direct form takes over. The form only ever switches
     # from Gram to direct (t only grows), and alpha0 is dropped before the atoms are gathered,
-    # so only one of the two exists at a time.
-    alpha = None
-    chosen = None
-    if gram is not None and k > 1 and _use_gram_step(1, dim, device, strategy):
-        alpha = gram.alpha(x)
+    # so only one of the two exists at a time. batch_omp makes a cache only for the Gram form.
+    alpha = gram.alpha(x) if gram is not None else None
+    chosen = None if gram is not None else torch.empty((b, k, dim), dtype=dtype, device=device)
     score_chunk = min(n, int(_device_setting(SCORE_CHUNK, device)))
     sel_dtype = dic.select_atoms.dtype if dic.select_atoms is not None else dtype
 
@@ -317,23 +315,16 @@ def _omp_block(
             chosen = torch.empty((b, k, dim), dtype=dtype, device=device)
             for j in range(t):  # column by column: no second (b, t, D) temporary
                 chosen[:, j] = atoms[idx[:, j]]
-        if alpha is None and chosen is None:
-            chosen = torch.empty((b, k, dim), dtype=dtype, device=device)
 
         if alpha is not None:
             pick = _ArgMaxAbs(idx[:, :t], n, gram.chunk, dtype)
             slots, neg_gamma = gram.slot[idx[:, :t]], -gamma
             for c in range(gram.n_chunks):
                 width = min(n, (c + 1) * gram.chunk) - c * gram.chunk
-                if t:
-                    part = gram.chunk_scores(c, alpha, slots, neg_gamma)
-                else:
-                    part = alpha[c].clone()
+                part = gram.chunk_scores(c, alpha, slots, neg_gamma) if t else alpha[c].clone()
                 pick.update(c, part[:, :width])
         else:
-            resid = x
-            if t:
-                resid = x - torch.bmm(gamma.unsqueeze(1), chosen[:, :t]).squeeze(1)
+            resid = x - torch.bmm(gamma.unsqueeze(1), chosen[:, :t]).squeeze(1) if t else x
             pick = _ArgMaxAbs(idx[:, :t], n, score_chunk, sel_dtype)
             for c, lo in enumerate(range(0, n, score_chunk)):
                 pick.update(c, dic.correlate(resid, lo, min(n, lo + score_chunk)))
@@ -345,15 +336,12 @@ def _omp_block(
         # New Cholesky row [w, d] of G_II: w = L^-1 G_I,new, d^2 = ||a||^2 - ||w||^2. L^-1 is
         # kept explicitly (one row per step), so every solve is a batched matmul: thousands of
         # tiny LAPACK triangular solves per step would cost more than the correlations.
-        if t:
-            if alpha is not None:
-                g = gram.pairs(idx[:, :t], new).unsqueeze(-1)
-            else:
-                g = torch.bmm(chosen[:, :t], atom.unsqueeze(-1))
-            g = g * active[:, :t, None]
-            w = torch.bmm(inv[:, :t, :t], g).squeeze(-1)
+        # At t = 0 every product is empty and w is (b, 0).
+        if alpha is not None:
+            g = gram.pairs(idx[:, :t], new).unsqueeze(-1)
         else:
-            w = atom.new_zeros((b, 0))
+            g = torch.bmm(chosen[:, :t], atom.unsqueeze(-1))
+        w = torch.bmm(inv[:, :t, :t], g * active[:, :t, None]).squeeze(-1)
         piv2 = nn - (w * w).sum(dim=1)
         ok = piv2 > tol * nn
         diag = torch.where(ok, piv2.clamp_min(torch.finfo(dtype).tiny).sqrt(), 1.0)
@@ -361,8 +349,8 @@ def _omp_block(
         chol[:, t, :t] = w
         chol[:, t, t] = diag
         active[:, t] = ok.to(dtype)
-        if t:  # row t of L^-1: [-(w^T L^-1) / d, 1 / d]
-            inv[:, t, :t] = -torch.bmm(w.unsqueeze(1), inv[:, :t, :t]).squeeze(1) / diag[:, None]
+        # row t of L^-1: [-(w^T L^-1) / d, 1 / d]
+        inv[:, t, :t] = -torch.bmm(w.unsqueeze(1), inv[:, :t, :t]).squeeze(1) / diag[:, None]
         inv[:, t, t] = 1.0 / diag
         if chosen is not None:
             chosen[:, t] = atom
@@ -370,8 +358,7 @@ def _omp_block(
         z[:, t] = torch.where(ok, (proj - (w * z[:, :t]).sum(dim=1)) / diag, 0.0)
         # gamma = L^-T z
         gamma = torch.bmm(z[:, None, : t + 1], inv[:, : t + 1, : t + 1]).squeeze(1)
-        if on_step is not None:
-            on_step(t)
+        on_step()
 
     del alpha, chosen
     return idx, _polish(x, atoms, idx, chol, active)
@@ -512,33 +499,27 @@ def batch_omp(
 
         # The bar counts greedy steps (targets x k), so a batch of thousands of targets shows
         # progress while it runs; a batch retried after running out of memory rewinds it.
-        with tqdm(
+        threads = (
+            threads_for_fine_grained_kernel(desc)
+            if device.type == "cpu"
+            else contextlib.nullcontext()
+        )
+        bar = tqdm(
             total=n_targets * k, desc=desc, unit="step", disable=not show_progress, leave=False
-        ) as bar:
+        )
+        with bar, threads:
 
             def run(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
                 start = bar.n
-
-                def step(t: int) -> None:
-                    bar.update(hi - lo)
-
                 try:
-                    return _omp_block(x_all[lo:hi], dic, k, strategy, on_step=step)
+                    return _omp_block(x_all[lo:hi], dic, k, strategy, lambda: bar.update(hi - lo))
                 except BaseException:
                     bar.n = bar.last_print_n = start
                     bar.refresh()
                     raise
 
-            threads = (
-                threads_for_fine_grained_kernel(desc)
-                if device.type == "cpu"
-                else contextlib.nullcontext()
-            )
-            with threads:
-                parts = run_batched(run, n_targets, batch_size)
-    idx = torch.cat([p[0] for p in parts])
-    coef = torch.cat([p[1] for p in parts])
-    return idx, coef
+            parts = run_batched(run, n_targets, batch_size)
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 SelectPrecision = Literal["auto", "fp32", "tf32", "bf16"]
@@ -569,14 +550,13 @@ def select_settings(
     return None, precision == "tf32"
 
 
-def donor_rows(problem: api.EstimationProblem, k: int, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+def donor_rows(
+    problem: EstimationProblem, k: int, method: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(targets, dictionary): the targets' and the anchors' donor rows in fp32 on the compute
     device, after checking the problem has donor rows and at least ``k`` anchors."""
-    if (
-        problem.donor is None
-        or problem.donor_anchor_ids is None
-        or problem.donor_target_ids is None
-    ):
+    donor = problem.donor
+    if donor is None or problem.donor_anchor_ids is None or problem.donor_target_ids is None:
         raise ValueError(
             f"{method} needs donor embeddings (donor, donor_anchor_ids, donor_target_ids)"
         )
@@ -586,9 +566,8 @@ def donor_rows(problem: api.EstimationProblem, k: int, method: str) -> tuple[tor
             f"must be <= {n_anchors} shared tokens (got {k})",
             where="tokenizer.approximation.k",
         )
-    donor, device = problem.donor, problem.device
-    targets = donor[problem.donor_target_ids.to(donor.device)].to(device, torch.float32)
-    dictionary = donor[problem.donor_anchor_ids.to(donor.device)].to(device, torch.float32)
+    targets = donor[problem.donor_target_ids.to(donor.device)].to(problem.device, torch.float32)
+    dictionary = donor[problem.donor_anchor_ids.to(donor.device)].to(problem.device, torch.float32)
     return targets, dictionary
 
 
@@ -599,7 +578,6 @@ def estimate_omp(problem: EstimationProblem, params: OmpParams) -> torch.Tensor:
         return torch.zeros((0, d_base), dtype=torch.float32, device=problem.device)
     targets, dictionary = donor_rows(problem, params.k, "omp")
     device = problem.device
-    label = f"OMP {problem.label}".strip()
     select_dtype, select_tf32 = select_settings(params.select_precision, device)
     idx, coef = batch_omp(
         targets,
@@ -609,7 +587,7 @@ def estimate_omp(problem: EstimationProblem, params: OmpParams) -> torch.Tensor:
         select_dtype=select_dtype,
         select_tf32=select_tf32,
         show_progress=problem.show_progress,
-        desc=label,
+        desc=f"OMP {problem.label}".strip(),
     )
     # sum_j coef[t, j] * base[anchor_ids[idx[t, j]]] without materialising (T, k, d_base).
     rows = problem.anchor_ids.to(device)[idx]
