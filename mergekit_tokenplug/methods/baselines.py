@@ -85,16 +85,6 @@ def estimate_hewitt(problem: EstimationProblem, params: HewittParams) -> torch.T
     return mu.unsqueeze(0) + (params.scale**0.5) * (z @ chol.T)
 
 
-def flatten_pieces(
-    pieces: list[list[int]], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenated piece ids and the segment (target index) of each, as long tensors."""
-    lengths = torch.tensor([len(p) for p in pieces], dtype=torch.long)
-    flat = torch.tensor([i for p in pieces for i in p], dtype=torch.long)
-    seg = torch.repeat_interleave(torch.arange(len(pieces), dtype=torch.long), lengths)
-    return flat.to(device), seg.to(device)
-
-
 def mean_of_pieces(
     base: torch.Tensor, pieces: list[list[int]]
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,7 +93,9 @@ def mean_of_pieces(
     Returns (rows (T, d) float32, has_pieces (T,) bool); rows without pieces are zero.
     """
     t, v = len(pieces), base.shape[0]
-    flat, seg = flatten_pieces(pieces, base.device)
+    lengths = torch.tensor([len(p) for p in pieces], dtype=torch.long)
+    flat = torch.tensor([i for p in pieces for i in p], dtype=torch.long).to(base.device)
+    seg = torch.repeat_interleave(torch.arange(t), lengths).to(base.device)
     if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= v):
         raise ValueError(f"piece ids must be rows of the base matrix (0..{v - 1})")
     sums = torch.zeros(t, base.shape[1], dtype=torch.float32, device=base.device)

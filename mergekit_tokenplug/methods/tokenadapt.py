@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from mergekit_tokenplug.methods import base as api
 from mergekit_tokenplug.methods.base import EstimationProblem, MethodParams, MethodSpec, Need
-from mergekit_tokenplug.methods.baselines import flatten_pieces, mean_of_pieces
+from mergekit_tokenplug.methods.baselines import mean_of_pieces
 
 EmbedFn = Callable[[list[str]], torch.Tensor]
 SplitFn = Callable[[list[str]], list[list[int]]]
@@ -127,19 +127,12 @@ def clear_cache() -> None:
 
 
 def _padded(pieces: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(T, P) piece ids padded with 0 and the (T, P) mask of real entries."""
-    t = len(pieces)
-    flat, seg = flatten_pieces(pieces, device)
-    width = max((len(p) for p in pieces), default=0)
-    ids = torch.zeros(t, max(width, 1), dtype=torch.long, device=device)
-    mask = torch.zeros(t, max(width, 1), dtype=torch.bool, device=device)
-    if flat.numel():
-        lengths = torch.bincount(seg, minlength=t)
-        starts = torch.cumsum(lengths, 0) - lengths
-        pos = torch.arange(flat.numel(), device=device) - starts.index_select(0, seg)
-        ids[seg, pos] = flat
-        mask[seg, pos] = True
-    return ids, mask
+    """(T, P) piece ids padded with 0 and the (T, P) mask of real entries (P >= 1)."""
+    width = max([1, *map(len, pieces)])
+    padded = [[*p, *[0] * (width - len(p))] for p in pieces]
+    ids = torch.tensor(padded, dtype=torch.long, device=device).view(len(pieces), width)
+    lengths = torch.tensor([len(p) for p in pieces], dtype=torch.long, device=device)
+    return ids, torch.arange(width, device=device) < lengths.unsqueeze(1)
 
 
 def _weighted_rows(base: torch.Tensor, ids: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
