@@ -215,11 +215,8 @@ def _resolve_embedder(problem: EstimationProblem, params: TokenAdaptParams) -> t
 
 def estimate_tokenadapt(problem: EstimationProblem, params: TokenAdaptParams) -> torch.Tensor:
     """(1 - beta) e_local + beta e_global; the one that exists if only one; else the mean row."""
-    texts, pieces, vocab_texts = (
-        problem.target_texts,
-        problem.target_pieces,
-        problem.base_vocab_texts,
-    )
+    texts, pieces = problem.target_texts, problem.target_pieces
+    vocab_texts = problem.base_vocab_texts
     if texts is None or pieces is None or vocab_texts is None:
         raise ValueError("tokenadapt needs target_texts, target_pieces and base_vocab_texts")
     t, (v, d) = problem.n_targets, problem.base.shape
@@ -233,9 +230,7 @@ def estimate_tokenadapt(problem: EstimationProblem, params: TokenAdaptParams) ->
         return torch.zeros(0, d, dtype=torch.float32, device=device)
 
     embed, cacheable = _resolve_embedder(problem, params)
-    vocab_vecs = _vocab_embeddings(embed, list(vocab_texts), device, cacheable)
-    if vocab_vecs.shape[0] != v:
-        raise ValueError(f"embed_texts returned {vocab_vecs.shape[0]} vectors for {v} texts")
+    vocab_vecs = _vocab_embeddings(embed, list(vocab_texts), device, cacheable)  # (v, e)
     vocab_valid = vocab_vecs.norm(dim=1) > 0.5
     vocab_chars = torch.tensor([len(s) for s in vocab_texts], dtype=torch.float32, device=device)
     target_vecs = _embed_unique(embed, list(texts), device)
