@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -92,26 +92,20 @@ class _Dictionary:
     tf32: bool = False  # correlation matmuls as TF32 (CUDA only; a no-op elsewhere)
 
     def correlate(self, rows: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        """rows @ atoms[lo:hi].T in the selection dtype (a new tensor the caller may modify)."""
+        """rows @ atoms[lo:hi].T in the selection dtype (a new tensor the caller may modify).
+
+        TF32 is allowed for this matmul only (the global flag is restored, so nothing outside
+        the selection, e.g. the least-squares fit, runs in TF32)."""
         if self.select_atoms is not None:
             return rows.to(self.select_atoms.dtype) @ self.select_atoms[lo:hi].T
-        with tf32_matmuls(self.tf32):
+        if not self.tf32:
             return rows @ self.atoms[lo:hi].T
-
-
-@contextlib.contextmanager
-def tf32_matmuls(enabled: bool = True) -> Iterator[None]:
-    """Allow TF32 for CUDA fp32 matmuls inside the block only (the global flag is restored,
-    so nothing outside the selection, e.g. the least-squares fit, runs in TF32)."""
-    if not enabled:
-        yield
-        return
-    before = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = before
+        before = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            return rows @ self.atoms[lo:hi].T
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = before
 
 
 class _GramCache:
@@ -394,19 +388,6 @@ def _solve_upper(chol: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve_triangular(chol.mT, rhs.unsqueeze(-1), upper=True).squeeze(-1)
 
 
-def _per_target_bytes(
-    dim: int, k: int, elt: int, sel_elt: int, gram_cols: int, score_cols: int
-) -> int:
-    """Working bytes per target: alpha0 in the Gram layout or the support's atoms (one form
-    at a time: alpha0 is dropped before the direct form gathers the atoms, and the final
-    polish gathers the atoms of at most as many targets after both are gone), one score chunk
-    (+ the residual cast to the selection dtype), the Cholesky state."""
-    form = max(gram_cols * elt, k * dim * elt)
-    scores = score_cols * sel_elt + (dim * sel_elt if sel_elt != elt else 0)
-    state = (2 * k * k + 4 * k + 2 * dim) * elt + k * 8
-    return form + scores + state
-
-
 def batch_omp(
     targets: torch.Tensor,
     dictionary: torch.Tensor,
@@ -466,8 +447,7 @@ def batch_omp(
     with torch.no_grad():
         budget = working_memory_budget(device)
         gram = None
-        want_gram = select_dtype is None and k > 1 and _use_gram_step(1, dim, device, strategy)
-        if want_gram:
+        if select_dtype is None and k > 1 and _use_gram_step(1, dim, device, strategy):
             chunk = min(int(_device_setting(GRAM_CHUNK, device)), n_atoms)
             row_bytes = math.ceil(n_atoms / chunk) * chunk * elt
             capacity = min(n_atoms, n_targets * k, int(budget * GRAM_BUDGET_FRACTION) // row_bytes)
@@ -483,14 +463,15 @@ def batch_omp(
         if batch_size is None:
             fixed = gram.capacity * row_bytes + GRAM_FILL_BYTES if gram is not None else 0
             fixed += n_atoms * dim * sel_elt if select_dtype is not None else 0
-            per_item = _per_target_bytes(
-                dim,
-                k,
-                elt,
-                sel_elt,
-                gram_cols=gram.n_chunks * gram.chunk if gram is not None else 0,
-                score_cols=min(n_atoms, int(_device_setting(SCORE_CHUNK, device))),
-            )
+            # Per target: alpha0 in the Gram layout or the support's atoms (one form at a time:
+            # alpha0 is dropped before the direct form gathers the atoms, and the final polish
+            # gathers the atoms of at most as many targets after both are gone), one score
+            # chunk (+ the residual cast to the selection dtype), the Cholesky state.
+            gram_cols = gram.n_chunks * gram.chunk if gram is not None else 0
+            score_cols = min(n_atoms, int(_device_setting(SCORE_CHUNK, device)))
+            per_item = max(gram_cols * elt, k * dim * elt)
+            per_item += score_cols * sel_elt + (dim * sel_elt if sel_elt != elt else 0)
+            per_item += (2 * k * k + 4 * k + 2 * dim) * elt + k * 8
             batch_size = suggest_batch_size(
                 per_item, device, fixed_bytes=fixed, maximum=n_targets, budget_bytes=budget
             )
