@@ -194,9 +194,7 @@ def sgns_loss(
 def _generator(problem: EstimationProblem, params: CW2VParams) -> torch.Generator:
     if params.seed is None:
         return problem.generator(offset=2407)
-    gen = torch.Generator(device=problem.device)
-    gen.manual_seed(int(params.seed))
-    return gen
+    return torch.Generator(device=problem.device).manual_seed(int(params.seed))
 
 
 class _Mixing:
@@ -217,7 +215,7 @@ class _Mixing:
         """Rows of combined ids: old rows as they are, new rows through the mixing."""
         flat = ids.reshape(-1)
         is_new = flat >= n_old
-        out = self.old[torch.where(is_new, torch.zeros_like(flat), flat)]
+        out = self.old[torch.where(is_new, 0, flat)]
         if bool(is_new.any()):
             uniq, inv = torch.unique(flat[is_new] - n_old, return_inverse=True)
             onehot = F.one_hot(inv, uniq.numel()).to(out.dtype)
@@ -283,9 +281,8 @@ def cw2v_train(problem: EstimationProblem, params: CW2VParams) -> CW2VResult:
 
     opt = torch.optim.Adam([mix_in.a1, mix_in.a2, mix_out.a1, mix_out.a2], lr=params.lr)
     n_pairs = centres.numel()
-    steps_per_epoch = math.ceil(n_pairs / params.batch_size)
     bar = tqdm(
-        total=steps_per_epoch * params.epochs,
+        total=math.ceil(n_pairs / params.batch_size) * params.epochs,
         desc=f"cw2v {problem.label}".strip(),
         disable=not problem.show_progress,
         unit="step",
