@@ -93,10 +93,8 @@ def bits_per_byte(
     chunks = [ids[i : i + window] for i in range(0, len(ids), window)]
     if use_bos:
         chunks = [[bos_id, *c] for c in chunks]
-        first_bytes = 0
-    else:
-        lengths = _token_byte_lengths(tokenizer, text, ids)
-        first_bytes = sum(lengths[i] for i in range(0, len(ids), window))
+    # without BOS, the first token of each window is context only: its bytes are not covered
+    first_bytes = 0 if use_bos else sum(_token_byte_lengths(tokenizer, text, ids)[::window])
 
     # Windows of equal length batch without padding; only the last one can be shorter.
     groups: dict[int, list[list[int]]] = {}
