@@ -209,25 +209,20 @@ class _ArgMaxAbs:
         self.chunk = chunk
         n_chunks = math.ceil(n_atoms / chunk)
         # The support's (row, column) positions, grouped by chunk, to mask before each max.
-        self.masks: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-        if support.shape[1]:
-            flat = support.reshape(-1)
-            rows = torch.arange(b, device=support.device).repeat_interleave(support.shape[1])
-            cid = torch.div(flat, chunk, rounding_mode="floor")
-            order = torch.argsort(cid, stable=True)
-            counts = torch.bincount(cid, minlength=n_chunks).tolist()
-            cols = flat - cid * chunk
-            self.masks = list(
-                zip(rows[order].split(counts), cols[order].split(counts), strict=True)
-            )
+        flat = support.reshape(-1)
+        rows = torch.arange(b, device=support.device).repeat_interleave(support.shape[1])
+        cid = torch.div(flat, chunk, rounding_mode="floor")
+        order = torch.argsort(cid, stable=True)
+        counts = torch.bincount(cid, minlength=n_chunks).tolist()
+        cols = flat - cid * chunk
+        self.masks = list(zip(rows[order].split(counts), cols[order].split(counts), strict=True))
 
     def update(self, c: int, scores: torch.Tensor) -> None:
         """Fold in the scores of chunk c (b, width), which this call may overwrite."""
         scores.abs_()
-        if self.masks is not None:
-            rows, cols = self.masks[c]
-            if rows.numel():
-                scores[rows, cols] = -1.0  # below any |correlation|: never re-picked
+        rows, cols = self.masks[c]
+        if rows.numel():
+            scores[rows, cols] = -1.0  # below any |correlation|: never re-picked
         if scores.device.type == "cpu":
             # On CPU a plain max reduction is vectorised but arg-max is not (about 15x slower
             # here), and a row's best rarely improves after the first chunks: take the max of
