@@ -90,7 +90,6 @@ class CW2VResult:
     a2: torch.Tensor  # (r, M)
     old_row_ids: torch.Tensor  # (M,) rows of problem.base being mixed
     trained: torch.Tensor  # (T,) bool: targets that occur in at least one pair
-    epoch_losses: list[float]  # mean skip-gram loss of each epoch
 
 
 def _extra(problem: EstimationProblem, key: str) -> torch.Tensor:
@@ -272,7 +271,7 @@ def cw2v_train(problem: EstimationProblem, params: CW2VParams) -> CW2VResult:
                 problem.label,
             )
         untrained = torch.zeros(t, dtype=torch.bool, device=device)  # every row is the mean row
-        return CW2VResult(mine.a1.detach(), mine.a2.detach(), mix, untrained, [])
+        return CW2VResult(mine.a1.detach(), mine.a2.detach(), mix, untrained)
     trained = torch.isin(
         torch.arange(n_old, n_old + t, device=device), torch.cat([centres, contexts])
     )
@@ -287,7 +286,6 @@ def cw2v_train(problem: EstimationProblem, params: CW2VParams) -> CW2VResult:
         disable=not problem.show_progress,
         unit="step",
     )
-    losses: list[float] = []
     for epoch in range(params.epochs):
         order = torch.randperm(n_pairs, device=device, generator=gen)
         total = 0.0
@@ -307,17 +305,16 @@ def cw2v_train(problem: EstimationProblem, params: CW2VParams) -> CW2VResult:
             total += float(loss.detach()) * idx.numel()
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-        losses.append(total / n_pairs)
         LOG.info(
             "cw2v %s epoch %d/%d: mean skip-gram loss %.5f (%d pairs)",
             problem.label,
             epoch + 1,
             params.epochs,
-            losses[-1],
+            total / n_pairs,
             n_pairs,
         )
     bar.close()
-    return CW2VResult(mine.a1.detach(), mine.a2.detach(), mix, trained, losses)
+    return CW2VResult(mine.a1.detach(), mine.a2.detach(), mix, trained)
 
 
 def cw2v_mixing(
