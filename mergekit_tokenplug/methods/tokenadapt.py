@@ -36,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from tqdm.auto import tqdm
 
@@ -76,8 +77,7 @@ class TokenAdaptParams(MethodParams):
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
     """L2-normalize rows; zero rows stay zero (they mean "no vector")."""
-    x = x.to(torch.float32)
-    return x / x.norm(dim=1, keepdim=True).clamp_min(_EPS)
+    return F.normalize(x.to(torch.float32), dim=1, eps=_EPS)
 
 
 def self_space_embedder(base: torch.Tensor, split_texts: SplitFn) -> EmbedFn:
@@ -146,9 +146,8 @@ def _weighted_rows(base: torch.Tensor, ids: torch.Tensor, w: torch.Tensor) -> to
 def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dim restricted to ``mask``; all-masked rows give zeros."""
     scores = scores.masked_fill(~mask, float("-inf"))
-    any_ = mask.any(dim=-1, keepdim=True)
-    w = torch.softmax(torch.where(any_, scores, torch.zeros_like(scores)), dim=-1)
-    return torch.where(mask, w, torch.zeros_like(w))
+    w = torch.softmax(torch.where(mask.any(dim=-1, keepdim=True), scores, 0.0), dim=-1)
+    return w.masked_fill(~mask, 0.0)
 
 
 def _local(
