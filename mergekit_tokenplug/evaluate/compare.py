@@ -201,10 +201,8 @@ def prepare_holdout(base: str, donor: str, fraction: float = 0.05, seed: int = 0
     anchor_out = anchor_out[~np.isin(src[anchor_out], hidden_base)]
 
     full = _matrix(base_ref)
-    keep = np.ones(full.shape[0], dtype=bool)
-    keep[hidden_base] = False
-    compact = np.full(full.shape[0], -1, dtype=np.int64)
-    compact[keep] = np.arange(int(keep.sum()))
+    keep = ~np.isin(np.arange(full.shape[0]), hidden_base)
+    compact = np.where(keep, np.cumsum(keep) - 1, -1)
     out_to_base = np.where(src >= 0, compact[np.maximum(src, 0)], -1)
     out_to_base[~np.isin(np.arange(n), anchor_out)] = -1  # only anchors are known rows
     compact_base = full[torch.from_numpy(keep)].contiguous()
