@@ -55,8 +55,7 @@ def covariance_cholesky(base: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor 
     if n < 2:
         return mu, None
     xc = x - mu
-    cov = (xc.T @ xc) / (n - 1)
-    cov64 = cov.to(torch.float64)
+    cov64 = ((xc.T @ xc) / (n - 1)).to(torch.float64)
     chol, info = torch.linalg.cholesky_ex(cov64)
     if int(info.item()) != 0:
         return mu, None

@@ -118,9 +118,8 @@ class _GramCache:
     """
 
     def __init__(self, atoms: torch.Tensor, capacity: int, chunk: int):
-        n = atoms.shape[0]
         self.atoms = atoms
-        self.n = n
+        self.n = n = atoms.shape[0]
         self.chunk = min(chunk, n)
         self.n_chunks = math.ceil(n / self.chunk)
         self.capacity = int(capacity)
@@ -549,9 +548,8 @@ def donor_rows(
 
 def estimate_omp(problem: EstimationProblem, params: OmpParams) -> torch.Tensor:
     """Rows sum_j c_j * base[anchor_j] with (anchor_j, c_j) from OMP in the donor space."""
-    d_base = problem.base.shape[1]
     if problem.n_targets == 0:
-        return torch.zeros((0, d_base), dtype=torch.float32, device=problem.device)
+        return torch.zeros((0, problem.base.shape[1]), dtype=torch.float32, device=problem.device)
     targets, dictionary = donor_rows(problem, params.k, "omp")
     device = problem.device
     select_dtype, select_tf32 = select_settings(params.select_precision, device)
@@ -565,7 +563,7 @@ def estimate_omp(problem: EstimationProblem, params: OmpParams) -> torch.Tensor:
         show_progress=problem.show_progress,
         desc=f"OMP {problem.label}".strip(),
     )
-    # sum_j coef[t, j] * base[anchor_ids[idx[t, j]]] without materialising (T, k, d_base).
+    # sum_j coef[t, j] * base[anchor_ids[idx[t, j]]] without materialising (T, k, d).
     rows = problem.anchor_ids.to(device)[idx]
     return F.embedding_bag(rows, problem.base.float(), per_sample_weights=coef.float(), mode="sum")
 

@@ -189,9 +189,8 @@ def choose_alpha_ridge(
 
 def estimate_omp_map(problem: EstimationProblem, params: OmpMapParams) -> torch.Tensor:
     """OMP rows plus ``alpha`` times the ridge-mapped donor-space residual."""
-    d_base = problem.base.shape[1]
     if problem.n_targets == 0:
-        return torch.zeros((0, d_base), dtype=torch.float32, device=problem.device)
+        return torch.zeros((0, problem.base.shape[1]), dtype=torch.float32, device=problem.device)
     targets, d_anchors = donor_rows(problem, params.k, "omp_map")
     b_anchors = problem.base.float()[problem.anchor_ids.to(problem.device)]
 
