@@ -168,8 +168,7 @@ def _local(
     w1 = _masked_softmax(cos / tau, mask)
     share = vocab_chars[ids] / target_chars.clamp_min(1.0).unsqueeze(1)
     w = _masked_softmax((w1 + share) / 2.0 / tau, mask)
-    rows = _weighted_rows(base, ids, w)
-    return rows, mask.any(dim=1)
+    return _weighted_rows(base, ids, w), mask.any(dim=1)
 
 
 def _global(
@@ -189,9 +188,8 @@ def _global(
     top, idx = torch.topk(sims, k, dim=1)
     target_valid = target_vecs.norm(dim=1) > 0.5  # normalized vectors are 1 or 0
     keep = (top >= params.threshold) & torch.isfinite(top) & target_valid.unsqueeze(1)
-    w = _masked_softmax(torch.where(keep, top, torch.zeros_like(top)) / params.tau, keep)
-    rows = _weighted_rows(base, idx, w)
-    return rows, keep.any(dim=1)
+    w = _masked_softmax(torch.where(keep, top, 0.0) / params.tau, keep)
+    return _weighted_rows(base, idx, w), keep.any(dim=1)
 
 
 def _resolve_embedder(problem: EstimationProblem, params: TokenAdaptParams) -> tuple[EmbedFn, bool]:
