@@ -40,9 +40,8 @@ def tool_prior(pooled: torch.Tensor, target: torch.Tensor, scale: Scale = "sqrt_
             f"tool prior: pooled states {tuple(pooled.shape)} do not match matrix rows {tuple(target.shape)}"
         )
     unit = torch.nn.functional.normalize(pooled.float(), dim=-1)
-    d = pooled.shape[1]
     if scale == "sqrt_d":
-        return unit / (d**0.5)
+        return unit / (pooled.shape[1] ** 0.5)
     if scale == "median_norm":
         median = target.float().norm(dim=-1).median()
         return unit * median.to(unit.device)
