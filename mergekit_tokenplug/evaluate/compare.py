@@ -369,7 +369,6 @@ def compare_methods(
         "methods": {},
         "skipped": {},
     }
-    ran = []
     for spec in tqdm(specs, desc="compare", unit="method", disable=not show_progress):
         reference = isinstance(spec, tokensurgeon_ref.TokenSurgeonMethod)
         note = (
@@ -396,9 +395,8 @@ def compare_methods(
             "seconds": round(secs, 3),
             **(spec.describe() if reference else {}),
         }
-        if not reference:  # --text transplants run the plugin's methods only
-            ran.append(spec.name)
-    if texts:
+    if texts:  # --text transplants run the plugin's methods only
+        ran = [name for name, m in result["methods"].items() if "reference" not in m]
         result["reference_bpb"], per_method = texts_bpb(
             base, donor, ran, texts, seed, show_progress
         )
