@@ -429,10 +429,7 @@ def batch_omp(
     x_all = targets.to(dtype=work)
     atoms = dictionary.to(device=device, dtype=work).contiguous()
     if n_targets == 0:
-        return (
-            torch.zeros((0, k), dtype=torch.long, device=device),
-            torch.zeros((0, k), dtype=work, device=device),
-        )
+        return torch.zeros((0, k), dtype=torch.long, device=device), x_all.new_zeros((0, k))
     if select_dtype == work:
         select_dtype = None
     elt = atoms.element_size()
