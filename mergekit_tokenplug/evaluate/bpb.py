@@ -89,7 +89,6 @@ def bits_per_byte(
     ids = list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
     if not ids:
         raise InputError("text tokenizes to zero tokens")
-    total_bytes = len(text.encode("utf-8"))
     chunks = [ids[i : i + window] for i in range(0, len(ids), window)]
     if use_bos:
         chunks = [[bos_id, *c] for c in chunks]
@@ -115,7 +114,7 @@ def bits_per_byte(
         )
         total_nats += float(nll)
         scored += target.numel()
-    covered = total_bytes - first_bytes
+    covered = len(text.encode("utf-8")) - first_bytes
     if covered <= 0 or scored == 0:
         raise InputError("text too short to score: no predicted token covers any byte")
     bits = total_nats / LN2
