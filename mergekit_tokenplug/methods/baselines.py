@@ -57,11 +57,9 @@ def covariance_cholesky(base: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor 
     xc = x - mu
     cov64 = ((xc.T @ xc) / (n - 1)).to(torch.float64)
     chol, info = torch.linalg.cholesky_ex(cov64)
-    if int(info.item()) != 0:
-        return mu, None
     pivots = torch.diagonal(chol).square()
     tol = d * torch.finfo(torch.float32).eps * float(torch.diagonal(cov64).max().clamp_min(0.0))
-    if tol <= 0.0 or bool((pivots <= tol).any()):
+    if int(info.item()) != 0 or tol <= 0.0 or bool((pivots <= tol).any()):
         return mu, None
     return mu, chol.to(torch.float32)
 
