@@ -34,8 +34,10 @@ BUILTIN_METHODS: list[MethodSpec] = [
 ]
 
 
-def _entry_point_methods(taken: set[str]) -> list[MethodSpec]:
-    found = []
+@functools.cache
+def all_methods() -> dict[str, MethodSpec]:
+    """Every method by name, built-ins first, then entry points (read once per process)."""
+    methods = {spec.name: spec for spec in BUILTIN_METHODS}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             obj = ep.load()
@@ -45,19 +47,9 @@ def _entry_point_methods(taken: set[str]) -> list[MethodSpec]:
         except Exception as exc:  # a broken third-party package must not break the rest
             LOG.warning("could not load method entry point %r: %s", ep.name, exc)
             continue
-        if spec.name in taken:
+        if spec.name in methods:
             LOG.warning("entry point %s: method %r already registered, skipped", ep.name, spec.name)
             continue
-        taken.add(spec.name)
-        found.append(spec)
-    return found
-
-
-@functools.cache
-def all_methods() -> dict[str, MethodSpec]:
-    """Every method by name, built-ins first, then entry points (read once per process)."""
-    methods = {spec.name: spec for spec in BUILTIN_METHODS}
-    for spec in _entry_point_methods(set(methods)):
         methods[spec.name] = spec
     return methods
 

@@ -59,17 +59,14 @@ def suggest_batch_size(
     device: torch.device | str,
     *,
     fixed_bytes: int = 0,
-    minimum: int = 1,
     maximum: int | None = None,
     budget_bytes: int | None = None,
 ) -> int:
-    """Largest batch whose working set (``fixed_bytes + n * per_item_bytes``) fits the budget."""
+    """Largest batch (at least 1) whose working set (``fixed_bytes + n * per_item_bytes``) fits
+    the budget."""
     budget = working_memory_budget(device) if budget_bytes is None else int(budget_bytes)
-    n = (budget - int(fixed_bytes)) // max(1, int(per_item_bytes))
-    n = max(int(minimum), int(n))
-    if maximum is not None:
-        n = min(n, max(int(minimum), int(maximum)))
-    return n
+    n = max(1, (budget - int(fixed_bytes)) // max(1, int(per_item_bytes)))
+    return n if maximum is None else min(n, max(1, int(maximum)))
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -79,18 +76,12 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, Exception) and should_reduce_batch_size(exc)
 
 
-def run_batched(
-    fn: Callable[[int, int], T],
-    n_items: int,
-    start_batch_size: int,
-    *,
-    on_batch: Callable[[int, int], None] | None = None,
-) -> list[T]:
+def run_batched(fn: Callable[[int, int], T], n_items: int, start_batch_size: int) -> list[T]:
     """Apply ``fn(start, stop)`` to consecutive batches of ``range(n_items)``.
 
     On an out-of-memory error the batch size is halved and the failed batch is retried; the
-    results of finished batches are kept. ``on_batch(start, stop)`` runs after each success
-    (progress bars). Raises ``RuntimeError`` if even a batch of one does not fit.
+    results of finished batches are kept. Raises ``RuntimeError`` if even a batch of one does
+    not fit.
     """
     results: list[T] = []
     done = 0
@@ -116,8 +107,6 @@ def run_batched(
                     ) from exc
                 raise
             results.append(out)
-            if on_batch is not None:
-                on_batch(done, stop)
             done = stop
 
     find_executable_batch_size(body, starting_batch_size=size, reduce_batch_size_fn=halve)()

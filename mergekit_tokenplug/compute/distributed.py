@@ -96,8 +96,6 @@ def sharded_rows(
             f"a process of the group failed during row estimation ({str(exc).splitlines()[0]}); the run is aborted",
             where="accelerate",
         ) from None
-    merged: dict[int, torch.Tensor] = {}
-    for part in gathered:
-        merged.update(part or {})
-    device = next(iter(mine.values())).device if mine else None
-    return [merged[i].to(device) if device is not None else merged[i] for i in range(len(bounds))]
+    merged = {i: t for part in gathered for i, t in (part or {}).items()}
+    device = next(iter(mine.values())).device if mine else None  # None: leave them on the CPU
+    return [merged[i].to(device=device) for i in range(len(bounds))]

@@ -77,10 +77,8 @@ def threads_for_fine_grained_kernel(label: str = "kernel") -> Iterator[int]:
     """Within the block, torch uses at most the cores that other processes leave free (at
     least one); yields the thread count in use. The previous setting is restored after."""
     before = torch.get_num_threads()
-    use = before
     busy = busy_cores_elsewhere() if before > 1 else None
-    if busy:
-        use = max(1, min(before, available_cores() - busy))
+    use = max(1, min(before, available_cores() - busy)) if busy else before
     if use != before:
         LOG.info(
             "%s: %d other running thread(s) share this machine's %d cores: using %d of %d "

@@ -89,14 +89,11 @@ def bits_per_byte(
     ids = list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
     if not ids:
         raise InputError("text tokenizes to zero tokens")
-    total_bytes = len(text.encode("utf-8"))
     chunks = [ids[i : i + window] for i in range(0, len(ids), window)]
     if use_bos:
         chunks = [[bos_id, *c] for c in chunks]
-        first_bytes = 0
-    else:
-        lengths = _token_byte_lengths(tokenizer, text, ids)
-        first_bytes = sum(lengths[i] for i in range(0, len(ids), window))
+    # without BOS, the first token of each window is context only: its bytes are not covered
+    first_bytes = 0 if use_bos else sum(_token_byte_lengths(tokenizer, text, ids)[::window])
 
     # Windows of equal length batch without padding; only the last one can be shorter.
     groups: dict[int, list[list[int]]] = {}
@@ -117,7 +114,7 @@ def bits_per_byte(
         )
         total_nats += float(nll)
         scored += target.numel()
-    covered = total_bytes - first_bytes
+    covered = len(text.encode("utf-8")) - first_bytes
     if covered <= 0 or scored == 0:
         raise InputError("text too short to score: no predicted token covers any byte")
     bits = total_nats / LN2

@@ -40,7 +40,7 @@ from mergekit_tokenplug.evaluate.bpb import evaluate_models
 from mergekit_tokenplug.fill import FillReport, SourceSpace, TextSupport, plan_fill
 from mergekit_tokenplug.fill import _estimate_missing as estimate_rows
 from mergekit_tokenplug.inputs import check_model_dir
-from mergekit_tokenplug.methods.base import MethodSpec, Need
+from mergekit_tokenplug.methods.base import TEXT_NEEDS, MethodSpec, Need
 from mergekit_tokenplug.registry import all_methods, get
 from mergekit_tokenplug.seam.method_resources import method_inputs
 from mergekit_tokenplug.seam.roles import role_weight
@@ -61,7 +61,6 @@ CATEGORIES: tuple[str, ...] = (
     "word-start",
     "continuation",
 )
-TEXT_NEEDS = frozenset({Need.BASE_TOKENIZER, Need.BASE_VOCAB_TEXTS, Need.CORPUS})
 
 
 def token_category(form: bytes) -> str:
@@ -74,7 +73,7 @@ def token_category(form: bytes) -> str:
     stripped = text.strip()
     if stripped and all(unicodedata.category(c)[0] in "PS" for c in stripped):
         return "punctuation"
-    if len(text.strip()) >= 8:
+    if len(stripped) >= 8:
         return "long"
     return "word-start" if text.startswith(" ") else "continuation"
 
@@ -131,6 +130,7 @@ class HoldOut:
     anchor_out: np.ndarray  # output ids of the shared tokens left as anchors
     out_to_base: np.ndarray  # (n_tokens,) compacted base row, -1 where hidden / missing
     hidden_base: np.ndarray  # rows of the full base matrix that were hidden
+    compact: np.ndarray  # (full base rows,) compacted row of each, -1 where hidden
     regular: np.ndarray  # (n_tokens,) regular output tokens
     donor_space: SourceSpace | None
     texts: TextSupport | None  # None when the base tokenizer cannot be cut (not BPE)
@@ -187,9 +187,7 @@ def prepare_holdout(base: str, donor: str, fraction: float = 0.05, seed: int = 0
         )
     forms = canonical_forms(out_tok)
     cat_of = {int(i): token_category(forms.get(int(i), b"")) for i in (*shared, *missing)}
-    missing_mix = {c: 0 for c in CATEGORIES}
-    for i in missing:
-        missing_mix[cat_of[int(i)]] += 1
+    missing_mix = {c: sum(cat_of[int(i)] == c for i in missing) for c in CATEGORIES}
     pool_cats = [cat_of[int(i)] for i in shared]
     if len(missing):
         mix = {c: v / len(missing) for c, v in missing_mix.items()}
@@ -203,10 +201,8 @@ def prepare_holdout(base: str, donor: str, fraction: float = 0.05, seed: int = 0
     anchor_out = anchor_out[~np.isin(src[anchor_out], hidden_base)]
 
     full = _matrix(base_ref)
-    keep = np.ones(full.shape[0], dtype=bool)
-    keep[hidden_base] = False
-    compact = np.full(full.shape[0], -1, dtype=np.int64)
-    compact[keep] = np.arange(int(keep.sum()))
+    keep = ~np.isin(np.arange(full.shape[0]), hidden_base)
+    compact = np.where(keep, np.cumsum(keep) - 1, -1)
     out_to_base = np.where(src >= 0, compact[np.maximum(src, 0)], -1)
     out_to_base[~np.isin(np.arange(n), anchor_out)] = -1  # only anchors are known rows
     compact_base = full[torch.from_numpy(keep)].contiguous()
@@ -244,6 +240,7 @@ def prepare_holdout(base: str, donor: str, fraction: float = 0.05, seed: int = 0
         anchor_out=anchor_out,
         out_to_base=out_to_base,
         hidden_base=hidden_base,
+        compact=compact,
         regular=regular,
         donor_space=donor_space,
         texts=texts,
@@ -261,7 +258,7 @@ def prepare_holdout(base: str, donor: str, fraction: float = 0.05, seed: int = 0
 
 def cannot_run(spec: MethodSpec, holdout: HoldOut) -> str | None:
     """Why ``spec`` cannot run on this pair with its default parameters (None if it can)."""
-    if Need.MODEL_FORWARD in spec.needs:
+    if Need.MODEL_FORWARD in spec.needs:  # checked before the other text needs
         return "needs the base model's forward pass, which a leave-out does not run"
     if Need.DONOR_EMBEDDINGS in spec.needs and holdout.donor_space is None:
         return "needs donor embeddings; the donor has no weights"
@@ -278,7 +275,6 @@ def estimate_hidden(
     holdout: HoldOut, spec: MethodSpec, params: Any, *, show_progress: bool = True
 ) -> torch.Tensor:
     """Rows of the hidden tokens estimated by ``spec``, through the transplant's fill code."""
-
     texts = holdout.texts
     inputs = method_inputs(
         spec,
@@ -373,7 +369,6 @@ def compare_methods(
         "methods": {},
         "skipped": {},
     }
-    ran = []
     for spec in tqdm(specs, desc="compare", unit="method", disable=not show_progress):
         reference = isinstance(spec, tokensurgeon_ref.TokenSurgeonMethod)
         note = (
@@ -400,9 +395,8 @@ def compare_methods(
             "seconds": round(secs, 3),
             **(spec.describe() if reference else {}),
         }
-        if not reference:  # --text transplants run the plugin's methods only
-            ran.append(spec.name)
-    if texts:
+    if texts:  # --text transplants run the plugin's methods only
+        ran = [name for name, m in result["methods"].items() if "reference" not in m]
         result["reference_bpb"], per_method = texts_bpb(
             base, donor, ran, texts, seed, show_progress
         )
@@ -435,9 +429,17 @@ def texts_bpb(
     return reference, out
 
 
+def _category_sizes(report: dict[str, Any]) -> dict[str, int]:
+    """Hidden tokens per category that some method scored, in ``CATEGORIES`` order (every
+    method is scored on the same hidden set)."""
+    seen = {c: v["n"] for m in report["methods"].values() for c, v in m["categories"].items()}
+    return {c: seen[c] for c in CATEGORIES if c in seen}
+
+
 def format_report(report: dict[str, Any]) -> str:
     """Plain-text table: overall and per-category cosine, relative L2, time, bpb."""
-    cats = [c for c in CATEGORIES if any(c in m["categories"] for m in report["methods"].values())]
+    n_cat = _category_sizes(report)
+    cats = list(n_cat)
     texts = sorted({t for m in report["methods"].values() for t in m.get("bpb", {})})
     head = ["method", "cos", "rel_l2", "s", *(f"cos {c}" for c in cats)]
     head += [f"bpb {Path(t).name}" for t in texts]
@@ -451,14 +453,7 @@ def format_report(report: dict[str, Any]) -> str:
     if texts and report.get("reference_bpb"):
         ref = report["reference_bpb"]
         rows.append(
-            [
-                "(base, own tokenizer)",
-                "",
-                "",
-                "",
-                *[""] * len(cats),
-                *(f"{ref[t]:.3f}" for t in texts),
-            ]
+            ["(base, own tokenizer)", *[""] * (3 + len(cats)), *(f"{ref[t]:.3f}" for t in texts)]
         )
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
 
@@ -468,10 +463,6 @@ def format_report(report: dict[str, Any]) -> str:
             for i, (v, w) in enumerate(zip(r, widths, strict=True))
         )
 
-    n_cat = {
-        c: next(m["categories"][c]["n"] for m in report["methods"].values() if c in m["categories"])
-        for c in cats
-    }
     lines = [
         f"hidden {report['hidden']} of the shared tokens (seed {report['seed']}), anchors {report['anchors']}; "
         + ", ".join(f"{c} {n_cat[c]}" for c in cats),
@@ -507,7 +498,8 @@ def plot_report(report: dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
 
     methods = sorted(report["methods"], key=lambda k: -report["methods"][k]["cos"])
-    cats = [c for c in CATEGORIES if any(c in report["methods"][m]["categories"] for m in methods)]
+    n_cat = _category_sizes(report)
+    cats = list(n_cat)
     groups = ["overall", *cats]
     fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(groups) + 2), 4.8))
     width = 0.84 / max(len(methods), 1)
@@ -526,14 +518,6 @@ def plot_report(report: dict[str, Any], path: str) -> None:
             edgecolor="black" if reference else None,
             linewidth=0.4 if reference else None,
         )
-    n_cat = {
-        c: next(
-            report["methods"][m]["categories"][c]["n"]
-            for m in methods
-            if c in report["methods"][m]["categories"]
-        )
-        for c in cats
-    }
     ax.set_xticks(np.arange(len(groups)))
     ax.set_xticklabels(
         [f"overall\n(n={report['hidden']})", *(f"{c}\n(n={n_cat[c]})" for c in cats)]

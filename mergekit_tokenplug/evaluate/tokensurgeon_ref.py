@@ -150,13 +150,8 @@ def estimate(entry: TokenSurgeonMethod, holdout: HoldOut) -> torch.Tensor:
     donor_vocab = {token_of[i]: int(donor_src[i]) for i in (*anchors, *holdout.hidden_out)}
     targets = [token_of[int(i)] for i in holdout.hidden_out]
 
-    full_rows = holdout.base.shape[0] + len(holdout.hidden_base)
-    keep = np.ones(full_rows, dtype=bool)
-    keep[holdout.hidden_base] = False
-    compact = np.full(full_rows, -1, dtype=np.int64)
-    compact[keep] = np.arange(int(keep.sum()))
     cut = holdout.cut_tokenizer
-    orig_tokenizer = _CompactedIds(cut, compact) if cut is not None else None
+    orig_tokenizer = _CompactedIds(cut, holdout.compact) if cut is not None else None
 
     options = TokenSurgeonOptions(
         model=holdout.base_ref, donor=holdout.donor_ref, out_path="", method=entry.method

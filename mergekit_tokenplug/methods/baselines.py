@@ -9,6 +9,7 @@ rows of the token's pieces under the base tokenizer).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
@@ -28,14 +29,9 @@ class HewittParams(MethodParams):
     scale: float = Field(1e-5, ge=0.0, description="noise covariance = scale * cov(base rows)")
 
 
-def _mean_rows(problem: EstimationProblem) -> torch.Tensor:
-    mu = problem.mean_row().to(torch.float32)
-    return mu.unsqueeze(0).expand(problem.n_targets, -1).clone()
-
-
 def estimate_mean(problem: EstimationProblem, params: NoParams) -> torch.Tensor:
     """Every target gets the mean of the base rows (inside the rows' convex hull)."""
-    return _mean_rows(problem)
+    return problem.mean_row().unsqueeze(0).expand(problem.n_targets, -1).clone()
 
 
 def estimate_zero(problem: EstimationProblem, params: NoParams) -> torch.Tensor:
@@ -59,14 +55,11 @@ def covariance_cholesky(base: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor 
     if n < 2:
         return mu, None
     xc = x - mu
-    cov = (xc.T @ xc) / (n - 1)
-    cov64 = cov.to(torch.float64)
+    cov64 = ((xc.T @ xc) / (n - 1)).to(torch.float64)
     chol, info = torch.linalg.cholesky_ex(cov64)
-    if int(info.item()) != 0:
-        return mu, None
     pivots = torch.diagonal(chol).square()
     tol = d * torch.finfo(torch.float32).eps * float(torch.diagonal(cov64).max().clamp_min(0.0))
-    if tol <= 0.0 or bool((pivots <= tol).any()):
+    if int(info.item()) != 0 or tol <= 0.0 or bool((pivots <= tol).any()):
         return mu, None
     return mu, chol.to(torch.float32)
 
@@ -84,19 +77,9 @@ def estimate_hewitt(problem: EstimationProblem, params: HewittParams) -> torch.T
             f" ({problem.label})" if problem.label else "",
             t,
         )
-        return _mean_rows(problem)
+        return estimate_mean(problem, NoParams())
     z = torch.randn(t, d, generator=problem.generator(), device=problem.device, dtype=torch.float32)
     return mu.unsqueeze(0) + (params.scale**0.5) * (z @ chol.T)
-
-
-def flatten_pieces(
-    pieces: list[list[int]], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenated piece ids and the segment (target index) of each, as long tensors."""
-    lengths = torch.tensor([len(p) for p in pieces], dtype=torch.long)
-    flat = torch.tensor([i for p in pieces for i in p], dtype=torch.long)
-    seg = torch.repeat_interleave(torch.arange(len(pieces), dtype=torch.long), lengths)
-    return flat.to(device), seg.to(device)
 
 
 def mean_of_pieces(
@@ -107,15 +90,21 @@ def mean_of_pieces(
     Returns (rows (T, d) float32, has_pieces (T,) bool); rows without pieces are zero.
     """
     t, v = len(pieces), base.shape[0]
-    flat, seg = flatten_pieces(pieces, base.device)
+    lengths = torch.tensor([len(p) for p in pieces], dtype=torch.long)
+    flat = torch.tensor([i for p in pieces for i in p], dtype=torch.long).to(base.device)
+    seg = torch.repeat_interleave(torch.arange(t), lengths).to(base.device)
     if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= v):
         raise ValueError(f"piece ids must be rows of the base matrix (0..{v - 1})")
     sums = torch.zeros(t, base.shape[1], dtype=torch.float32, device=base.device)
     sums.index_add_(0, seg, base.index_select(0, flat).to(torch.float32))
-    counts = torch.zeros(t, dtype=torch.float32, device=base.device)
-    counts.index_add_(0, seg, torch.ones_like(seg, dtype=torch.float32))
-    has = counts > 0
-    return sums / counts.clamp_min(1.0).unsqueeze(1), has
+    counts = torch.bincount(seg, minlength=t).to(torch.float32)
+    return sums / counts.clamp_min(1.0).unsqueeze(1), counts > 0
+
+
+def subword_mean_rows(base: torch.Tensor, pieces: list[list[int]]) -> torch.Tensor:
+    """Mean of the rows of each piece list; the mean of all rows for a list without pieces."""
+    rows, has = mean_of_pieces(base, pieces)
+    return torch.where(has.unsqueeze(1), rows, base.float().mean(dim=0).unsqueeze(0))
 
 
 def estimate_subword_mean(problem: EstimationProblem, params: NoParams) -> torch.Tensor:
@@ -126,8 +115,7 @@ def estimate_subword_mean(problem: EstimationProblem, params: NoParams) -> torch
         raise ValueError(
             f"target_pieces has {len(problem.target_pieces)} entries for {problem.n_targets} targets"
         )
-    rows, has = mean_of_pieces(problem.base, problem.target_pieces)
-    return torch.where(has.unsqueeze(1), rows, problem.mean_row().to(torch.float32).unsqueeze(0))
+    return subword_mean_rows(problem.base, problem.target_pieces)
 
 
 def mean_cost(q: api.CostQuery) -> tuple[int, float | None]:
@@ -143,13 +131,11 @@ MEAN = MethodSpec(
     fallback=None,
     cost=mean_cost,
 )
-ZERO = MethodSpec(
+ZERO = dataclasses.replace(
+    MEAN,
     name="zero",
-    params=NoParams,
     estimate=estimate_zero,
     summary="zero rows (poor choice: zero logit and no signal; kept for comparison only)",
-    fallback=None,
-    cost=mean_cost,
 )
 HEWITT = MethodSpec(
     name="hewitt",

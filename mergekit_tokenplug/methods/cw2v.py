@@ -72,7 +72,9 @@ class CW2VParams(MethodParams):
     lr: float = pydantic.Field(3e-4, gt=0, description="Adam learning rate")
     batch_size: int = pydantic.Field(4096, ge=1, description="pairs per step")
     subsample: float = pydantic.Field(
-        1e-3, ge=0, description="frequent-token subsampling threshold, a fraction of the corpus (0 = off)"
+        1e-3,
+        ge=0,
+        description="frequent-token subsampling threshold, a fraction of the corpus (0 = off)",
     )
     mix_rows: int | None = pydantic.Field(
         8192, ge=1, description="old rows mixed: the most frequent in the corpus (null = all)"
@@ -88,7 +90,6 @@ class CW2VResult:
     a2: torch.Tensor  # (r, M)
     old_row_ids: torch.Tensor  # (M,) rows of problem.base being mixed
     trained: torch.Tensor  # (T,) bool: targets that occur in at least one pair
-    epoch_losses: list[float]  # mean skip-gram loss of each epoch
 
 
 def _extra(problem: EstimationProblem, key: str) -> torch.Tensor:
@@ -127,11 +128,10 @@ def combined_ids(
         torch.tensor([s.numel() for s in seqs], device=device),
     )
     in_range = (flat >= 0) & (flat < out_to_base.numel())
-    safe = torch.where(in_range, flat, torch.zeros_like(flat))
-    base = torch.where(in_range, out_to_base[safe], torch.full_like(flat, -1))
-    tgt = torch.where(in_range, out_to_target[safe], torch.full_like(flat, -1))
-    ids = torch.where(base >= 0, base, torch.where(tgt >= 0, tgt + n_old, torch.full_like(flat, -1)))
-    return ids, seq_id
+    safe = torch.where(in_range, flat, 0)
+    base, tgt = out_to_base[safe], out_to_target[safe]
+    ids = torch.where(base >= 0, base, torch.where(tgt >= 0, tgt + n_old, -1))
+    return torch.where(in_range, ids, -1), seq_id
 
 
 def skipgram_pairs(
@@ -141,9 +141,9 @@ def skipgram_pairs(
     window: int,
     keep_centre: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(centre, context) pairs of combined ids within ``window`` in the same sequence, where
-    at least one of the two is a new token (``>= n_old``). ``keep_centre`` (bool per
-    position) is the subsampling draw. Order: by distance, then position (deterministic)."""
+    """(centre, context) pairs of combined ids within ``window`` in the same sequence (of at
+    least 2 positions), where at least one is a new token (``>= n_old``). ``keep_centre`` (bool
+    per position) is the subsampling draw. Order: by distance, then position (deterministic)."""
     centres, contexts = [], []
     n = ids.numel()
     ok = ids >= 0
@@ -158,9 +158,6 @@ def skipgram_pairs(
             keep = same & c_ok & x_ok & ((c >= n_old) | (x >= n_old))
             centres.append(c[keep])
             contexts.append(x[keep])
-    if not centres:
-        empty = torch.empty(0, dtype=torch.long, device=ids.device)
-        return empty, empty
     return torch.cat(centres), torch.cat(contexts)
 
 
@@ -196,9 +193,7 @@ def sgns_loss(
 def _generator(problem: EstimationProblem, params: CW2VParams) -> torch.Generator:
     if params.seed is None:
         return problem.generator(offset=2407)
-    gen = torch.Generator(device=problem.device)
-    gen.manual_seed(int(params.seed))
-    return gen
+    return torch.Generator(device=problem.device).manual_seed(int(params.seed))
 
 
 class _Mixing:
@@ -219,7 +214,7 @@ class _Mixing:
         """Rows of combined ids: old rows as they are, new rows through the mixing."""
         flat = ids.reshape(-1)
         is_new = flat >= n_old
-        out = self.old[torch.where(is_new, torch.zeros_like(flat), flat)]
+        out = self.old[torch.where(is_new, 0, flat)]
         if bool(is_new.any()):
             uniq, inv = torch.unique(flat[is_new] - n_old, return_inverse=True)
             onehot = F.one_hot(inv, uniq.numel()).to(out.dtype)
@@ -269,27 +264,24 @@ def cw2v_train(problem: EstimationProblem, params: CW2VParams) -> CW2VResult:
 
     keep = subsample_mask(ids, n_old + t, params.subsample, gen)
     centres, contexts = skipgram_pairs(ids, seq_id, n_old, params.window, keep)
-    trained = torch.zeros(t, dtype=torch.bool, device=device)
-    for side in (centres, contexts):
-        trained[side[side >= n_old] - n_old] = True
-    valid = ids[ids >= 0]
-    weights = torch.bincount(valid, minlength=n_old + t).double().pow(0.75)
-    result = CW2VResult(mine.a1, mine.a2, mix, trained, [])
     if centres.numel() == 0 or params.epochs == 0:
         if params.epochs > 0:
             LOG.warning(
                 "cw2v %s: no pair with a new token in the corpus; new rows stay at the mean row",
                 problem.label,
             )
-        result.trained[:] = False  # nothing trained: every row is the mean row
-        return _detached(result)
+        untrained = torch.zeros(t, dtype=torch.bool, device=device)  # every row is the mean row
+        return CW2VResult(mine.a1.detach(), mine.a2.detach(), mix, untrained)
+    trained = torch.isin(
+        torch.arange(n_old, n_old + t, device=device), torch.cat([centres, contexts])
+    )
+    weights = torch.bincount(ids[ids >= 0], minlength=n_old + t).double().pow(0.75)
     weights = (weights / weights.sum()).float()
 
     opt = torch.optim.Adam([mix_in.a1, mix_in.a2, mix_out.a1, mix_out.a2], lr=params.lr)
     n_pairs = centres.numel()
-    steps_per_epoch = math.ceil(n_pairs / params.batch_size)
     bar = tqdm(
-        total=steps_per_epoch * params.epochs,
+        total=math.ceil(n_pairs / params.batch_size) * params.epochs,
         desc=f"cw2v {problem.label}".strip(),
         disable=not problem.show_progress,
         unit="step",
@@ -313,21 +305,16 @@ def cw2v_train(problem: EstimationProblem, params: CW2VParams) -> CW2VResult:
             total += float(loss.detach()) * idx.numel()
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-        result.epoch_losses.append(total / n_pairs)
         LOG.info(
             "cw2v %s epoch %d/%d: mean skip-gram loss %.5f (%d pairs)",
             problem.label,
             epoch + 1,
             params.epochs,
-            result.epoch_losses[-1],
+            total / n_pairs,
             n_pairs,
         )
     bar.close()
-    return _detached(result)
-
-
-def _detached(res: CW2VResult) -> CW2VResult:
-    return CW2VResult(res.a1.detach(), res.a2.detach(), res.old_row_ids, res.trained, res.epoch_losses)
+    return CW2VResult(mine.a1.detach(), mine.a2.detach(), mix, trained)
 
 
 def cw2v_mixing(
@@ -353,24 +340,21 @@ def estimate_cw2v(problem: EstimationProblem, params: CW2VParams) -> torch.Tenso
     """New rows ``(T, d)`` as convex combinations of old rows, built in chunks; targets with
     no pair in the corpus get the mean row."""
     res = cw2v_train(problem, params)
-    own = problem.base.to(torch.float32)
-    e_old = own[res.old_row_ids]
-    out = problem.mean_row().to(torch.float32).expand(problem.n_targets, -1).clone()
-    chunk = max(1, min(params.batch_size, 1024))
-    with torch.no_grad():
-        for start in range(0, problem.n_targets, chunk):
-            stop = min(start + chunk, problem.n_targets)
-            mix = torch.softmax(res.a1[start:stop] @ res.a2, dim=-1)
-            rows = mix @ e_old
-            keep = res.trained[start:stop].unsqueeze(1)
-            out[start:stop] = torch.where(keep, rows, out[start:stop])
+    e_old = problem.base.to(torch.float32)[res.old_row_ids]
+    out = problem.mean_row().expand(problem.n_targets, -1).clone()
+    chunk = min(params.batch_size, 1024)
+    for start in range(0, problem.n_targets, chunk):
+        sl = slice(start, start + chunk)
+        rows = torch.softmax(res.a1[sl] @ res.a2, dim=-1) @ e_old
+        out[sl] = torch.where(res.trained[sl].unsqueeze(1), rows, out[sl])
     return out
 
 
 def cw2v_cost(q: api.CostQuery) -> tuple[int, float | None]:
     """A1 (T, r) and A2 (r, V) with their gradients and two Adam moments, plus the rows."""
     rank = int(getattr(q.params, "rank", 64))
-    return 4 * rank * (q.targets + q.model_rows) * api.FP32 + q.targets * q.dim_model * api.FP32, None
+    rows = q.targets * q.dim_model * api.FP32
+    return 4 * rank * (q.targets + q.model_rows) * api.FP32 + rows, None
 
 
 SPEC = MethodSpec(

@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -92,26 +92,20 @@ class _Dictionary:
     tf32: bool = False  # correlation matmuls as TF32 (CUDA only; a no-op elsewhere)
 
     def correlate(self, rows: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        """rows @ atoms[lo:hi].T in the selection dtype (a new tensor the caller may modify)."""
+        """rows @ atoms[lo:hi].T in the selection dtype (a new tensor the caller may modify).
+
+        TF32 is allowed for this matmul only (the global flag is restored, so nothing outside
+        the selection, e.g. the least-squares fit, runs in TF32)."""
         if self.select_atoms is not None:
             return rows.to(self.select_atoms.dtype) @ self.select_atoms[lo:hi].T
-        with tf32_matmuls(self.tf32):
+        if not self.tf32:
             return rows @ self.atoms[lo:hi].T
-
-
-@contextlib.contextmanager
-def tf32_matmuls(enabled: bool = True) -> Iterator[None]:
-    """Allow TF32 for CUDA fp32 matmuls inside the block only (the global flag is restored,
-    so nothing outside the selection, e.g. the least-squares fit, runs in TF32)."""
-    if not enabled:
-        yield
-        return
-    before = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = before
+        before = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            return rows @ self.atoms[lo:hi].T
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = before
 
 
 class _GramCache:
@@ -124,9 +118,8 @@ class _GramCache:
     """
 
     def __init__(self, atoms: torch.Tensor, capacity: int, chunk: int):
-        n = atoms.shape[0]
         self.atoms = atoms
-        self.n = n
+        self.n = n = atoms.shape[0]
         self.chunk = min(chunk, n)
         self.n_chunks = math.ceil(n / self.chunk)
         self.capacity = int(capacity)
@@ -215,25 +208,20 @@ class _ArgMaxAbs:
         self.chunk = chunk
         n_chunks = math.ceil(n_atoms / chunk)
         # The support's (row, column) positions, grouped by chunk, to mask before each max.
-        self.masks: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-        if support.shape[1]:
-            flat = support.reshape(-1)
-            rows = torch.arange(b, device=support.device).repeat_interleave(support.shape[1])
-            cid = torch.div(flat, chunk, rounding_mode="floor")
-            order = torch.argsort(cid, stable=True)
-            counts = torch.bincount(cid, minlength=n_chunks).tolist()
-            cols = flat - cid * chunk
-            self.masks = list(
-                zip(rows[order].split(counts), cols[order].split(counts), strict=True)
-            )
+        flat = support.reshape(-1)
+        rows = torch.arange(b, device=support.device).repeat_interleave(support.shape[1])
+        cid = torch.div(flat, chunk, rounding_mode="floor")
+        order = torch.argsort(cid, stable=True)
+        counts = torch.bincount(cid, minlength=n_chunks).tolist()
+        cols = flat - cid * chunk
+        self.masks = list(zip(rows[order].split(counts), cols[order].split(counts), strict=True))
 
     def update(self, c: int, scores: torch.Tensor) -> None:
         """Fold in the scores of chunk c (b, width), which this call may overwrite."""
         scores.abs_()
-        if self.masks is not None:
-            rows, cols = self.masks[c]
-            if rows.numel():
-                scores[rows, cols] = -1.0  # below any |correlation|: never re-picked
+        rows, cols = self.masks[c]
+        if rows.numel():
+            scores[rows, cols] = -1.0  # below any |correlation|: never re-picked
         if scores.device.type == "cpu":
             # On CPU a plain max reduction is vectorised but arg-max is not (about 15x slower
             # here), and a row's best rarely improves after the first chunks: take the max of
@@ -285,7 +273,7 @@ def _gram_step_ready(
 
 
 def _omp_block(
-    x: torch.Tensor, dic: _Dictionary, k: int, strategy: str, on_step=None
+    x: torch.Tensor, dic: _Dictionary, k: int, strategy: str, on_step: Callable[[], None]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """OMP for one batch of targets x (b, D); returns (indices (b, k), coefficients (b, k))."""
     b, dim = x.shape
@@ -303,11 +291,9 @@ def _omp_block(
     # alpha0 = x . A^T in the Gram layout while the Gram form is in use (Batch-OMP); the
     # support's atoms (b, k, D) once the direct form takes over. The form only ever switches
     # from Gram to direct (t only grows), and alpha0 is dropped before the atoms are gathered,
-    # so only one of the two exists at a time.
-    alpha = None
-    chosen = None
-    if gram is not None and k > 1 and _use_gram_step(1, dim, device, strategy):
-        alpha = gram.alpha(x)
+    # so only one of the two exists at a time. batch_omp makes a cache only for the Gram form.
+    alpha = gram.alpha(x) if gram is not None else None
+    chosen = None if gram is not None else torch.empty((b, k, dim), dtype=dtype, device=device)
     score_chunk = min(n, int(_device_setting(SCORE_CHUNK, device)))
     sel_dtype = dic.select_atoms.dtype if dic.select_atoms is not None else dtype
 
@@ -317,23 +303,16 @@ def _omp_block(
             chosen = torch.empty((b, k, dim), dtype=dtype, device=device)
             for j in range(t):  # column by column: no second (b, t, D) temporary
                 chosen[:, j] = atoms[idx[:, j]]
-        if alpha is None and chosen is None:
-            chosen = torch.empty((b, k, dim), dtype=dtype, device=device)
 
         if alpha is not None:
             pick = _ArgMaxAbs(idx[:, :t], n, gram.chunk, dtype)
             slots, neg_gamma = gram.slot[idx[:, :t]], -gamma
             for c in range(gram.n_chunks):
                 width = min(n, (c + 1) * gram.chunk) - c * gram.chunk
-                if t:
-                    part = gram.chunk_scores(c, alpha, slots, neg_gamma)
-                else:
-                    part = alpha[c].clone()
+                part = gram.chunk_scores(c, alpha, slots, neg_gamma) if t else alpha[c].clone()
                 pick.update(c, part[:, :width])
         else:
-            resid = x
-            if t:
-                resid = x - torch.bmm(gamma.unsqueeze(1), chosen[:, :t]).squeeze(1)
+            resid = x - torch.bmm(gamma.unsqueeze(1), chosen[:, :t]).squeeze(1) if t else x
             pick = _ArgMaxAbs(idx[:, :t], n, score_chunk, sel_dtype)
             for c, lo in enumerate(range(0, n, score_chunk)):
                 pick.update(c, dic.correlate(resid, lo, min(n, lo + score_chunk)))
@@ -345,15 +324,12 @@ def _omp_block(
         # New Cholesky row [w, d] of G_II: w = L^-1 G_I,new, d^2 = ||a||^2 - ||w||^2. L^-1 is
         # kept explicitly (one row per step), so every solve is a batched matmul: thousands of
         # tiny LAPACK triangular solves per step would cost more than the correlations.
-        if t:
-            if alpha is not None:
-                g = gram.pairs(idx[:, :t], new).unsqueeze(-1)
-            else:
-                g = torch.bmm(chosen[:, :t], atom.unsqueeze(-1))
-            g = g * active[:, :t, None]
-            w = torch.bmm(inv[:, :t, :t], g).squeeze(-1)
+        # At t = 0 every product is empty and w is (b, 0).
+        if alpha is not None:
+            g = gram.pairs(idx[:, :t], new).unsqueeze(-1)
         else:
-            w = atom.new_zeros((b, 0))
+            g = torch.bmm(chosen[:, :t], atom.unsqueeze(-1))
+        w = torch.bmm(inv[:, :t, :t], g * active[:, :t, None]).squeeze(-1)
         piv2 = nn - (w * w).sum(dim=1)
         ok = piv2 > tol * nn
         diag = torch.where(ok, piv2.clamp_min(torch.finfo(dtype).tiny).sqrt(), 1.0)
@@ -361,8 +337,8 @@ def _omp_block(
         chol[:, t, :t] = w
         chol[:, t, t] = diag
         active[:, t] = ok.to(dtype)
-        if t:  # row t of L^-1: [-(w^T L^-1) / d, 1 / d]
-            inv[:, t, :t] = -torch.bmm(w.unsqueeze(1), inv[:, :t, :t]).squeeze(1) / diag[:, None]
+        # row t of L^-1: [-(w^T L^-1) / d, 1 / d]
+        inv[:, t, :t] = -torch.bmm(w.unsqueeze(1), inv[:, :t, :t]).squeeze(1) / diag[:, None]
         inv[:, t, t] = 1.0 / diag
         if chosen is not None:
             chosen[:, t] = atom
@@ -370,8 +346,7 @@ def _omp_block(
         z[:, t] = torch.where(ok, (proj - (w * z[:, :t]).sum(dim=1)) / diag, 0.0)
         # gamma = L^-T z
         gamma = torch.bmm(z[:, None, : t + 1], inv[:, : t + 1, : t + 1]).squeeze(1)
-        if on_step is not None:
-            on_step(t)
+        on_step()
 
     del alpha, chosen
     return idx, _polish(x, atoms, idx, chol, active)
@@ -405,19 +380,6 @@ def _polish(
 def _solve_upper(chol: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     """Solve chol^T g = rhs for g (batched back substitution)."""
     return torch.linalg.solve_triangular(chol.mT, rhs.unsqueeze(-1), upper=True).squeeze(-1)
-
-
-def _per_target_bytes(
-    dim: int, k: int, elt: int, sel_elt: int, gram_cols: int, score_cols: int
-) -> int:
-    """Working bytes per target: alpha0 in the Gram layout or the support's atoms (one form
-    at a time: alpha0 is dropped before the direct form gathers the atoms, and the final
-    polish gathers the atoms of at most as many targets after both are gone), one score chunk
-    (+ the residual cast to the selection dtype), the Cholesky state."""
-    form = max(gram_cols * elt, k * dim * elt)
-    scores = score_cols * sel_elt + (dim * sel_elt if sel_elt != elt else 0)
-    state = (2 * k * k + 4 * k + 2 * dim) * elt + k * 8
-    return form + scores + state
 
 
 def batch_omp(
@@ -467,10 +429,7 @@ def batch_omp(
     x_all = targets.to(dtype=work)
     atoms = dictionary.to(device=device, dtype=work).contiguous()
     if n_targets == 0:
-        return (
-            torch.zeros((0, k), dtype=torch.long, device=device),
-            torch.zeros((0, k), dtype=work, device=device),
-        )
+        return torch.zeros((0, k), dtype=torch.long, device=device), x_all.new_zeros((0, k))
     if select_dtype == work:
         select_dtype = None
     elt = atoms.element_size()
@@ -479,8 +438,7 @@ def batch_omp(
     with torch.no_grad():
         budget = working_memory_budget(device)
         gram = None
-        want_gram = select_dtype is None and k > 1 and _use_gram_step(1, dim, device, strategy)
-        if want_gram:
+        if select_dtype is None and k > 1 and _use_gram_step(1, dim, device, strategy):
             chunk = min(int(_device_setting(GRAM_CHUNK, device)), n_atoms)
             row_bytes = math.ceil(n_atoms / chunk) * chunk * elt
             capacity = min(n_atoms, n_targets * k, int(budget * GRAM_BUDGET_FRACTION) // row_bytes)
@@ -496,14 +454,15 @@ def batch_omp(
         if batch_size is None:
             fixed = gram.capacity * row_bytes + GRAM_FILL_BYTES if gram is not None else 0
             fixed += n_atoms * dim * sel_elt if select_dtype is not None else 0
-            per_item = _per_target_bytes(
-                dim,
-                k,
-                elt,
-                sel_elt,
-                gram_cols=gram.n_chunks * gram.chunk if gram is not None else 0,
-                score_cols=min(n_atoms, int(_device_setting(SCORE_CHUNK, device))),
-            )
+            # Per target: alpha0 in the Gram layout or the support's atoms (one form at a time:
+            # alpha0 is dropped before the direct form gathers the atoms, and the final polish
+            # gathers the atoms of at most as many targets after both are gone), one score
+            # chunk (+ the residual cast to the selection dtype), the Cholesky state.
+            gram_cols = gram.n_chunks * gram.chunk if gram is not None else 0
+            score_cols = min(n_atoms, int(_device_setting(SCORE_CHUNK, device)))
+            per_item = max(gram_cols * elt, k * dim * elt)
+            per_item += score_cols * sel_elt + (dim * sel_elt if sel_elt != elt else 0)
+            per_item += (2 * k * k + 4 * k + 2 * dim) * elt + k * 8
             batch_size = suggest_batch_size(
                 per_item, device, fixed_bytes=fixed, maximum=n_targets, budget_bytes=budget
             )
@@ -512,33 +471,27 @@ def batch_omp(
 
         # The bar counts greedy steps (targets x k), so a batch of thousands of targets shows
         # progress while it runs; a batch retried after running out of memory rewinds it.
-        with tqdm(
+        threads = (
+            threads_for_fine_grained_kernel(desc)
+            if device.type == "cpu"
+            else contextlib.nullcontext()
+        )
+        bar = tqdm(
             total=n_targets * k, desc=desc, unit="step", disable=not show_progress, leave=False
-        ) as bar:
+        )
+        with bar, threads:
 
             def run(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
                 start = bar.n
-
-                def step(t: int) -> None:
-                    bar.update(hi - lo)
-
                 try:
-                    return _omp_block(x_all[lo:hi], dic, k, strategy, on_step=step)
+                    return _omp_block(x_all[lo:hi], dic, k, strategy, lambda: bar.update(hi - lo))
                 except BaseException:
                     bar.n = bar.last_print_n = start
                     bar.refresh()
                     raise
 
-            threads = (
-                threads_for_fine_grained_kernel(desc)
-                if device.type == "cpu"
-                else contextlib.nullcontext()
-            )
-            with threads:
-                parts = run_batched(run, n_targets, batch_size)
-    idx = torch.cat([p[0] for p in parts])
-    coef = torch.cat([p[1] for p in parts])
-    return idx, coef
+            parts = run_batched(run, n_targets, batch_size)
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 SelectPrecision = Literal["auto", "fp32", "tf32", "bf16"]
@@ -569,14 +522,13 @@ def select_settings(
     return None, precision == "tf32"
 
 
-def donor_rows(problem: api.EstimationProblem, k: int, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+def donor_rows(
+    problem: EstimationProblem, k: int, method: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(targets, dictionary): the targets' and the anchors' donor rows in fp32 on the compute
     device, after checking the problem has donor rows and at least ``k`` anchors."""
-    if (
-        problem.donor is None
-        or problem.donor_anchor_ids is None
-        or problem.donor_target_ids is None
-    ):
+    donor = problem.donor
+    if donor is None or problem.donor_anchor_ids is None or problem.donor_target_ids is None:
         raise ValueError(
             f"{method} needs donor embeddings (donor, donor_anchor_ids, donor_target_ids)"
         )
@@ -586,20 +538,17 @@ def donor_rows(problem: api.EstimationProblem, k: int, method: str) -> tuple[tor
             f"must be <= {n_anchors} shared tokens (got {k})",
             where="tokenizer.approximation.k",
         )
-    donor, device = problem.donor, problem.device
-    targets = donor[problem.donor_target_ids.to(donor.device)].to(device, torch.float32)
-    dictionary = donor[problem.donor_anchor_ids.to(donor.device)].to(device, torch.float32)
+    targets = donor[problem.donor_target_ids.to(donor.device)].to(problem.device, torch.float32)
+    dictionary = donor[problem.donor_anchor_ids.to(donor.device)].to(problem.device, torch.float32)
     return targets, dictionary
 
 
 def estimate_omp(problem: EstimationProblem, params: OmpParams) -> torch.Tensor:
     """Rows sum_j c_j * base[anchor_j] with (anchor_j, c_j) from OMP in the donor space."""
-    d_base = problem.base.shape[1]
     if problem.n_targets == 0:
-        return torch.zeros((0, d_base), dtype=torch.float32, device=problem.device)
+        return torch.zeros((0, problem.base.shape[1]), dtype=torch.float32, device=problem.device)
     targets, dictionary = donor_rows(problem, params.k, "omp")
     device = problem.device
-    label = f"OMP {problem.label}".strip()
     select_dtype, select_tf32 = select_settings(params.select_precision, device)
     idx, coef = batch_omp(
         targets,
@@ -609,9 +558,9 @@ def estimate_omp(problem: EstimationProblem, params: OmpParams) -> torch.Tensor:
         select_dtype=select_dtype,
         select_tf32=select_tf32,
         show_progress=problem.show_progress,
-        desc=label,
+        desc=f"OMP {problem.label}".strip(),
     )
-    # sum_j coef[t, j] * base[anchor_ids[idx[t, j]]] without materialising (T, k, d_base).
+    # sum_j coef[t, j] * base[anchor_ids[idx[t, j]]] without materialising (T, k, d).
     rows = problem.anchor_ids.to(device)[idx]
     return F.embedding_bag(rows, problem.base.float(), per_sample_weights=coef.float(), mode="sum")
 

@@ -97,10 +97,7 @@ class RidgeBasis:
 
 def ridge_basis(donor_rows: torch.Tensor, base_rows: torch.Tensor) -> RidgeBasis:
     """Prepare ridge maps donor -> base fitted on paired rows (centered), in float64."""
-    d = donor_rows.double()
-    b = base_rows.double()
-    dc = d - d.mean(dim=0)
-    bc = b - b.mean(dim=0)
+    dc, bc = (x - x.mean(dim=0) for x in (donor_rows.double(), base_rows.double()))
     evals, evecs = torch.linalg.eigh(dc.T @ dc)
     evals = evals.clamp_min(0.0)
     cross = evecs.T @ (dc.T @ bc)
@@ -113,19 +110,19 @@ def omp_parts(
     donor_dict: torch.Tensor,
     base_dict: torch.Tensor,
     k: int,
+    params: OmpMapParams,
     *,
-    batch_size: int | None = None,
-    select_precision: SelectPrecision = "auto",
-    show_progress: bool = False,
-    desc: str = "OMP",
+    show_progress: bool,
+    desc: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(OMP's base-space rows, OMP's donor-space residual) of ``targets`` over a dictionary."""
-    select_dtype, select_tf32 = select_settings(select_precision, targets.device)
+    """(OMP's base-space rows, OMP's donor-space residual) of ``targets`` over a dictionary,
+    with the parameters' OMP batch size and selection precision."""
+    select_dtype, select_tf32 = select_settings(params.select_precision, targets.device)
     idx, coef = batch_omp(
         targets,
         donor_dict,
         k,
-        batch_size=batch_size,
+        batch_size=params.batch_size,
         select_dtype=select_dtype,
         select_tf32=select_tf32,
         show_progress=show_progress,
@@ -171,8 +168,7 @@ def choose_alpha_ridge(
         d_keep,
         b_keep,
         k,
-        batch_size=params.batch_size,
-        select_precision=params.select_precision,
+        params,
         show_progress=show_progress,
         desc="omp_map check",
     )
@@ -193,17 +189,14 @@ def choose_alpha_ridge(
 
 def estimate_omp_map(problem: EstimationProblem, params: OmpMapParams) -> torch.Tensor:
     """OMP rows plus ``alpha`` times the ridge-mapped donor-space residual."""
-    d_base = problem.base.shape[1]
     if problem.n_targets == 0:
-        return torch.zeros((0, d_base), dtype=torch.float32, device=problem.device)
+        return torch.zeros((0, problem.base.shape[1]), dtype=torch.float32, device=problem.device)
     targets, d_anchors = donor_rows(problem, params.k, "omp_map")
-    n_anchors = int(d_anchors.shape[0])
-    device = problem.device
-    b_anchors = problem.base.float()[problem.anchor_ids.to(device)]
+    b_anchors = problem.base.float()[problem.anchor_ids.to(problem.device)]
 
     alpha, ridge = params.alpha, params.ridge
     if alpha is None or ridge is None:
-        if n_anchors < 2 * params.k + 8:
+        if d_anchors.shape[0] < 2 * params.k + 8:
             alpha, ridge = (alpha or 0.0), (ridge or RIDGES[1])  # too few anchors to check: OMP
         else:
             hidden = check_anchors(targets, d_anchors, params.check_size, problem.generator(17))
@@ -226,8 +219,7 @@ def estimate_omp_map(problem: EstimationProblem, params: OmpMapParams) -> torch.
         d_anchors,
         b_anchors,
         params.k,
-        batch_size=params.batch_size,
-        select_precision=params.select_precision,
+        params,
         show_progress=problem.show_progress,
         desc=f"OMP {problem.label}".strip(),
     )

@@ -36,12 +36,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from tqdm.auto import tqdm
 
 from mergekit_tokenplug.methods import base as api
 from mergekit_tokenplug.methods.base import EstimationProblem, MethodParams, MethodSpec, Need
-from mergekit_tokenplug.methods.baselines import flatten_pieces, mean_of_pieces
+from mergekit_tokenplug.methods.baselines import mean_of_pieces
 
 EmbedFn = Callable[[list[str]], torch.Tensor]
 SplitFn = Callable[[list[str]], list[list[int]]]
@@ -76,8 +77,7 @@ class TokenAdaptParams(MethodParams):
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
     """L2-normalize rows; zero rows stay zero (they mean "no vector")."""
-    x = x.to(torch.float32)
-    return x / x.norm(dim=1, keepdim=True).clamp_min(_EPS)
+    return F.normalize(x.to(torch.float32), dim=1, eps=_EPS)
 
 
 def self_space_embedder(base: torch.Tensor, split_texts: SplitFn) -> EmbedFn:
@@ -127,19 +127,12 @@ def clear_cache() -> None:
 
 
 def _padded(pieces: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(T, P) piece ids padded with 0 and the (T, P) mask of real entries."""
-    t = len(pieces)
-    flat, seg = flatten_pieces(pieces, device)
-    width = max((len(p) for p in pieces), default=0)
-    ids = torch.zeros(t, max(width, 1), dtype=torch.long, device=device)
-    mask = torch.zeros(t, max(width, 1), dtype=torch.bool, device=device)
-    if flat.numel():
-        lengths = torch.bincount(seg, minlength=t)
-        starts = torch.cumsum(lengths, 0) - lengths
-        pos = torch.arange(flat.numel(), device=device) - starts.index_select(0, seg)
-        ids[seg, pos] = flat
-        mask[seg, pos] = True
-    return ids, mask
+    """(T, P) piece ids padded with 0 and the (T, P) mask of real entries (P >= 1)."""
+    width = max([1, *map(len, pieces)])
+    padded = [[*p, *[0] * (width - len(p))] for p in pieces]
+    ids = torch.tensor(padded, dtype=torch.long, device=device).view(len(pieces), width)
+    lengths = torch.tensor([len(p) for p in pieces], dtype=torch.long, device=device)
+    return ids, torch.arange(width, device=device) < lengths.unsqueeze(1)
 
 
 def _weighted_rows(base: torch.Tensor, ids: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -153,9 +146,8 @@ def _weighted_rows(base: torch.Tensor, ids: torch.Tensor, w: torch.Tensor) -> to
 def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dim restricted to ``mask``; all-masked rows give zeros."""
     scores = scores.masked_fill(~mask, float("-inf"))
-    any_ = mask.any(dim=-1, keepdim=True)
-    w = torch.softmax(torch.where(any_, scores, torch.zeros_like(scores)), dim=-1)
-    return torch.where(mask, w, torch.zeros_like(w))
+    w = torch.softmax(torch.where(mask.any(dim=-1, keepdim=True), scores, 0.0), dim=-1)
+    return w.masked_fill(~mask, 0.0)
 
 
 def _local(
@@ -176,8 +168,7 @@ def _local(
     w1 = _masked_softmax(cos / tau, mask)
     share = vocab_chars[ids] / target_chars.clamp_min(1.0).unsqueeze(1)
     w = _masked_softmax((w1 + share) / 2.0 / tau, mask)
-    rows = _weighted_rows(base, ids, w)
-    return rows, mask.any(dim=1)
+    return _weighted_rows(base, ids, w), mask.any(dim=1)
 
 
 def _global(
@@ -197,9 +188,8 @@ def _global(
     top, idx = torch.topk(sims, k, dim=1)
     target_valid = target_vecs.norm(dim=1) > 0.5  # normalized vectors are 1 or 0
     keep = (top >= params.threshold) & torch.isfinite(top) & target_valid.unsqueeze(1)
-    w = _masked_softmax(torch.where(keep, top, torch.zeros_like(top)) / params.tau, keep)
-    rows = _weighted_rows(base, idx, w)
-    return rows, keep.any(dim=1)
+    w = _masked_softmax(torch.where(keep, top, 0.0) / params.tau, keep)
+    return _weighted_rows(base, idx, w), keep.any(dim=1)
 
 
 def _resolve_embedder(problem: EstimationProblem, params: TokenAdaptParams) -> tuple[EmbedFn, bool]:
@@ -222,11 +212,8 @@ def _resolve_embedder(problem: EstimationProblem, params: TokenAdaptParams) -> t
 
 def estimate_tokenadapt(problem: EstimationProblem, params: TokenAdaptParams) -> torch.Tensor:
     """(1 - beta) e_local + beta e_global; the one that exists if only one; else the mean row."""
-    texts, pieces, vocab_texts = (
-        problem.target_texts,
-        problem.target_pieces,
-        problem.base_vocab_texts,
-    )
+    texts, pieces = problem.target_texts, problem.target_pieces
+    vocab_texts = problem.base_vocab_texts
     if texts is None or pieces is None or vocab_texts is None:
         raise ValueError("tokenadapt needs target_texts, target_pieces and base_vocab_texts")
     t, (v, d) = problem.n_targets, problem.base.shape
@@ -240,9 +227,7 @@ def estimate_tokenadapt(problem: EstimationProblem, params: TokenAdaptParams) ->
         return torch.zeros(0, d, dtype=torch.float32, device=device)
 
     embed, cacheable = _resolve_embedder(problem, params)
-    vocab_vecs = _vocab_embeddings(embed, list(vocab_texts), device, cacheable)
-    if vocab_vecs.shape[0] != v:
-        raise ValueError(f"embed_texts returned {vocab_vecs.shape[0]} vectors for {v} texts")
+    vocab_vecs = _vocab_embeddings(embed, list(vocab_texts), device, cacheable)  # (v, e)
     vocab_valid = vocab_vecs.norm(dim=1) > 0.5
     vocab_chars = torch.tensor([len(s) for s in vocab_texts], dtype=torch.float32, device=device)
     target_vecs = _embed_unique(embed, list(texts), device)

@@ -17,13 +17,12 @@ import torch
 
 from mergekit_tokenplug.errors import InputError
 from mergekit_tokenplug.methods.base import EstimationProblem, MethodParams
+from mergekit_tokenplug.methods.baselines import subword_mean_rows
 
 Scale = Literal["sqrt_d", "median_norm"]
 
 
-def tool_prior(
-    pooled: torch.Tensor, target: torch.Tensor, scale: Scale = "sqrt_d"
-) -> torch.Tensor:
+def tool_prior(pooled: torch.Tensor, target: torch.Tensor, scale: Scale = "sqrt_d") -> torch.Tensor:
     """Scale L2-normalized pooled hidden states ``(n, d)`` into rows of ``target (V, d)``.
 
     - ``"sqrt_d"`` (default): the authors' recipe: the unit vector divided by ``sqrt(d)``,
@@ -41,9 +40,8 @@ def tool_prior(
             f"tool prior: pooled states {tuple(pooled.shape)} do not match matrix rows {tuple(target.shape)}"
         )
     unit = torch.nn.functional.normalize(pooled.float(), dim=-1)
-    d = pooled.shape[1]
     if scale == "sqrt_d":
-        return unit / (d**0.5)
+        return unit / (pooled.shape[1] ** 0.5)
     if scale == "median_norm":
         median = target.float().norm(dim=-1).median()
         return unit * median.to(unit.device)
@@ -52,19 +50,9 @@ def tool_prior(
 
 def tool_input_rows(pieces: list[list[int]], base: torch.Tensor) -> torch.Tensor:
     """Mean of each description's subword rows of ``base``; the mean row when it has none."""
-    n, d = len(pieces), base.shape[1]
-    lengths = torch.tensor([len(p) for p in pieces], dtype=torch.long, device=base.device)
-    flat = torch.tensor([i for p in pieces for i in p], dtype=torch.long, device=base.device)
-    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= base.shape[0]):
+    if any(not 0 <= i < base.shape[0] for p in pieces for i in p):
         raise InputError(f"tool input rows: piece id outside the matrix's {base.shape[0]} rows")
-    owner = torch.repeat_interleave(torch.arange(n, device=base.device), lengths)
-    sums = torch.zeros(n, d, dtype=torch.float32, device=base.device)
-    sums.index_add_(0, owner, base.float()[flat])
-    rows = sums / lengths.clamp(min=1).unsqueeze(1).float()
-    empty = lengths == 0
-    if bool(empty.any()):
-        rows[empty] = base.float().mean(dim=0)
-    return rows
+    return subword_mean_rows(base, pieces)
 
 
 class ToolParams(MethodParams):
@@ -93,4 +81,3 @@ def estimate_tool(problem: EstimationProblem, params: ToolParams) -> torch.Tenso
     if pieces is None:
         raise InputError("tool method: the seam supplied no description pieces for the input rows")
     return tool_input_rows(list(pieces), problem.base)
-
