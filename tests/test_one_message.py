@@ -84,8 +84,42 @@ def test_home_relative_paths_run(zoo, tmp_path):
         "tokenizer": {"source": "~/donor", "approximation": {"method": "mean"}},
     }))  # fmt: skip
     env = {**os.environ, "HOME": str(home)}
-    check = subprocess.run([str(BIN / "mergekit-tokenplug"), "recipes", "validate", "--inputs", str(recipe)], capture_output=True, text=True, timeout=300, env=env)
+    check = subprocess.run(
+        [str(BIN / "mergekit-tokenplug"), "recipes", "validate", "--inputs", str(recipe)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert check.returncode == 0, check.stdout
-    run = subprocess.run([str(BIN / "mergekit-yaml"), str(recipe), str(tmp_path / "out"), "--quiet"], capture_output=True, text=True, timeout=300, env=env)
+    run = subprocess.run(
+        [str(BIN / "mergekit-yaml"), str(recipe), str(tmp_path / "out"), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_deeply_nested_yaml_is_one_line(tmp_path):
+    """PyYAML recurses once per nesting level: a deep file is refused in one line, no traceback."""
+    recipe = tmp_path / "deep.yaml"
+    recipe.write_text("[" * 5000 + "]" * 5000 + "\n")
+    res = CliRunner().invoke(main, ["recipes", "validate", "-q", str(recipe)])
+    assert res.exit_code == 1, res.output
+    assert (
+        res.output.strip()
+        == f"{recipe} the YAML is nested too deeply; expected a recipe of ordinary depth"
+    )
+    out = tmp_path / "out"
+    run = subprocess.run(
+        [str(BIN / "mergekit-yaml"), str(recipe), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert run.stderr.strip().splitlines()[-1] == f"Error: {res.output.strip()}"
+    assert not out.exists()

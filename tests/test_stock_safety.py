@@ -160,3 +160,20 @@ def test_stock_tokenizer_source_validates(zoo, tmp_path, source):
     res = CliRunner().invoke(main, ["recipes", "validate", "--inputs", str(path)])
     assert res.exit_code == 0, res.output
     assert not re.search(r"does not exist", res.output)
+
+
+def test_requires_marker_alone_validates_and_runs(zoo, tmp_path):
+    """A recipe may carry the marker without any tokenizer keys: a plain merge, no crash."""
+    doc = {
+        "merge_method": "passthrough",
+        "models": [{"model": str(zoo.bl_untied)}],
+        "parameters": {"requires": {"mergekit-tokenplug": ">=0.1"}},
+        "dtype": "float32",
+    }
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    res = CliRunner().invoke(main, ["recipes", "validate", "--inputs", str(path)])
+    assert res.exit_code == 0, res.output
+    proc = mergekit_yaml(path, tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "out" / "config.json").is_file()

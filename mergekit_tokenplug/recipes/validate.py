@@ -250,7 +250,8 @@ class _DocChecker:
         self.check_top_level_keys(merge_cfg)
         data = self.without_unknown_tokenizer_keys({k: v for k, v in doc.items() if k != "name"})
         spec = params = None  # set only when the plugin is active and the method is valid
-        if uses_plugin(data):
+        if uses_plugin(data) and isinstance(data.get("tokenizer"), dict):
+            # (a recipe with only the requires marker is checked by the parameters validator)
             reason = refusal_reason()
             if reason is not None:
                 self.report_inactive(reason, data)

@@ -12,6 +12,7 @@ import yaml
 
 MAX_BYTES = 16 << 20  # a recipe with long tool descriptions is still far below this
 MAX_NODES = 1_000_000  # nodes after alias expansion
+TOO_DEEP = "the YAML is nested too deeply; expected a recipe of ordinary depth"
 
 
 def yaml_size_problem(text: str) -> str | None:
@@ -22,6 +23,8 @@ def yaml_size_problem(text: str) -> str | None:
         roots = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
     except yaml.YAMLError:
         return None
+    except RecursionError:  # PyYAML's composer recurses once per nesting level
+        return TOO_DEEP
     sizes: dict[int, int] = {}
 
     def expanded(node: yaml.Node) -> int:
@@ -43,7 +46,7 @@ def yaml_size_problem(text: str) -> str | None:
     try:
         total = sum(expanded(r) for r in roots if r is not None)
     except RecursionError:
-        return "the YAML is nested too deeply; expected a recipe of ordinary depth"
+        return TOO_DEEP
     if total > MAX_NODES:
         return f"YAML aliases expand to more than {MAX_NODES} nodes; expected a recipe of ordinary size (aliases that nest many levels multiply)"
     return None

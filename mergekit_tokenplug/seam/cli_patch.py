@@ -40,7 +40,7 @@ def _documents(path: str) -> list[Any] | None:
             return list(yaml.safe_load_all(fh))
     except OSError:
         return []
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):  # PyYAML recurses once per nesting level
         return None
 
 
