@@ -136,24 +136,17 @@ def _scheme_from_json(parts: dict[str, Any]) -> TokenScheme:
     if any(n.get("type") == "ByteLevel" for n in pre + dec + norm):
         return TokenScheme("byte_level", model_type, byte_fallback=byte_fallback)
 
-    marker = None
-    for n in pre + dec:
-        if n.get("type") == "Metaspace":
-            marker = n.get("replacement") or "\u2581"
-            break
-    if marker is None:  # SentencePiece conversions without Metaspace (Llama-2, Gemma)
-        for n in dec:
-            pat = _string_pattern(n)
-            if n.get("type") == "Replace" and n.get("content") == " " and pat and pat != " ":
-                marker = pat
-                break
-    if marker is None:
-        for n in norm:
-            content = n.get("content")
-            if n.get("type") == "Replace" and _string_pattern(n) == " " and content:
-                if content != " ":
-                    marker = content
-                    break
+    metaspace = [
+        n.get("replacement") or "\u2581" for n in pre + dec if n.get("type") == "Metaspace"
+    ]
+    # SentencePiece conversions without Metaspace (Llama-2, Gemma): a Replace decoder writes
+    # the marker as a space, or a Replace normalizer writes the space as the marker
+    replaces = [(_string_pattern(n), n.get("content")) for n in dec if n.get("type") == "Replace"]
+    spelled = [pat for pat, content in replaces if content == " "]
+    spelled += [
+        n.get("content") for n in norm if n.get("type") == "Replace" and _string_pattern(n) == " "
+    ]
+    marker = metaspace[0] if metaspace else next((m for m in spelled if m and m != " "), None)
     if marker is not None:
         return TokenScheme(
             "metaspace", model_type, space_marker=marker, byte_fallback=byte_fallback
@@ -185,16 +178,11 @@ def _bytes_to_unicode() -> dict[int, str]:
     return mapping
 
 
-def _byte_level_table() -> dict[int, str]:
-    """str.translate table: alphabet char -> chr(byte); other chars <= 255 -> an unencodable
-    sentinel, so `.encode("latin-1")` fails for any token outside the alphabet."""
-    table: dict[int, str] = {c: "\uffff" for c in range(256)}
-    for b, ch in _bytes_to_unicode().items():
-        table[ord(ch)] = chr(b)
-    return table
-
-
-_BYTE_LEVEL_TABLE = _byte_level_table()
+#: str.translate table: alphabet char -> chr(byte); other chars <= 255 -> an unencodable
+#: sentinel, so `.encode("latin-1")` fails for any token outside the alphabet.
+_BYTE_LEVEL_TABLE = {c: "\uffff" for c in range(256)} | {
+    ord(ch): chr(b) for b, ch in _bytes_to_unicode().items()
+}
 #: The 256 SentencePiece byte-fallback pieces, `<0x00>` .. `<0xFF>`.
 BYTE_PIECES: tuple[str, ...] = tuple(f"<0x{b:02X}>" for b in range(256))
 
@@ -239,11 +227,6 @@ def convert_tokens(scheme: TokenScheme, tokens: Iterable[str]) -> list[bytes]:
             except UnicodeEncodeError:
                 append((fallback and pieces.get(tok)) or tok.encode("utf-8"))
         return out
-    if scheme.kind == "metaspace":
-        marker = scheme.space_marker
-        for tok in tokens:
-            append((fallback and pieces.get(tok)) or tok.replace(marker, " ").encode("utf-8"))
-        return out
     if scheme.kind == "wordpiece":
         prefix = scheme.continuation_prefix
         n = len(prefix)
@@ -255,8 +238,10 @@ def convert_tokens(scheme: TokenScheme, tokens: Iterable[str]) -> list[bytes]:
             else:
                 append(b" " + tok.encode("utf-8"))
         return out
+    marker = scheme.space_marker if scheme.kind == "metaspace" else None
     for tok in tokens:
-        append((fallback and pieces.get(tok)) or tok.encode("utf-8"))
+        text = tok if marker is None else tok.replace(marker, " ")
+        append((fallback and pieces.get(tok)) or text.encode("utf-8"))
     return out
 
 
@@ -299,20 +284,16 @@ def read_vocab(tokenizer: Any, scheme: TokenScheme | None = None) -> VocabView:
         if i >= len(tokens):
             tokens.extend([None] * (i + 1 - len(tokens)))
         tokens[i] = content
-    by_string: dict[str, int] | None = None
     special_ids = {i for i, (_, special) in added.items() if special}
     roles: dict[str, int] = {}
     id_roles: dict[int, list[str]] = {}
     if not isinstance(tokenizer, Tokenizer):
+        by_string = {content: i for i, (content, _) in sorted(added.items(), reverse=True)}
         for role in ROLES:
             tok = getattr(tokenizer, f"{role}_token", None)
             if tok is None:
                 continue
-            if by_string is None:
-                by_string = {content: i for i, (content, _) in sorted(added.items(), reverse=True)}
-            i = by_string.get(str(tok))
-            if i is None:
-                i = backend.token_to_id(str(tok))
+            i = by_string.get(str(tok), backend.token_to_id(str(tok)))
             if i is not None:
                 roles[role] = i
                 id_roles.setdefault(i, []).append(role)
@@ -332,15 +313,12 @@ def canonical_forms(tokenizer: Any, scheme: TokenScheme | None = None) -> dict[i
     a hole-free id lookup is what they need. Added/special tokens are left out on purpose:
     they are matched by string and role, not by the text they spell.
     """
-    view = read_vocab(tokenizer, scheme)
-    return view_canonical(view)
+    return view_canonical(read_vocab(tokenizer, scheme))
 
 
 def view_canonical(view: VocabView) -> dict[int, bytes]:
-    ids = view.regular_ids
-    tokens = view.tokens
-    forms = convert_tokens(view.scheme, [tokens[i] for i in ids])  # type: ignore[misc]
-    return dict(zip(ids, forms, strict=True))
+    forms = convert_tokens(view.scheme, [view.tokens[i] for i in view.regular_ids])  # type: ignore[misc]
+    return dict(zip(view.regular_ids, forms, strict=True))
 
 
 def view_added_forms(view: VocabView) -> dict[int, bytes]:
@@ -418,7 +396,12 @@ def _content_parts(node: Any) -> list[Any]:
         return []
     if kind == "Replace":
         pattern, content = _string_pattern(state), state.get("content")
-        if pattern is None or " " in pattern or " " in (content or "") or "\u2581" in (content or ""):
+        if (
+            pattern is None
+            or " " in pattern
+            or " " in (content or "")
+            or "\u2581" in (content or "")
+        ):
             return []
     if kind == "BertNormalizer":  # keep case/accents; drop CJK spacing and control cleanup
         return [
