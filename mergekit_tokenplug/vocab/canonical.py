@@ -28,6 +28,7 @@ decoder), never from the Python class name, so an unknown wrapper class cannot m
 from __future__ import annotations
 
 import json
+import string
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -168,14 +169,9 @@ def _scheme_from_json(parts: dict[str, Any]) -> TokenScheme:
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte -> printable character map (the alphabet of byte-level BPE)."""
     keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
-    keep += list(range(ord("®"), ord("ÿ") + 1))
-    mapping = {b: chr(b) for b in keep}
-    extra = 0
-    for b in range(256):
-        if b not in mapping:
-            mapping[b] = chr(256 + extra)
-            extra += 1
-    return mapping
+    keep += range(ord("®"), ord("ÿ") + 1)
+    moved = [b for b in range(256) if b not in keep]  # to 256, 257, ... in byte order
+    return {b: chr(b) for b in keep} | {b: chr(256 + k) for k, b in enumerate(moved)}
 
 
 #: str.translate table: alphabet char -> chr(byte); other chars <= 255 -> an unencodable
@@ -195,11 +191,9 @@ def _splits_off_alone(token: str) -> bool:
     """One punctuation or CJK character: BERT makes it a word of its own (no leading space)."""
     if len(token) != 1:
         return False
+    if token in string.punctuation or unicodedata.category(token).startswith("P"):
+        return True
     cp = ord(token)
-    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
-        return True
-    if unicodedata.category(token).startswith("P"):
-        return True
     return (
         0x4E00 <= cp <= 0x9FFF
         or 0x3400 <= cp <= 0x4DBF
