@@ -123,14 +123,9 @@ def run_heal(
         mats.append(model.get_output_embeddings().weight)
     names = ["tied input/output"] if is_tied(model) else ["input", "output"][: len(mats)]
     before = _scores(model, tokenizer, data, seq_len, accelerator.device)
+    loop = LoopSettings(steps, lr, lam, batch_size, micro_batch, seed)
     losses = train_rows(
-        model,
-        mats,
-        row_ids,
-        data.train,
-        LoopSettings(steps, lr, lam, batch_size, micro_batch, seed),
-        accelerator,
-        show_progress=not quiet,
+        model, mats, row_ids, data.train, loop, accelerator, show_progress=not quiet
     )
     with torch.no_grad():  # what OUT will hold: rows rounded to the file's dtype
         ids = torch.tensor(row_ids, device=accelerator.device)

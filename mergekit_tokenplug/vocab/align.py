@@ -150,12 +150,11 @@ def align_vocab(
     normalize = content_normalizer(model_tokenizer)
 
     # ---- regular output tokens
-    o_regular = out.regular_ids
     o_forms = view_canonical(out)
     same_scheme = out.scheme == model.scheme
     tokens = out.tokens
     hits: list[tuple[int, int, int]] = []
-    for i in o_regular:
+    for i in out.regular_ids:
         form = o_forms[i]
         j = m_str_regular.get(tokens[i])
         if j is not None and (same_scheme or m_canon_by_id[j] == form):
