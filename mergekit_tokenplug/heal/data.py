@@ -31,8 +31,7 @@ WHERE = "--corpus"
 
 @dataclass
 class HealCorpus:
-    files: list[str]
-    sha256: dict[str, str]
+    sha256: dict[str, str]  # every corpus file, in order -> its sha256
     train: Examples  # text: (n, seq_len [+1 with BOS]) windows, every position a label
     heldout: dict[str, str] = field(default_factory=dict)  # text file -> its held-out tail
     heldout_examples: Examples | None = None  # JSONL: the held-out rows
@@ -103,7 +102,7 @@ def load_corpus(
             where=WHERE,
         )
     train = Examples(windows, windows.clone(), None, torch.full((n,), -1, dtype=torch.long))
-    return HealCorpus(files, {f: sha256_file(f) for f in files}, train, heldout=heldout)
+    return HealCorpus({f: sha256_file(f) for f in files}, train, heldout=heldout)
 
 
 def _load_examples(
@@ -120,4 +119,4 @@ def _load_examples(
     random.Random(seed).shuffle(rows)
     held = encode_examples(tokenizer, rows[:n_eval], tool_ids, WHERE) if n_eval else None
     train = encode_examples(tokenizer, rows[n_eval:], tool_ids, WHERE)
-    return HealCorpus(files, {f: sha256_file(f) for f in files}, train, heldout_examples=held)
+    return HealCorpus({f: sha256_file(f) for f in files}, train, heldout_examples=held)
