@@ -95,9 +95,7 @@ def init_tool_rows(
         prior_in = tool_input_rows(pieces, emb.float())
     else:
         raise InputError(f"unknown tool-token init {init!r}; expected 'mean' or 'prior'")
-    if tied:
-        emb[ids.to(emb.device)] = prior_out.to(emb.device, emb.dtype)
-        return {"prior_in": None, "prior_out": prior_out}
-    emb[ids.to(emb.device)] = prior_in.to(emb.device, emb.dtype)
-    head[ids.to(head.device)] = prior_out.to(head.device, head.dtype)
-    return {"prior_in": prior_in, "prior_out": prior_out}
+    if not tied:
+        emb[ids.to(emb.device)] = prior_in.to(emb.device, emb.dtype)
+    head[ids.to(head.device)] = prior_out.to(head.device, head.dtype)  # tied: the single row
+    return {"prior_in": None if tied else prior_in, "prior_out": prior_out}
