@@ -344,27 +344,23 @@ def view_added_symbol_forms(view: VocabView) -> dict[int, bytes]:
     if view.scheme.kind != "byte_level":
         return {}
     out: dict[int, bytes] = {}
-    for i in sorted(view.added):
-        if i in view.special_ids:
-            continue
-        content = view.added[i][0]
+    for i, form in view_added_forms(view).items():
         try:
-            symbols = content.translate(_BYTE_LEVEL_TABLE).encode("latin-1")
+            symbols = view.added[i][0].translate(_BYTE_LEVEL_TABLE).encode("latin-1")
         except UnicodeEncodeError:
             continue
-        if symbols != _added_byte_level_form(content):
+        if symbols != form:
             out[i] = symbols
     return out
 
 
 def _added_byte_level_form(content: str) -> bytes:
-    raw = content.encode("utf-8")
     try:
         symbols = content.translate(_BYTE_LEVEL_TABLE).encode("latin-1")
         symbols.decode("utf-8")
     except (UnicodeEncodeError, UnicodeDecodeError):
-        return raw
-    return symbols if symbols != raw else raw
+        return content.encode("utf-8")
+    return symbols
 
 
 # --------------------------------------------------------------------------- normalizers
