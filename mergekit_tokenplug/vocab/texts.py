@@ -114,16 +114,10 @@ def _encode_inside(backend: Any, texts: list[str]) -> list[list[int]]:
     alone: list[int] = []
     pieces: list[list[int]] = []
     for k, enc in enumerate(behind):
-        ids = []
-        merged = False
-        for i, (start, end) in zip(enc.ids, enc.offsets, strict=True):
-            if start >= n:
-                ids.append(i)
-            elif end > n:
-                merged = True
-        if merged:
+        spans = list(zip(enc.ids, enc.offsets, strict=True))
+        pieces.append([i for i, (start, _) in spans if start >= n])
+        if any(start < n < end for _, (start, end) in spans):  # the sentinel merged into the text
             alone.append(k)
-        pieces.append(ids)
     if alone:
         encs = backend.encode_batch([texts[k] for k in alone], add_special_tokens=False)
         for k, enc in zip(alone, encs, strict=True):
