@@ -143,31 +143,22 @@ def split_texts(
     texts = list(texts)
     inside = running_text and prepends_space(tokenizer)
     # Every text is cut into runs of text and runs of raw bytes; text runs are encoded in one
-    # batch (the first run of a text as the text's start, later runs inside running text).
+    # batch. Without a prepended marker a run inside running text encodes as it does alone.
     runs = [_segments(t) for t in texts]
-    starts: list[str] = []
-    middles: list[str] = []
-    for parts in runs:
-        for k, (raw, part) in enumerate(parts):
-            if not raw:
-                (middles if inside or (k > 0 and running_text) else starts).append(part)
-    start_ids = [list(e.ids) for e in backend.encode_batch(starts, add_special_tokens=False)]
+    text_runs = [part for parts in runs for raw, part in parts if not raw]
     if inside:
-        middle_ids = _encode_inside(backend, middles) if middles else []
-    else:  # no prepended marker: a text run inside running text encodes as it does alone
-        middle_ids = [list(e.ids) for e in backend.encode_batch(middles, add_special_tokens=False)]
+        encoded = iter(_encode_inside(backend, text_runs))
+    else:
+        encoded = (list(e.ids) for e in backend.encode_batch(text_runs, add_special_tokens=False))
     byte_ids = _byte_token_ids(tokenizer) if any(raw for p in runs for raw, _ in p) else {}
-    it_start, it_middle = iter(start_ids), iter(middle_ids)
     pieces: list[list[int]] = []
     for parts in runs:
         ids: list[int] = []
-        for k, (raw, part) in enumerate(parts):
+        for raw, part in parts:
             if raw:
                 data = part.encode("utf-8", errors="surrogateescape")
                 ids.extend(byte_ids[b] for b in data if b in byte_ids)
-            elif inside or (k > 0 and running_text):
-                ids.extend(next(it_middle))
             else:
-                ids.extend(next(it_start))
+                ids.extend(next(encoded))
         pieces.append(ids)
     return pieces
