@@ -378,20 +378,13 @@ def _content_parts(node: Any) -> list[Any]:
     state = json.loads(node.__getstate__())
     kind = state.get("type")
     if kind == "Sequence":
-        parts: list[Any] = []
-        for k in range(len(state.get("normalizers") or [])):
-            parts.extend(_content_parts(node[k]))
-        return parts
+        count = len(state.get("normalizers") or [])
+        return [part for k in range(count) for part in _content_parts(node[k])]
     if kind in _SPACING_NORMALIZERS:
         return []
     if kind == "Replace":
-        pattern, content = _string_pattern(state), state.get("content")
-        if (
-            pattern is None
-            or " " in pattern
-            or " " in (content or "")
-            or "\u2581" in (content or "")
-        ):
+        pattern, content = _string_pattern(state), state.get("content") or ""
+        if pattern is None or " " in pattern + content or "\u2581" in content:
             return []
     if kind == "BertNormalizer":  # keep case/accents; drop CJK spacing and control cleanup
         return [
