@@ -274,9 +274,8 @@ def read_vocab(tokenizer: Any, scheme: TokenScheme | None = None) -> VocabView:
         int(t["id"]): (t["content"], bool(t.get("special"))) for t in data.get("added_tokens") or []
     }
     regular_ids = [i for i, tok in enumerate(tokens) if tok is not None and i not in added]
+    tokens.extend([None] * (max(added, default=-1) + 1 - len(tokens)))
     for i, (content, _) in added.items():  # the added content wins over a model entry
-        if i >= len(tokens):
-            tokens.extend([None] * (i + 1 - len(tokens)))
         tokens[i] = content
     special_ids = {i for i, (_, special) in added.items() if special}
     roles: dict[str, int] = {}
