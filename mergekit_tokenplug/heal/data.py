@@ -74,17 +74,15 @@ def load_corpus(
         )
     if all(jsonl):
         return _load_examples(files, tokenizer, eval_fraction, seed, tool_ids or set())
-    texts = {f: read_text_strict(f) for f in files}
     train_ids: list[int] = []
     heldout: dict[str, str] = {}
     sep = getattr(tokenizer, "eos_token_id", None)
-    for f, text in texts.items():
-        train, held = split_text(text, eval_fraction)
+    for f in files:
+        train, held = split_text(read_text_strict(f), eval_fraction)
         heldout[f] = held if held.strip() else ""
-        ids = tokenizer(train, add_special_tokens=False, verbose=False)["input_ids"]
         if train_ids and sep is not None:
             train_ids.append(sep)
-        train_ids.extend(ids)
+        train_ids.extend(tokenizer(train, add_special_tokens=False, verbose=False)["input_ids"])
     n = len(train_ids) // seq_len
     if n == 0:
         raise InputError(
