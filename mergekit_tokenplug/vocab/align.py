@@ -36,7 +36,6 @@ import numpy as np
 from mergekit_tokenplug.errors import InputError
 from mergekit_tokenplug.vocab.canonical import (
     BYTE_PIECES,
-    TokenScheme,
     content_normalizer,
     normalized_form,
     read_vocab,
@@ -67,8 +66,6 @@ class VocabAlignment:
     unmatched_special: list[int] = field(default_factory=list)  # output ids, sorted
     unmatched_added: list[int] = field(default_factory=list)  # non-special added, sorted
     holes: list[int] = field(default_factory=list)  # output ids with no token at all
-    out_scheme: TokenScheme | None = None
-    model_scheme: TokenScheme | None = None
 
     @property
     def size(self) -> int:
@@ -192,6 +189,4 @@ def align_vocab(
             src[i], how[i] = j, kind
 
     holes = [i for i in range(size) if i >= len(tokens) or tokens[i] is None]
-    return VocabAlignment(
-        src, how, unmatched_special, unmatched_added, holes, out.scheme, model.scheme
-    )
+    return VocabAlignment(src, how, unmatched_special, unmatched_added, holes)
