@@ -49,7 +49,6 @@ class TokenScheme:
     """How a tokenizer spells its vocabulary entries (see the module docstring)."""
 
     kind: SchemeKind
-    model_type: str = ""  # BPE / WordPiece / Unigram / WordLevel (from the JSON)
     space_marker: str = "\u2581"  # metaspace: the character standing for a space
     byte_fallback: bool = False  # `<0xNN>` pieces stand for single bytes
     continuation_prefix: str = "##"  # wordpiece: marks a piece continuing a word
@@ -126,7 +125,6 @@ def _scheme_parts(backend: Tokenizer, data: dict[str, Any] | None = None) -> dic
 
 def _scheme_from_json(parts: dict[str, Any]) -> TokenScheme:
     model = parts.get("model") or {}
-    model_type = str(model.get("type") or "")
     pre = list(_walk(parts.get("pre_tokenizer")))
     dec = list(_walk(parts.get("decoder")))
     norm = list(_walk(parts.get("normalizer")))
@@ -135,7 +133,7 @@ def _scheme_from_json(parts: dict[str, Any]) -> TokenScheme:
     )
 
     if any(n.get("type") == "ByteLevel" for n in pre + dec + norm):
-        return TokenScheme("byte_level", model_type, byte_fallback=byte_fallback)
+        return TokenScheme("byte_level", byte_fallback=byte_fallback)
 
     metaspace = [
         n.get("replacement") or "\u2581" for n in pre + dec if n.get("type") == "Metaspace"
@@ -149,18 +147,14 @@ def _scheme_from_json(parts: dict[str, Any]) -> TokenScheme:
     ]
     marker = metaspace[0] if metaspace else next((m for m in spelled if m and m != " "), None)
     if marker is not None:
-        return TokenScheme(
-            "metaspace", model_type, space_marker=marker, byte_fallback=byte_fallback
-        )
+        return TokenScheme("metaspace", space_marker=marker, byte_fallback=byte_fallback)
 
     wp_decoder = next((n for n in dec if n.get("type") == "WordPiece"), None)
-    if model_type == "WordPiece" or wp_decoder is not None:
+    if model.get("type") == "WordPiece" or wp_decoder is not None:
         prefix = model.get("continuing_subword_prefix") or (wp_decoder or {}).get("prefix") or "##"
-        return TokenScheme(
-            "wordpiece", model_type, byte_fallback=byte_fallback, continuation_prefix=prefix
-        )
+        return TokenScheme("wordpiece", byte_fallback=byte_fallback, continuation_prefix=prefix)
 
-    return TokenScheme("plain", model_type, byte_fallback=byte_fallback)
+    return TokenScheme("plain", byte_fallback=byte_fallback)
 
 
 # --------------------------------------------------------------------------- conversion
