@@ -7,15 +7,19 @@ import logging
 import os
 import sys
 import tempfile
+from pathlib import Path
 from typing import Any, get_args
 
 import click
 import yaml
 
+from mergekit_tokenplug.compute.distributed import is_main_process, launched_world_size
 from mergekit_tokenplug.errors import ConfigError, one_line_error
+from mergekit_tokenplug.evaluate.bpb import evaluate_models, format_table
 from mergekit_tokenplug.heal.command import Matrices, run_heal
 from mergekit_tokenplug.heal.rows import RowChoice
-from mergekit_tokenplug.registry import DEFAULT_METHOD
+from mergekit_tokenplug.output.card import HEAL_FIGURES
+from mergekit_tokenplug.registry import DEFAULT_METHOD, all_methods
 
 
 def parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -53,13 +57,20 @@ def check_writable_file(path: str, where: str) -> None:
         ) from None
 
 
+def json_option(help_text: str | None = None) -> Any:
+    """``--json FILE``, the same option on every command that can also write its result."""
+    return click.option("--json", "json_out", type=click.Path(dir_okay=False), help=help_text)
+
+
+def write_json(path: str | None, data: Any) -> None:
+    if path:
+        Path(path).write_text(json.dumps(data, indent=2), encoding="utf-8")
+
+
 _VERBOSE = {"on": False}
 
 
 def setup_logging(quiet: bool, verbose: int) -> None:
-    # lazy: keeps the CLI's start-up fast
-    from mergekit_tokenplug.compute.distributed import launched_world_size
-
     _VERBOSE["on"] = verbose > 0
     worker = launched_world_size() > 1 and os.environ.get("RANK", "0") != "0"
     level = logging.WARNING if quiet or worker else (logging.DEBUG if verbose > 1 else logging.INFO)
@@ -83,7 +94,10 @@ class OneLineGroup(click.Group):
             raise ConfigError(one_line_error(exc)) from None
 
 
-@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=OneLineGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
+)
 @click.version_option(package_name="mergekit-tokenplug")
 def main() -> None:
     """Principled tokenizer transplantation for mergekit."""
@@ -97,10 +111,9 @@ def main() -> None:
     "--method",
     "-m",
     default=DEFAULT_METHOD,
-    show_default=True,
     help="Approximation method (see `mergekit-tokenplug methods`).",
 )
-@click.option("--k", type=int, default=None, help="OMP sparsity (shortcut for --param k=N).")
+@click.option("--k", type=int, help="OMP sparsity (shortcut for --param k=N).")
 @click.option(
     "--param",
     "-p",
@@ -109,24 +122,21 @@ def main() -> None:
     metavar="KEY=VALUE",
     help="Method parameter; repeatable.",
 )
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
-@click.option("--seed", type=int, default=None, help="Seed for stochastic methods.")
+@click.option("--device", default="cpu", help="cpu, cuda, cuda:N or auto.")
+@click.option("--seed", type=int, help="Seed for stochastic methods.")
 @click.option(
     "--dtype",
-    default=None,
     help="Compute/output dtype (e.g. float32, bfloat16); default: the inputs'.",
 )
 @click.option(
     "--pad-to-multiple-of",
     type=click.IntRange(min=1),
-    default=None,
     help="Pad the output vocabulary to a multiple of N rows.",
 )
 @click.option(
     "--add-bos",
     type=click.Choice(["base", "source"]),
     default="base",
-    show_default=True,
     help="The output tokenizer adds BOS like BASE's tokenizer, or like DONOR's (source: e.g. "
     "a draft model that must tokenize exactly like its target).",
 )
@@ -135,15 +145,9 @@ def main() -> None:
     "--allow-pickle", is_flag=True, help="Allow loading .bin/.pt pickle checkpoints (can run code)."
 )
 @click.option("--dry-run", is_flag=True, help="Print the recipe that would run and exit.")
-@click.option(
-    "--json",
-    "json_out",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Write a JSON summary of the run.",
-)
+@json_option("Write a JSON summary of the run.")
 @click.option("--quiet", "-q", is_flag=True, help="Warnings only, no progress bars.")
-@click.option("--verbose", "-v", count=True)
+@click.option("--verbose", "-v", count=True, show_default=False)
 def transplant(
     base: str,
     donor: str,
@@ -193,14 +197,9 @@ def transplant(
         allow_pickle=allow_pickle,
         **recipe_options,
     )
-    # lazy: keeps the CLI's start-up fast
-    from mergekit_tokenplug.compute.distributed import is_main_process
-
     if not is_main_process():
         return
-    if json_out:
-        with open(json_out, "w", encoding="utf-8") as fh:
-            json.dump({"out": out, **summary}, fh, indent=2)
+    write_json(json_out, {"out": out, **summary})
     if not quiet:
         vocab = summary["vocabulary"]
         click.echo(
@@ -212,13 +211,13 @@ def transplant(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_methods(as_json: bool) -> None:
     """List the registered approximation methods, their parameters and defaults."""
-    from mergekit_tokenplug.registry import all_methods  # lazy: keeps the CLI's start-up fast
 
     def param(name: str, f: Any) -> dict[str, Any]:
         default = "(required)" if f.is_required() else f.get_default(call_default_factory=True)
+        kind = f.annotation
         return {
             "name": name,
-            "type": _type_name(f.annotation),
+            "type": kind.__name__ if isinstance(kind, type) else str(kind).replace("typing.", ""),
             "default": default,
             "help": f.description or "",
         }
@@ -246,12 +245,6 @@ def list_methods(as_json: bool) -> None:
             )
 
 
-def _type_name(annotation: Any) -> str:
-    if isinstance(annotation, type):
-        return annotation.__name__
-    return str(annotation).replace("typing.", "")
-
-
 @main.command()
 @click.argument("models", nargs=-1, required=True)
 @click.option(
@@ -262,17 +255,9 @@ def _type_name(annotation: Any) -> str:
     type=click.Path(),
     help="Text file; repeatable.",
 )
-@click.option(
-    "--json",
-    "json_out",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Write the records as JSON.",
-)
-@click.option("--device", default="cpu", show_default=True)
-@click.option(
-    "--window", type=int, default=512, show_default=True, help="Tokens per evaluation window."
-)
+@json_option("Write the records as JSON.")
+@click.option("--device", default="cpu")
+@click.option("--window", default=512, help="Tokens per evaluation window.")
 @click.option("--allow-pickle", is_flag=True)
 @click.option("--quiet", "-q", is_flag=True)
 def evaluate(
@@ -285,8 +270,6 @@ def evaluate(
     quiet: bool,
 ) -> None:
     """Bits per byte of each MODEL (with its own tokenizer) on each --text file."""
-    # lazy: keeps the CLI's start-up fast
-    from mergekit_tokenplug.evaluate.bpb import evaluate_models, format_table
     from mergekit_tokenplug.surgery import resolve_device  # lazy: keeps the CLI's start-up fast
 
     setup_logging(quiet, 0)
@@ -299,9 +282,7 @@ def evaluate(
         allow_pickle=allow_pickle,
     )
     click.echo(format_table(records))
-    if json_out:
-        with open(json_out, "w", encoding="utf-8") as fh:
-            json.dump(records, fh, indent=2)
+    write_json(json_out, records)
 
 
 @main.command()
@@ -309,7 +290,6 @@ def evaluate(
 @click.argument("donor")
 @click.option(
     "--methods",
-    default=None,
     help=(
         "Comma-separated methods (default: every registered method that can run on the pair); "
         "tokensurgeon:NAME (omp, common_interpolation, subword, mean, ...) adds "
@@ -319,12 +299,10 @@ def evaluate(
 @click.option(
     "--hold-out",
     "hold_out",
-    type=float,
     default=0.05,
-    show_default=True,
     help="Fraction of the shared tokens hidden and estimated back.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the hidden draw.")
+@click.option("--seed", default=0, help="Seed of the hidden draw.")
 @click.option(
     "--text",
     "texts",
@@ -332,10 +310,8 @@ def evaluate(
     type=click.Path(),
     help="Also transplant with each method and report bits per byte on this text; repeatable.",
 )
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None)
-@click.option(
-    "--plot", type=click.Path(dir_okay=False), default=None, help="Bar chart (needs matplotlib)."
-)
+@json_option()
+@click.option("--plot", type=click.Path(dir_okay=False), help="Bar chart (needs matplotlib).")
 @click.option("--quiet", "-q", is_flag=True)
 def compare(
     base: str,
@@ -368,23 +344,9 @@ def compare(
         base, donor, names, fraction=hold_out, seed=seed, texts=texts, show_progress=not quiet
     )
     click.echo(format_report(report))
-    if json_out:
-        with open(json_out, "w", encoding="utf-8") as fh:
-            json.dump(report, fh, indent=2)
+    write_json(json_out, report)
     if plot:
         plot_report(report, plot)
-
-
-def _print_heal(out: str, summary: dict) -> None:
-    from mergekit_tokenplug.output.card import HEAL_FIGURES  # lazy: keeps the CLI's start-up fast
-
-    r = summary["rows"]
-    click.echo(f"wrote {out}: trained {r['count']} {r['which']} rows ({', '.join(r['matrices'])}), {summary['steps']} steps, {summary['seconds']} s")
-    for phase in ("before", "after"):
-        m = summary[f"heldout_{phase}"]
-        if m:
-            figures = ", ".join(f"{name} {m[k]:.4f}" for k, name in HEAL_FIGURES.items() if k in m)
-            click.echo(f"held-out {phase}: {figures}")
 
 
 @main.command("learn-tool-tokens")
@@ -397,17 +359,19 @@ def _print_heal(out: str, summary: dict) -> None:
     multiple=True,
     help="Tool token to train (default: those in the model's tokenplug/tool_token_priors.safetensors).",
 )
-@click.option("--steps", type=int, default=100, show_default=True)
-@click.option("--lr", type=float, default=1e-2, show_default=True, help="Peak learning rate (cosine decay to lr/10).")
-@click.option("--lam", type=float, default=1e-2, show_default=True, help="Weight of ||W - W0||_F (0 disables it).")
-@click.option("--eval-fraction", type=float, default=0.2, show_default=True, help="Held-out share of DATA's rows.")
-@click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--steps", default=100)
+@click.option("--lr", default=1e-2, help="Peak learning rate (cosine decay to lr/10).")
+@click.option("--lam", default=1e-2, help="Weight of ||W - W0||_F (0 disables it).")
+@click.option("--eval-fraction", default=0.2, help="Held-out share of DATA's rows.")
+@click.option("--batch-size", default=8)
+@click.option("--device", default="cpu")
+@click.option("--seed", default=0)
 @click.option("--overwrite", is_flag=True)
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the summary as JSON.")
+@json_option("Write the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True)
-def learn_tool_tokens_command(model: str, data: str, out: str, tool_tokens: tuple[str, ...], **options: Any) -> None:
+def learn_tool_tokens_command(
+    model: str, data: str, out: str, tool_tokens: tuple[str, ...], **options: Any
+) -> None:
     """Train only the tool-token rows of MODEL on DATA.jsonl ({"prompt", "completion"} rows,
     loss on the completion); write OUT. The same as `heal MODEL OUT --corpus DATA.jsonl --rows
     tool` with these defaults."""
@@ -419,17 +383,15 @@ def learn_tool_tokens_command(model: str, data: str, out: str, tool_tokens: tupl
 @click.argument("out", type=click.Path())
 @click.option(
     "--corpus",
-    "corpus",
     multiple=True,
     required=True,
     help="Text file or glob (UTF-8), or prompt/completion .jsonl files; repeatable.",
 )
-@click.option("--steps", type=int, default=60, show_default=True)
+@click.option("--steps", default=60)
 @click.option(
     "--rows",
     type=click.Choice(get_args(RowChoice)),
     default="all",
-    show_default=True,
     help="all: every row of the input matrix (works without a manifest); estimated: rows the "
     "transplant estimated; new: plus rows copied from <0xNN> byte pieces; tool: the tool tokens "
     "(recorded by a tool-token recipe, or --tool-token).",
@@ -437,21 +399,31 @@ def learn_tool_tokens_command(model: str, data: str, out: str, tool_tokens: tupl
 @click.option(
     "--matrices",
     type=click.Choice(get_args(Matrices)),
-    default=None,
     help="input: only input rows move (a tied model is untied); both: output rows too.  "
     "[default: input; both with --rows tool]",
 )
-@click.option("--tool-token", "tool_tokens", multiple=True, help="With --rows tool: a tool token to train; repeatable.")
-@click.option("--lr", type=float, default=2e-3, show_default=True, help="Peak learning rate (cosine decay to lr/10).")
-@click.option("--lam", type=float, default=1e-2, show_default=True, help="Weight of ||W - W0||_F (0 disables it).")
-@click.option("--seq-len", type=int, default=512, show_default=True, help="Tokens per window.")
-@click.option("--batch-size", type=int, default=2, show_default=True, help="Windows per step, over all processes.")
-@click.option("--micro-batch", type=int, default=1, show_default=True, help="Windows per forward pass (memory).")
-@click.option("--eval-fraction", type=float, default=0.1, show_default=True, help="Held-out tail of each corpus file (JSONL: share of rows).")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda (under accelerate launch: one per process).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--tool-token",
+    "tool_tokens",
+    multiple=True,
+    help="With --rows tool: a tool token to train; repeatable.",
+)
+@click.option("--lr", default=2e-3, help="Peak learning rate (cosine decay to lr/10).")
+@click.option("--lam", default=1e-2, help="Weight of ||W - W0||_F (0 disables it).")
+@click.option("--seq-len", default=512, help="Tokens per window.")
+@click.option("--batch-size", default=2, help="Windows per step, over all processes.")
+@click.option("--micro-batch", default=1, help="Windows per forward pass (memory).")
+@click.option(
+    "--eval-fraction",
+    default=0.1,
+    help="Held-out tail of each corpus file (JSONL: share of rows).",
+)
+@click.option(
+    "--device", default="cpu", help="cpu or cuda (under accelerate launch: one per process)."
+)
+@click.option("--seed", default=0)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists and is not empty.")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the summary as JSON.")
+@json_option("Write the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True)
 def heal(model: str, out: str, corpus: tuple[str, ...], **options: Any) -> None:
     """Train only vocabulary rows of MODEL (every input row by default; a transplant's
@@ -460,15 +432,30 @@ def heal(model: str, out: str, corpus: tuple[str, ...], **options: Any) -> None:
     _heal(model, out, corpus, **options)
 
 
-def _heal(model: str, out: str, corpus: tuple[str, ...], *, json_out: str | None, quiet: bool, **options: Any) -> None:
+def _heal(
+    model: str,
+    out: str,
+    corpus: tuple[str, ...],
+    *,
+    json_out: str | None,
+    quiet: bool,
+    **options: Any,
+) -> None:
     setup_logging(quiet, 0)
     summary = run_heal(model, out, list(corpus), quiet=quiet, **options)
     if os.environ.get("RANK", "0") != "0":
         return
-    if json_out:
-        with open(json_out, "w", encoding="utf-8") as fh:
-            json.dump({"out": out, **summary}, fh, indent=2)
-    _print_heal(out, summary)
+    write_json(json_out, {"out": out, **summary})
+    r = summary["rows"]
+    click.echo(
+        f"wrote {out}: trained {r['count']} {r['which']} rows ({', '.join(r['matrices'])}), "
+        f"{summary['steps']} steps, {summary['seconds']} s"
+    )
+    for phase in ("before", "after"):
+        m = summary[f"heldout_{phase}"]
+        if m:
+            figures = ", ".join(f"{name} {m[k]:.4f}" for k, name in HEAL_FIGURES.items() if k in m)
+            click.echo(f"held-out {phase}: {figures}")
 
 
 def _attach_recipe_commands() -> None:

@@ -9,11 +9,11 @@ from typing import Any, Literal
 import torch
 
 from mergekit_tokenplug.errors import ConfigError
+from mergekit_tokenplug.evaluate.bpb import LN2, bits_per_byte
 from mergekit_tokenplug.heal.data import HealCorpus, load_corpus
 from mergekit_tokenplug.heal.examples import example_scores
 from mergekit_tokenplug.heal.output import write_healed
 from mergekit_tokenplug.heal.rows import RowChoice, rows_to_train
-from mergekit_tokenplug.heal.scores import heldout_scores
 from mergekit_tokenplug.heal.train import LoopSettings, is_tied, train_rows, untie
 from mergekit_tokenplug.inputs import check_model_dir
 from mergekit_tokenplug.output.atomic import atomic_directory, check_output_dir
@@ -21,18 +21,34 @@ from mergekit_tokenplug.output.atomic import atomic_directory, check_output_dir
 Matrices = Literal["input", "both"]  # the CLI's choices
 
 
-def _accelerator(device: str) -> Any:
-    from accelerate import Accelerator
-
-    return Accelerator(cpu=device == "cpu" or not torch.cuda.is_available())
-
-
-def _scores(model: Any, tokenizer: Any, data: HealCorpus, seq_len: int, device: Any) -> dict[str, Any] | None:
-    """Held-out figures: bits per byte of the text tails, or the JSONL rows' completion loss
-    (and tool-token accuracy, log-prob and rank where the rows hold tool tokens)."""
+def _scores(
+    model: Any, tokenizer: Any, data: HealCorpus, seq_len: int, device: Any
+) -> dict[str, Any] | None:
+    """Held-out figures: the JSONL rows' completion loss (and tool-token accuracy, log-prob and
+    rank where the rows hold tool tokens), or mean token loss and bits per byte of the text
+    tails (``evaluate/bpb.py``: BOS-led windows of ``seq_len`` tokens, like the training
+    windows) summed over every corpus file; None without held-out text."""
     if data.heldout_examples is not None:
         return example_scores(model, data.heldout_examples, device=device)
-    return heldout_scores(model, tokenizer, data.heldout, seq_len=seq_len, device=device)
+    bits = 0.0
+    n_bytes = scored = 0
+    per_file: dict[str, float] = {}
+    for path, text in data.heldout.items():
+        if text:
+            rec = bits_per_byte(model, tokenizer, text, window=seq_len, device=device)
+            bits += rec["bits"]
+            n_bytes += rec["bytes"]
+            scored += rec["scored_tokens"]
+            per_file[Path(path).name] = rec["bpb"]
+    if not scored:
+        return None
+    return {
+        "loss": bits * LN2 / scored,
+        "bpb": bits / n_bytes,
+        "bytes": n_bytes,
+        "tokens": scored,
+        "per_file": per_file,
+    }
 
 
 def run_heal(
@@ -60,9 +76,11 @@ def run_heal(
     ``matrices`` defaults to ``input`` for transplanted rows and to ``both`` for tool rows
     (a tool token must be predicted: its output row is the one that matters)."""
     import transformers
+    from accelerate import Accelerator
 
     t0 = time.perf_counter()
-    for value, name in ((steps, "--steps"), (batch_size, "--batch-size"), (micro_batch, "--micro-batch")):
+    positive = {"--steps": steps, "--batch-size": batch_size, "--micro-batch": micro_batch}
+    for name, value in positive.items():
         if value < 1:
             raise ConfigError(f"must be >= 1, got {value}", where=name)
     if lr <= 0:
@@ -70,40 +88,44 @@ def run_heal(
     if lam < 0:
         raise ConfigError(f"must be >= 0, got {lam}", where="--lam")
     if tool_tokens and rows != "tool":
-        raise ConfigError(f"names tool tokens, which only --rows tool trains (got --rows {rows})", where="--tool-token")
+        raise ConfigError(
+            f"names tool tokens, which only --rows tool trains (got --rows {rows})",
+            where="--tool-token",
+        )
     check_model_dir(model_dir, where="MODEL", need_tokenizer=True)
     check_output_dir(out, overwrite)
     src = Path(model_dir)
     tokenizer = transformers.AutoTokenizer.from_pretrained(src)
-    config = transformers.AutoConfig.from_pretrained(src)
-    n_rows = config.get_text_config().vocab_size
+    n_rows = transformers.AutoConfig.from_pretrained(src).get_text_config().vocab_size
     row_ids = rows_to_train(src, rows, n_rows, tool_tokens=tool_tokens, vocab=tokenizer.get_vocab())
     if not row_ids:
         raise ConfigError(f"selects no rows of {src}; nothing to train", where="--rows")
     tool_ids = set(row_ids) if rows == "tool" else set()
-    data = load_corpus(corpus, tokenizer, seq_len=seq_len, eval_fraction=eval_fraction, seed=seed, tool_ids=tool_ids)
+    data = load_corpus(
+        corpus,
+        tokenizer,
+        seq_len=seq_len,
+        eval_fraction=eval_fraction,
+        seed=seed,
+        tool_ids=tool_ids,
+    )
     matrices = matrices or ("both" if rows == "tool" else "input")
 
-    accelerator = _accelerator(device)
+    accelerator = Accelerator(cpu=device == "cpu" or not torch.cuda.is_available())
     model = transformers.AutoModelForCausalLM.from_pretrained(src, dtype="auto")
     file_dtype = model.get_input_embeddings().weight.dtype
     model = model.float().to(accelerator.device)
-    untied = False
-    if is_tied(model) and matrices == "input":
+    untied = matrices == "input" and is_tied(model)
+    if untied:
         untie(model)
-        untied = True
     mats = [model.get_input_embeddings().weight]
     if matrices == "both" and not is_tied(model):
         mats.append(model.get_output_embeddings().weight)
+    names = ["tied input/output"] if is_tied(model) else ["input", "output"][: len(mats)]
     before = _scores(model, tokenizer, data, seq_len, accelerator.device)
+    loop = LoopSettings(steps, lr, lam, batch_size, micro_batch, seed)
     losses = train_rows(
-        model,
-        mats,
-        row_ids,
-        data.train,
-        LoopSettings(steps, lr, lam, batch_size, micro_batch, seed),
-        accelerator,
-        show_progress=not quiet,
+        model, mats, row_ids, data.train, loop, accelerator, show_progress=not quiet
     )
     with torch.no_grad():  # what OUT will hold: rows rounded to the file's dtype
         ids = torch.tensor(row_ids, device=accelerator.device)
@@ -115,11 +137,7 @@ def run_heal(
             "which": rows,
             "count": len(row_ids),
             **({"ids": row_ids} if rows == "tool" else {}),
-            "matrices": ["input", "output"]
-            if len(mats) == 2
-            else ["input"]
-            if not is_tied(model)
-            else ["tied input/output"],
+            "matrices": names,
         },
         "untied": untied,
         "steps": steps,
@@ -144,7 +162,9 @@ def run_heal(
     if accelerator.is_main_process:
         model.to("cpu", file_dtype)
         with atomic_directory(out, overwrite=overwrite) as tmp:
-            write_healed(tmp, model=model, tokenizer=tokenizer, src=src, summary=summary, command=command)
+            write_healed(
+                tmp, model=model, tokenizer=tokenizer, src=src, summary=summary, command=command
+            )
     accelerator.wait_for_everyone()
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     return summary

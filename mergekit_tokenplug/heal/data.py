@@ -31,8 +31,7 @@ WHERE = "--corpus"
 
 @dataclass
 class HealCorpus:
-    files: list[str]
-    sha256: dict[str, str]
+    sha256: dict[str, str]  # every corpus file, in order -> its sha256
     train: Examples  # text: (n, seq_len [+1 with BOS]) windows, every position a label
     heldout: dict[str, str] = field(default_factory=dict)  # text file -> its held-out tail
     heldout_examples: Examples | None = None  # JSONL: the held-out rows
@@ -75,17 +74,15 @@ def load_corpus(
         )
     if all(jsonl):
         return _load_examples(files, tokenizer, eval_fraction, seed, tool_ids or set())
-    texts = {f: read_text_strict(f) for f in files}
     train_ids: list[int] = []
     heldout: dict[str, str] = {}
     sep = getattr(tokenizer, "eos_token_id", None)
-    for f, text in texts.items():
-        train, held = split_text(text, eval_fraction)
+    for f in files:
+        train, held = split_text(read_text_strict(f), eval_fraction)
         heldout[f] = held if held.strip() else ""
-        ids = tokenizer(train, add_special_tokens=False, verbose=False)["input_ids"]
         if train_ids and sep is not None:
             train_ids.append(sep)
-        train_ids.extend(ids)
+        train_ids.extend(tokenizer(train, add_special_tokens=False, verbose=False)["input_ids"])
     n = len(train_ids) // seq_len
     if n == 0:
         raise InputError(
@@ -103,7 +100,7 @@ def load_corpus(
             where=WHERE,
         )
     train = Examples(windows, windows.clone(), None, torch.full((n,), -1, dtype=torch.long))
-    return HealCorpus(files, {f: sha256_file(f) for f in files}, train, heldout=heldout)
+    return HealCorpus({f: sha256_file(f) for f in files}, train, heldout=heldout)
 
 
 def _load_examples(
@@ -120,4 +117,4 @@ def _load_examples(
     random.Random(seed).shuffle(rows)
     held = encode_examples(tokenizer, rows[:n_eval], tool_ids, WHERE) if n_eval else None
     train = encode_examples(tokenizer, rows[n_eval:], tool_ids, WHERE)
-    return HealCorpus(files, {f: sha256_file(f) for f in files}, train, heldout_examples=held)
+    return HealCorpus({f: sha256_file(f) for f in files}, train, heldout_examples=held)

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
 
 from mergekit_tokenplug.errors import InputError
 
@@ -44,30 +45,32 @@ def encode_examples(
     tokenizer: Any, rows: Sequence[dict[str, str]], tool_ids: set[int], where: str
 ) -> Examples:
     """Tokenize and pad ``rows``; an empty prompt or completion is refused, naming the row."""
-    encoded = []
+    ids, labels, first_tool = [], [], []
     for i, row in enumerate(rows):
         p = tokenizer(row["prompt"])["input_ids"]
         c = tokenizer(row["completion"], add_special_tokens=False)["input_ids"]
         if not p or not c:
-            raise InputError(f"row {i + 1}: empty prompt or completion after tokenization", where=where)
+            raise InputError(
+                f"row {i + 1}: empty prompt or completion after tokenization", where=where
+            )
         first = next((j for j, t in enumerate(c) if t in tool_ids), -1)
-        encoded.append((p, c, len(p) + first if first >= 0 else -1))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    width = max(len(p) + len(c) for p, c, _ in encoded)
-    ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-    labels = torch.full_like(ids, IGNORE)
-    mask = torch.zeros_like(ids)
-    for i, (p, c, _) in enumerate(encoded):
-        n = len(p) + len(c)
-        ids[i, :n] = torch.tensor(p + c)
-        labels[i, len(p) : n] = torch.tensor(c)
-        mask[i, :n] = 1
-    first_tool = torch.tensor([t for _, _, t in encoded], dtype=torch.long)
-    return Examples(ids, labels, mask, first_tool)
+        ids.append(torch.tensor(p + c))
+        labels.append(torch.tensor([IGNORE] * len(p) + c))
+        first_tool.append(len(p) + first if first >= 0 else -1)
+    pad = tokenizer.pad_token_id
+    pad = pad if pad is not None else (tokenizer.eos_token_id or 0)
+    return Examples(
+        pad_sequence(ids, batch_first=True, padding_value=pad),
+        pad_sequence(labels, batch_first=True, padding_value=IGNORE),
+        pad_sequence([torch.ones_like(x) for x in ids], batch_first=True),
+        torch.tensor(first_tool, dtype=torch.long),
+    )
 
 
 @torch.no_grad()
-def example_scores(model: Any, examples: Examples, *, device: Any, batch_size: int = 16) -> dict[str, float]:
+def example_scores(
+    model: Any, examples: Examples, *, device: Any, batch_size: int = 16
+) -> dict[str, float]:
     """Completion loss (mean token NLL) and, where examples hold a tool token, at the position
     before the first one: accuracy (argmax is that token), mean log-prob, mean 1-based rank."""
     nll, n_tok = 0.0, 0
@@ -78,8 +81,9 @@ def example_scores(model: Any, examples: Examples, *, device: Any, batch_size: i
         mask = None if b.mask is None else b.mask.to(device)
         logits = model(input_ids=ids, attention_mask=mask).logits.float()
         shifted = labels[:, 1:]
+        flat = logits[:, :-1].reshape(-1, logits.shape[-1])
         nll += float(
-            F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), shifted.reshape(-1), ignore_index=IGNORE, reduction="sum")
+            F.cross_entropy(flat, shifted.reshape(-1), ignore_index=IGNORE, reduction="sum")
         )
         n_tok += int((shifted != IGNORE).sum())
         rows = torch.nonzero(b.first_tool >= 1).squeeze(1)

@@ -103,8 +103,7 @@ def train_rows(
     ids = torch.tensor(row_ids, dtype=torch.long, device=device)
     start = [m.detach()[ids].float().clone() for m in matrices]
     rows = [torch.nn.Parameter(s.clone()) for s in start]
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model.requires_grad_(False)
     for m in matrices:
         m.requires_grad_(True)
     opt = torch.optim.Adam(rows, lr=settings.lr)
@@ -129,10 +128,11 @@ def train_rows(
                 part = mine[lo : lo + settings.micro_batch]
                 batch = data.take(part)
                 mask = None if batch.mask is None else batch.mask.to(device)
-                logits = model(input_ids=batch.ids.to(device), attention_mask=mask).logits[:, :-1].float()
-                labels = batch.labels[:, 1:].to(device)
-                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE)
-                loss = loss * (len(part) / per_process)
+                logits = model(input_ids=batch.ids.to(device), attention_mask=mask).logits
+                flat = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+                labels = batch.labels[:, 1:].to(device).reshape(-1)
+                share = len(part) / per_process
+                loss = F.cross_entropy(flat, labels, ignore_index=IGNORE) * share
                 loss.backward()
                 total += loss.detach()
             grads = [m.grad[ids].float() for m in matrices]

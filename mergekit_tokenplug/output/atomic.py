@@ -144,8 +144,7 @@ def _move_into_place(tmp: Path, out: Path, before: Listing | None) -> None:
             "changed during the run; nothing was replaced and this run's output was discarded",
             where=where,
         ) from None
-    unchanged = listing(aside) == before
-    if unchanged:
+    if listing(aside) == before:
         with contextlib.suppress(OSError):
             os.rename(tmp, out)
             shutil.rmtree(aside, ignore_errors=True)

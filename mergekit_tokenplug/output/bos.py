@@ -35,10 +35,6 @@ def _special(bos: str) -> dict[str, Any]:
     return {"SpecialToken": {"id": bos, "type_id": 0}}
 
 
-def _is_bos(piece: dict[str, Any], bos: str) -> bool:
-    return piece.get("SpecialToken", {}).get("id") == bos
-
-
 def with_bos(processor: dict[str, Any] | None, bos: str, bos_id: int, add: bool) -> dict | None:
     """A ``tokenizer.json`` post-processor that prepends (``add``) or drops BOS."""
     template = {
@@ -56,13 +52,11 @@ def with_bos(processor: dict[str, Any] | None, bos: str, bos_id: int, add: bool)
     proc = copy.deepcopy(processor)
     kind = proc.get("type")
     if kind == "TemplateProcessing":
+        for key in ("single", "pair"):
+            kept = [p for p in proc[key] if p.get("SpecialToken", {}).get("id") != bos]
+            proc[key] = [_special(bos), *proc[key]] if add else kept
         if add:
-            proc["single"] = [_special(bos), *proc["single"]]
-            proc["pair"] = [_special(bos), *proc["pair"]]
             proc.setdefault("special_tokens", {})[bos] = template["special_tokens"][bos]
-        else:
-            proc["single"] = [p for p in proc["single"] if not _is_bos(p, bos)]
-            proc["pair"] = [p for p in proc["pair"] if not _is_bos(p, bos)]
         return proc
     if kind == "Sequence":
         parts = proc["processors"]

@@ -66,24 +66,16 @@ def _front_matter_of(path: Path) -> dict[str, Any]:
     """The YAML front matter of a model card (empty when there is none or it is unreadable)."""
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return {}
-    if not text.startswith("---"):
-        return {}
-    try:
-        data = yaml.safe_load(text.split("---", 2)[1])
-    except (yaml.YAMLError, IndexError):
+        data = yaml.safe_load(text.split("---", 2)[1]) if text.startswith("---") else {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return {}
     return data if isinstance(data, dict) else {}
 
 
 def input_licenses(models: list[str]) -> dict[str, str | None]:
     """Each input's declared license (its README.md front matter), None when undeclared."""
-    out: dict[str, str | None] = {}
-    for model in models:
-        license_ = _front_matter_of(Path(model) / "README.md").get("license")
-        out[model] = str(license_) if license_ else None
-    return out
+    declared = {m: _front_matter_of(Path(m) / "README.md").get("license") for m in models}
+    return {m: str(license_) if license_ else None for m, license_ in declared.items()}
 
 
 def license_metadata(licenses: dict[str, str | None]) -> tuple[str | None, str]:
@@ -188,8 +180,9 @@ def heal_section(summary: dict[str, Any]) -> str:
             "",
             "| held-out | " + " | ".join(HEAL_FIGURES[k] for k in cols) + " |",
             "|---|" + "---:|" * len(cols),
-            *(f"| {name} | " + " | ".join(f"{rec[k]:.4f}" for k in cols) + " |" for name, rec in (("before", before), ("after", after))),
         ]
+        for name, rec in (("before", before), ("after", after)):
+            lines.append(f"| {name} | " + " | ".join(f"{rec[k]:.4f}" for k in cols) + " |")
     lines += ["", "Corpus (sha256):", ""]
     lines += [f"- `{path}`: `{digest}`" for path, digest in summary["corpus"].items()]
     return "\n".join(lines) + "\n"

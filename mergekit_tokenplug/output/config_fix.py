@@ -26,19 +26,12 @@ def fix_config(
     """Rewrite config.json (and generation_config.json if present) in place; return the changes."""
     cfg_path = out_dir / "config.json"
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    changes: dict[str, Any] = {}
-    target = (
-        cfg.get("text_config", cfg)
-        if vocab_key not in cfg and isinstance(cfg.get("text_config"), dict)
-        else cfg
-    )
-    if rows is not None and target.get(vocab_key) != rows:
-        changes[vocab_key] = rows
-        target[vocab_key] = rows
-    for key, value in token_role_ids(tokenizer).items():
-        if key in target and target.get(key) != value:
-            changes[key] = value
-            target[key] = value
+    nested = vocab_key not in cfg and isinstance(cfg.get("text_config"), dict)
+    target = cfg["text_config"] if nested else cfg
+    wanted = {vocab_key: rows} if rows is not None else {}
+    wanted |= {k: v for k, v in token_role_ids(tokenizer).items() if k in target}
+    changes = {k: v for k, v in wanted.items() if target.get(k) != v}
+    target.update(changes)
     if changes:
         cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         LOG.info("config.json updated: %s", changes)

@@ -22,14 +22,12 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def hash_tree(
-    root: str | os.PathLike, pattern: str = "*", exclude: tuple[str, ...] = ()
-) -> dict[str, str]:
-    """sha256 of every file under ``root`` matching ``pattern`` (relative posix paths, sorted);
-    ``exclude`` holds relative paths, so only the top-level manifest is left out."""
+def hash_tree(root: str | os.PathLike) -> dict[str, str]:
+    """sha256 of every file under ``root`` (relative posix paths, sorted) but the top-level
+    manifest itself, which cannot hold its own hash."""
     base = Path(root)
-    rel = {p: p.relative_to(base).as_posix() for p in base.rglob(pattern) if p.is_file()}
-    return {r: sha256_file(p) for p, r in sorted(rel.items(), key=lambda kv: kv[1]) if r not in exclude}
+    files = {p.relative_to(base).as_posix(): p for p in base.rglob("*") if p.is_file()}
+    return {rel: sha256_file(files[rel]) for rel in sorted(files) if rel != MANIFEST_NAME}
 
 
 def versions() -> dict[str, str]:
@@ -72,7 +70,7 @@ def write_manifest(
         "recipe": recipe,
         "report": report,
         **(extra or {}),
-        "outputs": hash_tree(out, exclude=(MANIFEST_NAME,)),
+        "outputs": hash_tree(out),
     }
     path = out / MANIFEST_NAME
     path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
@@ -84,7 +82,7 @@ def verify_manifest(out_dir: str | os.PathLike) -> list[str]:
     out = Path(out_dir)
     manifest = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8"))
     recorded: dict[str, str] = manifest["outputs"]
-    actual = hash_tree(out, exclude=(MANIFEST_NAME,))
+    actual = hash_tree(out)
     problems = [f"missing: {name}" for name in recorded if name not in actual]
     problems += [
         f"changed: {name}" for name in recorded if name in actual and actual[name] != recorded[name]

@@ -9,6 +9,7 @@ which keeps that boundary exact whatever the tokenizer does with spaces.
 from __future__ import annotations
 
 import json
+import operator
 import random
 from pathlib import Path
 
@@ -23,11 +24,7 @@ _TEMPLATES = (
     "How much is {a} {op} {b}?",
     "Work out {a} {op} {b}.",
 )
-_OPS = ("+", "-", "*")
-
-
-def _evaluate(a: int, op: str, b: int) -> int:
-    return a + b if op == "+" else a - b if op == "-" else a * b
+_OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 
 
 def generate_arithmetic_dataset(
@@ -39,12 +36,12 @@ def generate_arithmetic_dataset(
     rows = []
     for _ in range(n):
         a, b = rng.randint(2, 99), rng.randint(2, 99)
-        op = rng.choice(_OPS)
+        op = rng.choice(list(_OPS))
         question = rng.choice(_TEMPLATES).format(a=a, op=op, b=b)
         rows.append(
             {
                 "prompt": f"Question: {question}\nAnswer:",
-                "completion": f"{tool_token}{a}{op}{b}{close} = {_evaluate(a, op, b)}",
+                "completion": f"{tool_token}{a}{op}{b}{close} = {_OPS[op](a, b)}",
             }
         )
     return rows

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from mergekit_tokenplug.errors import InputError
 from mergekit_tokenplug.heal.train import is_tied
@@ -37,16 +38,11 @@ def pooled_hidden_states(
             raise InputError(
                 "tool description is empty after tokenization; give a non-empty description"
             )
-        width = max(len(e) for e in enc)
-        ids = torch.zeros(len(enc), width, dtype=torch.long)
-        mask = torch.zeros(len(enc), width, dtype=torch.long)
-        for i, e in enumerate(enc):
-            ids[i, : len(e)] = torch.tensor(e)
-            mask[i, : len(e)] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[
-            -1
-        ]
+        ids = pad_sequence([torch.tensor(e) for e in enc], batch_first=True).to(device)
+        mask = pad_sequence([torch.ones(len(e), dtype=torch.long) for e in enc], batch_first=True)
+        mask = mask.to(device)
+        states = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        hidden = states.hidden_states[-1]
         m = mask.unsqueeze(-1).to(hidden.dtype)
         out.append(((hidden * m).sum(1) / m.sum(1)).float())
     return torch.cat(out)
@@ -99,9 +95,7 @@ def init_tool_rows(
         prior_in = tool_input_rows(pieces, emb.float())
     else:
         raise InputError(f"unknown tool-token init {init!r}; expected 'mean' or 'prior'")
-    if tied:
-        emb[ids.to(emb.device)] = prior_out.to(emb.device, emb.dtype)
-        return {"prior_in": None, "prior_out": prior_out}
-    emb[ids.to(emb.device)] = prior_in.to(emb.device, emb.dtype)
-    head[ids.to(head.device)] = prior_out.to(head.device, head.dtype)
-    return {"prior_in": prior_in, "prior_out": prior_out}
+    if not tied:
+        emb[ids.to(emb.device)] = prior_in.to(emb.device, emb.dtype)
+    head[ids.to(head.device)] = prior_out.to(head.device, head.dtype)  # tied: the single row
+    return {"prior_in": None if tied else prior_in, "prior_out": prior_out}

@@ -36,7 +36,6 @@ import numpy as np
 from mergekit_tokenplug.errors import InputError
 from mergekit_tokenplug.vocab.canonical import (
     BYTE_PIECES,
-    TokenScheme,
     content_normalizer,
     normalized_form,
     read_vocab,
@@ -67,8 +66,6 @@ class VocabAlignment:
     unmatched_special: list[int] = field(default_factory=list)  # output ids, sorted
     unmatched_added: list[int] = field(default_factory=list)  # non-special added, sorted
     holes: list[int] = field(default_factory=list)  # output ids with no token at all
-    out_scheme: TokenScheme | None = None
-    model_scheme: TokenScheme | None = None
 
     @property
     def size(self) -> int:
@@ -119,8 +116,6 @@ def align_vocab(
     token whose only counterpart is a ``<0xNN>`` byte-fallback piece copies that piece's row
     (``"copy"``) or is left to the estimator (``"estimate"``).
     """
-    if model_rows < 0:
-        raise InputError(f"model_rows must be >= 0, got {model_rows}")
     if byte_pieces not in ("copy", "estimate"):
         raise InputError(f"byte_pieces must be 'copy' or 'estimate', got {byte_pieces!r}")
     out = read_vocab(out_tokenizer)
@@ -135,12 +130,10 @@ def align_vocab(
     m_str_regular = {model.tokens[i]: i for i in m_regular}
     m_marked = sorted(i for i in set(model.added) | model.special_ids if i < model_rows)
     m_str_marked = _first_wins([model.tokens[i] for i in m_marked], m_marked)
-    m_bytes = [m_str_regular[t] for t in BYTE_PIECES if m_str_regular.get(t) is not None]
-    if model.scheme.byte_fallback and m_bytes:
-        byte_set = set(m_bytes)
-        m_plain = [i for i in m_regular if i not in byte_set]
-    else:
-        m_bytes, m_plain = [], m_regular
+    fallback = model.scheme.byte_fallback
+    m_bytes = [m_str_regular[t] for t in BYTE_PIECES if t in m_str_regular] if fallback else []
+    byte_rows = set(m_bytes)
+    m_plain = [i for i in m_regular if i not in byte_rows]
     m_added_plain = [i for i in m_marked if i in model.added and i not in model.special_ids]
     added_forms = view_added_forms(model)
     # Byte-fallback pieces come last: a tokenizer only emits <0xNN> when no other piece spells
@@ -150,17 +143,15 @@ def align_vocab(
     m_canon = _first_wins(keys, ordered)
     m_canon.pop(b"", None)  # an empty spelling matches nothing
     if byte_pieces == "estimate":
-        byte_rows = set(m_bytes)
         m_canon = {k: j for k, j in m_canon.items() if j not in byte_rows}
     normalize = content_normalizer(model_tokenizer)
 
     # ---- regular output tokens
-    o_regular = out.regular_ids
     o_forms = view_canonical(out)
     same_scheme = out.scheme == model.scheme
     tokens = out.tokens
     hits: list[tuple[int, int, int]] = []
-    for i in o_regular:
+    for i in out.regular_ids:
         form = o_forms[i]
         j = m_str_regular.get(tokens[i])
         if j is not None and (same_scheme or m_canon_by_id[j] == form):
@@ -182,35 +173,20 @@ def align_vocab(
     o_added_forms = view_added_forms(out)
     o_added_symbols = view_added_symbol_forms(out)
     for i in sorted(set(out.added) | out.special_ids):
-        text = tokens[i]
-        j = m_str_marked.get(text)
+        j = m_str_marked.get(tokens[i])
+        kind, unmatched = EXACT, unmatched_added
         if i in out.special_ids:
-            if j is None:
-                j = next(
-                    (
-                        model.roles[r]
-                        for r in out.id_roles.get(i, [])
-                        if model.roles.get(r, model_rows) < model_rows
-                    ),
-                    None,
-                )
-            if j is None:
-                unmatched_special.append(i)
-            else:
-                src[i], how[i] = j, SPECIAL
-            continue
-        if j is not None:
-            src[i], how[i] = j, EXACT
-            continue
-        j = m_canon.get(o_added_symbols.get(i, b""))
+            roles = [model.roles.get(r, model_rows) for r in out.id_roles.get(i, [])]
+            j = j if j is not None else next((r for r in roles if r < model_rows), None)
+            kind, unmatched = SPECIAL, unmatched_special
+        elif j is None:
+            j = m_canon.get(o_added_symbols.get(i, b""))
+            j = j if j is not None else m_canon.get(o_added_forms[i])
+            kind = CANONICAL
         if j is None:
-            j = m_canon.get(o_added_forms[i])
-        if j is None:
-            unmatched_added.append(i)
+            unmatched.append(i)
         else:
-            src[i], how[i] = j, CANONICAL
+            src[i], how[i] = j, kind
 
     holes = [i for i in range(size) if i >= len(tokens) or tokens[i] is None]
-    return VocabAlignment(
-        src, how, unmatched_special, unmatched_added, holes, out.scheme, model.scheme
-    )
+    return VocabAlignment(src, how, unmatched_special, unmatched_added, holes)

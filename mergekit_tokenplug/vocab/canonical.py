@@ -28,6 +28,7 @@ decoder), never from the Python class name, so an unknown wrapper class cannot m
 from __future__ import annotations
 
 import json
+import string
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -48,7 +49,6 @@ class TokenScheme:
     """How a tokenizer spells its vocabulary entries (see the module docstring)."""
 
     kind: SchemeKind
-    model_type: str = ""  # BPE / WordPiece / Unigram / WordLevel (from the JSON)
     space_marker: str = "\u2581"  # metaspace: the character standing for a space
     byte_fallback: bool = False  # `<0xNN>` pieces stand for single bytes
     continuation_prefix: str = "##"  # wordpiece: marks a piece continuing a word
@@ -125,7 +125,6 @@ def _scheme_parts(backend: Tokenizer, data: dict[str, Any] | None = None) -> dic
 
 def _scheme_from_json(parts: dict[str, Any]) -> TokenScheme:
     model = parts.get("model") or {}
-    model_type = str(model.get("type") or "")
     pre = list(_walk(parts.get("pre_tokenizer")))
     dec = list(_walk(parts.get("decoder")))
     norm = list(_walk(parts.get("normalizer")))
@@ -134,39 +133,28 @@ def _scheme_from_json(parts: dict[str, Any]) -> TokenScheme:
     )
 
     if any(n.get("type") == "ByteLevel" for n in pre + dec + norm):
-        return TokenScheme("byte_level", model_type, byte_fallback=byte_fallback)
+        return TokenScheme("byte_level", byte_fallback=byte_fallback)
 
-    marker = None
-    for n in pre + dec:
-        if n.get("type") == "Metaspace":
-            marker = n.get("replacement") or "\u2581"
-            break
-    if marker is None:  # SentencePiece conversions without Metaspace (Llama-2, Gemma)
-        for n in dec:
-            pat = _string_pattern(n)
-            if n.get("type") == "Replace" and n.get("content") == " " and pat and pat != " ":
-                marker = pat
-                break
-    if marker is None:
-        for n in norm:
-            content = n.get("content")
-            if n.get("type") == "Replace" and _string_pattern(n) == " " and content:
-                if content != " ":
-                    marker = content
-                    break
+    metaspace = [
+        n.get("replacement") or "\u2581" for n in pre + dec if n.get("type") == "Metaspace"
+    ]
+    # SentencePiece conversions without Metaspace (Llama-2, Gemma): a Replace decoder writes
+    # the marker as a space, or a Replace normalizer writes the space as the marker
+    replaces = [(_string_pattern(n), n.get("content")) for n in dec if n.get("type") == "Replace"]
+    spelled = [pat for pat, content in replaces if content == " "]
+    spelled += [
+        n.get("content") for n in norm if n.get("type") == "Replace" and _string_pattern(n) == " "
+    ]
+    marker = metaspace[0] if metaspace else next((m for m in spelled if m and m != " "), None)
     if marker is not None:
-        return TokenScheme(
-            "metaspace", model_type, space_marker=marker, byte_fallback=byte_fallback
-        )
+        return TokenScheme("metaspace", space_marker=marker, byte_fallback=byte_fallback)
 
     wp_decoder = next((n for n in dec if n.get("type") == "WordPiece"), None)
-    if model_type == "WordPiece" or wp_decoder is not None:
+    if model.get("type") == "WordPiece" or wp_decoder is not None:
         prefix = model.get("continuing_subword_prefix") or (wp_decoder or {}).get("prefix") or "##"
-        return TokenScheme(
-            "wordpiece", model_type, byte_fallback=byte_fallback, continuation_prefix=prefix
-        )
+        return TokenScheme("wordpiece", byte_fallback=byte_fallback, continuation_prefix=prefix)
 
-    return TokenScheme("plain", model_type, byte_fallback=byte_fallback)
+    return TokenScheme("plain", byte_fallback=byte_fallback)
 
 
 # --------------------------------------------------------------------------- conversion
@@ -175,26 +163,16 @@ def _scheme_from_json(parts: dict[str, Any]) -> TokenScheme:
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte -> printable character map (the alphabet of byte-level BPE)."""
     keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
-    keep += list(range(ord("®"), ord("ÿ") + 1))
-    mapping = {b: chr(b) for b in keep}
-    extra = 0
-    for b in range(256):
-        if b not in mapping:
-            mapping[b] = chr(256 + extra)
-            extra += 1
-    return mapping
+    keep += range(ord("®"), ord("ÿ") + 1)
+    moved = [b for b in range(256) if b not in keep]  # to 256, 257, ... in byte order
+    return {b: chr(b) for b in keep} | {b: chr(256 + k) for k, b in enumerate(moved)}
 
 
-def _byte_level_table() -> dict[int, str]:
-    """str.translate table: alphabet char -> chr(byte); other chars <= 255 -> an unencodable
-    sentinel, so `.encode("latin-1")` fails for any token outside the alphabet."""
-    table: dict[int, str] = {c: "\uffff" for c in range(256)}
-    for b, ch in _bytes_to_unicode().items():
-        table[ord(ch)] = chr(b)
-    return table
-
-
-_BYTE_LEVEL_TABLE = _byte_level_table()
+#: str.translate table: alphabet char -> chr(byte); other chars <= 255 -> an unencodable
+#: sentinel, so `.encode("latin-1")` fails for any token outside the alphabet.
+_BYTE_LEVEL_TABLE = {c: "\uffff" for c in range(256)} | {
+    ord(ch): chr(b) for b, ch in _bytes_to_unicode().items()
+}
 #: The 256 SentencePiece byte-fallback pieces, `<0x00>` .. `<0xFF>`.
 BYTE_PIECES: tuple[str, ...] = tuple(f"<0x{b:02X}>" for b in range(256))
 
@@ -207,11 +185,9 @@ def _splits_off_alone(token: str) -> bool:
     """One punctuation or CJK character: BERT makes it a word of its own (no leading space)."""
     if len(token) != 1:
         return False
+    if token in string.punctuation or unicodedata.category(token).startswith("P"):
+        return True
     cp = ord(token)
-    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
-        return True
-    if unicodedata.category(token).startswith("P"):
-        return True
     return (
         0x4E00 <= cp <= 0x9FFF
         or 0x3400 <= cp <= 0x4DBF
@@ -239,11 +215,6 @@ def convert_tokens(scheme: TokenScheme, tokens: Iterable[str]) -> list[bytes]:
             except UnicodeEncodeError:
                 append((fallback and pieces.get(tok)) or tok.encode("utf-8"))
         return out
-    if scheme.kind == "metaspace":
-        marker = scheme.space_marker
-        for tok in tokens:
-            append((fallback and pieces.get(tok)) or tok.replace(marker, " ").encode("utf-8"))
-        return out
     if scheme.kind == "wordpiece":
         prefix = scheme.continuation_prefix
         n = len(prefix)
@@ -255,8 +226,10 @@ def convert_tokens(scheme: TokenScheme, tokens: Iterable[str]) -> list[bytes]:
             else:
                 append(b" " + tok.encode("utf-8"))
         return out
+    marker = scheme.space_marker if scheme.kind == "metaspace" else None
     for tok in tokens:
-        append((fallback and pieces.get(tok)) or tok.encode("utf-8"))
+        text = tok if marker is None else tok.replace(marker, " ")
+        append((fallback and pieces.get(tok)) or text.encode("utf-8"))
     return out
 
 
@@ -295,24 +268,19 @@ def read_vocab(tokenizer: Any, scheme: TokenScheme | None = None) -> VocabView:
         int(t["id"]): (t["content"], bool(t.get("special"))) for t in data.get("added_tokens") or []
     }
     regular_ids = [i for i, tok in enumerate(tokens) if tok is not None and i not in added]
+    tokens.extend([None] * (max(added, default=-1) + 1 - len(tokens)))
     for i, (content, _) in added.items():  # the added content wins over a model entry
-        if i >= len(tokens):
-            tokens.extend([None] * (i + 1 - len(tokens)))
         tokens[i] = content
-    by_string: dict[str, int] | None = None
     special_ids = {i for i, (_, special) in added.items() if special}
     roles: dict[str, int] = {}
     id_roles: dict[int, list[str]] = {}
     if not isinstance(tokenizer, Tokenizer):
+        by_string = {content: i for i, (content, _) in sorted(added.items(), reverse=True)}
         for role in ROLES:
             tok = getattr(tokenizer, f"{role}_token", None)
             if tok is None:
                 continue
-            if by_string is None:
-                by_string = {content: i for i, (content, _) in sorted(added.items(), reverse=True)}
-            i = by_string.get(str(tok))
-            if i is None:
-                i = backend.token_to_id(str(tok))
+            i = by_string.get(str(tok), backend.token_to_id(str(tok)))
             if i is not None:
                 roles[role] = i
                 id_roles.setdefault(i, []).append(role)
@@ -332,15 +300,12 @@ def canonical_forms(tokenizer: Any, scheme: TokenScheme | None = None) -> dict[i
     a hole-free id lookup is what they need. Added/special tokens are left out on purpose:
     they are matched by string and role, not by the text they spell.
     """
-    view = read_vocab(tokenizer, scheme)
-    return view_canonical(view)
+    return view_canonical(read_vocab(tokenizer, scheme))
 
 
 def view_canonical(view: VocabView) -> dict[int, bytes]:
-    ids = view.regular_ids
-    tokens = view.tokens
-    forms = convert_tokens(view.scheme, [tokens[i] for i in ids])  # type: ignore[misc]
-    return dict(zip(ids, forms, strict=True))
+    forms = convert_tokens(view.scheme, [view.tokens[i] for i in view.regular_ids])  # type: ignore[misc]
+    return dict(zip(view.regular_ids, forms, strict=True))
 
 
 def view_added_forms(view: VocabView) -> dict[int, bytes]:
@@ -372,27 +337,23 @@ def view_added_symbol_forms(view: VocabView) -> dict[int, bytes]:
     if view.scheme.kind != "byte_level":
         return {}
     out: dict[int, bytes] = {}
-    for i in sorted(view.added):
-        if i in view.special_ids:
-            continue
-        content = view.added[i][0]
+    for i, form in view_added_forms(view).items():
         try:
-            symbols = content.translate(_BYTE_LEVEL_TABLE).encode("latin-1")
+            symbols = view.added[i][0].translate(_BYTE_LEVEL_TABLE).encode("latin-1")
         except UnicodeEncodeError:
             continue
-        if symbols != _added_byte_level_form(content):
+        if symbols != form:
             out[i] = symbols
     return out
 
 
 def _added_byte_level_form(content: str) -> bytes:
-    raw = content.encode("utf-8")
     try:
         symbols = content.translate(_BYTE_LEVEL_TABLE).encode("latin-1")
         symbols.decode("utf-8")
     except (UnicodeEncodeError, UnicodeDecodeError):
-        return raw
-    return symbols if symbols != raw else raw
+        return content.encode("utf-8")
+    return symbols
 
 
 # --------------------------------------------------------------------------- normalizers
@@ -410,15 +371,13 @@ def _content_parts(node: Any) -> list[Any]:
     state = json.loads(node.__getstate__())
     kind = state.get("type")
     if kind == "Sequence":
-        parts: list[Any] = []
-        for k in range(len(state.get("normalizers") or [])):
-            parts.extend(_content_parts(node[k]))
-        return parts
+        count = len(state.get("normalizers") or [])
+        return [part for k in range(count) for part in _content_parts(node[k])]
     if kind in _SPACING_NORMALIZERS:
         return []
     if kind == "Replace":
-        pattern, content = _string_pattern(state), state.get("content")
-        if pattern is None or " " in pattern or " " in (content or "") or "\u2581" in (content or ""):
+        pattern, content = _string_pattern(state), state.get("content") or ""
+        if pattern is None or " " in pattern + content or "\u2581" in content:
             return []
     if kind == "BertNormalizer":  # keep case/accents; drop CJK spacing and control cleanup
         return [

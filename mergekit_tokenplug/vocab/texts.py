@@ -31,7 +31,7 @@ from mergekit_tokenplug.vocab.canonical import (
 )
 
 #: A lone surrogate standing for one undecodable byte (``surrogateescape``).
-_RAW_BYTES = re.compile("[\udc80-\udcff]+")
+_RAW_BYTES = re.compile("([\udc80-\udcff]+)")  # a group, so that split() keeps the runs
 #: Put in front of a text so that the text is encoded as it appears *inside* running text; a
 #: private-use character that vocabularies do not hold and that merges with nothing after it.
 SENTINEL = "\ue000"
@@ -71,21 +71,16 @@ def token_texts(tokenizer: Any, ids: Iterable[int], *, specials: bool = True) ->
     return result
 
 
-def _first_forms(tokenizer: Any, pieces: list[list[int]]) -> list[bytes | None]:
-    """Canonical bytes of the first piece of each id list (cheap: no full vocabulary read)."""
-    backend = backend_of(tokenizer)
-    firsts = [backend.id_to_token(p[0]) if p else None for p in pieces]
-    known = [t for t in firsts if t is not None]
-    forms = iter(convert_tokens(detect_scheme(tokenizer), known))
-    return [next(forms) if t is not None else None for t in firsts]
-
-
 def prepends_space(tokenizer: Any) -> bool:
     """Whether the tokenizer turns the start of a text into a word start (SentencePiece's
-    prepended ``▁``, byte-level ``add_prefix_space``): checked on the tokenizer itself."""
-    ids = backend_of(tokenizer).encode("a", add_special_tokens=False).ids
-    (form,) = _first_forms(tokenizer, [ids])
-    return bool(form) and form.startswith(b" ")
+    prepended ``▁``, byte-level ``add_prefix_space``): checked on the tokenizer itself (the
+    canonical form of its first piece of "a"; no full vocabulary read)."""
+    backend = backend_of(tokenizer)
+    ids = backend.encode("a", add_special_tokens=False).ids
+    if not ids:
+        return False
+    (form,) = convert_tokens(detect_scheme(tokenizer), [backend.id_to_token(ids[0])])
+    return form.startswith(b" ")
 
 
 def _byte_token_ids(tokenizer: Any) -> dict[int, int]:
@@ -105,16 +100,7 @@ def _byte_token_ids(tokenizer: Any) -> dict[int, int]:
 
 def _segments(text: str) -> list[tuple[bool, str]]:
     """``text`` cut into (is_raw_bytes, part) runs."""
-    parts: list[tuple[bool, str]] = []
-    pos = 0
-    for m in _RAW_BYTES.finditer(text):
-        if m.start() > pos:
-            parts.append((False, text[pos : m.start()]))
-        parts.append((True, m.group()))
-        pos = m.end()
-    if pos < len(text):
-        parts.append((False, text[pos:]))
-    return parts
+    return [(k % 2 == 1, part) for k, part in enumerate(_RAW_BYTES.split(text)) if part]
 
 
 def _encode_inside(backend: Any, texts: list[str]) -> list[list[int]]:
@@ -128,16 +114,10 @@ def _encode_inside(backend: Any, texts: list[str]) -> list[list[int]]:
     alone: list[int] = []
     pieces: list[list[int]] = []
     for k, enc in enumerate(behind):
-        ids = []
-        merged = False
-        for i, (start, end) in zip(enc.ids, enc.offsets, strict=True):
-            if start >= n:
-                ids.append(i)
-            elif end > n:
-                merged = True
-        if merged:
+        spans = list(zip(enc.ids, enc.offsets, strict=True))
+        pieces.append([i for i, (start, _) in spans if start >= n])
+        if any(start < n < end for _, (start, end) in spans):  # the sentinel merged into the text
             alone.append(k)
-        pieces.append(ids)
     if alone:
         encs = backend.encode_batch([texts[k] for k in alone], add_special_tokens=False)
         for k, enc in zip(alone, encs, strict=True):
@@ -163,33 +143,22 @@ def split_texts(
     texts = list(texts)
     inside = running_text and prepends_space(tokenizer)
     # Every text is cut into runs of text and runs of raw bytes; text runs are encoded in one
-    # batch (the first run of a text as the text's start, later runs inside running text).
-    runs: list[list[tuple[bool, str]]] = [
-        _segments(t) if _RAW_BYTES.search(t) else [(False, t)] for t in texts
-    ]
-    starts: list[str] = []
-    middles: list[str] = []
-    for parts in runs:
-        for k, (raw, part) in enumerate(parts):
-            if not raw:
-                (middles if inside or (k > 0 and running_text) else starts).append(part)
-    start_ids = [list(e.ids) for e in backend.encode_batch(starts, add_special_tokens=False)]
+    # batch. Without a prepended marker a run inside running text encodes as it does alone.
+    runs = [_segments(t) for t in texts]
+    text_runs = [part for parts in runs for raw, part in parts if not raw]
     if inside:
-        middle_ids = _encode_inside(backend, middles) if middles else []
-    else:  # no prepended marker: a text run inside running text encodes as it does alone
-        middle_ids = [list(e.ids) for e in backend.encode_batch(middles, add_special_tokens=False)]
-    byte_ids = _byte_token_ids(tokenizer) if any(len(p) > 1 or p[0][0] for p in runs if p) else {}
-    it_start, it_middle = iter(start_ids), iter(middle_ids)
+        encoded = iter(_encode_inside(backend, text_runs))
+    else:
+        encoded = (list(e.ids) for e in backend.encode_batch(text_runs, add_special_tokens=False))
+    byte_ids = _byte_token_ids(tokenizer) if any(raw for p in runs for raw, _ in p) else {}
     pieces: list[list[int]] = []
     for parts in runs:
         ids: list[int] = []
-        for k, (raw, part) in enumerate(parts):
+        for raw, part in parts:
             if raw:
                 data = part.encode("utf-8", errors="surrogateescape")
                 ids.extend(byte_ids[b] for b in data if b in byte_ids)
-            elif inside or (k > 0 and running_text):
-                ids.extend(next(it_middle))
             else:
-                ids.extend(next(it_start))
+                ids.extend(next(encoded))
         pieces.append(ids)
     return pieces
