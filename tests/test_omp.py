@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from mergekit.tokensurgeon.omp import batch_omp as mergekit_batch_omp
@@ -106,6 +108,25 @@ def test_deterministic_and_batch_independent() -> None:
     c = batch_omp(x, atoms, 10, batch_size=7)
     assert torch.equal(a[0], c[0])
     torch.testing.assert_close(a[1], c[1], rtol=1e-5, atol=1e-6)
+
+
+def test_batches_sized_by_the_memory_free_now_say_so(monkeypatch, caplog) -> None:
+    """Batch and Gram-cache shapes can change the last bits: a plan bounded by the memory free
+    at the moment (not by the budget setting) is logged, so such a run is never silently
+    different from one on a machine with memory to spare."""
+    from mergekit_tokenplug.compute import batching
+
+    gen = torch.Generator().manual_seed(5)
+    x, atoms = _embedding_like(gen, 100, 64), _embedding_like(gen, 2000, 64)
+    monkeypatch.setattr(batching, "available_cpu_memory", lambda: 1 << 40)
+    with caplog.at_level(logging.WARNING, logger="mergekit_tokenplug.methods.omp"):
+        roomy = batch_omp(x, atoms, 16, desc="roomy")
+    assert "roomy" not in caplog.text
+    monkeypatch.setattr(batching, "available_cpu_memory", lambda: 4 << 20)
+    with caplog.at_level(logging.WARNING, logger="mergekit_tokenplug.methods.omp"):
+        tight = batch_omp(x, atoms, 16, desc="tight")
+    assert "tight: batches sized to the memory free now" in caplog.text
+    assert torch.equal(roomy[0], tight[0])
 
 
 def test_fp64_and_reduced_select_dtype() -> None:

@@ -45,13 +45,17 @@ def available_cpu_memory() -> int:
     return _FALLBACK_CPU_BYTES
 
 
-def working_memory_budget(device: torch.device | str) -> int:
-    """Bytes a kernel may use for its working tensors on ``device``."""
+def working_memory_budget(device: torch.device | str, *, free_now: bool = True) -> int:
+    """Bytes a kernel may use for its working tensors on ``device``: bounded by the memory free
+    at this moment, or (``free_now=False``) what it gets when nothing else holds memory. Batch
+    shapes can change a kernel's last bits, so a run is reproducible only while both budgets
+    give the same plan."""
     device = torch.device(device)
     if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free * CUDA_BUDGET_FRACTION)
-    return int(min(available_cpu_memory() * CPU_BUDGET_FRACTION, settings.cpu_budget_bytes()))
+        free, total = torch.cuda.mem_get_info(device)
+        return int((free if free_now else total) * CUDA_BUDGET_FRACTION)
+    cap = settings.cpu_budget_bytes()
+    return int(min(available_cpu_memory() * CPU_BUDGET_FRACTION, cap)) if free_now else cap
 
 
 def suggest_batch_size(
@@ -90,7 +94,11 @@ def run_batched(fn: Callable[[int, int], T], n_items: int, start_batch_size: int
     def halve() -> int:
         nonlocal size
         size //= 2
-        LOG.info("out of memory: retrying with batch size %d", size)
+        LOG.warning(
+            "out of memory: retrying with batch size %d (the last bits of the result can "
+            "differ from a run with more free memory)",
+            size,
+        )
         return size
 
     def body(batch_size: int) -> None:

@@ -382,6 +382,37 @@ def _solve_upper(chol: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve_triangular(chol.mT, rhs.unsqueeze(-1), upper=True).squeeze(-1)
 
 
+def _memory_plan(
+    budget: int, shape: tuple[int, ...], gram_chunk: int, device: torch.device
+) -> tuple[int, int]:
+    """(Gram cache rows, targets per batch) for a working-memory budget. ``shape`` is (targets,
+    atoms, dim, k, bytes per element, bytes per element of a reduced selection copy or 0); a
+    ``gram_chunk`` of 0 means no Gram form. The only memory-dependent decision of batch_omp."""
+    n_targets, n_atoms, dim, k, elt, sel_elt = shape
+    capacity = gram_cols = fixed = 0
+    if gram_chunk:
+        cols = math.ceil(n_atoms / gram_chunk) * gram_chunk
+        rows = int(budget * GRAM_BUDGET_FRACTION) // (cols * elt)
+        capacity = max(0, min(n_atoms, n_targets * k, rows))
+        if capacity:
+            gram_cols, fixed = cols, capacity * cols * elt + GRAM_FILL_BYTES
+    fixed += n_atoms * dim * sel_elt
+    sel_elt = sel_elt or elt
+    # Per target: alpha0 in the Gram layout or the support's atoms (one form at a time: alpha0
+    # is dropped before the direct form gathers the atoms, and the final polish gathers the
+    # atoms of at most as many targets after both are gone), one score chunk (+ the residual
+    # cast to the selection dtype), the Cholesky state.
+    score_cols = min(n_atoms, int(_device_setting(SCORE_CHUNK, device)))
+    per_item = max(gram_cols * elt, k * dim * elt)
+    per_item += score_cols * sel_elt + (dim * sel_elt if sel_elt != elt else 0)
+    per_item += (2 * k * k + 4 * k + 2 * dim) * elt + k * 8
+    batch = suggest_batch_size(
+        per_item, device, fixed_bytes=fixed, maximum=n_targets, budget_bytes=budget
+    )
+    # Even batches: a small remainder batch would pay the per-step overheads alone.
+    return capacity, math.ceil(n_targets / math.ceil(n_targets / batch))
+
+
 def batch_omp(
     targets: torch.Tensor,
     dictionary: torch.Tensor,
@@ -433,41 +464,32 @@ def batch_omp(
     if select_dtype == work:
         select_dtype = None
     elt = atoms.element_size()
-    sel_elt = torch.empty((), dtype=select_dtype).element_size() if select_dtype else elt
+    sel_elt = torch.empty((), dtype=select_dtype).element_size() if select_dtype else 0
 
     with torch.no_grad():
-        budget = working_memory_budget(device)
-        gram = None
+        gram_chunk = 0
         if select_dtype is None and k > 1 and _use_gram_step(1, dim, device, strategy):
-            chunk = min(int(_device_setting(GRAM_CHUNK, device)), n_atoms)
-            row_bytes = math.ceil(n_atoms / chunk) * chunk * elt
-            capacity = min(n_atoms, n_targets * k, int(budget * GRAM_BUDGET_FRACTION) // row_bytes)
-            if capacity >= 1:
-                gram = _GramCache(atoms, capacity, chunk)
+            gram_chunk = min(int(_device_setting(GRAM_CHUNK, device)), n_atoms)
+        shape = (n_targets, n_atoms, dim, k, elt, sel_elt)
+        capacity, planned = _memory_plan(working_memory_budget(device), shape, gram_chunk, device)
+        full = _memory_plan(
+            working_memory_budget(device, free_now=False), shape, gram_chunk, device
+        )
+        if (capacity, batch_size or planned) != (full[0], batch_size or full[1]):
+            LOG.warning(
+                "%s: batches sized to the memory free now (Gram cache %d rows, batch %d; with "
+                "memory free it would be %d, %d): the last bits of the result can differ from "
+                "such a run",
+                desc, capacity, batch_size or planned, *full,
+            )  # fmt: skip
         dic = _Dictionary(
             atoms=atoms,
             norms2=(atoms * atoms).sum(dim=1),
             select_atoms=atoms.to(select_dtype) if select_dtype is not None else None,
-            gram=gram,
+            gram=_GramCache(atoms, capacity, gram_chunk) if capacity else None,
             tf32=select_tf32 and select_dtype is None,
         )
-        if batch_size is None:
-            fixed = gram.capacity * row_bytes + GRAM_FILL_BYTES if gram is not None else 0
-            fixed += n_atoms * dim * sel_elt if select_dtype is not None else 0
-            # Per target: alpha0 in the Gram layout or the support's atoms (one form at a time:
-            # alpha0 is dropped before the direct form gathers the atoms, and the final polish
-            # gathers the atoms of at most as many targets after both are gone), one score
-            # chunk (+ the residual cast to the selection dtype), the Cholesky state.
-            gram_cols = gram.n_chunks * gram.chunk if gram is not None else 0
-            score_cols = min(n_atoms, int(_device_setting(SCORE_CHUNK, device)))
-            per_item = max(gram_cols * elt, k * dim * elt)
-            per_item += score_cols * sel_elt + (dim * sel_elt if sel_elt != elt else 0)
-            per_item += (2 * k * k + 4 * k + 2 * dim) * elt + k * 8
-            batch_size = suggest_batch_size(
-                per_item, device, fixed_bytes=fixed, maximum=n_targets, budget_bytes=budget
-            )
-            # Even batches: a small remainder batch would pay the per-step overheads alone.
-            batch_size = math.ceil(n_targets / math.ceil(n_targets / batch_size))
+        batch_size = batch_size or planned
 
         # The bar counts greedy steps (targets x k), so a batch of thousands of targets shows
         # progress while it runs; a batch retried after running out of memory rewinds it.
