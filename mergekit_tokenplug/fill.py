@@ -180,14 +180,10 @@ def plan_fill(
     missing row in the first source space that has it (sources in priority order); rows no
     space has go to the spec's fallback method.
     """
-    have = src_ids >= 0
-    if force_estimate is not None:
-        have = have & ~np.asarray(force_estimate, dtype=bool)
+    known = src_ids >= 0
+    have = known if force_estimate is None else known & ~np.asarray(force_estimate, dtype=bool)
     missing = np.flatnonzero(~have)
-    groups: list[FillGroup] = []
-    if not missing.size:
-        return have, missing, groups
-    base_anchor_ok = (src_ids >= 0) if anchor_mask is None else (src_ids >= 0) & anchor_mask
+    base_anchor_ok = known if anchor_mask is None else known & anchor_mask
 
     def group(method: str, positions: np.ndarray, space: SourceSpace | None) -> FillGroup:
         anchor_out = None
@@ -198,18 +194,21 @@ def plan_fill(
             anchor_out = np.nonzero(anchors)[0]
         return FillGroup(method, space, positions, missing[positions], anchor_out)
 
-    if Need.DONOR_EMBEDDINGS in spec.needs:
-        unassigned = np.ones(len(missing), dtype=bool)
-        for space in sources:
-            known = unassigned & (space.src_ids[missing] >= 0)
-            if known.any():
-                groups.append(group(spec.name, np.nonzero(known)[0], space))
-                unassigned &= ~known
-        if unassigned.any():
-            groups.append(group(spec.fallback or "mean", np.nonzero(unassigned)[0], None))
-    else:
-        groups.append(group(spec.name, np.arange(len(missing)), None))
+    groups: list[FillGroup] = []
+    unassigned = np.ones(len(missing), dtype=bool)
+    for space in sources if Need.DONOR_EMBEDDINGS in spec.needs else []:
+        found = unassigned & (space.src_ids[missing] >= 0)
+        if found.any():
+            groups.append(group(spec.name, np.nonzero(found)[0], space))
+            unassigned &= ~found
+    if unassigned.any():
+        groups.append(group(unknown_method(spec), np.nonzero(unassigned)[0], None))
     return have, missing, groups
+
+
+def unknown_method(spec: MethodSpec) -> str:
+    """The method for tokens no source space knows: a donor-reading method's fallback."""
+    return (spec.fallback or "mean") if Need.DONOR_EMBEDDINGS in spec.needs else spec.name
 
 
 def build_problem(
@@ -229,6 +228,10 @@ def build_problem(
     """Everything ``spec`` needs to estimate the rows of ``out_ids`` in ``base32``'s space
     (see the Need -> field table in :mod:`mergekit_tokenplug.methods.base`)."""
     dev = base32.device
+
+    def long(ids: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(ids, dtype=torch.long, device=dev)
+
     problem = EstimationProblem(
         base=base32,
         anchor_ids=torch.empty(0, dtype=torch.long, device=dev),
@@ -239,20 +242,14 @@ def build_problem(
         show_progress=show_progress,
     )
     # Every method sees which output tokens the model has (and where) and which are targets.
-    problem.out_to_base = torch.as_tensor(src_ids, dtype=torch.long, device=dev)
+    problem.out_to_base = long(src_ids)
     problem.out_to_target = torch.full((len(src_ids),), -1, dtype=torch.long, device=dev)
-    problem.out_to_target[torch.as_tensor(out_ids, dtype=torch.long, device=dev)] = torch.arange(
-        len(out_ids), device=dev
-    )
+    problem.out_to_target[long(out_ids)] = torch.arange(len(out_ids), device=dev)
     if space is not None and anchor_out is not None:
-        problem.anchor_ids = torch.as_tensor(src_ids[anchor_out], dtype=torch.long, device=dev)
+        problem.anchor_ids = long(src_ids[anchor_out])
         problem.donor = space.matrix.float().reshape(space.matrix.shape[0], -1).to(dev)
-        problem.donor_anchor_ids = torch.as_tensor(
-            space.src_ids[anchor_out], dtype=torch.long, device=dev
-        )
-        problem.donor_target_ids = torch.as_tensor(
-            space.src_ids[out_ids], dtype=torch.long, device=dev
-        )
+        problem.donor_anchor_ids = long(space.src_ids[anchor_out])
+        problem.donor_target_ids = long(space.src_ids[out_ids])
     needs = spec.needs
     if needs & TEXT_NEEDS:
         if texts is None:

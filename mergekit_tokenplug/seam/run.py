@@ -98,17 +98,11 @@ def run_plugin_merge(
         return
     # The plugin writes the whole card itself: stock card generation looks local relative
     # paths up on the hub, which fails offline and in CI.
-    write_card = options.write_model_card
+    stock = options.model_copy(update={"write_model_card": False})
     with atomic_directory(out_path, overwrite=overwrite, inputs=input_paths(merge_config)) as tmp:
-        original(
-            merge_config,
-            str(tmp),
-            options.model_copy(update={"write_model_card": False}),
-            config_source=recipe,
-        )
-        finalize(
-            tmp, merge_config, recipe, options, write_card=write_card, name=Path(out_path).name
-        )
+        original(merge_config, str(tmp), stock, config_source=recipe)
+        name = Path(out_path).name
+        finalize(tmp, merge_config, recipe, options, write_card=options.write_model_card, name=name)
     LOG.info("wrote %s", out_path)
 
 

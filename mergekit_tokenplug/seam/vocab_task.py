@@ -28,12 +28,18 @@ from mergekit.tokenizer.embed import PermutedVocabulary
 
 from mergekit_tokenplug import registry, report
 from mergekit_tokenplug.errors import InputError
-from mergekit_tokenplug.fill import SourceSpace, TextSupport, check_finite, fill_matrix
+from mergekit_tokenplug.fill import (
+    SourceSpace,
+    TextSupport,
+    check_finite,
+    fill_matrix,
+    unknown_method,
+)
 from mergekit_tokenplug.output.manifest import id_ranges
 from mergekit_tokenplug.resources.corpus import read_corpus, resolve_corpus, tokenize_corpus
 from mergekit_tokenplug.seam.method_resources import method_inputs
 from mergekit_tokenplug.seam.schema import ApproximationConfig, ToolTokenSource
-from mergekit_tokenplug.seam.tool_counts import count_as_tool, unknown_token_method
+from mergekit_tokenplug.seam.tool_counts import count_as_tool
 from mergekit_tokenplug.seam.tool_rows import tool_token_rows
 from mergekit_tokenplug.vocab.align import VocabAlignment, align_vocab
 from mergekit_tokenplug.vocab.canonical import BYTE_PIECES
@@ -142,11 +148,8 @@ def config_rows(model: ModelReference, trust_remote_code: bool) -> int | None:
 def _regular_mask(tokenizer: Any, n_tokens: int) -> np.ndarray:
     """Output ids that are ordinary vocabulary tokens (not special/added, not holes)."""
     mask = np.zeros(n_tokens, dtype=bool)
-    vocab = tokenizer.get_vocab()
-    ids = np.fromiter((i for i in vocab.values() if i < n_tokens), dtype=np.int64)
-    mask[ids] = True
-    added = [i for i in tokenizer.added_tokens_decoder if i < n_tokens]
-    mask[np.asarray(added, dtype=np.int64)] = False
+    mask[[i for i in tokenizer.get_vocab().values() if i < n_tokens]] = True
+    mask[[i for i in tokenizer.added_tokens_decoder if i < n_tokens]] = False
     return mask
 
 
@@ -362,7 +365,7 @@ class ApproximatedVocabulary(PermutedVocabulary):
                 report.add_tool_rows(
                     mv.name, self.weight_name, list(tools), ids.tolist(), rows.cpu()
                 )
-                count_as_tool(rep.by_method, rep.by_source, len(tools), unknown_token_method(spec))
+                count_as_tool(rep.by_method, rep.by_source, len(tools), unknown_method(spec))
             row_ids = _row_ids(mv.alignment, forced, mv.tokenizer)
             fill = {"weight": self.weight_name, "method": approx.method, "row_ids": row_ids}
             report.add_fill({**rep.as_dict(), **fill})
@@ -397,13 +400,11 @@ def token_overrides(
     tokens: Any, out_vocab: dict[str, int], n_tokens: int
 ) -> tuple[np.ndarray | None, dict[str, int], dict[str, tuple[int, ToolTokenSource]]]:
     """Tokens listed under ``tokenizer.tokens``: forced ones, stock explicit sources, tool tokens."""
-    tools: dict[str, tuple[int, ToolTokenSource]] = {}
-    if not tokens:
-        return None, {}, tools
     forced = np.zeros(n_tokens, dtype=bool)
     explicit: dict[str, int] = {}
+    tools: dict[str, tuple[int, ToolTokenSource]] = {}
     # ImmutableMap iterates in hash order (salted per process): sort for stable output files.
-    for token, cfg in sorted(tokens.items(), key=lambda kv: kv[0]):
+    for token, cfg in sorted((tokens or {}).items(), key=lambda kv: kv[0]):
         token_id = out_vocab.get(token)
         if token_id is None or token_id >= n_tokens:
             continue
