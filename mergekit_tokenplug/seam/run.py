@@ -245,11 +245,6 @@ def write_tool_priors(out_dir: Path, merge_config: Any) -> str | None:
     return TOOL_PRIORS
 
 
-def base_model(merge_config: Any) -> ModelReference:
-    """The model whose conventions the output keeps: ``base_model``, else the first input."""
-    return merge_config.base_model or sorted(merge_config.referenced_models(), key=str)[0]
-
-
 def finalize(
     out_dir: Path,
     merge_config: Any,
@@ -257,18 +252,19 @@ def finalize(
     options: Any,
     write_card: bool = True,
     name: str = "Merged model",
-) -> dict[str, Any]:
+) -> None:
     """Config fix-ups, generation config, model card section and manifest."""
     snap = report.snapshot()
-    rows = snap["vocabulary"].get("output_rows")
-    bos = match_bos(out_dir, base_model(merge_config).model.path, merge_config.tokenizer.add_bos)
+    models = sorted(merge_config.referenced_models(), key=str)
+    base = merge_config.base_model or models[0]  # the model whose conventions the output keeps
+    bos = match_bos(out_dir, base.model.path, merge_config.tokenizer.add_bos)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(out_dir))
     source = merge_config.tokenizer.source
     if isinstance(source, ModelReference):
         gen = Path(source.model.path) / "generation_config.json"
         if gen.exists() and not (out_dir / "generation_config.json").exists():
             shutil.copyfile(gen, out_dir / "generation_config.json")
-    changes = fix_config(out_dir, rows=rows, tokenizer=tokenizer)
+    changes = fix_config(out_dir, rows=snap["vocabulary"].get("output_rows"), tokenizer=tokenizer)
     strip_loader_flags(out_dir)
     priors = write_tool_priors(out_dir, merge_config)
     approx = merge_config.tokenizer.approximation
@@ -283,10 +279,7 @@ def finalize(
     logged = ("model", "weight", "copied", "estimated", "by_method", "padded")
     for rec in snap["matrices"]:
         LOG.info("%s %s: copied %d, estimated %d (%s), padded %d", *(rec[k] for k in logged))
-    inputs = [
-        {"role": "model", **input_record(m.model.path)}
-        for m in sorted(merge_config.referenced_models(), key=str)
-    ]
+    inputs = [{"role": "model", **input_record(m.model.path)} for m in models]
     donor = tokenizer_donor(merge_config)
     if donor is not None:
         inputs.append({"role": "donor", **input_record(donor.model.path)})
@@ -304,4 +297,3 @@ def finalize(
         },
     )
     apply_umask(out_dir)
-    return snap
