@@ -312,6 +312,7 @@ class ApproximatedVocabulary(PermutedVocabulary):
         forced, explicit, tools = token_overrides(
             self.tokens, plan.tokenizer.get_vocab(), plan.n_tokens
         )
+        permutations = tokenizer_info.permutations
         result = {}
         for m, view in views.items():
             mv = plan.models[model_key(m)]
@@ -344,12 +345,7 @@ class ApproximatedVocabulary(PermutedVocabulary):
             for token, token_id in explicit.items():  # stock sources: stock rows
                 if (forced is not None and forced[token_id]) or mv.alignment.src_ids[token_id] < 0:
                     filled[token_id] = self.compute_default_embedding(
-                        tokenizer_info,
-                        views,
-                        tokenizer_info.permutations,
-                        token,
-                        token_id,
-                        self.tokens[token],
+                        tokenizer_info, views, permutations, token, token_id, self.tokens[token]
                     ).to(dtype)
             if tools:
                 ids = torch.tensor([i for i, _ in tools.values()], device=filled.device)
