@@ -344,8 +344,7 @@ def _estimate_missing(
                 return rows.float().to(base.device)
 
             blocks = sharded_rows(n, compute, shardable=group_spec.shardable)
-        if blocks:
-            result[torch.as_tensor(g.positions, device=base.device)] = torch.cat(blocks)
+        result[torch.as_tensor(g.positions, device=base.device)] = torch.cat(blocks)
         key = space.name if space else "(none)"
         report.by_source[key] = report.by_source.get(key, 0) + n
         report.by_method[g.method] = report.by_method.get(g.method, 0) + n

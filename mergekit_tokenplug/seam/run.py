@@ -144,11 +144,8 @@ def discard_tensor_writes() -> Iterator[None]:
 
 def input_paths(merge_config: Any) -> list[str]:
     """Every directory the run reads: the models and a tokenizer source."""
-    paths = [m.model.path for m in merge_config.referenced_models()]
-    source = merge_config.tokenizer.source
-    if isinstance(source, ModelReference):
-        paths.append(source.model.path)
-    return paths
+    refs = [*merge_config.referenced_models(), merge_config.tokenizer.source]
+    return [r.model.path for r in refs if isinstance(r, ModelReference)]
 
 
 def check_inputs(
