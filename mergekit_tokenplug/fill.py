@@ -42,9 +42,7 @@ class TextSupport:
     """Tokenizer-side callables for methods that need texts (built lazily by the caller)."""
 
     out_texts: Callable[[np.ndarray], list[str]]  # decoded text of output ids
-    split_base: Callable[
-        [list[str]], list[list[int]]
-    ]  # texts -> rows of the model (base tokenizer)
+    split_base: Callable[[list[str]], list[list[int]]]  # texts -> the model's rows (its pieces)
     base_vocab_texts: Callable[[], list[str]]  # decoded text of every model row
     # Further EstimationProblem fields by name (embed_texts, corpus_ids, context_matrix).
     inputs: dict[str, Any] = field(default_factory=dict)
@@ -64,7 +62,7 @@ class FillReport:
     by_method: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items()}
+        return dict(self.__dict__)
 
 
 def stable_seed(*parts: Any) -> int:
@@ -182,14 +180,10 @@ def plan_fill(
     missing row in the first source space that has it (sources in priority order); rows no
     space has go to the spec's fallback method.
     """
-    have = src_ids >= 0
-    if force_estimate is not None:
-        have = have & ~np.asarray(force_estimate, dtype=bool)
+    known = src_ids >= 0
+    have = known if force_estimate is None else known & ~np.asarray(force_estimate, dtype=bool)
     missing = np.flatnonzero(~have)
-    groups: list[FillGroup] = []
-    if not missing.size:
-        return have, missing, groups
-    base_anchor_ok = (src_ids >= 0) if anchor_mask is None else (src_ids >= 0) & anchor_mask
+    base_anchor_ok = known if anchor_mask is None else known & anchor_mask
 
     def group(method: str, positions: np.ndarray, space: SourceSpace | None) -> FillGroup:
         anchor_out = None
@@ -200,18 +194,21 @@ def plan_fill(
             anchor_out = np.nonzero(anchors)[0]
         return FillGroup(method, space, positions, missing[positions], anchor_out)
 
-    if Need.DONOR_EMBEDDINGS in spec.needs:
-        unassigned = np.ones(len(missing), dtype=bool)
-        for space in sources:
-            known = unassigned & (space.src_ids[missing] >= 0)
-            if known.any():
-                groups.append(group(spec.name, np.nonzero(known)[0], space))
-                unassigned &= ~known
-        if unassigned.any():
-            groups.append(group(spec.fallback or "mean", np.nonzero(unassigned)[0], None))
-    else:
-        groups.append(group(spec.name, np.arange(len(missing)), None))
+    groups: list[FillGroup] = []
+    unassigned = np.ones(len(missing), dtype=bool)
+    for space in sources if Need.DONOR_EMBEDDINGS in spec.needs else []:
+        found = unassigned & (space.src_ids[missing] >= 0)
+        if found.any():
+            groups.append(group(spec.name, np.nonzero(found)[0], space))
+            unassigned &= ~found
+    if unassigned.any():
+        groups.append(group(unknown_method(spec), np.nonzero(unassigned)[0], None))
     return have, missing, groups
+
+
+def unknown_method(spec: MethodSpec) -> str:
+    """The method for tokens no source space knows: a donor-reading method's fallback."""
+    return (spec.fallback or "mean") if Need.DONOR_EMBEDDINGS in spec.needs else spec.name
 
 
 def build_problem(
@@ -231,6 +228,10 @@ def build_problem(
     """Everything ``spec`` needs to estimate the rows of ``out_ids`` in ``base32``'s space
     (see the Need -> field table in :mod:`mergekit_tokenplug.methods.base`)."""
     dev = base32.device
+
+    def long(ids: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(ids, dtype=torch.long, device=dev)
+
     problem = EstimationProblem(
         base=base32,
         anchor_ids=torch.empty(0, dtype=torch.long, device=dev),
@@ -241,20 +242,14 @@ def build_problem(
         show_progress=show_progress,
     )
     # Every method sees which output tokens the model has (and where) and which are targets.
-    problem.out_to_base = torch.as_tensor(src_ids, dtype=torch.long, device=dev)
+    problem.out_to_base = long(src_ids)
     problem.out_to_target = torch.full((len(src_ids),), -1, dtype=torch.long, device=dev)
-    problem.out_to_target[torch.as_tensor(out_ids, dtype=torch.long, device=dev)] = torch.arange(
-        len(out_ids), device=dev
-    )
+    problem.out_to_target[long(out_ids)] = torch.arange(len(out_ids), device=dev)
     if space is not None and anchor_out is not None:
-        problem.anchor_ids = torch.as_tensor(src_ids[anchor_out], dtype=torch.long, device=dev)
+        problem.anchor_ids = long(src_ids[anchor_out])
         problem.donor = space.matrix.float().reshape(space.matrix.shape[0], -1).to(dev)
-        problem.donor_anchor_ids = torch.as_tensor(
-            space.src_ids[anchor_out], dtype=torch.long, device=dev
-        )
-        problem.donor_target_ids = torch.as_tensor(
-            space.src_ids[out_ids], dtype=torch.long, device=dev
-        )
+        problem.donor_anchor_ids = long(space.src_ids[anchor_out])
+        problem.donor_target_ids = long(space.src_ids[out_ids])
     needs = spec.needs
     if needs & TEXT_NEEDS:
         if texts is None:
@@ -292,80 +287,65 @@ def _estimate_missing(
     base32 = base.float()
     result = torch.empty((len(missing), base.shape[1]), dtype=torch.float32, device=base.device)
     for g in groups:
-        method_name, positions, space, out_ids = g.method, g.positions, g.source, g.out_ids
-        if space is None and method_name != spec.name:
+        space, n = g.source, len(g.out_ids)
+        if space is None and g.method != spec.name:
             LOG.info(
                 "%s %s: %d tokens are known in no other space; using %r for them",
-                model, role, len(out_ids), method_name,
+                model, role, n, g.method,
             )  # fmt: skip
-        group_spec = get(method_name)
-        group_params = params if method_name == spec.name else group_spec.parse_params({})
-        anchor_out = g.anchor_out
-        if anchor_out is not None and anchor_out.size == 0:
+        if g.anchors == 0:
             raise InputError(
-                f"model {model} shares no regular tokens with {space.name}; cannot estimate with {method_name!r}",
+                f"model {model} shares no regular tokens with {space.name}; cannot estimate with {g.method!r}",
                 where="tokenizer.approximation",
             )
-        label = f"{method_name} {model} {role}" + (f" <- {space.name}" if space else "")
-        n_chunks = len(chunk_bounds(len(out_ids))) if group_spec.shardable else 1
-
-        def compute(
-            chunk: int,
-            lo: int,
-            hi: int,
-            *,
-            group_spec=group_spec,
-            group_params=group_params,
-            out_ids=out_ids,
-            anchor_out=anchor_out,
-            space=space,
-            label=label,
-        ) -> torch.Tensor:
-            problem = build_problem(
-                base32,
-                src_ids,
-                out_ids[lo:hi],
-                anchor_out,
-                space,
-                group_spec,
-                texts,
-                role=role,
-                seed=stable_seed(
-                    seed, model, role, group_spec.name, space.name if space else "", chunk
-                ),
-                label=label,
-                # the outer bar moves once per chunk (minutes for OMP on CPU): the method's own
-                # bar (OMP: greedy steps) shows progress within the chunk
-                show_progress=show_progress,
-            )
-            rows = group_spec.estimate(problem, group_params)
-            if rows.shape != (hi - lo, base.shape[1]):
-                raise RuntimeError(
-                    f"method {group_spec.name!r} returned shape {tuple(rows.shape)}, expected {(hi - lo, base.shape[1])}"
-                )
-            if not bool(torch.isfinite(rows).all()):
-                raise RuntimeError(
-                    f"method {group_spec.name!r} produced non-finite rows for {model} {role}"
-                )
-            return rows.float().to(base.device)
-
+        group_spec = get(g.method)
+        group_params = params if g.method == spec.name else group_spec.parse_params({})
+        label = f"{g.method} {model} {role}" + (f" <- {space.name}" if space else "")
+        n_chunks = len(chunk_bounds(n)) if group_spec.shardable else 1
+        # the outer bar moves once per chunk (minutes for OMP on CPU): the method's own bar
+        # (OMP: greedy steps) shows progress within the chunk
         with tqdm(
-            total=len(out_ids),
-            desc=label,
-            unit="tok",
-            disable=not show_progress or n_chunks == 1,
-            leave=False,
+            total=n, desc=label, unit="tok", disable=not show_progress or n_chunks == 1, leave=False
         ) as bar:
 
-            def tracked(chunk: int, lo: int, hi: int) -> torch.Tensor:
-                rows = compute(chunk, lo, hi)
+            def compute(
+                chunk: int,
+                lo: int,
+                hi: int,
+                g: FillGroup = g,
+                group_spec: MethodSpec = group_spec,
+                group_params: Any = group_params,
+                label: str = label,
+            ) -> torch.Tensor:
+                space_name = g.source.name if g.source else ""
+                problem = build_problem(
+                    base32,
+                    src_ids,
+                    g.out_ids[lo:hi],
+                    g.anchor_out,
+                    g.source,
+                    group_spec,
+                    texts,
+                    role=role,
+                    seed=stable_seed(seed, model, role, group_spec.name, space_name, chunk),
+                    label=label,
+                    show_progress=show_progress,
+                )
+                rows = group_spec.estimate(problem, group_params)
+                if rows.shape != (hi - lo, base.shape[1]):
+                    raise RuntimeError(
+                        f"method {group_spec.name!r} returned shape {tuple(rows.shape)}, expected {(hi - lo, base.shape[1])}"
+                    )
+                if not bool(torch.isfinite(rows).all()):
+                    raise RuntimeError(
+                        f"method {group_spec.name!r} produced non-finite rows for {model} {role}"
+                    )
                 bar.update(hi - lo)
-                return rows
+                return rows.float().to(base.device)
 
-            blocks = sharded_rows(len(out_ids), tracked, shardable=group_spec.shardable)
-        if blocks:
-            result[torch.as_tensor(positions, device=base.device)] = torch.cat(blocks)
+            blocks = sharded_rows(n, compute, shardable=group_spec.shardable)
+        result[torch.as_tensor(g.positions, device=base.device)] = torch.cat(blocks)
         key = space.name if space else "(none)"
-        report.by_source[key] = report.by_source.get(key, 0) + len(out_ids)
-        report.by_method[method_name] = report.by_method.get(method_name, 0) + len(out_ids)
+        report.by_source[key] = report.by_source.get(key, 0) + n
+        report.by_method[g.method] = report.by_method.get(g.method, 0) + n
     return result

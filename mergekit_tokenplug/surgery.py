@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import pydantic
 import yaml
 
 from mergekit_tokenplug import report
@@ -75,8 +76,6 @@ def resolve_device(device: str | None) -> str:
 
 def load_recipe(recipe: dict[str, Any] | str, source_name: str = "recipe") -> Any:
     """Validate a recipe (dict or YAML text) into mergekit's MergeConfiguration, plugin active."""
-    import pydantic
-
     activate()
     from mergekit.config import MergeConfiguration
 

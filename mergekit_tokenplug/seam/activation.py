@@ -8,6 +8,7 @@ installed: recipes that use the plugin's keys are refused instead of silently ru
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 from types import ModuleType
@@ -34,34 +35,29 @@ def on_module_loaded(name: str, module: ModuleType) -> None:
         reason = refusal_reason()
         if reason and "disabled" not in reason and name == "mergekit.config":
             LOG.warning("mergekit-tokenplug inactive: %s", reason)
+        # lazy imports: each patch loads with its mergekit module
         if name == "mergekit.config":
-            # lazy: each patch loads with its mergekit module
-            from mergekit_tokenplug.seam import config_patch
+            from mergekit_tokenplug.seam import config_patch  # lazy
 
             config_patch.apply(module, refuse_reason=reason)
         elif name in CLI_MODULES:  # also when refusing: plugin recipes get validate's message
-            # lazy: each patch loads with its mergekit module
-            from mergekit_tokenplug.seam import cli_patch
+            from mergekit_tokenplug.seam import cli_patch  # lazy
 
             cli_patch.apply(module, CLI_MODULES[name])
         elif reason:
             return
         elif name == "mergekit.plan":
-            # lazy: each patch loads with its mergekit module
-            from mergekit_tokenplug.seam import planner
+            from mergekit_tokenplug.seam import planner  # lazy
 
             planner.apply(module)
         elif name == "mergekit.merge":
-            # lazy: each patch loads with its mergekit module
-            from mergekit_tokenplug.seam import run
+            from mergekit_tokenplug.seam import run  # lazy
 
             run.apply(module)
 
 
 def activate() -> None:
     """Import-time activation for processes that started without the ``.pth`` (e.g. ``python -S``)."""
-    import importlib
-
     for name in PATCHED:
         on_module_loaded(name, importlib.import_module(name))
 

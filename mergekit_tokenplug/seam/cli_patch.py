@@ -26,11 +26,7 @@ from mergekit_tokenplug.recipes.validate import validate_path
 from mergekit_tokenplug.recipes.yaml_lines import yaml_error
 from mergekit_tokenplug.seam import refusal_reason
 from mergekit_tokenplug.seam.multi_provenance import finalize_multi
-from mergekit_tokenplug.seam.schema import (
-    check_near_misses,
-    one_line_validation_error,
-    uses_plugin,
-)
+from mergekit_tokenplug.seam.schema import check_near_misses, one_line_validation_error, uses_plugin
 
 
 def _documents(path: str) -> list[Any] | None:

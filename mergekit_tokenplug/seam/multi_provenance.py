@@ -66,11 +66,8 @@ def finalize_multi(
         own = None
     if not stages and own is None:
         return
-    inputs: list[str] = []
-    for doc in docs:
-        for ref in card_inputs(_config(doc)):
-            if ref not in names and ref not in inputs:
-                inputs.append(ref)
+    refs = (ref for doc in docs for ref in card_inputs(_config(doc)))
+    inputs = list(dict.fromkeys(ref for ref in refs if ref not in names))  # in order, once
     if write_card:
         final = next((d for d in docs if "name" not in d), docs[-1])
         sections = [_stage_section(n, m) for n, m in stages.items()]

@@ -16,6 +16,7 @@ from mergekit.common import ImmutableMap
 from mergekit.io.tasks import GatherTensors
 from mergekit.tokenizer.build import BuildTokenizer, TokenizerInfo
 from mergekit.tokenizer.embed import PermutedVocabulary
+from tokenizers import AddedToken
 
 from mergekit_tokenplug.errors import InputError
 from mergekit_tokenplug.seam.roles import align_settings, role_weight, weight_role
@@ -24,6 +25,8 @@ from mergekit_tokenplug.seam.union_order import OrderedBuildTokenizer
 from mergekit_tokenplug.seam.vocab_task import AlignVocabulary, ApproximatedVocabulary
 
 LOG = logging.getLogger(__name__)
+
+
 def apply(plan_module: ModuleType) -> None:
     planner_cls = plan_module.MergePlanner
     if getattr(planner_cls, "_tokenplug_patched", False):
@@ -34,10 +37,15 @@ def apply(plan_module: ModuleType) -> None:
     @functools.wraps(original_init)
     def __init__(self, config, arch_info, options, out_model_config):  # noqa: N807
         original_init(self, config, arch_info, options, out_model_config)
-        plugin = uses_plugin(config) and self._tokenizer_task is not None
-        if plugin:
+        self._tokenplug_align = None
+        if uses_plugin(config) and self._tokenizer_task is not None:
             self._tokenizer_task = tokenizer_task(self.config, self.options.trust_remote_code)
-        self._tokenplug_align = _align_task(self) if plugin else None
+            self._tokenplug_align = AlignVocabulary(
+                tokenizer_task=self._tokenizer_task,
+                models=tuple(self.config.referenced_models()),
+                trust_remote_code=self.options.trust_remote_code,
+                **align_settings(self.config),
+            )
 
     @functools.wraps(original_plan_tensor)
     def plan_tensor(self, weight, weights_in, models, cfg_reader):
@@ -53,13 +61,9 @@ def apply(plan_module: ModuleType) -> None:
             LOG.info("skipping %s: the output config ties it to the input embeddings", weight.name)
             return
         permuted = task.gather_tensors
-        if type(permuted) is not PermutedVocabulary:
-            return
-        replacement = _seam_task(self, permuted, weight, align)
-        self._tensors[-1] = (
-            planned_weight,
-            task.model_copy(update={"gather_tensors": replacement}),
-        )
+        if type(permuted) is PermutedVocabulary:
+            seam = _seam_task(self, permuted, weight, align)
+            self._tensors[-1] = (planned_weight, task.model_copy(update={"gather_tensors": seam}))
 
     planner_cls.__init__ = __init__
     planner_cls.plan_tensor = plan_tensor
@@ -81,8 +85,6 @@ class ToolAwareBuildTokenizer(OrderedBuildTokenizer):
     special_tokens: tuple[str, ...] = ()
 
     def execute(self, **kwargs: Any) -> TokenizerInfo:
-        from tokenizers import AddedToken
-
         info = super().execute(**kwargs)
         vocab = info.tokenizer.get_vocab()
         existing = [t for t in self.tool_tokens if t in vocab and t not in self.forced]
@@ -118,15 +120,6 @@ def tokenizer_task(config: Any, trust_remote_code: bool) -> BuildTokenizer:
         tool_tokens=tools,
         forced=tuple(t for t in tools if tokens[t].force),
         special_tokens=special,
-    )
-
-
-def _align_task(planner: Any) -> AlignVocabulary:
-    return AlignVocabulary(
-        tokenizer_task=planner._tokenizer_task,
-        models=tuple(planner.config.referenced_models()),
-        trust_remote_code=planner.options.trust_remote_code,
-        **align_settings(planner.config),
     )
 
 

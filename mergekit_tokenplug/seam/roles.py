@@ -23,11 +23,15 @@ def weight_role(weight: WeightInfo) -> str:
     return "output" if weight.tied_names or _HEAD_NAME.search(weight.name) else "input"
 
 
-def vocab_weights(model: ModelReference, trust_remote_code: bool = False) -> list[WeightInfo] | None:
+def vocab_weights(
+    model: ModelReference, trust_remote_code: bool = False
+) -> list[WeightInfo] | None:
     """The weights with a vocabulary axis (embeddings, LM head); None for an unknown architecture."""
     cfg = model.config(trust_remote_code=trust_remote_code)
     arch = arch_info_for_config(cfg)
-    return None if arch is None else [w for w in arch.all_weights(cfg) if w.vocabulary_axis is not None]
+    if arch is None:
+        return None
+    return [w for w in arch.all_weights(cfg) if w.vocabulary_axis is not None]
 
 
 def role_weight(donor: ModelReference, role: str, trust_remote_code: bool) -> WeightInfo:
@@ -75,14 +79,10 @@ def align_settings(config: Any) -> dict[str, Any]:
     the recipe adds get rows of their own).
     """
     source = config.tokenizer.source
-    models = list(config.referenced_models())
-    donor = tokenizer_donor(config) if needs_donor_embeddings(config) else None
-    if isinstance(source, ModelReference):
-        reference, cut = source, True
-    else:
-        reference, cut = (config.base_model or models[0]), False
+    cut = isinstance(source, ModelReference)
+    reference = source if cut else (config.base_model or config.referenced_models()[0])
     return {
-        "donor": donor,
+        "donor": tokenizer_donor(config) if needs_donor_embeddings(config) else None,
         "reference_rows_model": reference,
         "cut_to_reference": cut,
         "pad_to_multiple_of": config.tokenizer.pad_to_multiple_of,

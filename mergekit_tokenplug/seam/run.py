@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import shutil
 import tempfile
@@ -17,8 +18,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import mergekit.io.tasks as io_tasks
 import pydantic
-from mergekit.common import ModelPath, ModelReference
+import torch
+import transformers
+from mergekit.common import ModelPath, ModelReference, dtype_from_name
+from mergekit.tokenizer.build import get_vocab_size
+from safetensors.torch import save_file
 
 from mergekit_tokenplug import report, settings
 from mergekit_tokenplug.compute.distributed import is_main_process
@@ -92,19 +98,11 @@ def run_plugin_merge(
         return
     # The plugin writes the whole card itself: stock card generation looks local relative
     # paths up on the hub, which fails offline and in CI.
-    write_card = options.write_model_card
-    with atomic_directory(
-        out_path, overwrite=overwrite, inputs=input_paths(merge_config)
-    ) as tmp:
-        original(
-            merge_config,
-            str(tmp),
-            options.model_copy(update={"write_model_card": False}),
-            config_source=recipe,
-        )
-        finalize(
-            tmp, merge_config, recipe, options, write_card=write_card, name=Path(out_path).name
-        )
+    stock = options.model_copy(update={"write_model_card": False})
+    with atomic_directory(out_path, overwrite=overwrite, inputs=input_paths(merge_config)) as tmp:
+        original(merge_config, str(tmp), stock, config_source=recipe)
+        name = Path(out_path).name
+        finalize(tmp, merge_config, recipe, options, write_card=options.write_model_card, name=name)
     LOG.info("wrote %s", out_path)
 
 
@@ -112,16 +110,12 @@ def expand_model_paths(node: Any) -> None:
     """Point every model reference where validation looked (``inputs.model_path``: ``~``
     expanded), in place: the config is frozen, and its references are shared by the plan."""
     if isinstance(node, ModelPath):
-        if node.path != model_path(node.path):
-            object.__setattr__(node, "path", model_path(node.path))
+        object.__setattr__(node, "path", model_path(node.path))
     elif isinstance(node, pydantic.BaseModel):
         for name in type(node).model_fields:
             expand_model_paths(getattr(node, name))
-    elif isinstance(node, list | tuple):
-        for item in node:
-            expand_model_paths(item)
-    elif isinstance(node, dict):
-        for item in node.values():
+    elif isinstance(node, list | tuple | dict):
+        for item in node.values() if isinstance(node, dict) else node:
             expand_model_paths(item)
 
 
@@ -140,8 +134,6 @@ class _DiscardingWriter:
 
 @contextlib.contextmanager
 def discard_tensor_writes() -> Iterator[None]:
-    import mergekit.io.tasks as io_tasks
-
     real = io_tasks.TensorWriter
     io_tasks.TensorWriter = _DiscardingWriter
     try:
@@ -152,19 +144,14 @@ def discard_tensor_writes() -> Iterator[None]:
 
 def input_paths(merge_config: Any) -> list[str]:
     """Every directory the run reads: the models and a tokenizer source."""
-    paths = [m.model.path for m in merge_config.referenced_models()]
-    source = merge_config.tokenizer.source
-    if isinstance(source, ModelReference):
-        paths.append(source.model.path)
-    return paths
+    refs = [*merge_config.referenced_models(), merge_config.tokenizer.source]
+    return [r.model.path for r in refs if isinstance(r, ModelReference)]
 
 
 def check_inputs(
     merge_config: Any, allow_pickle: bool = False, trust_remote_code: bool = False
 ) -> None:
     """Fail fast, with the path in the message, before mergekit touches any weight."""
-    from mergekit.common import dtype_from_name
-
     for key in ("dtype", "out_dtype"):
         name = getattr(merge_config, key, None)
         try:
@@ -203,8 +190,6 @@ def check_inputs(
 def check_embedding_rows(model: ModelReference, where: str, trust_remote_code: bool) -> None:
     """The vocabulary tensors exist and their row count is the config's ``vocab_size``
     (read from the safetensors headers; pickles are left to the run)."""
-    from mergekit.tokenizer.build import get_vocab_size
-
     path = model.model.path
     if not is_local(path) or is_pickle(weight_files(path, where)):
         return
@@ -241,11 +226,6 @@ def write_tool_priors(out_dir: Path, merge_config: Any) -> str | None:
     records = report.tool_rows()
     if not records:
         return None
-    import json
-
-    import torch
-    from safetensors.torch import save_file
-
     base = str(merge_config.base_model) if merge_config.base_model else records[0]["model"]
     mine = [r for r in records if r["model"] == base] or [
         r for r in records if r["model"] == records[0]["model"]
@@ -262,11 +242,6 @@ def write_tool_priors(out_dir: Path, merge_config: Any) -> str | None:
     return TOOL_PRIORS
 
 
-def base_model(merge_config: Any) -> ModelReference:
-    """The model whose conventions the output keeps: ``base_model``, else the first input."""
-    return merge_config.base_model or sorted(merge_config.referenced_models(), key=str)[0]
-
-
 def finalize(
     out_dir: Path,
     merge_config: Any,
@@ -274,20 +249,19 @@ def finalize(
     options: Any,
     write_card: bool = True,
     name: str = "Merged model",
-) -> dict[str, Any]:
+) -> None:
     """Config fix-ups, generation config, model card section and manifest."""
-    import transformers
-
     snap = report.snapshot()
-    rows = snap["vocabulary"].get("output_rows")
-    bos = match_bos(out_dir, base_model(merge_config).model.path, merge_config.tokenizer.add_bos)
+    models = sorted(merge_config.referenced_models(), key=str)
+    base = merge_config.base_model or models[0]  # the model whose conventions the output keeps
+    bos = match_bos(out_dir, base.model.path, merge_config.tokenizer.add_bos)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(out_dir))
     source = merge_config.tokenizer.source
     if isinstance(source, ModelReference):
         gen = Path(source.model.path) / "generation_config.json"
         if gen.exists() and not (out_dir / "generation_config.json").exists():
             shutil.copyfile(gen, out_dir / "generation_config.json")
-    changes = fix_config(out_dir, rows=rows, tokenizer=tokenizer)
+    changes = fix_config(out_dir, rows=snap["vocabulary"].get("output_rows"), tokenizer=tokenizer)
     strip_loader_flags(out_dir)
     priors = write_tool_priors(out_dir, merge_config)
     approx = merge_config.tokenizer.approximation
@@ -299,20 +273,10 @@ def finalize(
             model_card(merge_config, recipe, section, name=name), encoding="utf-8"
         )
         (out_dir / "mergekit_config.yml").write_text(recipe, encoding="utf-8")
+    logged = ("model", "weight", "copied", "estimated", "by_method", "padded")
     for rec in snap["matrices"]:
-        LOG.info(
-            "%s %s: copied %d, estimated %d (%s), padded %d",
-            rec["model"],
-            rec["weight"],
-            rec["copied"],
-            rec["estimated"],
-            rec["by_method"],
-            rec["padded"],
-        )
-    inputs = [
-        {"role": "model", **input_record(m.model.path)}
-        for m in sorted(merge_config.referenced_models(), key=str)
-    ]
+        LOG.info("%s %s: copied %d, estimated %d (%s), padded %d", *(rec[k] for k in logged))
+    inputs = [{"role": "model", **input_record(m.model.path)} for m in models]
     donor = tokenizer_donor(merge_config)
     if donor is not None:
         inputs.append({"role": "donor", **input_record(donor.model.path)})
@@ -330,4 +294,3 @@ def finalize(
         },
     )
     apply_umask(out_dir)
-    return snap

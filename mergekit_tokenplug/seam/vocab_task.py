@@ -28,18 +28,25 @@ from mergekit.tokenizer.embed import PermutedVocabulary
 
 from mergekit_tokenplug import registry, report
 from mergekit_tokenplug.errors import InputError
-from mergekit_tokenplug.fill import SourceSpace, TextSupport, check_finite, fill_matrix
+from mergekit_tokenplug.fill import (
+    SourceSpace,
+    TextSupport,
+    check_finite,
+    fill_matrix,
+    unknown_method,
+)
 from mergekit_tokenplug.output.manifest import id_ranges
 from mergekit_tokenplug.resources.corpus import read_corpus, resolve_corpus, tokenize_corpus
 from mergekit_tokenplug.seam.method_resources import method_inputs
 from mergekit_tokenplug.seam.schema import ApproximationConfig, ToolTokenSource
-from mergekit_tokenplug.seam.tool_counts import count_as_tool, unknown_token_method
+from mergekit_tokenplug.seam.tool_counts import count_as_tool
 from mergekit_tokenplug.seam.tool_rows import tool_token_rows
 from mergekit_tokenplug.vocab.align import VocabAlignment, align_vocab
 from mergekit_tokenplug.vocab.canonical import BYTE_PIECES
 from mergekit_tokenplug.vocab.texts import split_texts, token_texts
 
 LOG = logging.getLogger(__name__)
+_ROLE_TOKENS = ("bos_token", "eos_token", "unk_token", "pad_token")
 
 
 @dataclass
@@ -141,11 +148,8 @@ def config_rows(model: ModelReference, trust_remote_code: bool) -> int | None:
 def _regular_mask(tokenizer: Any, n_tokens: int) -> np.ndarray:
     """Output ids that are ordinary vocabulary tokens (not special/added, not holes)."""
     mask = np.zeros(n_tokens, dtype=bool)
-    vocab = tokenizer.get_vocab()
-    ids = np.fromiter((i for i in vocab.values() if i < n_tokens), dtype=np.int64)
-    mask[ids] = True
-    added = [i for i in tokenizer.added_tokens_decoder if i < n_tokens]
-    mask[np.asarray(added, dtype=np.int64)] = False
+    mask[[i for i in tokenizer.get_vocab().values() if i < n_tokens]] = True
+    mask[[i for i in tokenizer.added_tokens_decoder if i < n_tokens]] = False
     return mask
 
 
@@ -156,7 +160,7 @@ class AlignVocabulary(Task[VocabPlan]):
     models: tuple[ModelReference, ...]
     donor: ModelReference | None = None
     reference_rows_model: ModelReference | None = None  # whose config vocab_size sets the rows
-    cut_to_reference: bool = False  # the output tokenizer is that model's own: ids checked against its rows
+    cut_to_reference: bool = False  # its tokenizer is the output's: ids checked against its rows
     pad_to_multiple_of: int | None = None
     trust_remote_code: bool = False
     recipe_tokens: tuple[str, ...] = ()  # tokenizer.tokens entries (rows added for them)
@@ -194,10 +198,7 @@ def check_source_ids(
     past = sorted((i, t) for t, i in vocab.items() if i >= rows and t not in extra)
     if past:
         token_id, token = past[0]
-        roles = [
-            r for r in ("bos_token", "eos_token", "unk_token", "pad_token")
-            if getattr(out_tok, r, None) == token
-        ]
+        roles = [r for r in _ROLE_TOKENS if getattr(out_tok, r, None) == token]
         why = (
             f"its {roles[0]} {token!r} is not in its vocabulary (transformers appends it as id {token_id})"
             if roles
@@ -232,17 +233,16 @@ def make_vocab_plan(
         raise InputError(
             "the output tokenizer has no tokens; expected a vocabulary", where="tokenizer.source"
         )
-    max_id = max(out_vocab.values()) + 1
-    rows = max_id
+    n_tokens = max(out_vocab.values()) + 1
+    rows = n_tokens
     if reference_rows_model is not None:
         ref_rows = config_rows(reference_rows_model, trust_remote_code)
         if ref_rows:
             if cut_to_reference:
                 check_source_ids(out_tok, ref_rows, reference_rows_model, recipe_tokens)
-            rows = max(max_id, ref_rows)
-    n_tokens = max_id
-    if pad_to_multiple_of and rows % pad_to_multiple_of:
-        rows += pad_to_multiple_of - rows % pad_to_multiple_of
+            rows = max(n_tokens, ref_rows)
+    if pad_to_multiple_of:
+        rows += -rows % pad_to_multiple_of  # up to the next multiple
 
     def vocab_for(model: ModelReference, where: str) -> ModelVocab:
         tok = _load_tokenizer(model, trust_remote_code, where)
@@ -250,19 +250,15 @@ def make_vocab_plan(
         alignment = align_vocab(
             out_tok, tok, model_rows=model_rows, out_rows=n_tokens, byte_pieces=byte_pieces
         )
-        return ModelVocab(
-            name=model_key(model), tokenizer=tok, rows=model_rows, alignment=alignment
-        )
+        return ModelVocab(model_key(model), tok, model_rows, alignment)
 
-    vocabs = {model_key(m): vocab_for(m, f"models: {m.model.path}") for m in models}
-    donor_vocab = vocab_for(donor, "tokenizer.source") if donor is not None else None
     return VocabPlan(
         tokenizer=out_tok,
         n_tokens=n_tokens,
         rows=rows,
         regular=_regular_mask(out_tok, n_tokens),
-        models=vocabs,
-        donor=donor_vocab,
+        models={model_key(m): vocab_for(m, f"models: {m.model.path}") for m in models},
+        donor=vocab_for(donor, "tokenizer.source") if donor is not None else None,
     )
 
 
@@ -302,43 +298,24 @@ class ApproximatedVocabulary(PermutedVocabulary):
         approx = ApproximationConfig.from_key(self.approximation)
         params = approx.parsed_params()
         spec = registry.get(approx.method)
-        models = list(tensors)
         views = {m: t.movedim(self.vocabulary_axis, 0) for m, t in tensors.items()}
         dtype = functools.reduce(torch.promote_types, (t.dtype for t in views.values()))
-
-        spaces: dict[str, SourceSpace] = {}
-        for m in models:
-            mv = plan.models[model_key(m)]
-            self._check_rows(views[m], mv, f"models: {m.model.path} ({self.weight_name})")
-            check_finite(views[m], f"{m.model.path}: {self.weight_name}")
-            spaces[mv.name] = SourceSpace(
-                mv.name, views[m], mv.alignment.src_ids, anchor_mask=plan.regular
-            )
-        order = source_order(models, self.base_model)
-        donor_space = None
-        if donor:
-            d_ref, d_tensor = next(iter(donor.items()))
-            d_view = d_tensor.movedim(self.vocabulary_axis, 0) if d_tensor.ndim > 1 else d_tensor
-            self._check_rows(
-                d_view, plan.donor, f"tokenizer.source: {d_ref.model.path} ({self.weight_name})"
-            )
-            check_finite(d_view, f"{d_ref.model.path}: donor {self.role} embeddings")
-            donor_space = SourceSpace(
-                f"donor {d_ref.model.path}",
-                d_view,
-                plan.donor.alignment.src_ids,
-                anchor_mask=plan.regular,
-            )
+        spaces = {
+            m: self._space(plan, plan.models[model_key(m)], view, m.model.path)
+            for m, view in views.items()
+        }
+        sources = [spaces[m] for m in source_order(list(views), self.base_model)]
+        for d_ref, d_tensor in (donor or {}).items():  # one donor
+            view = d_tensor.movedim(self.vocabulary_axis, 0)
+            sources.append(self._space(plan, plan.donor, view, d_ref.model.path, donor=True))
 
         forced, explicit, tools = token_overrides(
             self.tokens, plan.tokenizer.get_vocab(), plan.n_tokens
         )
+        permutations = tokenizer_info.permutations
         result = {}
-        for m in models:
+        for m, view in views.items():
             mv = plan.models[model_key(m)]
-            sources = [spaces[model_key(o)] for o in order if o != m]
-            if donor_space is not None:
-                sources.append(donor_space)
             texts = plan.text_support(mv.name)
             inputs = method_inputs(
                 spec,
@@ -346,22 +323,20 @@ class ApproximatedVocabulary(PermutedVocabulary):
                 model=m,
                 plan=plan,
                 role=self.role,
-                device=views[m].device,
+                device=view.device,
                 show_progress=self.show_progress,
             )
-            if inputs:
-                texts = dataclasses.replace(texts, inputs={**texts.inputs, **inputs})
             filled, rep = fill_matrix(
                 model=mv.name,
                 role=self.role,
-                matrix=views[m],
+                matrix=view,
                 src_ids=mv.alignment.src_ids,
                 out_rows=plan.rows,
-                sources=sources,
+                sources=[s for s in sources if s is not spaces[m]],
                 method=approx.method,
                 params=params,
                 anchor_mask=plan.regular,
-                texts=texts,
+                texts=dataclasses.replace(texts, inputs={**texts.inputs, **inputs}),
                 seed=self.seed if approx.seed is None else approx.seed,
                 force_estimate=forced,
                 show_progress=self.show_progress,
@@ -370,44 +345,35 @@ class ApproximatedVocabulary(PermutedVocabulary):
             for token, token_id in explicit.items():  # stock sources: stock rows
                 if (forced is not None and forced[token_id]) or mv.alignment.src_ids[token_id] < 0:
                     filled[token_id] = self.compute_default_embedding(
-                        tokenizer_info,
-                        views,
-                        tokenizer_info.permutations,
-                        token,
-                        token_id,
-                        self.tokens[token],
+                        tokenizer_info, views, permutations, token, token_id, self.tokens[token]
                     ).to(dtype)
             if tools:
-                ids = torch.tensor(
-                    [token_id for token_id, _ in tools.values()], device=filled.device
-                )
+                ids = torch.tensor([i for i, _ in tools.values()], device=filled.device)
                 rows = tool_token_rows(
                     model=m,
                     tokenizer=mv.tokenizer,
-                    matrix=views[m],
+                    matrix=view,
                     role=self.role,
                     tools=[src for _, src in tools.values()],
-                    split_base=plan.text_support(mv.name).split_base,
+                    split_base=texts.split_base,
                 )
                 filled[ids] = rows.to(device=filled.device, dtype=dtype)
                 report.add_tool_rows(
                     mv.name, self.weight_name, list(tools), ids.tolist(), rows.cpu()
                 )
-                count_as_tool(rep.by_method, rep.by_source, len(tools), unknown_token_method(spec))
-            report.add_fill(
-                {
-                    **rep.as_dict(),
-                    "weight": self.weight_name,
-                    "method": approx.method,
-                    "row_ids": _row_ids(mv.alignment, forced, mv.tokenizer),
-                }
-            )
+                count_as_tool(rep.by_method, rep.by_source, len(tools), unknown_method(spec))
+            row_ids = _row_ids(mv.alignment, forced, mv.tokenizer)
+            fill = {"weight": self.weight_name, "method": approx.method, "row_ids": row_ids}
+            report.add_fill({**rep.as_dict(), **fill})
             result[m] = filled.movedim(0, self.vocabulary_axis)
         return result
 
-    @staticmethod
-    def _check_rows(view: torch.Tensor, mv: ModelVocab, where: str) -> None:
+    def _space(
+        self, plan: VocabPlan, mv: ModelVocab, view: torch.Tensor, path: str, donor: bool = False
+    ) -> SourceSpace:
+        """One model's (or the donor's) rows, checked against its config and tokenizer."""
         rows = view.shape[0]
+        where = f"{'tokenizer.source' if donor else 'models'}: {path} ({self.weight_name})"
         if rows != mv.rows:
             raise InputError(
                 f"has {rows} rows but the model's config declares vocab_size {mv.rows}; expected them to agree",
@@ -419,19 +385,22 @@ class ApproximatedVocabulary(PermutedVocabulary):
                 f"has {rows} rows but its tokenizer has {regular} regular tokens; expected at least one row per token",
                 where=where,
             )
+        check_finite(
+            view, f"{path}: " + (f"donor {self.role} embeddings" if donor else self.weight_name)
+        )
+        name = f"donor {path}" if donor else mv.name
+        return SourceSpace(name, view, mv.alignment.src_ids, anchor_mask=plan.regular)
 
 
 def token_overrides(
     tokens: Any, out_vocab: dict[str, int], n_tokens: int
 ) -> tuple[np.ndarray | None, dict[str, int], dict[str, tuple[int, ToolTokenSource]]]:
     """Tokens listed under ``tokenizer.tokens``: forced ones, stock explicit sources, tool tokens."""
-    tools: dict[str, tuple[int, ToolTokenSource]] = {}
-    if not tokens:
-        return None, {}, tools
     forced = np.zeros(n_tokens, dtype=bool)
     explicit: dict[str, int] = {}
+    tools: dict[str, tuple[int, ToolTokenSource]] = {}
     # ImmutableMap iterates in hash order (salted per process): sort for stable output files.
-    for token, cfg in sorted(tokens.items(), key=lambda kv: kv[0]):
+    for token, cfg in sorted((tokens or {}).items(), key=lambda kv: kv[0]):
         token_id = out_vocab.get(token)
         if token_id is None or token_id >= n_tokens:
             continue
