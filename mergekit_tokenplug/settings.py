@@ -44,8 +44,13 @@ def shard_chunk() -> int:
     return number(SHARD_CHUNK, 2048)
 
 
+def cpu_budget_mb() -> int:
+    """Working memory a CPU kernel may use; sizes OMP's batches (can change the last bits)."""
+    return number(CPU_BUDGET_MB, 1024)
+
+
 def cpu_budget_bytes() -> int:
-    return number(CPU_BUDGET_MB, 1024) * 1024**2
+    return cpu_budget_mb() * 1024**2
 
 
 def dist_timeout_min() -> int:
@@ -54,4 +59,4 @@ def dist_timeout_min() -> int:
 
 def output_settings() -> dict[str, int]:
     """The settings that can change output bytes, for the manifest."""
-    return {SHARD_CHUNK: shard_chunk()}
+    return {SHARD_CHUNK: shard_chunk(), CPU_BUDGET_MB: cpu_budget_mb()}

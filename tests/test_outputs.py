@@ -273,10 +273,23 @@ def _transplant_stderr(zoo, tmp_path, *flags: str) -> str:
         text=True,
         timeout=300,
         # several chunks: the outer bar alone would move once per chunk
-        env={**os.environ, "MERGEKIT_TOKENPLUG_SHARD_CHUNK": "16"},
+        env={**os.environ, "MERGEKIT_TOKENPLUG_SHARD_CHUNK": "16", **BYTE_SETTINGS},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stderr
+
+
+# Both size how rows are batched (the last bits can depend on it), so a run records them.
+BYTE_SETTINGS = {"MERGEKIT_TOKENPLUG_CPU_BUDGET_MB": "512"}
+
+
+def test_manifest_records_the_settings_that_can_change_bytes(zoo, tmp_path):
+    _transplant_stderr(zoo, tmp_path, "--quiet")
+    manifest = json.loads((tmp_path / "out" / "tokenplug_manifest.json").read_text())
+    assert manifest["settings"] == {
+        "MERGEKIT_TOKENPLUG_SHARD_CHUNK": 16,
+        "MERGEKIT_TOKENPLUG_CPU_BUDGET_MB": 512,
+    }
 
 
 def test_progress_moves_within_a_chunk(zoo, tmp_path):
