@@ -154,10 +154,6 @@ def _matrix(ref: Any) -> torch.Tensor:
     return LoaderCache().get(ref).get_tensor(w.name, aliases=names).float()
 
 
-def has_weights(path: str) -> bool:
-    return (Path(path) / "config.json").is_file() and any(Path(path).glob("*.safetensors"))
-
-
 def prepare_holdout(base: str, donor: str, fraction: float = 0.05, seed: int = 0) -> HoldOut:
     """Align, draw the hidden set (seeded, matched to the missing tokens' mix) and hide it."""
     from mergekit.common import ModelReference
@@ -168,7 +164,9 @@ def prepare_holdout(base: str, donor: str, fraction: float = 0.05, seed: int = 0
     check_model_dir(base, where="BASE")
     check_model_dir(donor, where="DONOR", need_weights=False, need_tokenizer=True)
     base_ref, donor_ref = ModelReference.parse(base), ModelReference.parse(donor)
-    donor_has_model = has_weights(donor)
+    donor_has_model = (Path(donor) / "config.json").is_file() and any(
+        Path(donor).glob("*.safetensors")
+    )
     out_tok = AutoTokenizer.from_pretrained(donor)
     plan = make_vocab_plan(out_tok, [base_ref], donor=donor_ref if donor_has_model else None)
     mv = next(iter(plan.models.values()))
@@ -292,13 +290,11 @@ def estimate_hidden(
     sources = [holdout.donor_space] if holdout.donor_space is not None else []
     # The run's own fill plan, kept to the hidden ids (other missing ids are not scored).
     _, missing, groups = plan_fill(holdout.out_to_base, sources, spec, anchor_mask=holdout.regular)
-    hidden_groups = []
-    for g in groups:
-        keep = np.isin(g.out_ids, holdout.hidden_out)
-        if keep.any():
-            hidden_groups.append(
-                dataclasses.replace(g, positions=g.positions[keep], out_ids=g.out_ids[keep])
-            )
+    hidden_groups = [
+        dataclasses.replace(g, positions=g.positions[keep], out_ids=g.out_ids[keep])
+        for g in groups
+        if (keep := np.isin(g.out_ids, holdout.hidden_out)).any()
+    ]
     rows = estimate_rows(
         model="base",
         role="input",
@@ -348,7 +344,7 @@ def compare_methods(
     """The ``compare`` report (see the module docstring); JSON-ready."""
     specs: list[MethodSpec | tokensurgeon_ref.TokenSurgeonMethod] = (
         [
-            tokensurgeon_ref.lookup(m) if tokensurgeon_ref.is_reference(m) else get(m)
+            tokensurgeon_ref.lookup(m) if m.startswith(tokensurgeon_ref.PREFIX) else get(m)
             for m in methods
         ]
         if methods
@@ -395,38 +391,22 @@ def compare_methods(
             "seconds": round(secs, 3),
             **(spec.describe() if reference else {}),
         }
-    if texts:  # --text transplants run the plugin's methods only
+    if texts:  # bits per byte of the base (own tokenizer) and of a real transplant per method
+
+        def bpb_of(model_dir: str) -> dict[str, float]:
+            recs = evaluate_models([model_dir], list(texts), show_progress=False)
+            return {str(r["text"]): float(r["bpb"]) for r in recs}
+
+        reference_bpb = bpb_of(base)
+        # --text transplants run the plugin's methods only
         ran = [name for name, m in result["methods"].items() if "reference" not in m]
-        result["reference_bpb"], per_method = texts_bpb(
-            base, donor, ran, texts, seed, show_progress
-        )
-        for name, bpb in per_method.items():
-            result["methods"][name]["bpb"] = bpb
+        with tempfile.TemporaryDirectory(prefix="tokenplug-compare-") as tmp:
+            for name in tqdm(ran, desc="transplant + bpb", disable=not show_progress):
+                dest = str(Path(tmp) / name)
+                transplant(base, donor, dest, name, {}, seed=seed, quiet=True)
+                result["methods"][name]["bpb"] = bpb_of(dest)
+        result["reference_bpb"] = reference_bpb
     return result
-
-
-def texts_bpb(
-    base: str,
-    donor: str,
-    methods: Sequence[str],
-    texts: Sequence[str],
-    seed: int,
-    show_progress: bool,
-) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """Bits per byte of the base (own tokenizer) and of a real transplant per method."""
-
-    def bpb_of(model_dir: str) -> dict[str, float]:
-        recs = evaluate_models([model_dir], list(texts), show_progress=False)
-        return {str(r["text"]): float(r["bpb"]) for r in recs}
-
-    reference = bpb_of(base)
-    out: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory(prefix="tokenplug-compare-") as tmp:
-        for name in tqdm(methods, desc="transplant + bpb", disable=not show_progress):
-            dest = str(Path(tmp) / name)
-            transplant(base, donor, dest, name, {}, seed=seed, quiet=True)
-            out[name] = bpb_of(dest)
-    return reference, out
 
 
 def _category_sizes(report: dict[str, Any]) -> dict[str, int]:
