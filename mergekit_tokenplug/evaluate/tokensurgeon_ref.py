@@ -86,11 +86,6 @@ def mergekit_version() -> str:
         return "mergekit"
 
 
-def is_reference(name: str) -> bool:
-    """Whether ``name`` asks for one of mergekit-tokensurgeon's methods."""
-    return name.startswith(PREFIX)
-
-
 def lookup(name: str) -> TokenSurgeonMethod:
     """``tokensurgeon:<method>`` by its ``--approximation-method`` value; unknown names list
     the valid ones (checked before any work)."""
@@ -118,21 +113,6 @@ class _HiddenLeak(RuntimeError):
     """A hidden token reached mergekit's code: a bug of the leave-out, never a skip."""
 
 
-class _CompactedIds:
-    """The cut base tokenizer as ``subword_approximate`` calls it, with ids renumbered to the
-    compacted matrix's rows (the only matrix it is given)."""
-
-    def __init__(self, tokenizer: Any, compact: np.ndarray):
-        self.tokenizer, self.compact = tokenizer, compact
-
-    def __call__(self, text: str, **kwargs: Any) -> dict[str, list[int]]:
-        ids = self.tokenizer(text, **kwargs)["input_ids"]
-        rows = [int(self.compact[i]) if i < len(self.compact) else -1 for i in ids]
-        if any(r < 0 for r in rows):
-            raise _HiddenLeak("a hidden token came out of the tokenizer without it")
-        return {"input_ids": rows}
-
-
 def estimate(entry: TokenSurgeonMethod, holdout: HoldOut) -> torch.Tensor:
     """Rows of the hidden tokens as mergekit-tokensurgeon computes them (see the module doc)."""
     token_of = {i: t for t, i in normalized_vocabulary(holdout.out_tokenizer).items()}
@@ -150,8 +130,16 @@ def estimate(entry: TokenSurgeonMethod, holdout: HoldOut) -> torch.Tensor:
     donor_vocab = {token_of[i]: int(donor_src[i]) for i in (*anchors, *holdout.hidden_out)}
     targets = [token_of[int(i)] for i in holdout.hidden_out]
 
-    cut = holdout.cut_tokenizer
-    orig_tokenizer = _CompactedIds(cut, holdout.compact) if cut is not None else None
+    cut, compact = holdout.cut_tokenizer, holdout.compact
+
+    def compacted_ids(text: str, **kwargs: Any) -> dict[str, list[int]]:
+        """The cut base tokenizer as ``subword_approximate`` calls it, with ids renumbered to
+        the compacted matrix's rows (the only matrix it is given)."""
+        ids = cut(text, **kwargs)["input_ids"]
+        rows = [int(compact[i]) if i < len(compact) else -1 for i in ids]
+        if any(r < 0 for r in rows):
+            raise _HiddenLeak("a hidden token came out of the tokenizer without it")
+        return {"input_ids": rows}
 
     options = TokenSurgeonOptions(
         model=holdout.base_ref, donor=holdout.donor_ref, out_path="", method=entry.method
@@ -177,7 +165,7 @@ def estimate(entry: TokenSurgeonMethod, holdout: HoldOut) -> torch.Tensor:
                         target_tokens=targets[lo : lo + BATCH],
                         is_lm_head=False,
                         token_basis=basis,
-                        orig_tokenizer=orig_tokenizer,
+                        orig_tokenizer=compacted_ids if cut is not None else None,
                         options=options,
                     )
                 )
