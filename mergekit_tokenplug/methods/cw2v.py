@@ -56,9 +56,9 @@ from tqdm.auto import tqdm
 from mergekit_tokenplug.errors import ConfigError, InputError
 from mergekit_tokenplug.methods import base as api
 from mergekit_tokenplug.methods.base import EstimationProblem, MethodParams, MethodSpec, Need
+from mergekit_tokenplug.resources.corpus import CORPUS_KEY
 
 LOG = logging.getLogger(__name__)
-CORPUS_KEY = "tokenizer.approximation.corpus"
 
 
 class CW2VParams(MethodParams):
@@ -190,12 +190,6 @@ def sgns_loss(
     return -(pos + neg).mean()
 
 
-def _generator(problem: EstimationProblem, params: CW2VParams) -> torch.Generator:
-    if params.seed is None:
-        return problem.generator(offset=2407)
-    return torch.Generator(device=problem.device).manual_seed(int(params.seed))
-
-
 class _Mixing:
     """Mixing logits ``A1 (T x r)``, ``A2 (r x M)`` over the old rows ``E[mix]`` of one matrix."""
 
@@ -254,7 +248,11 @@ def cw2v_train(problem: EstimationProblem, params: CW2VParams) -> CW2VResult:
             f"cw2v: context_matrix width {ctx_matrix.shape[1]} != base width {own.shape[1]}"
         )
     out_to_base = torch.where(out_to_base < n_old, out_to_base, torch.full_like(out_to_base, -1))
-    gen = _generator(problem, params)
+    gen = (
+        problem.generator(offset=2407)
+        if params.seed is None
+        else torch.Generator(device=device).manual_seed(int(params.seed))
+    )
     ids, seq_id = combined_ids(seqs, out_to_base, out_to_target, n_old)
     mix = _mix_ids(ids, n_old, params.mix_rows)
     w_in, w_out = (own, ctx_matrix) if problem.role != "output" else (ctx_matrix, own)
