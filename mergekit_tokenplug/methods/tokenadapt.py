@@ -126,15 +126,6 @@ def clear_cache() -> None:
     _VOCAB_CACHE.clear()
 
 
-def _padded(pieces: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(T, P) piece ids padded with 0 and the (T, P) mask of real entries (P >= 1)."""
-    width = max([1, *map(len, pieces)])
-    padded = [[*p, *[0] * (width - len(p))] for p in pieces]
-    ids = torch.tensor(padded, dtype=torch.long, device=device).view(len(pieces), width)
-    lengths = torch.tensor([len(p) for p in pieces], dtype=torch.long, device=device)
-    return ids, torch.arange(width, device=device) < lengths.unsqueeze(1)
-
-
 def _weighted_rows(base: torch.Tensor, ids: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """sum_j w[:, j] * base[ids[:, j]], one column at a time: memory stays (T, d), not (T, P, d)."""
     rows = torch.zeros(ids.shape[0], base.shape[1], dtype=torch.float32, device=base.device)
@@ -161,7 +152,11 @@ def _local(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Local estimates for one chunk: sum_i softmax(((w1_i + len_i) / 2) / tau) E_B[p_i] with
     w1 = softmax(cos / tau) over the pieces (the authors' tempered similarity weights)."""
-    ids, mask = _padded(pieces, base.device)
+    width = max([1, *map(len, pieces)])  # pieces padded with id 0, masked out
+    padded = [[*p, *[0] * (width - len(p))] for p in pieces]
+    ids = torch.tensor(padded, dtype=torch.long, device=base.device).view(len(pieces), width)
+    lengths = torch.tensor([len(p) for p in pieces], dtype=torch.long, device=base.device)
+    mask = torch.arange(width, device=base.device) < lengths.unsqueeze(1)
     cos = torch.stack(
         [(vocab_vecs[ids[:, j]] * target_vecs).sum(dim=1) for j in range(ids.shape[1])], dim=1
     )
