@@ -54,13 +54,6 @@ def check_embedder_dir(path: str) -> Path:
     return p
 
 
-def _is_causal_lm(config: object) -> bool:
-    archs = getattr(config, "architectures", None) or []
-    return bool(getattr(config, "is_decoder", False)) or any(
-        a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in archs
-    )
-
-
 def _load(p: Path, device: str) -> tuple[object, object]:
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -69,7 +62,10 @@ def _load(p: Path, device: str) -> tuple[object, object]:
         config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except Exception as exc:
         raise _fail(path, f"has an unreadable config.json ({type(exc).__name__}: {exc})") from None
-    if _is_causal_lm(config):
+    archs = getattr(config, "architectures", None) or []
+    if getattr(config, "is_decoder", False) or any(
+        a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in archs
+    ):
         raise _fail(
             path,
             f"holds a causal language model ({getattr(config, 'model_type', '?')}), not a text encoder; expected a sentence-embedding model such as all-MiniLM-L6-v2",
@@ -113,11 +109,10 @@ def load_text_embedder(
             _MODELS[(real, dev)] = _load(p, dev)
         model, tokenizer = _MODELS[(real, dev)]
     max_len = min(
-        _MAX_LENGTH, int(getattr(tokenizer, "model_max_length", _MAX_LENGTH) or _MAX_LENGTH)
+        _MAX_LENGTH,
+        int(getattr(tokenizer, "model_max_length", _MAX_LENGTH) or _MAX_LENGTH),
+        int(getattr(model.config, "max_position_embeddings", None) or _MAX_LENGTH),
     )
-    max_pos = getattr(model.config, "max_position_embeddings", None)
-    if max_pos:
-        max_len = min(max_len, int(max_pos))
     hidden = int(model.config.hidden_size)
 
     def embed_texts(texts: list[str]) -> torch.Tensor:
@@ -150,10 +145,3 @@ def load_text_embedder(
 
     with _LOCK:
         return _FUNCS.setdefault(fkey, embed_texts)
-
-
-def clear_embedder_cache() -> None:
-    """Forget loaded embedders (frees their memory)."""
-    with _LOCK:
-        _FUNCS.clear()
-        _MODELS.clear()
