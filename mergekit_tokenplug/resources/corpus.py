@@ -42,7 +42,9 @@ def read_corpus(files: list[str], max_chars: int | None = None) -> list[str]:
         with open(path, encoding="utf-8", errors="replace") as fh:
             texts.append(fh.read(max_chars) if max_chars else fh.read())
     if not any(t.strip() for t in texts):
-        raise ConfigError(f"the corpus files are empty ({', '.join(files[:3])}); expected text", where=CORPUS_KEY)
+        raise ConfigError(
+            f"the corpus files are empty ({', '.join(files[:3])}); expected text", where=CORPUS_KEY
+        )
     return texts
 
 
@@ -59,13 +61,17 @@ def read_text_strict(path: str) -> str:
         with open(path, "rb") as fh:
             data = fh.read()
     except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror or exc}; expected a text file", where=path) from None
+        raise InputError(
+            f"cannot read: {exc.strerror or exc}; expected a text file", where=path
+        ) from None
     if b"\x00" in data:
         raise InputError("is a binary file (NUL bytes); expected UTF-8 text", where=path)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InputError(f"is not UTF-8 text (byte {exc.start}); expected UTF-8 text", where=path) from None
+        raise InputError(
+            f"is not UTF-8 text (byte {exc.start}); expected UTF-8 text", where=path
+        ) from None
     if not text.strip():
         raise InputError("is empty; expected text", where=path)
     return text
