@@ -318,15 +318,11 @@ def score(est: torch.Tensor, true: torch.Tensor, cats: Sequence[str]) -> dict[st
     cos = torch.nn.functional.cosine_similarity(est, true, dim=1).numpy()
     rel = ((est - true).norm(dim=1) / true.norm(dim=1).clamp_min(1e-12)).numpy()
     labels = np.asarray(cats)
-    per = {}
-    for c in CATEGORIES:
-        m = labels == c
-        if m.any():
-            per[c] = {
-                "n": int(m.sum()),
-                "cos": float(cos[m].mean()),
-                "rel_l2": float(rel[m].mean()),
-            }
+    per = {
+        c: {"n": int(m.sum()), "cos": float(cos[m].mean()), "rel_l2": float(rel[m].mean())}
+        for c in CATEGORIES
+        if (m := labels == c).any()
+    }
     return {"cos": float(cos.mean()), "rel_l2": float(rel.mean()), "categories": per}
 
 
@@ -367,9 +363,7 @@ def compare_methods(
     }
     for spec in tqdm(specs, desc="compare", unit="method", disable=not show_progress):
         reference = isinstance(spec, tokensurgeon_ref.TokenSurgeonMethod)
-        note = (
-            tokensurgeon_ref.cannot_run(spec, holdout) if reference else cannot_run(spec, holdout)
-        )
+        note = (tokensurgeon_ref.cannot_run if reference else cannot_run)(spec, holdout)
         if note is None:
             try:
                 t0 = time.perf_counter()
@@ -418,8 +412,7 @@ def _category_sizes(report: dict[str, Any]) -> dict[str, int]:
 
 def format_report(report: dict[str, Any]) -> str:
     """Plain-text table: overall and per-category cosine, relative L2, time, bpb."""
-    n_cat = _category_sizes(report)
-    cats = list(n_cat)
+    cats = _category_sizes(report)
     texts = sorted({t for m in report["methods"].values() for t in m.get("bpb", {})})
     head = ["method", "cos", "rel_l2", "s", *(f"cos {c}" for c in cats)]
     head += [f"bpb {Path(t).name}" for t in texts]
@@ -445,7 +438,7 @@ def format_report(report: dict[str, Any]) -> str:
 
     lines = [
         f"hidden {report['hidden']} of the shared tokens (seed {report['seed']}), anchors {report['anchors']}; "
-        + ", ".join(f"{c} {n_cat[c]}" for c in cats),
+        + ", ".join(f"{c} {n}" for c, n in cats.items()),
         fmt(head),
         *(fmt(r) for r in rows),
     ]
@@ -478,8 +471,7 @@ def plot_report(report: dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
 
     methods = sorted(report["methods"], key=lambda k: -report["methods"][k]["cos"])
-    n_cat = _category_sizes(report)
-    cats = list(n_cat)
+    cats = _category_sizes(report)
     groups = ["overall", *cats]
     fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(groups) + 2), 4.8))
     width = 0.84 / max(len(methods), 1)
@@ -487,20 +479,15 @@ def plot_report(report: dict[str, Any], path: str) -> None:
         m = report["methods"][name]
         vals = [m["cos"]] + [m["categories"].get(c, {}).get("cos", np.nan) for c in cats]
         xs = np.arange(len(groups)) + (j - (len(methods) - 1) / 2) * width
-        reference = "reference" in m  # tokensurgeon:* (mergekit's own code): hatched bars
-        ax.bar(
-            xs,
-            vals,
-            width,
-            label=name,
-            color=plt.get_cmap("tab20" if len(methods) > 10 else "tab10")(j % 20),
-            hatch="//" if reference else None,
-            edgecolor="black" if reference else None,
-            linewidth=0.4 if reference else None,
+        # tokensurgeon:* (mergekit's own code): hatched bars
+        hatched = (
+            {"hatch": "//", "edgecolor": "black", "linewidth": 0.4} if "reference" in m else {}
         )
+        cmap = plt.get_cmap("tab20" if len(methods) > 10 else "tab10")
+        ax.bar(xs, vals, width, label=name, color=cmap(j % 20), **hatched)
     ax.set_xticks(np.arange(len(groups)))
     ax.set_xticklabels(
-        [f"overall\n(n={report['hidden']})", *(f"{c}\n(n={n_cat[c]})" for c in cats)]
+        [f"overall\n(n={report['hidden']})", *(f"{c}\n(n={n})" for c, n in cats.items())]
     )
     ax.set_ylabel("mean cosine to the true row")
     ax.set_title(
