@@ -76,14 +76,11 @@ class TokenSurgeonMethod:
             params["cosine_similarity"] = defaults["cosine_similarity"]
         if self.method is ApproximationMethod.SUBWORD:
             params["subword_method"] = defaults["subword_method"].value
-        return {"reference": f"mergekit-tokensurgeon ({mergekit_version()})", "params": params}
-
-
-def mergekit_version() -> str:
-    try:
-        return f"mergekit {version('mergekit')}"
-    except PackageNotFoundError:  # a source checkout without metadata
-        return "mergekit"
+        try:
+            mergekit = f"mergekit {version('mergekit')}"
+        except PackageNotFoundError:  # a source checkout without metadata
+            mergekit = "mergekit"
+        return {"reference": f"mergekit-tokensurgeon ({mergekit})", "params": params}
 
 
 def lookup(name: str) -> TokenSurgeonMethod:
