@@ -187,24 +187,6 @@ def _global(
     return _weighted_rows(base, idx, w), keep.any(dim=1)
 
 
-def _resolve_embedder(problem: EstimationProblem, params: TokenAdaptParams) -> tuple[EmbedFn, bool]:
-    """The text embedder to use, and whether its vocabulary embedding may be cached."""
-    embed = problem.embed_texts
-    if embed is not None:
-        return embed, True
-    if params.embedder != "self":
-        raise ValueError(
-            f"tokenadapt: embedder {params.embedder!r} was configured but the seam supplied no "
-            "embed_texts (load it with mergekit_tokenplug.resources.load_text_embedder)"
-        )
-    split = problem.split_texts
-    if split is None:
-        raise ValueError(
-            "tokenadapt with embedder 'self' needs split_texts (the base tokenizer split)"
-        )
-    return self_space_embedder(problem.base, split), False
-
-
 def estimate_tokenadapt(problem: EstimationProblem, params: TokenAdaptParams) -> torch.Tensor:
     """(1 - beta) e_local + beta e_global; the one that exists if only one; else the mean row."""
     texts, pieces = problem.target_texts, problem.target_pieces
@@ -221,7 +203,19 @@ def estimate_tokenadapt(problem: EstimationProblem, params: TokenAdaptParams) ->
     if t == 0:
         return torch.zeros(0, d, dtype=torch.float32, device=device)
 
-    embed, cacheable = _resolve_embedder(problem, params)
+    # the seam's embedder (its vocabulary embedding may be cached), else the base's own space
+    embed, cacheable = problem.embed_texts, True
+    if embed is None:
+        if params.embedder != "self":
+            raise ValueError(
+                f"tokenadapt: embedder {params.embedder!r} was configured but the seam supplied "
+                "no embed_texts (load it with mergekit_tokenplug.resources.load_text_embedder)"
+            )
+        if problem.split_texts is None:
+            raise ValueError(
+                "tokenadapt with embedder 'self' needs split_texts (the base tokenizer split)"
+            )
+        embed, cacheable = self_space_embedder(problem.base, problem.split_texts), False
     vocab_vecs = _vocab_embeddings(embed, list(vocab_texts), device, cacheable)  # (v, e)
     vocab_valid = vocab_vecs.norm(dim=1) > 0.5
     vocab_chars = torch.tensor([len(s) for s in vocab_texts], dtype=torch.float32, device=device)
