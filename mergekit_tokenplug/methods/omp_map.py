@@ -210,9 +210,7 @@ def estimate_omp_map(problem: EstimationProblem, params: OmpMapParams) -> torch.
                 alpha,
                 ridge,
                 scores[(alpha, ridge)],
-                min(v for (a, _), v in scores.items() if a == 0.0)
-                if (0.0, ridge) in scores
-                else float("nan"),
+                scores.get((0.0, ridge), float("nan")),  # alpha 0 ignores the ridge
             )
     rows, resid = omp_parts(
         targets,
