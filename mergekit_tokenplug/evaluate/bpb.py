@@ -178,10 +178,7 @@ def evaluate_models(
         except Exception as e:  # transformers raises many types for unusable tokenizers
             raise InputError(f"{d}: cannot load tokenizer ({type(e).__name__}: {e})") from None
         model = AutoModelForCausalLM.from_pretrained(
-            str(d),
-            dtype=dtype,
-            trust_remote_code=False,
-            use_safetensors=not allow_pickle,
+            str(d), dtype=dtype, trust_remote_code=False, use_safetensors=not allow_pickle
         )
         model.to(device).eval()
         load_s = time.perf_counter() - t_load
