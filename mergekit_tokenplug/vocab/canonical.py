@@ -93,44 +93,27 @@ def detect_scheme(tokenizer: Any) -> TokenScheme:
 
     Reads each component's own JSON (small; the vocabulary is not serialised for this).
     """
-    return _scheme_from_json(_scheme_parts(backend_of(tokenizer)))
+    return _read_scheme(backend_of(tokenizer))
 
 
-def _scheme_parts(backend: Tokenizer, data: dict[str, Any] | None = None) -> dict[str, Any]:
-    """tokenizer.json's model settings, normalizer, pre_tokenizer and decoder, without vocab.
+def _read_scheme(backend: Tokenizer, data: dict[str, Any] | None = None) -> TokenScheme:
+    """The scheme from the model settings, normalizer, pre_tokenizer and decoder.
 
-    ``byte_fallback`` comes from the model's own JSON: the Python model objects do not all
+    ``byte_fallback`` falls back to the model's JSON: the Python model objects do not all
     expose it (Unigram has no such attribute), and a tokenizer may fall back to bytes without
-    a ByteFallback decoder. The JSON is only serialised when the attribute is absent (or
-    ``data``, the already parsed tokenizer.json, is given).
+    a ByteFallback decoder. That JSON is ``data``'s (the already parsed tokenizer.json) when
+    given, else serialised only then.
     """
-    parts: dict[str, Any] = {}
-    for name in ("normalizer", "pre_tokenizer", "decoder"):
-        component = getattr(backend, name, None)
-        parts[name] = json.loads(component.__getstate__()) if component is not None else None
-    model = backend.model
-    if data is not None:
-        byte_fallback = (data.get("model") or {}).get("byte_fallback", False)
-    elif hasattr(model, "byte_fallback"):
-        byte_fallback = model.byte_fallback
-    else:
-        byte_fallback = json.loads(model.__getstate__()).get("byte_fallback", False)
-    parts["model"] = {
-        "type": type(model).__name__,  # the tokenizers model (BPE, WordPiece, ...)
-        "byte_fallback": bool(byte_fallback),
-        "continuing_subword_prefix": getattr(model, "continuing_subword_prefix", None),
-    }
-    return parts
-
-
-def _scheme_from_json(parts: dict[str, Any]) -> TokenScheme:
-    model = parts.get("model") or {}
-    pre = list(_walk(parts.get("pre_tokenizer")))
-    dec = list(_walk(parts.get("decoder")))
-    norm = list(_walk(parts.get("normalizer")))
-    byte_fallback = bool(model.get("byte_fallback")) or any(
-        n.get("type") == "ByteFallback" for n in dec
+    pre, dec, norm = (
+        list(_walk(json.loads(part.__getstate__()))) if part is not None else []
+        for part in (backend.pre_tokenizer, backend.decoder, backend.normalizer)
     )
+    model = backend.model
+    byte_fallback = getattr(model, "byte_fallback", None)
+    if byte_fallback is None:
+        model_json = (data or {}).get("model") or json.loads(model.__getstate__())
+        byte_fallback = model_json.get("byte_fallback", False)
+    byte_fallback = bool(byte_fallback) or any(n.get("type") == "ByteFallback" for n in dec)
 
     if any(n.get("type") == "ByteLevel" for n in pre + dec + norm):
         return TokenScheme("byte_level", byte_fallback=byte_fallback)
@@ -150,8 +133,12 @@ def _scheme_from_json(parts: dict[str, Any]) -> TokenScheme:
         return TokenScheme("metaspace", space_marker=marker, byte_fallback=byte_fallback)
 
     wp_decoder = next((n for n in dec if n.get("type") == "WordPiece"), None)
-    if model.get("type") == "WordPiece" or wp_decoder is not None:
-        prefix = model.get("continuing_subword_prefix") or (wp_decoder or {}).get("prefix") or "##"
+    if type(model).__name__ == "WordPiece" or wp_decoder is not None:
+        prefix = (
+            getattr(model, "continuing_subword_prefix", None)
+            or (wp_decoder or {}).get("prefix")
+            or "##"
+        )
         return TokenScheme("wordpiece", byte_fallback=byte_fallback, continuation_prefix=prefix)
 
     return TokenScheme("plain", byte_fallback=byte_fallback)
@@ -256,7 +243,7 @@ def read_vocab(tokenizer: Any, scheme: TokenScheme | None = None) -> VocabView:
     # one serialisation gives scheme, vocab and added tokens (on a 262k vocabulary, faster
     # than get_vocab)
     data = json.loads(backend.to_str())
-    scheme = scheme or _scheme_from_json(_scheme_parts(backend, data))
+    scheme = scheme or _read_scheme(backend, data)
     vocab = (data.get("model") or {}).get("vocab") or {}
     if isinstance(vocab, list):  # Unigram: [[piece, score], ...], id = position
         tokens: list[str | None] = [entry[0] for entry in vocab]
