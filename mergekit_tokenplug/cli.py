@@ -19,6 +19,7 @@ from mergekit_tokenplug.evaluate.bpb import evaluate_models, format_table
 from mergekit_tokenplug.heal.command import Matrices, run_heal
 from mergekit_tokenplug.heal.rows import RowChoice
 from mergekit_tokenplug.output.card import HEAL_FIGURES
+from mergekit_tokenplug.recipes.cli import commands as recipe_commands
 from mergekit_tokenplug.registry import DEFAULT_METHOD, all_methods
 
 
@@ -458,14 +459,8 @@ def _heal(
             click.echo(f"held-out {phase}: {figures}")
 
 
-def _attach_recipe_commands() -> None:
-    from mergekit_tokenplug.recipes.cli import commands  # lazy: keeps the CLI's start-up fast
-
-    for command in commands:
-        main.add_command(command)
-
-
-_attach_recipe_commands()
+for command in recipe_commands:
+    main.add_command(command)
 
 if __name__ == "__main__":
     main()
