@@ -176,7 +176,7 @@ def align_vocab(
         j = m_str_marked.get(tokens[i])
         kind, unmatched = EXACT, unmatched_added
         if i in out.special_ids:
-            roles = [model.roles.get(r, model_rows) for r in out.id_roles.get(i, [])]
+            roles = [model.roles.get(r, model_rows) for r, k in out.roles.items() if k == i]
             j = j if j is not None else next((r for r in roles if r < model_rows), None)
             kind, unmatched = SPECIAL, unmatched_special
         elif j is None:

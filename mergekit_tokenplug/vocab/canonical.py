@@ -34,7 +34,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, normalizers
 
 from mergekit_tokenplug.errors import InputError
 
@@ -83,9 +83,7 @@ def _walk(node: Any) -> Iterator[dict[str, Any]]:
 
 def _string_pattern(node: dict[str, Any]) -> str | None:
     pattern = node.get("pattern")
-    if isinstance(pattern, dict):
-        return pattern.get("String")
-    return None
+    return pattern.get("String") if isinstance(pattern, dict) else None
 
 
 def detect_scheme(tokenizer: Any) -> TokenScheme:
@@ -233,8 +231,7 @@ class VocabView:
     regular_ids: list[int]  # ids of model-vocabulary entries that are neither added nor special
     added: dict[int, tuple[str, bool]]  # added-token id -> (content, special flag)
     special_ids: set[int]  # special added tokens plus every role token
-    roles: dict[str, int] = field(default_factory=dict)  # "bos"/"eos"/... -> id
-    id_roles: dict[int, list[str]] = field(default_factory=dict)  # id -> its roles
+    roles: dict[str, int] = field(default_factory=dict)  # "bos"/"eos"/... -> id, in ROLES order
 
 
 def read_vocab(tokenizer: Any, scheme: TokenScheme | None = None) -> VocabView:
@@ -260,7 +257,6 @@ def read_vocab(tokenizer: Any, scheme: TokenScheme | None = None) -> VocabView:
         tokens[i] = content
     special_ids = {i for i, (_, special) in added.items() if special}
     roles: dict[str, int] = {}
-    id_roles: dict[int, list[str]] = {}
     if not isinstance(tokenizer, Tokenizer):
         by_string = {content: i for i, (content, _) in sorted(added.items(), reverse=True)}
         for role in ROLES:
@@ -270,14 +266,13 @@ def read_vocab(tokenizer: Any, scheme: TokenScheme | None = None) -> VocabView:
             i = by_string.get(str(tok), backend.token_to_id(str(tok)))
             if i is not None:
                 roles[role] = i
-                id_roles.setdefault(i, []).append(role)
                 special_ids.add(i)
         for i in getattr(tokenizer, "all_special_ids", None) or []:
             if i is not None and 0 <= int(i) < len(tokens) and tokens[int(i)] is not None:
                 special_ids.add(int(i))
     if not special_ids.issubset(added):  # a role token that is a plain vocab entry is special
         regular_ids = [i for i in regular_ids if i not in special_ids]
-    return VocabView(scheme, len(tokens), tokens, regular_ids, added, special_ids, roles, id_roles)
+    return VocabView(scheme, len(tokens), tokens, regular_ids, added, special_ids, roles)
 
 
 def canonical_forms(tokenizer: Any, scheme: TokenScheme | None = None) -> dict[int, bytes]:
@@ -353,8 +348,6 @@ _SPACING_NORMALIZERS = frozenset({"Prepend", "Strip"})
 
 def _content_parts(node: Any) -> list[Any]:
     """The content-changing components of a (possibly nested) normalizer, as objects."""
-    from tokenizers import normalizers
-
     state = json.loads(node.__getstate__())
     kind = state.get("type")
     if kind == "Sequence":
@@ -385,8 +378,6 @@ def content_normalizer(tokenizer: Any) -> Any | None:
     Used to look up another tokenizer's token the way this tokenizer would see its text:
     a lowercasing model encodes "The" as ``the``, so a donor's ``ĠThe`` belongs on ``the``.
     """
-    from tokenizers import normalizers
-
     node = backend_of(tokenizer).normalizer
     if node is None:
         return None
