@@ -126,7 +126,7 @@ def align_vocab(
 
     # ---- model side indexes (only rows the model really has)
     m_regular = [i for i in model.regular_ids if i < model_rows]
-    m_canon_by_id = view_canonical(model)
+    m_forms = view_canonical(model) | view_added_forms(model)  # by id: regular, added
     m_str_regular = {model.tokens[i]: i for i in m_regular}
     m_marked = sorted(i for i in set(model.added) | model.special_ids if i < model_rows)
     m_str_marked = _first_wins([model.tokens[i] for i in m_marked], m_marked)
@@ -135,12 +135,10 @@ def align_vocab(
     byte_rows = set(m_bytes)
     m_plain = [i for i in m_regular if i not in byte_rows]
     m_added_plain = [i for i in m_marked if i in model.added and i not in model.special_ids]
-    added_forms = view_added_forms(model)
     # Byte-fallback pieces come last: a tokenizer only emits <0xNN> when no other piece spells
     # those bytes, so their rows are barely trained (Gemma: "\n" is an added piece, <0x0A> unused).
     ordered = m_plain + m_added_plain + m_bytes
-    keys = [m_canon_by_id[i] if i in m_canon_by_id else added_forms[i] for i in ordered]
-    m_canon = _first_wins(keys, ordered)
+    m_canon = _first_wins([m_forms[i] for i in ordered], ordered)
     m_canon.pop(b"", None)  # an empty spelling matches nothing
     if byte_pieces == "estimate":
         m_canon = {k: j for k, j in m_canon.items() if j not in byte_rows}
@@ -154,7 +152,7 @@ def align_vocab(
     for i in out.regular_ids:
         form = o_forms[i]
         j = m_str_regular.get(tokens[i])
-        if j is not None and (same_scheme or m_canon_by_id[j] == form):
+        if j is not None and (same_scheme or m_forms[j] == form):
             hits.append((i, j, EXACT))
             continue
         j = m_canon.get(form)

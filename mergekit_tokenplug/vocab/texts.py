@@ -53,8 +53,7 @@ def token_texts(tokenizer: Any, ids: Iterable[int], *, specials: bool = True) ->
     with no token (a hole, or beyond the vocabulary) gives "".
     """
     view = read_vocab(tokenizer)
-    forms = view_canonical(view)
-    forms.update(view_added_forms(view))
+    forms = view_canonical(view) | view_added_forms(view)
     tokens = view.tokens
     size = len(tokens)
     result: list[str] = []
