@@ -370,13 +370,11 @@ def compare(
 @click.option("--overwrite", is_flag=True)
 @json_option("Write the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True)
-def learn_tool_tokens_command(
-    model: str, data: str, out: str, tool_tokens: tuple[str, ...], **options: Any
-) -> None:
+def learn_tool_tokens_command(model: str, data: str, out: str, **options: Any) -> None:
     """Train only the tool-token rows of MODEL on DATA.jsonl ({"prompt", "completion"} rows,
     loss on the completion); write OUT. The same as `heal MODEL OUT --corpus DATA.jsonl --rows
     tool` with these defaults."""
-    _heal(model, out, (data,), rows="tool", matrices=None, tool_tokens=tool_tokens, **options)
+    _heal(model, out, (data,), rows="tool", matrices=None, **options)
 
 
 @main.command()
