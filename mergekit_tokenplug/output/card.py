@@ -23,6 +23,13 @@ def vocabulary_section(
 ) -> str:
     """Markdown: method + parameters, BOS convention, alignment counts per model, rows per matrix."""
     vocab = report.get("vocabulary", {})
+    notes = [bos_sentence(bos)] if bos else []
+    if any("tool" in rec.get("by_method", {}) for rec in report.get("matrices", [])):
+        notes.append(
+            "Tool tokens (`tool`): their rows are the re-initialization prior (the frozen "
+            "model reading the tool's name and description), exported to "
+            f"`{TOOL_PRIORS}` for training."
+        )
     lines = [
         "## Vocabulary transplant (mergekit-tokenplug)",
         "",
@@ -31,17 +38,7 @@ def vocabulary_section(
         "",
         f"Output vocabulary: {vocab.get('output_tokens', '?')} tokens in {vocab.get('output_rows', '?')} rows.",
         "",
-        *([bos_sentence(bos), ""] if bos else []),
-        *(
-            [
-                "Tool tokens (`tool`): their rows are the re-initialization prior (the frozen "
-                "model reading the tool's name and description), exported to "
-                f"`{TOOL_PRIORS}` for training.",
-                "",
-            ]
-            if any("tool" in rec.get("by_method", {}) for rec in report.get("matrices", []))
-            else []
-        ),
+        *(line for note in notes for line in (note, "")),
         "| model | exact | canonical | special | missing |",
         "|---|---:|---:|---:|---:|",
     ]
