@@ -75,9 +75,7 @@ class VocabAlignment:
         """Ids per Match kind (lower-case names); ``holes`` is the part of ``missing``
         that has no token."""
         tally = np.bincount(self.how.astype(np.int64), minlength=len(Match))
-        result = {m.name.lower(): int(tally[m]) for m in Match}
-        result["holes"] = len(self.holes)
-        return result
+        return {m.name.lower(): int(tally[m]) for m in Match} | {"holes": len(self.holes)}
 
     def matched(self, *kinds: Match) -> tuple[np.ndarray, np.ndarray]:
         """(output ids, model rows) of the matches of the given kinds (default: all)."""
@@ -88,8 +86,7 @@ class VocabAlignment:
     def missing_ids(self) -> np.ndarray:
         """Output ids that hold a token but have no model row (holes excluded)."""
         mask = self.how == MISSING
-        if self.holes:
-            mask[np.asarray(self.holes, dtype=np.int64)] = False
+        mask[np.asarray(self.holes, dtype=np.int64)] = False
         return np.flatnonzero(mask)
 
 
