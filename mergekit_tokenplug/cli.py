@@ -374,7 +374,7 @@ def learn_tool_tokens_command(model: str, data: str, out: str, **options: Any) -
     """Train only the tool-token rows of MODEL on DATA.jsonl ({"prompt", "completion"} rows,
     loss on the completion); write OUT. The same as `heal MODEL OUT --corpus DATA.jsonl --rows
     tool` with these defaults."""
-    _heal(model, out, (data,), rows="tool", matrices=None, **options)
+    heal.callback(model, out, (data,), rows="tool", matrices=None, **options)
 
 
 @main.command()
@@ -424,14 +424,7 @@ def learn_tool_tokens_command(model: str, data: str, out: str, **options: Any) -
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists and is not empty.")
 @json_option("Write the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True)
-def heal(model: str, out: str, corpus: tuple[str, ...], **options: Any) -> None:
-    """Train only vocabulary rows of MODEL (every input row by default; a transplant's
-    estimated rows, or tool-token rows) on --corpus, regularized toward where they started;
-    write OUT. Data parallel under `accelerate launch`."""
-    _heal(model, out, corpus, **options)
-
-
-def _heal(
+def heal(
     model: str,
     out: str,
     corpus: tuple[str, ...],
@@ -440,6 +433,9 @@ def _heal(
     quiet: bool,
     **options: Any,
 ) -> None:
+    """Train only vocabulary rows of MODEL (every input row by default; a transplant's
+    estimated rows, or tool-token rows) on --corpus, regularized toward where they started;
+    write OUT. Data parallel under `accelerate launch`."""
     setup_logging(quiet, 0)
     summary = run_heal(model, out, list(corpus), quiet=quiet, **options)
     if os.environ.get("RANK", "0") != "0":
