@@ -379,9 +379,7 @@ def content_normalizer(tokenizer: Any) -> Any | None:
     a lowercasing model encodes "The" as ``the``, so a donor's ``ĠThe`` belongs on ``the``.
     """
     node = backend_of(tokenizer).normalizer
-    if node is None:
-        return None
-    parts = _content_parts(node)
+    parts = _content_parts(node) if node is not None else []
     if not parts:
         return None
     return parts[0] if len(parts) == 1 else normalizers.Sequence(parts)
