@@ -19,6 +19,7 @@ from mergekit_tokenplug.evaluate.bpb import evaluate_models, format_table
 from mergekit_tokenplug.heal.command import Matrices, run_heal
 from mergekit_tokenplug.heal.rows import RowChoice
 from mergekit_tokenplug.output.card import HEAL_FIGURES
+from mergekit_tokenplug.recipes.cli import commands as recipe_commands
 from mergekit_tokenplug.registry import DEFAULT_METHOD, all_methods
 
 
@@ -369,13 +370,11 @@ def compare(
 @click.option("--overwrite", is_flag=True)
 @json_option("Write the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True)
-def learn_tool_tokens_command(
-    model: str, data: str, out: str, tool_tokens: tuple[str, ...], **options: Any
-) -> None:
+def learn_tool_tokens_command(model: str, data: str, out: str, **options: Any) -> None:
     """Train only the tool-token rows of MODEL on DATA.jsonl ({"prompt", "completion"} rows,
     loss on the completion); write OUT. The same as `heal MODEL OUT --corpus DATA.jsonl --rows
     tool` with these defaults."""
-    _heal(model, out, (data,), rows="tool", matrices=None, tool_tokens=tool_tokens, **options)
+    heal.callback(model, out, (data,), rows="tool", matrices=None, **options)
 
 
 @main.command()
@@ -425,14 +424,7 @@ def learn_tool_tokens_command(
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists and is not empty.")
 @json_option("Write the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True)
-def heal(model: str, out: str, corpus: tuple[str, ...], **options: Any) -> None:
-    """Train only vocabulary rows of MODEL (every input row by default; a transplant's
-    estimated rows, or tool-token rows) on --corpus, regularized toward where they started;
-    write OUT. Data parallel under `accelerate launch`."""
-    _heal(model, out, corpus, **options)
-
-
-def _heal(
+def heal(
     model: str,
     out: str,
     corpus: tuple[str, ...],
@@ -441,6 +433,9 @@ def _heal(
     quiet: bool,
     **options: Any,
 ) -> None:
+    """Train only vocabulary rows of MODEL (every input row by default; a transplant's
+    estimated rows, or tool-token rows) on --corpus, regularized toward where they started;
+    write OUT. Data parallel under `accelerate launch`."""
     setup_logging(quiet, 0)
     summary = run_heal(model, out, list(corpus), quiet=quiet, **options)
     if os.environ.get("RANK", "0") != "0":
@@ -458,14 +453,8 @@ def _heal(
             click.echo(f"held-out {phase}: {figures}")
 
 
-def _attach_recipe_commands() -> None:
-    from mergekit_tokenplug.recipes.cli import commands  # lazy: keeps the CLI's start-up fast
-
-    for command in commands:
-        main.add_command(command)
-
-
-_attach_recipe_commands()
+for command in recipe_commands:
+    main.add_command(command)
 
 if __name__ == "__main__":
     main()

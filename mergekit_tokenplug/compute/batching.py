@@ -73,13 +73,6 @@ def suggest_batch_size(
     return n if maximum is None else min(n, max(1, int(maximum)))
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    """True for allocation failures worth retrying with a smaller batch (CUDA or CPU)."""
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    return isinstance(exc, Exception) and should_reduce_batch_size(exc)
-
-
 def run_batched(fn: Callable[[int, int], T], n_items: int, start_batch_size: int) -> list[T]:
     """Apply ``fn(start, stop)`` to consecutive batches of ``range(n_items)``.
 
@@ -108,8 +101,8 @@ def run_batched(fn: Callable[[int, int], T], n_items: int, start_batch_size: int
             try:
                 out = fn(done, stop)
             except Exception as exc:
-                # accelerate only recognises some messages; normalise CPU/CUDA OOM to one it knows.
-                if is_out_of_memory(exc) and not should_reduce_batch_size(exc):
+                # accelerate only recognises some messages; normalise torch's OOM to one it knows.
+                if isinstance(exc, torch.OutOfMemoryError) and not should_reduce_batch_size(exc):
                     raise RuntimeError(
                         f"DefaultCPUAllocator: can't allocate memory ({exc})"
                     ) from exc

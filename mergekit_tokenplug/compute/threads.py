@@ -44,11 +44,6 @@ def _running_threads_of_this_process() -> int:
     return running
 
 
-def _running_threads_system() -> int:
-    # /proc/loadavg's fourth field: "runnable scheduling entities / all entities".
-    return int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
-
-
 def busy_cores_elsewhere() -> int | None:
     """Threads of other processes running now (median of a few samples over ~30 ms), or None
     where this cannot be read."""
@@ -59,7 +54,9 @@ def busy_cores_elsewhere() -> int | None:
         for i in range(SAMPLES):
             if i:
                 time.sleep(SAMPLE_GAP_S)
-            counts.append(_running_threads_system() - _running_threads_of_this_process())
+            # /proc/loadavg's fourth field: "runnable scheduling entities / all entities".
+            system = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+            counts.append(system - _running_threads_of_this_process())
     except (OSError, ValueError, IndexError):
         return None
     return max(0, int(statistics.median(counts)))
@@ -78,12 +75,13 @@ def threads_for_fine_grained_kernel(label: str = "kernel") -> Iterator[int]:
     least one); yields the thread count in use. The previous setting is restored after."""
     before = torch.get_num_threads()
     busy = busy_cores_elsewhere() if before > 1 else None
-    use = max(1, min(before, available_cores() - busy)) if busy else before
+    cores = available_cores()
+    use = max(1, min(before, cores - busy)) if busy else before
     if use != before:
         LOG.info(
             "%s: %d other running thread(s) share this machine's %d cores: using %d of %d "
             "threads (MERGEKIT_TOKENPLUG_ADAPT_THREADS=0 keeps %d)",
-            label, busy, available_cores(), use, before, before,
+            label, busy, cores, use, before, before,
         )  # fmt: skip
         torch.set_num_threads(use)
     try:

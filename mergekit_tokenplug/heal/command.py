@@ -1,7 +1,13 @@
-"""``heal``: the run from MODEL to OUT (checks, corpus, rows, before/after scores, writing)."""
+"""``heal``: the run from MODEL to OUT (checks, corpus, rows, before/after scores, writing).
+
+OUT holds the weights in their original dtype (every untrained tensor keeps its bytes), the
+model card with a heal section and the manifest with a ``heal`` record.
+"""
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -12,13 +18,59 @@ from mergekit_tokenplug.errors import ConfigError
 from mergekit_tokenplug.evaluate.bpb import LN2, bits_per_byte
 from mergekit_tokenplug.heal.data import HealCorpus, load_corpus
 from mergekit_tokenplug.heal.examples import example_scores
-from mergekit_tokenplug.heal.output import write_healed
 from mergekit_tokenplug.heal.rows import RowChoice, rows_to_train
 from mergekit_tokenplug.heal.train import LoopSettings, is_tied, train_rows, untie
 from mergekit_tokenplug.inputs import check_model_dir
 from mergekit_tokenplug.output.atomic import atomic_directory, check_output_dir
+from mergekit_tokenplug.output.card import heal_section
+from mergekit_tokenplug.output.manifest import MANIFEST_NAME, input_record, write_manifest
 
 Matrices = Literal["input", "both"]  # the CLI's choices
+
+# Files the model's own save_pretrained writes or this module rewrites; every other file of
+# MODEL (side files such as tool-token priors, recipes) is carried over unchanged.
+REWRITTEN = ("config.json", "generation_config.json", "README.md", MANIFEST_NAME)
+
+
+def carry_side_files(src: Path, out: Path) -> None:
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        weights = len(rel.parts) == 1 and (
+            rel.suffix == ".safetensors" or rel.name.endswith(".safetensors.index.json")
+        )  # the model's own shards (save_pretrained rewrote them); side files live below
+        if not path.is_file() or rel.name in REWRITTEN or weights or (out / rel).exists():
+            continue
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, out / rel)
+
+
+def write_healed(
+    out: Path, *, model: Any, tokenizer: Any, src: Path, summary: dict[str, Any], command: str
+) -> None:
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    carry_side_files(src, out)
+    card = (src / "README.md").read_text(encoding="utf-8") if (src / "README.md").is_file() else ""
+    (out / "README.md").write_text(
+        (card.rstrip() + "\n\n" if card.strip() else "") + heal_section(summary), encoding="utf-8"
+    )
+    before = {}
+    if (src / MANIFEST_NAME).is_file():
+        before = json.loads((src / MANIFEST_NAME).read_text(encoding="utf-8"))
+    inputs = [{"role": "model", **input_record(str(src))}]
+    inputs += [
+        {"role": "corpus", "path": path, "sha256": digest}
+        for path, digest in summary["corpus"].items()
+    ]
+    write_manifest(
+        out,
+        inputs=inputs,
+        recipe=command,
+        report={**before.get("report", {}), "heal": summary},
+        extra={"transplant": {"recipe": before.get("recipe"), "inputs": before.get("inputs")}}
+        if before
+        else None,
+    )
 
 
 def _scores(

@@ -63,12 +63,6 @@ def window_order(n_windows: int, seed: int) -> Iterator[int]:
         yield from torch.randperm(n_windows, generator=gen).tolist()
 
 
-def cosine_lr(step: int, steps: int, lr: float) -> float:
-    """Cosine decay from ``lr`` (step 1) to a tenth of it (last step)."""
-    t = (step - 1) / max(1, steps - 1)
-    return lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * t)))
-
-
 @torch.no_grad()
 def prox_toward(rows: torch.Tensor, start: torch.Tensor, shrink: float) -> None:
     """Proximal step of ``shrink * ||rows - start||_F``, in place."""
@@ -139,7 +133,9 @@ def train_rows(
             if world > 1:
                 grads = [accelerator.reduce(g, reduction="mean") for g in grads]
                 total = accelerator.reduce(total, reduction="mean")
-            lr_t = cosine_lr(step, settings.steps, settings.lr)
+            # cosine decay from lr (step 1) to a tenth of it (last step)
+            t = (step - 1) / max(1, settings.steps - 1)
+            lr_t = settings.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * t)))
             for group in opt.param_groups:
                 group["lr"] = lr_t
             for r, g in zip(rows, grads, strict=True):

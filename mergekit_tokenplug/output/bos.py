@@ -31,20 +31,14 @@ def adds_bos(tokenizer: Any) -> bool:
     return len(ids) > len(plain) and ids[0] == bos
 
 
-def _special(bos: str) -> dict[str, Any]:
-    return {"SpecialToken": {"id": bos, "type_id": 0}}
-
-
 def with_bos(processor: dict[str, Any] | None, bos: str, bos_id: int, add: bool) -> dict | None:
     """A ``tokenizer.json`` post-processor that prepends (``add``) or drops BOS."""
+    special = {"SpecialToken": {"id": bos, "type_id": 0}}
+    first, second = ({"Sequence": {"id": s, "type_id": t}} for s, t in (("A", 0), ("B", 1)))
     template = {
         "type": "TemplateProcessing",
-        "single": [_special(bos), {"Sequence": {"id": "A", "type_id": 0}}],
-        "pair": [
-            _special(bos),
-            {"Sequence": {"id": "A", "type_id": 0}},
-            {"Sequence": {"id": "B", "type_id": 1}},
-        ],
+        "single": [special, first],
+        "pair": [special, first, second],
         "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}},
     }
     if processor is None:
@@ -54,7 +48,7 @@ def with_bos(processor: dict[str, Any] | None, bos: str, bos_id: int, add: bool)
     if kind == "TemplateProcessing":
         for key in ("single", "pair"):
             kept = [p for p in proc[key] if p.get("SpecialToken", {}).get("id") != bos]
-            proc[key] = [_special(bos), *proc[key]] if add else kept
+            proc[key] = [special, *proc[key]] if add else kept
         if add:
             proc.setdefault("special_tokens", {})[bos] = template["special_tokens"][bos]
         return proc

@@ -23,6 +23,13 @@ def vocabulary_section(
 ) -> str:
     """Markdown: method + parameters, BOS convention, alignment counts per model, rows per matrix."""
     vocab = report.get("vocabulary", {})
+    notes = [bos_sentence(bos)] if bos else []
+    if any("tool" in rec.get("by_method", {}) for rec in report.get("matrices", [])):
+        notes.append(
+            "Tool tokens (`tool`): their rows are the re-initialization prior (the frozen "
+            "model reading the tool's name and description), exported to "
+            f"`{TOOL_PRIORS}` for training."
+        )
     lines = [
         "## Vocabulary transplant (mergekit-tokenplug)",
         "",
@@ -31,17 +38,7 @@ def vocabulary_section(
         "",
         f"Output vocabulary: {vocab.get('output_tokens', '?')} tokens in {vocab.get('output_rows', '?')} rows.",
         "",
-        *([bos_sentence(bos), ""] if bos else []),
-        *(
-            [
-                "Tool tokens (`tool`): their rows are the re-initialization prior (the frozen "
-                "model reading the tool's name and description), exported to "
-                f"`{TOOL_PRIORS}` for training.",
-                "",
-            ]
-            if any("tool" in rec.get("by_method", {}) for rec in report.get("matrices", []))
-            else []
-        ),
+        *(line for note in notes for line in (note, "")),
         "| model | exact | canonical | special | missing |",
         "|---|---:|---:|---:|---:|",
     ]
@@ -62,20 +59,15 @@ def vocabulary_section(
     return "\n".join(lines) + "\n"
 
 
-def _front_matter_of(path: Path) -> dict[str, Any]:
-    """The YAML front matter of a model card (empty when there is none or it is unreadable)."""
+def _declared_license(model: str) -> str | None:
+    """The license in a model's README.md front matter (None when undeclared or unreadable)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = (Path(model) / "README.md").read_text(encoding="utf-8")
         data = yaml.safe_load(text.split("---", 2)[1]) if text.startswith("---") else {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def input_licenses(models: list[str]) -> dict[str, str | None]:
-    """Each input's declared license (its README.md front matter), None when undeclared."""
-    declared = {m: _front_matter_of(Path(m) / "README.md").get("license") for m in models}
-    return {m: str(license_) if license_ else None for m, license_ in declared.items()}
+        return None
+    license_ = data.get("license") if isinstance(data, dict) else None
+    return str(license_) if license_ else None
 
 
 def license_metadata(licenses: dict[str, str | None]) -> tuple[str | None, str]:
@@ -96,12 +88,13 @@ def license_metadata(licenses: dict[str, str | None]) -> tuple[str | None, str]:
 
 def card_header(name: str, inputs: list[str]) -> list[str]:
     """Front matter (Hub model-card metadata: ``base_model`` builds the model tree) and title."""
-    license_, sentence = license_metadata(input_licenses(inputs))
-    meta: dict[str, Any] = {"base_model": inputs}
-    if license_:
-        meta["license"] = license_
-    meta["library_name"] = "transformers"
-    meta["tags"] = ["mergekit", "merge", "mergekit-tokenplug"]
+    license_, sentence = license_metadata({m: _declared_license(m) for m in inputs})
+    meta = {
+        "base_model": inputs,
+        **({"license": license_} if license_ else {}),
+        "library_name": "transformers",
+        "tags": ["mergekit", "merge", "mergekit-tokenplug"],
+    }
     return [
         "---",
         yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(),

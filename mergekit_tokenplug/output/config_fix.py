@@ -15,11 +15,6 @@ LOG = logging.getLogger(__name__)
 ROLE_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 
-def token_role_ids(tokenizer: Any) -> dict[str, int | None]:
-    """bos/eos/pad ids as the output tokenizer defines them (None when it has no such token)."""
-    return {key: getattr(tokenizer, key, None) for key in ROLE_KEYS}
-
-
 def fix_config(
     out_dir: Path, *, rows: int | None, tokenizer: Any, vocab_key: str = "vocab_size"
 ) -> dict[str, Any]:
@@ -28,8 +23,10 @@ def fix_config(
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     nested = vocab_key not in cfg and isinstance(cfg.get("text_config"), dict)
     target = cfg["text_config"] if nested else cfg
+    # bos/eos/pad ids as the output tokenizer defines them (None when it has no such token)
+    roles = {key: getattr(tokenizer, key, None) for key in ROLE_KEYS}
     wanted = {vocab_key: rows} if rows is not None else {}
-    wanted |= {k: v for k, v in token_role_ids(tokenizer).items() if k in target}
+    wanted |= {k: v for k, v in roles.items() if k in target}
     changes = {k: v for k, v in wanted.items() if target.get(k) != v}
     target.update(changes)
     if changes:
@@ -38,9 +35,7 @@ def fix_config(
     gen_path = out_dir / "generation_config.json"
     if gen_path.exists():
         gen = json.loads(gen_path.read_text(encoding="utf-8"))
-        for key, value in token_role_ids(tokenizer).items():
-            if key in gen:
-                gen[key] = value
+        gen.update({k: v for k, v in roles.items() if k in gen})
         gen_path.write_text(json.dumps(gen, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return changes
 

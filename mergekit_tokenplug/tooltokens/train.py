@@ -13,11 +13,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from mergekit_tokenplug.errors import InputError
 from mergekit_tokenplug.heal.train import is_tied
-from mergekit_tokenplug.methods.tool import (
-    Scale,
-    tool_input_rows,
-    tool_prior,
-)
+from mergekit_tokenplug.methods.tool import Scale, tool_input_rows, tool_prior
 
 
 @torch.no_grad()
@@ -55,8 +51,7 @@ def add_tool_tokens(model, tokenizer, tokens: Sequence[str]) -> list[int]:
 
     tokenizer.add_tokens([AddedToken(t, normalized=False, special=False) for t in tokens])
     ids = tokenizer.convert_tokens_to_ids(list(tokens))
-    current = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > current:
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     return [int(i) for i in ids]
 

@@ -75,9 +75,7 @@ class VocabAlignment:
         """Ids per Match kind (lower-case names); ``holes`` is the part of ``missing``
         that has no token."""
         tally = np.bincount(self.how.astype(np.int64), minlength=len(Match))
-        result = {m.name.lower(): int(tally[m]) for m in Match}
-        result["holes"] = len(self.holes)
-        return result
+        return {m.name.lower(): int(tally[m]) for m in Match} | {"holes": len(self.holes)}
 
     def matched(self, *kinds: Match) -> tuple[np.ndarray, np.ndarray]:
         """(output ids, model rows) of the matches of the given kinds (default: all)."""
@@ -88,8 +86,7 @@ class VocabAlignment:
     def missing_ids(self) -> np.ndarray:
         """Output ids that hold a token but have no model row (holes excluded)."""
         mask = self.how == MISSING
-        if self.holes:
-            mask[np.asarray(self.holes, dtype=np.int64)] = False
+        mask[np.asarray(self.holes, dtype=np.int64)] = False
         return np.flatnonzero(mask)
 
 
@@ -126,7 +123,7 @@ def align_vocab(
 
     # ---- model side indexes (only rows the model really has)
     m_regular = [i for i in model.regular_ids if i < model_rows]
-    m_canon_by_id = view_canonical(model)
+    m_forms = view_canonical(model) | view_added_forms(model)  # by id: regular, added
     m_str_regular = {model.tokens[i]: i for i in m_regular}
     m_marked = sorted(i for i in set(model.added) | model.special_ids if i < model_rows)
     m_str_marked = _first_wins([model.tokens[i] for i in m_marked], m_marked)
@@ -135,12 +132,10 @@ def align_vocab(
     byte_rows = set(m_bytes)
     m_plain = [i for i in m_regular if i not in byte_rows]
     m_added_plain = [i for i in m_marked if i in model.added and i not in model.special_ids]
-    added_forms = view_added_forms(model)
     # Byte-fallback pieces come last: a tokenizer only emits <0xNN> when no other piece spells
     # those bytes, so their rows are barely trained (Gemma: "\n" is an added piece, <0x0A> unused).
     ordered = m_plain + m_added_plain + m_bytes
-    keys = [m_canon_by_id[i] if i in m_canon_by_id else added_forms[i] for i in ordered]
-    m_canon = _first_wins(keys, ordered)
+    m_canon = _first_wins([m_forms[i] for i in ordered], ordered)
     m_canon.pop(b"", None)  # an empty spelling matches nothing
     if byte_pieces == "estimate":
         m_canon = {k: j for k, j in m_canon.items() if j not in byte_rows}
@@ -154,7 +149,7 @@ def align_vocab(
     for i in out.regular_ids:
         form = o_forms[i]
         j = m_str_regular.get(tokens[i])
-        if j is not None and (same_scheme or m_canon_by_id[j] == form):
+        if j is not None and (same_scheme or m_forms[j] == form):
             hits.append((i, j, EXACT))
             continue
         j = m_canon.get(form)
@@ -176,7 +171,7 @@ def align_vocab(
         j = m_str_marked.get(tokens[i])
         kind, unmatched = EXACT, unmatched_added
         if i in out.special_ids:
-            roles = [model.roles.get(r, model_rows) for r in out.id_roles.get(i, [])]
+            roles = [model.roles.get(r, model_rows) for r, k in out.roles.items() if k == i]
             j = j if j is not None else next((r for r in roles if r < model_rows), None)
             kind, unmatched = SPECIAL, unmatched_special
         elif j is None:

@@ -34,7 +34,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, normalizers
 
 from mergekit_tokenplug.errors import InputError
 
@@ -83,9 +83,7 @@ def _walk(node: Any) -> Iterator[dict[str, Any]]:
 
 def _string_pattern(node: dict[str, Any]) -> str | None:
     pattern = node.get("pattern")
-    if isinstance(pattern, dict):
-        return pattern.get("String")
-    return None
+    return pattern.get("String") if isinstance(pattern, dict) else None
 
 
 def detect_scheme(tokenizer: Any) -> TokenScheme:
@@ -93,44 +91,27 @@ def detect_scheme(tokenizer: Any) -> TokenScheme:
 
     Reads each component's own JSON (small; the vocabulary is not serialised for this).
     """
-    return _scheme_from_json(_scheme_parts(backend_of(tokenizer)))
+    return _read_scheme(backend_of(tokenizer))
 
 
-def _scheme_parts(backend: Tokenizer, data: dict[str, Any] | None = None) -> dict[str, Any]:
-    """tokenizer.json's model settings, normalizer, pre_tokenizer and decoder, without vocab.
+def _read_scheme(backend: Tokenizer, data: dict[str, Any] | None = None) -> TokenScheme:
+    """The scheme from the model settings, normalizer, pre_tokenizer and decoder.
 
-    ``byte_fallback`` comes from the model's own JSON: the Python model objects do not all
+    ``byte_fallback`` falls back to the model's JSON: the Python model objects do not all
     expose it (Unigram has no such attribute), and a tokenizer may fall back to bytes without
-    a ByteFallback decoder. The JSON is only serialised when the attribute is absent (or
-    ``data``, the already parsed tokenizer.json, is given).
+    a ByteFallback decoder. That JSON is ``data``'s (the already parsed tokenizer.json) when
+    given, else serialised only then.
     """
-    parts: dict[str, Any] = {}
-    for name in ("normalizer", "pre_tokenizer", "decoder"):
-        component = getattr(backend, name, None)
-        parts[name] = json.loads(component.__getstate__()) if component is not None else None
-    model = backend.model
-    if data is not None:
-        byte_fallback = (data.get("model") or {}).get("byte_fallback", False)
-    elif hasattr(model, "byte_fallback"):
-        byte_fallback = model.byte_fallback
-    else:
-        byte_fallback = json.loads(model.__getstate__()).get("byte_fallback", False)
-    parts["model"] = {
-        "type": type(model).__name__,  # the tokenizers model (BPE, WordPiece, ...)
-        "byte_fallback": bool(byte_fallback),
-        "continuing_subword_prefix": getattr(model, "continuing_subword_prefix", None),
-    }
-    return parts
-
-
-def _scheme_from_json(parts: dict[str, Any]) -> TokenScheme:
-    model = parts.get("model") or {}
-    pre = list(_walk(parts.get("pre_tokenizer")))
-    dec = list(_walk(parts.get("decoder")))
-    norm = list(_walk(parts.get("normalizer")))
-    byte_fallback = bool(model.get("byte_fallback")) or any(
-        n.get("type") == "ByteFallback" for n in dec
+    pre, dec, norm = (
+        list(_walk(json.loads(part.__getstate__()))) if part is not None else []
+        for part in (backend.pre_tokenizer, backend.decoder, backend.normalizer)
     )
+    model = backend.model
+    byte_fallback = getattr(model, "byte_fallback", None)
+    if byte_fallback is None:
+        model_json = (data or {}).get("model") or json.loads(model.__getstate__())
+        byte_fallback = model_json.get("byte_fallback", False)
+    byte_fallback = bool(byte_fallback) or any(n.get("type") == "ByteFallback" for n in dec)
 
     if any(n.get("type") == "ByteLevel" for n in pre + dec + norm):
         return TokenScheme("byte_level", byte_fallback=byte_fallback)
@@ -150,8 +131,12 @@ def _scheme_from_json(parts: dict[str, Any]) -> TokenScheme:
         return TokenScheme("metaspace", space_marker=marker, byte_fallback=byte_fallback)
 
     wp_decoder = next((n for n in dec if n.get("type") == "WordPiece"), None)
-    if model.get("type") == "WordPiece" or wp_decoder is not None:
-        prefix = model.get("continuing_subword_prefix") or (wp_decoder or {}).get("prefix") or "##"
+    if type(model).__name__ == "WordPiece" or wp_decoder is not None:
+        prefix = (
+            getattr(model, "continuing_subword_prefix", None)
+            or (wp_decoder or {}).get("prefix")
+            or "##"
+        )
         return TokenScheme("wordpiece", byte_fallback=byte_fallback, continuation_prefix=prefix)
 
     return TokenScheme("plain", byte_fallback=byte_fallback)
@@ -246,8 +231,7 @@ class VocabView:
     regular_ids: list[int]  # ids of model-vocabulary entries that are neither added nor special
     added: dict[int, tuple[str, bool]]  # added-token id -> (content, special flag)
     special_ids: set[int]  # special added tokens plus every role token
-    roles: dict[str, int] = field(default_factory=dict)  # "bos"/"eos"/... -> id
-    id_roles: dict[int, list[str]] = field(default_factory=dict)  # id -> its roles
+    roles: dict[str, int] = field(default_factory=dict)  # "bos"/"eos"/... -> id, in ROLES order
 
 
 def read_vocab(tokenizer: Any, scheme: TokenScheme | None = None) -> VocabView:
@@ -256,7 +240,7 @@ def read_vocab(tokenizer: Any, scheme: TokenScheme | None = None) -> VocabView:
     # one serialisation gives scheme, vocab and added tokens (on a 262k vocabulary, faster
     # than get_vocab)
     data = json.loads(backend.to_str())
-    scheme = scheme or _scheme_from_json(_scheme_parts(backend, data))
+    scheme = scheme or _read_scheme(backend, data)
     vocab = (data.get("model") or {}).get("vocab") or {}
     if isinstance(vocab, list):  # Unigram: [[piece, score], ...], id = position
         tokens: list[str | None] = [entry[0] for entry in vocab]
@@ -273,7 +257,6 @@ def read_vocab(tokenizer: Any, scheme: TokenScheme | None = None) -> VocabView:
         tokens[i] = content
     special_ids = {i for i, (_, special) in added.items() if special}
     roles: dict[str, int] = {}
-    id_roles: dict[int, list[str]] = {}
     if not isinstance(tokenizer, Tokenizer):
         by_string = {content: i for i, (content, _) in sorted(added.items(), reverse=True)}
         for role in ROLES:
@@ -283,14 +266,13 @@ def read_vocab(tokenizer: Any, scheme: TokenScheme | None = None) -> VocabView:
             i = by_string.get(str(tok), backend.token_to_id(str(tok)))
             if i is not None:
                 roles[role] = i
-                id_roles.setdefault(i, []).append(role)
                 special_ids.add(i)
         for i in getattr(tokenizer, "all_special_ids", None) or []:
             if i is not None and 0 <= int(i) < len(tokens) and tokens[int(i)] is not None:
                 special_ids.add(int(i))
     if not special_ids.issubset(added):  # a role token that is a plain vocab entry is special
         regular_ids = [i for i in regular_ids if i not in special_ids]
-    return VocabView(scheme, len(tokens), tokens, regular_ids, added, special_ids, roles, id_roles)
+    return VocabView(scheme, len(tokens), tokens, regular_ids, added, special_ids, roles)
 
 
 def canonical_forms(tokenizer: Any, scheme: TokenScheme | None = None) -> dict[int, bytes]:
@@ -366,8 +348,6 @@ _SPACING_NORMALIZERS = frozenset({"Prepend", "Strip"})
 
 def _content_parts(node: Any) -> list[Any]:
     """The content-changing components of a (possibly nested) normalizer, as objects."""
-    from tokenizers import normalizers
-
     state = json.loads(node.__getstate__())
     kind = state.get("type")
     if kind == "Sequence":
@@ -398,12 +378,8 @@ def content_normalizer(tokenizer: Any) -> Any | None:
     Used to look up another tokenizer's token the way this tokenizer would see its text:
     a lowercasing model encodes "The" as ``the``, so a donor's ``ĠThe`` belongs on ``the``.
     """
-    from tokenizers import normalizers
-
     node = backend_of(tokenizer).normalizer
-    if node is None:
-        return None
-    parts = _content_parts(node)
+    parts = _content_parts(node) if node is not None else []
     if not parts:
         return None
     return parts[0] if len(parts) == 1 else normalizers.Sequence(parts)

@@ -53,8 +53,7 @@ def token_texts(tokenizer: Any, ids: Iterable[int], *, specials: bool = True) ->
     with no token (a hole, or beyond the vocabulary) gives "".
     """
     view = read_vocab(tokenizer)
-    forms = view_canonical(view)
-    forms.update(view_added_forms(view))
+    forms = view_canonical(view) | view_added_forms(view)
     tokens = view.tokens
     size = len(tokens)
     result: list[str] = []
@@ -98,11 +97,6 @@ def _byte_token_ids(tokenizer: Any) -> dict[int, int]:
     return {b: i for b, i in ids.items() if i is not None}
 
 
-def _segments(text: str) -> list[tuple[bool, str]]:
-    """``text`` cut into (is_raw_bytes, part) runs."""
-    return [(k % 2 == 1, part) for k, part in enumerate(_RAW_BYTES.split(text)) if part]
-
-
 def _encode_inside(backend: Any, texts: list[str]) -> list[list[int]]:
     """Pieces of each text as it appears inside running text, for a tokenizer that prepends a
     word-start marker: encode ``SENTINEL + text`` and drop the pieces the sentinel produced
@@ -140,11 +134,12 @@ def split_texts(
     if not texts:
         return []
     backend = backend_of(tokenizer)
-    texts = list(texts)
     inside = running_text and prepends_space(tokenizer)
     # Every text is cut into runs of text and runs of raw bytes; text runs are encoded in one
     # batch. Without a prepended marker a run inside running text encodes as it does alone.
-    runs = [_segments(t) for t in texts]
+    runs = [
+        [(k % 2 == 1, part) for k, part in enumerate(_RAW_BYTES.split(t)) if part] for t in texts
+    ]
     text_runs = [part for parts in runs for raw, part in parts if not raw]
     if inside:
         encoded = iter(_encode_inside(backend, text_runs))
