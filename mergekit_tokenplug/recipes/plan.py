@@ -91,26 +91,13 @@ class RecipeVocab:
     params: Any
 
 
-def input_order(config: Any) -> list[Any]:
-    """Input models in the order mergekit gathers their tensors (models, else first slice)."""
-    if config.models:
-        return [m.model for m in config.models]
-    if config.slices:
-        return [s.model for s in config.slices[0].sources]
-    return list(config.referenced_models())
-
-
-def output_tokenizer(config: Any, trust_remote_code: bool = False) -> Any:
-    """The output tokenizer, built by the task the run builds (tokenizers only; its progress
-    bar over the permutation tables is not part of a plan's output)."""
-    with contextlib.redirect_stderr(io.StringIO()):
-        return tokenizer_task(config, trust_remote_code).execute().tokenizer
-
-
 def recipe_vocab(config: Any, trust_remote_code: bool = False) -> RecipeVocab:
     """Align a plugin recipe's vocabularies and plan every model's fill as the run does."""
     align = align_settings(config)
-    out_tok = output_tokenizer(config, trust_remote_code)
+    # the output tokenizer, built by the run's task (its progress bar over the permutation
+    # tables is not part of a plan's output)
+    with contextlib.redirect_stderr(io.StringIO()):
+        out_tok = tokenizer_task(config, trust_remote_code).execute().tokenizer
     vocab = make_vocab_plan(
         out_tok, tuple(config.referenced_models()), trust_remote_code=trust_remote_code, **align
     )
@@ -119,7 +106,13 @@ def recipe_vocab(config: Any, trust_remote_code: bool = False) -> RecipeVocab:
     forced, _, tools = token_overrides(config.tokenizer.tokens, out_tok.get_vocab(), vocab.n_tokens)
     tool_mask = np.zeros(vocab.n_tokens, dtype=bool)
     tool_mask[[token_id for token_id, _ in tools.values()]] = True
-    inputs = input_order(config)
+    # input models in the order mergekit gathers their tensors (models, else first slice)
+    if config.models:
+        inputs = [m.model for m in config.models]
+    elif config.slices:
+        inputs = [s.model for s in config.slices[0].sources]
+    else:
+        inputs = list(config.referenced_models())
     spaces = {
         key: SourceSpace(key, None, vocab.models[key].alignment.src_ids, vocab.regular)
         for key in map(model_key, source_order(inputs, config.base_model))
