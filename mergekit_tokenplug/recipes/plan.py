@@ -91,26 +91,13 @@ class RecipeVocab:
     params: Any
 
 
-def input_order(config: Any) -> list[Any]:
-    """Input models in the order mergekit gathers their tensors (models, else first slice)."""
-    if config.models:
-        return [m.model for m in config.models]
-    if config.slices:
-        return [s.model for s in config.slices[0].sources]
-    return list(config.referenced_models())
-
-
-def output_tokenizer(config: Any, trust_remote_code: bool = False) -> Any:
-    """The output tokenizer, built by the task the run builds (tokenizers only; its progress
-    bar over the permutation tables is not part of a plan's output)."""
-    with contextlib.redirect_stderr(io.StringIO()):
-        return tokenizer_task(config, trust_remote_code).execute().tokenizer
-
-
 def recipe_vocab(config: Any, trust_remote_code: bool = False) -> RecipeVocab:
     """Align a plugin recipe's vocabularies and plan every model's fill as the run does."""
     align = align_settings(config)
-    out_tok = output_tokenizer(config, trust_remote_code)
+    # the output tokenizer, built by the run's task (its progress bar over the permutation
+    # tables is not part of a plan's output)
+    with contextlib.redirect_stderr(io.StringIO()):
+        out_tok = tokenizer_task(config, trust_remote_code).execute().tokenizer
     vocab = make_vocab_plan(
         out_tok, tuple(config.referenced_models()), trust_remote_code=trust_remote_code, **align
     )
@@ -119,7 +106,13 @@ def recipe_vocab(config: Any, trust_remote_code: bool = False) -> RecipeVocab:
     forced, _, tools = token_overrides(config.tokenizer.tokens, out_tok.get_vocab(), vocab.n_tokens)
     tool_mask = np.zeros(vocab.n_tokens, dtype=bool)
     tool_mask[[token_id for token_id, _ in tools.values()]] = True
-    inputs = input_order(config)
+    # input models in the order mergekit gathers their tensors (models, else first slice)
+    if config.models:
+        inputs = [m.model for m in config.models]
+    elif config.slices:
+        inputs = [s.model for s in config.slices[0].sources]
+    else:
+        inputs = list(config.referenced_models())
     spaces = {
         key: SourceSpace(key, None, vocab.models[key].alignment.src_ids, vocab.regular)
         for key in map(model_key, source_order(inputs, config.base_model))
@@ -179,33 +172,22 @@ def safetensors_shapes(model_dir: str | Path) -> dict[str, tuple[list[int], str]
     return out
 
 
-def _matrix_shape(weight: Any, shapes: dict) -> tuple[int, int] | None:
-    for name in (weight.name, *(weight.aliases or ()), *(weight.tied_names or ())):
-        shape = shapes.get(name, ([],))[0]
-        if len(shape) == 2:
-            return int(shape[weight.vocabulary_axis]), int(shape[1 - weight.vocabulary_axis])
-    return None
-
-
-def _donor_shape(donor: Any, weight: Any, aligned: Any, trust_remote_code: bool) -> tuple[int, int]:
-    """(rows, width) of the donor matrix that plays ``weight``'s part (tied or not); without
-    one in the headers, the aligned donor's rows and its config's width."""
-    shapes = safetensors_shapes(donor.model.path)
-    for dw in vocab_weights(donor, trust_remote_code) or []:
-        if (dw.tied_names is None) == (weight.tied_names is None):
-            shape = _matrix_shape(dw, shapes)
-            if shape:
-                return shape
-    return aligned.rows, _hidden_size(donor, trust_remote_code)
-
-
-def _hidden_size(model: Any, trust_remote_code: bool) -> int:
+def _matrix_shape(
+    model: Any, weights: list[Any], shapes: dict, fallback: Any, trust_remote_code: bool
+) -> tuple[int, int]:
+    """(rows, width) of the first of ``weights`` in the safetensors headers ``shapes``; without
+    one there, ``fallback.rows`` and the hidden size in the model's config (0 if it has none)."""
+    for w in weights:
+        for name in (w.name, *(w.aliases or ()), *(w.tied_names or ())):
+            shape = shapes.get(name, ([],))[0]
+            if len(shape) == 2:
+                return int(shape[w.vocabulary_axis]), int(shape[1 - w.vocabulary_axis])
     cfg = model.config(trust_remote_code=trust_remote_code)
     for attr in ("hidden_size", "n_embd", "d_model"):
         value = getattr(cfg, attr, None) or getattr(getattr(cfg, "text_config", None), attr, None)
         if value:
-            return int(value)
-    return 0
+            return fallback.rows, int(value)
+    return fallback.rows, 0
 
 
 # ---------------------------------------------------------------- devices
@@ -287,12 +269,20 @@ def _weight_record(
     dims = {}
     matrices = 0
     for m in rv.inputs:
-        shape = _matrix_shape(w, shapes[str(m)])
-        rows, dims[str(m)] = shape or (rv.fills[str(m)].rows, _hidden_size(m, trust_remote_code))
+        fill = rv.fills[str(m)]
+        rows, dims[str(m)] = _matrix_shape(m, [w], shapes[str(m)], fill, trust_remote_code)
         matrices += (rows + rv.vocab.rows) * dims[str(m)] * FP32
     d_donor = 0
-    if donor is not None:
-        rows, d_donor = _donor_shape(donor, w, rv.vocab.donor, trust_remote_code)
+    if donor is not None:  # the donor matrix that plays ``w``'s part (tied or not)
+        donor_shapes = safetensors_shapes(donor.model.path)
+        same_part = [
+            dw
+            for dw in vocab_weights(donor, trust_remote_code) or []
+            if (dw.tied_names is None) == (w.tied_names is None)
+        ]
+        rows, d_donor = _matrix_shape(
+            donor, same_part, donor_shapes, rv.vocab.donor, trust_remote_code
+        )
         matrices += rows * d_donor * FP32
     working = 0
     flops: float | None = 0.0

@@ -248,7 +248,10 @@ class _DocChecker:
             return self.out
         merge_cfg = merge_configuration()
         self.check_top_level_keys(merge_cfg)
-        data = self.without_unknown_tokenizer_keys({k: v for k, v in doc.items() if k != "name"})
+        data = {k: v for k, v in doc.items() if k != "name"}
+        if isinstance(data.get("tokenizer"), dict):  # unknown keys: see check_top_level_keys
+            known = TokenplugTokenizerConfig.model_fields
+            data["tokenizer"] = {k: v for k, v in data["tokenizer"].items() if k in known}
         spec = params = None  # set only when the plugin is active and the method is valid
         if uses_plugin(data) and isinstance(data.get("tokenizer"), dict):
             # (a recipe with only the requires marker is checked by the parameters validator)
@@ -265,45 +268,23 @@ class _DocChecker:
         config = self.check_schema(merge_cfg, data)
         if config is not None:
             self.check_base_order(config)
-        refs_ok = self.check_models(spec) if self.options.check_models else False
-        if refs_ok and config is not None:
-            self.check_widths(config)
-        if not self.options.check_models and self.options.note_inputs:
+        if self.options.check_models:
+            self.check_inputs(config, spec, params)
+        elif self.options.note_inputs:
             self.note_absent_inputs()
-        if spec is not None and self.options.check_models:
-            self.check_resources(spec, params)
-            if config is not None and refs_ok and self.errors == 0:
-                self.check_shared_tokens(config, spec, params)
-            elif self.out.stage_refs and getattr(params, "k", None) is not None:
-                self.add(
-                    (*APPROX, "k"),
-                    f"not checked against the shared tokens: the recipe reads stage output(s) {', '.join(sorted(self.out.stage_refs))} that are built first",
-                    "warning",
-                )
         self.out.config = config if self.errors == 0 else None
         return self.out
 
     def check_top_level_keys(self, merge_cfg: Any) -> None:
         valid = set(merge_cfg.model_fields) | ({"name"} if self.result.multi else set())
         # near_misses words a misplaced plugin key the way the stock commands refuse it
-        found = near_misses(self.doc)
-        hints = {path[0]: message for path, message in found if len(path) == 1}
+        found = dict(near_misses(self.doc))
         for key in self.doc:
             if key not in valid:
-                message = hints.get(key) or unknown_key_message("top-level", key, tuple(valid))
-                self.add((str(key),), message)
-        for path, message in found:
-            if len(path) > 1:
-                self.add(path, message)
-
-    @staticmethod
-    def without_unknown_tokenizer_keys(data: dict) -> dict:
-        """Unknown tokenizer keys are reported by check_top_level_keys; validate the rest."""
-        tok = data.get("tokenizer")
-        if not isinstance(tok, dict):
-            return data
-        known = {k: v for k, v in tok.items() if k in TokenplugTokenizerConfig.model_fields}
-        return {**data, "tokenizer": known} if len(known) != len(tok) else data
+                default = unknown_key_message("top-level", key, tuple(valid))
+                self.add((str(key),), found.pop((key,), None) or default)
+        for path, message in found.items():
+            self.add(path, message)
 
     def report_inactive(self, reason: str, data: dict) -> None:
         tok = data["tokenizer"]
@@ -375,10 +356,8 @@ class _DocChecker:
                 bad.append(token)
         if not bad:
             return data
-        data = copy.deepcopy(data)
-        for token in bad:
-            del data["tokenizer"]["tokens"][token]
-        return data
+        tokens = {t: cfg for t, cfg in tok["tokens"].items() if t not in bad}
+        return {**data, "tokenizer": {**tok, "tokens": tokens}}
 
     def meant_branches(self, errors: list[Any]) -> list[Any]:
         """Errors of the union branches the recipe meant: a branch that rejects the value's
@@ -443,16 +422,14 @@ class _DocChecker:
         to a stage of the same file go to ``stage_refs`` instead."""
         refs: list[tuple[tuple, str, str]] = []
 
-        def role_of(path: tuple) -> str:
-            if path[:2] == ("tokenizer", "source"):
-                return "donor"
-            return "tokenizer" if path[0] == "tokenizer_source" else "weights"
-
         def add(path: tuple, model: str) -> None:
             if self.result.multi and model in self.stages:
                 self.out.stage_refs.add(model)
+            elif path[:2] == ("tokenizer", "source"):
+                refs.append((path, model, "donor"))
             else:
-                refs.append((path, model, role_of(path)))
+                role = "tokenizer" if path[0] == "tokenizer_source" else "weights"
+                refs.append((path, model, role))
 
         def add_ref(path: tuple, value: str) -> None:
             try:
@@ -463,8 +440,7 @@ class _DocChecker:
 
         def walk(node: Any, path: tuple) -> None:
             if isinstance(node, list):
-                for i, item in enumerate(node):
-                    walk(item, (*path, i))
+                node = dict(enumerate(node))
             if not isinstance(node, dict):
                 return
             for key, value in node.items():
@@ -495,8 +471,9 @@ class _DocChecker:
                     "note",
                 )
 
-    def check_models(self, spec: Any) -> bool:
-        """True when every reference is an existing local directory (needed to align vocabularies)."""
+    def check_inputs(self, config: Any, spec: Any, params: Any) -> None:
+        """Every reference must be an existing local model directory; what needs them all here
+        (widths, the vocabulary alignment behind OMP's ``k``) is checked only then."""
         refs = self.model_refs()
         all_local = not self.out.stage_refs
         seen: set[tuple[str, bool]] = set()
@@ -537,14 +514,25 @@ class _DocChecker:
             except TokenplugError as exc:
                 all_local = False
                 self.add(path, exc.message)
-        return all_local
-
-    def check_widths(self, config: Any) -> None:
-        """Merged models must share a hidden size (a transplant across widths is a source)."""
-        try:
-            check_same_width([m.model.path for m in config.referenced_models()])
-        except TokenplugError as exc:
-            self.add(("models",), exc.message.removeprefix("models: "))
+        if all_local and config is not None:
+            try:  # merged models share a hidden size (a transplant across widths is a source)
+                check_same_width([m.model.path for m in config.referenced_models()])
+            except TokenplugError as exc:
+                self.add(("models",), exc.message.removeprefix("models: "))
+        if spec is None:
+            return
+        self.check_resources(spec, params)
+        k = getattr(params, "k", None)
+        if k is None:
+            return
+        if config is not None and all_local and self.errors == 0:
+            self.check_shared_tokens(config, spec, k)
+        elif self.out.stage_refs:
+            self.add(
+                (*APPROX, "k"),
+                f"not checked against the shared tokens: the recipe reads stage output(s) {', '.join(sorted(self.out.stage_refs))} that are built first",
+                "warning",
+            )
 
     # -- method resources
     def check_resources(self, spec: Any, params: Any) -> None:
@@ -569,13 +557,10 @@ class _DocChecker:
                 self.add_tokenplug_error(exc, (*APPROX, "embedder"))
 
     # -- OMP's k against the shared tokens
-    def check_shared_tokens(self, config: Any, spec: Any, params: Any) -> None:
+    def check_shared_tokens(self, config: Any, spec: Any, k: int) -> None:
         # lazy: loads transformers and mergekit's planner
         from mergekit_tokenplug.recipes.plan import recipe_vocab
 
-        k = getattr(params, "k", None)
-        if k is None:
-            return
         try:
             rv = recipe_vocab(config, self.options.trust_remote_code)
         except TokenplugError as exc:

@@ -62,19 +62,17 @@ def key_string(path: Sequence[Any]) -> str:
 
 
 def _walk(node: yaml.Node, path: Path, lines: dict[Path, int]) -> None:
+    # (key, the node whose line is the key's, the value node); non-scalar keys are skipped
     if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
-                continue
-            key: Any = key_node.value
-            child = (*path, key)
-            lines.setdefault(child, key_node.start_mark.line + 1)
-            _walk(value_node, child, lines)
+        children = [(k.value, k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode)]
     elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            child = (*path, index)
-            lines.setdefault(child, item.start_mark.line + 1)
-            _walk(item, child, lines)
+        children = [(i, item, item) for i, item in enumerate(node.value)]
+    else:
+        return
+    for key, marked, value in children:
+        child = (*path, key)
+        lines.setdefault(child, marked.start_mark.line + 1)
+        _walk(value, child, lines)
 
 
 def document_line_maps(text: str) -> list[LineMap]:

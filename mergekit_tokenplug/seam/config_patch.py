@@ -6,7 +6,7 @@ from types import ModuleType
 from typing import Annotated, Any, Dict, Optional, Union  # noqa: UP035 (runtime types)
 
 from mergekit.common import ModelReference
-from mergekit.tokenizer.config import TokenizerConfig
+from mergekit.tokenizer import config as tok_config
 from pydantic import BeforeValidator
 from pydantic.fields import FieldInfo
 
@@ -36,11 +36,24 @@ def apply(config_module: ModuleType, refuse_reason: str | None = None) -> None:
     params = merge_cfg.model_fields["parameters"]
     setting = Optional[Dict[str, config_module.ParameterSetting]]  # noqa: UP006, UP045
     if refuse_reason is None:
-        _allow_tool_sources()
+        # ``kind: tool`` per-token sources and ``special: bool`` per-token settings
+        emb_cfg = tok_config.TokenEmbeddingConfig
+        emb_cfg.model_fields["source"].annotation = Union[  # noqa: UP007 (runtime type)
+            tok_config.ModelTokenEmbedding,
+            tok_config.ZeroEmbedding,
+            ToolTokenSource,
+            ModelReference,
+            None,
+        ]
+        emb_cfg.model_fields["special"] = FieldInfo.from_annotated_attribute(bool, False)
+        for model in (emb_cfg, tok_config.TokenizerConfig, TokenplugTokenizerConfig):
+            model.model_rebuild(force=True)
         field.annotation = Optional[PluginTokenizerField]  # noqa: UP045 (runtime type)
         params.annotation = Annotated[setting, BeforeValidator(take_requirement)]
     else:
-        guarded = Annotated[TokenizerConfig, BeforeValidator(refuse_plugin_keys(refuse_reason))]
+        guarded = Annotated[
+            tok_config.TokenizerConfig, BeforeValidator(refuse_plugin_keys(refuse_reason))
+        ]
         field.annotation = Optional[guarded]  # noqa: UP045 (runtime type)
         params.annotation = Annotated[setting, BeforeValidator(refuse_requirement(refuse_reason))]
     merge_cfg.model_rebuild(force=True)
@@ -53,21 +66,3 @@ def merge_configuration() -> Any:
 
     apply(mergekit.config, refuse_reason=refusal_reason())
     return mergekit.config.MergeConfiguration
-
-
-def _allow_tool_sources() -> None:
-    """Add ``kind: tool`` to the per-token sources and ``special: bool`` to the per-token
-    settings, then rebuild the models that embed them."""
-    from mergekit.tokenizer import config as tok_config
-
-    emb_cfg = tok_config.TokenEmbeddingConfig
-    emb_cfg.model_fields["source"].annotation = Union[  # noqa: UP007 (runtime type)
-        tok_config.ModelTokenEmbedding,
-        tok_config.ZeroEmbedding,
-        ToolTokenSource,
-        ModelReference,
-        None,
-    ]
-    emb_cfg.model_fields["special"] = FieldInfo.from_annotated_attribute(bool, False)
-    for model in (emb_cfg, tok_config.TokenizerConfig, TokenplugTokenizerConfig):
-        model.model_rebuild(force=True)

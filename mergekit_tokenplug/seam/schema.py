@@ -149,8 +149,17 @@ def unknown_key_message(
     )
 
 
-def _known_recipe_keys() -> frozenset[str]:
-    """Every key name mergekit's or the plugin's recipe models define, at any level."""
+NEAR_MISS_TARGETS = (*PLUGIN_TOKENIZER_KEYS, *STOCK_TOKENIZER_KEYS, "tokenizer", REQUIRES_KEY)
+
+
+def near_misses(doc: Any) -> list[tuple[tuple, str]]:
+    """``(key path, message)`` for each key that looks like a misspelt plugin/tokenizer key.
+
+    Walks the whole recipe document: a misplaced or misspelt ``aproximation`` anywhere would
+    otherwise be dropped by mergekit. Token strings (keys of ``tokenizer.tokens``), merge
+    parameters and method parameters are free-form and not compared; a key any of mergekit's
+    or the plugin's recipe models define, at any level, is not a miss.
+    """
     from mergekit import common, config
     from mergekit.tokenizer import config as tok_config
 
@@ -170,22 +179,7 @@ def _known_recipe_keys() -> frozenset[str]:
         ToolTokenSource,
         ApproximationConfig,
     ]
-    return frozenset({"name", *(k for m in models for k in m.model_fields)})
-
-
-NEAR_MISS_TARGETS = (*PLUGIN_TOKENIZER_KEYS, *STOCK_TOKENIZER_KEYS, "tokenizer", REQUIRES_KEY)
-
-
-def near_misses(doc: Any) -> list[tuple[tuple, str]]:
-    """``(key path, message)`` for each key that looks like a misspelt plugin/tokenizer key.
-
-    Walks the whole recipe document: a misplaced or misspelt ``aproximation`` anywhere would
-    otherwise be dropped by mergekit. Token strings (keys of ``tokenizer.tokens``), merge
-    parameters and method parameters are free-form and not compared.
-    """
-    from mergekit.config import MergeConfiguration
-
-    known = _known_recipe_keys()
+    known = {"name", *(k for m in models for k in m.model_fields)}
     found: list[tuple[tuple, str]] = []
 
     def walk(node: Any, path: tuple) -> None:
@@ -205,7 +199,7 @@ def near_misses(doc: Any) -> list[tuple[tuple, str]]:
             elif not free_keys and str(key) not in known:
                 close = difflib.get_close_matches(str(key), NEAR_MISS_TARGETS, n=1, cutoff=0.8)
                 if close and not path:
-                    valid = (*MergeConfiguration.model_fields, "name")
+                    valid = (*config.MergeConfiguration.model_fields, "name")
                     hint = close[0] if close[0] in valid else f"tokenizer.{close[0]}"
                     found.append((child, unknown_key_message("top-level", key, valid, hint)))
                 elif close:
@@ -228,18 +222,13 @@ def check_near_misses(doc: Any, source: str | None = None) -> None:
 
 
 def take_requirement(parameters: Any) -> Any:
-    """Before-validator of ``parameters``: check and remove ``requires`` (see REQUIRES_KEY)."""
-    if not isinstance(parameters, dict) or REQUIRES_KEY not in parameters:
-        return parameters
-    check_requirement(parameters[REQUIRES_KEY])
-    rest = {k: v for k, v in parameters.items() if k != REQUIRES_KEY}
-    return rest or None
-
-
-def check_requirement(value: Any) -> None:
-    """``{mergekit-tokenplug: SPEC}``: SPEC (a PEP 440 specifier, may be empty) must match."""
+    """Before-validator of ``parameters``: remove ``requires`` (see REQUIRES_KEY) once its
+    ``{mergekit-tokenplug: SPEC}`` matches (SPEC: a PEP 440 specifier, may be empty)."""
     from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
+    if not isinstance(parameters, dict) or REQUIRES_KEY not in parameters:
+        return parameters
+    value = parameters[REQUIRES_KEY]
     where = f"parameters.{REQUIRES_KEY}"
     if not isinstance(value, dict) or set(value) != {PLUGIN_NAME}:
         raise ConfigError(
@@ -257,6 +246,7 @@ def check_requirement(value: Any) -> None:
         raise ConfigError(
             f"the recipe needs {PLUGIN_NAME} {spec} but {__version__} is installed", where=where
         )
+    return {k: v for k, v in parameters.items() if k != REQUIRES_KEY} or None
 
 
 def _refuser(applies: Callable[[Any], bool], message: str, where: str) -> Callable[[Any], Any]:
@@ -289,24 +279,19 @@ def tool_tokens(tokens: Any) -> list[str]:
     return [t for t, cfg in tokens.items() if _field(_field(cfg, "source"), "kind") == "tool"]
 
 
-def has_special_tokens(tokens: Any) -> bool:
-    """Whether a raw ``tokenizer.tokens`` mapping asks for a token with ``special: true``
-    (stock mergekit would drop the key and add it as a regular token)."""
-    if not isinstance(tokens, dict):
-        return False
-    return any(isinstance(c, dict) and c.get("special") for c in tokens.values())
-
-
 def _tokenizer_kind(value: Any) -> str:
+    """``plugin`` for plugin keys, unknown keys the plugin model refuses by name, tool tokens and
+    ``special: true`` tokens (stock mergekit would drop the key and add a regular token)."""
     if isinstance(value, TokenplugTokenizerConfig):
         return "plugin"
-    if isinstance(value, dict) and (
-        any(k not in STOCK_TOKENIZER_KEYS for k in value)
-        or tool_tokens(value.get("tokens"))
-        or has_special_tokens(value.get("tokens"))
-    ):
-        return "plugin"  # plugin keys, or unknown keys the plugin model refuses by name
-    return "stock"
+    if not isinstance(value, dict):
+        return "stock"
+    tokens = value.get("tokens")
+    special = isinstance(tokens, dict) and any(
+        isinstance(c, dict) and c.get("special") for c in tokens.values()
+    )
+    unknown = any(k not in STOCK_TOKENIZER_KEYS for k in value)
+    return "plugin" if unknown or tool_tokens(tokens) or special else "stock"
 
 
 PluginTokenizerField = Annotated[
@@ -343,17 +328,16 @@ def chosen_branch_errors(errors: list[Any]) -> list[Any]:
         for i, part in enumerate(e["loc"])
         if "ToolTokenSource" in str(part)
     }
-
-    def other_branch(err: Any) -> bool:
-        loc = err["loc"]
-        return any(
-            tuple(loc[: len(p)]) == p
-            and len(loc) > len(p)
-            and "ToolTokenSource" not in str(loc[len(p)])
+    return [
+        e
+        for e in errors
+        if not any(
+            tuple(e["loc"][: len(p)]) == p
+            and len(e["loc"]) > len(p)
+            and "ToolTokenSource" not in str(e["loc"][len(p)])
             for p in tool_at
         )
-
-    return [e for e in errors if not other_branch(e)]
+    ]
 
 
 def _branch_label(part: Any) -> bool:
