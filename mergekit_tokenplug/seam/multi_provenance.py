@@ -88,10 +88,9 @@ def finalize_multi(
             "",
         ]
         (out / "README.md").write_text("\n".join(lines), encoding="utf-8")
-    records = [
-        {"role": "model", **input_record(m)} for m in inputs if Path(m).expanduser().exists()
-    ]
-    records += [{"role": "hub", "path": m} for m in inputs if not Path(m).expanduser().exists()]
+    local = [m for m in inputs if Path(m).expanduser().exists()]
+    records = [{"role": "model", **input_record(m)} for m in local]
+    records += [{"role": "hub", "path": m} for m in inputs if m not in local]
     extra: dict[str, Any] = {
         "stages": {n: {k: m[k] for k in STAGE_KEYS if k in m} for n, m in stages.items()}
     }
