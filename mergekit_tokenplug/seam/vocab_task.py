@@ -164,7 +164,6 @@ def check_source_ids(
     special token missing from the vocabulary, which transformers appends) would be written
     into the output tokenizer with no row behind them. Tokens the recipe adds get rows.
     """
-    extra = set(recipe_tokens)
     vocab = out_tok.get_vocab()
     regular = len(vocab) - len(out_tok.added_tokens_decoder)
     if regular <= 0:
@@ -172,7 +171,7 @@ def check_source_ids(
             f"the tokenizer of {source.model.path} has an empty vocabulary; expected the tokens its {rows} embedding rows were trained for",
             where="tokenizer.source",
         )
-    past = sorted((i, t) for t, i in vocab.items() if i >= rows and t not in extra)
+    past = sorted((i, t) for t, i in vocab.items() if i >= rows and t not in recipe_tokens)
     if past:
         token_id, token = past[0]
         roles = [r for r in _ROLE_TOKENS if getattr(out_tok, r, None) == token]
