@@ -50,11 +50,8 @@ def finalize_multi(
     text = Path(config_file).read_text(encoding="utf-8")
     docs = [d for d in yaml.safe_load_all(text) if isinstance(d, dict)]
     names = [str(d["name"]) for d in docs if "name" in d]
-    stages: dict[str, dict[str, Any]] = {}
-    for name in names:
-        path = Path(intermediate_dir) / name / MANIFEST_NAME
-        if path.exists():
-            stages[name] = json.loads(path.read_text(encoding="utf-8"))
+    paths = {n: Path(intermediate_dir) / n / MANIFEST_NAME for n in names}
+    stages = {n: json.loads(p.read_text(encoding="utf-8")) for n, p in paths.items() if p.exists()}
     out = Path(out_path)
     own_path = out / MANIFEST_NAME
     own = json.loads(own_path.read_text(encoding="utf-8")) if own_path.exists() else None
