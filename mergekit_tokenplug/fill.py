@@ -184,25 +184,20 @@ def plan_fill(
     have = known if force_estimate is None else known & ~np.asarray(force_estimate, dtype=bool)
     missing = np.flatnonzero(~have)
     base_anchor_ok = known if anchor_mask is None else known & anchor_mask
-
-    def group(method: str, positions: np.ndarray, space: SourceSpace | None) -> FillGroup:
-        anchor_out = None
-        if space is not None:
-            anchors = base_anchor_ok & (space.src_ids >= 0)
-            if space.anchor_mask is not None:
-                anchors &= space.anchor_mask
-            anchor_out = np.nonzero(anchors)[0]
-        return FillGroup(method, space, positions, missing[positions], anchor_out)
-
     groups: list[FillGroup] = []
     unassigned = np.ones(len(missing), dtype=bool)
     for space in sources if Need.DONOR_EMBEDDINGS in spec.needs else []:
         found = unassigned & (space.src_ids[missing] >= 0)
         if found.any():
-            groups.append(group(spec.name, np.nonzero(found)[0], space))
+            anchors = base_anchor_ok & (space.src_ids >= 0)
+            if space.anchor_mask is not None:
+                anchors &= space.anchor_mask
+            pos = np.nonzero(found)[0]
+            groups.append(FillGroup(spec.name, space, pos, missing[pos], np.nonzero(anchors)[0]))
             unassigned &= ~found
     if unassigned.any():
-        groups.append(group(unknown_method(spec), np.nonzero(unassigned)[0], None))
+        pos = np.nonzero(unassigned)[0]
+        groups.append(FillGroup(unknown_method(spec), None, pos, missing[pos], None))
     return have, missing, groups
 
 

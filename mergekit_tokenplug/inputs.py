@@ -18,6 +18,7 @@ from mergekit_tokenplug.errors import InputError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.txt", "vocab.json")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+WEIGHT_SUFFIXES = (*PICKLE_SUFFIXES, ".safetensors")
 # What mergekit 0.1.5's ShardedTensorIndex.from_disk looks for, in its order.
 WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
 MAX_HEADER = 100 << 20  # safetensors' own limit on a header
@@ -41,7 +42,8 @@ def read_json(path: Path, where: str, what: str = "a JSON file") -> Any:
             f"cannot read {path} ({exc.strerror or exc}); expected a readable file", where=where
         ) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path} is not valid JSON ({exc}); expected {what}", where=where) from None
+        why = f"{path} is not valid JSON ({exc}); expected {what}"
+        raise InputError(why, where=where) from None
 
 
 def weight_files(path: str | Path, where: str = "") -> list[Path]:
@@ -127,37 +129,6 @@ def tensor_shapes(path: str | Path, where: str = "") -> dict[str, list[int]]:
     return shapes
 
 
-def _check_remote_code(p: Path, where: str) -> None:
-    for name in ("config.json", "tokenizer_config.json"):
-        f = p / name
-        if not f.exists():
-            continue
-        data = read_json(f, where)
-        if isinstance(data, dict) and data.get("auto_map"):
-            raise InputError(
-                f"{f} asks for remote code (auto_map); the plugin never runs a model's own code — expected a model transformers supports natively",
-                where=where,
-            )
-
-
-def _check_tokenizer_json(p: Path, where: str) -> None:
-    f = p / "tokenizer.json"
-    if not f.exists():
-        return
-    data = read_json(f, where, "a tokenizers tokenizer.json")
-    model = data.get("model") if isinstance(data, dict) else None
-    vocab = model.get("vocab") if isinstance(model, dict) else None
-    if isinstance(vocab, dict):
-        seen: dict[Any, str] = {}
-        for token, token_id in vocab.items():
-            if token_id in seen:
-                raise InputError(
-                    f"{f} gives id {token_id} to both {seen[token_id]!r} and {token!r}; expected one token per id",
-                    where=where,
-                )
-            seen[token_id] = token
-
-
 def check_model_dir(
     path: str,
     *,
@@ -181,23 +152,41 @@ def check_model_dir(
             where=where,
         )
     if not trust_remote_code:
-        _check_remote_code(p, where)
-    _check_tokenizer_json(p, where)
+        for f in (p / "config.json", p / "tokenizer_config.json"):
+            data = read_json(f, where) if f.exists() else None
+            if isinstance(data, dict) and data.get("auto_map"):
+                raise InputError(
+                    f"{f} asks for remote code (auto_map); the plugin never runs a model's own code — expected a model transformers supports natively",
+                    where=where,
+                )
+    f = p / "tokenizer.json"
+    data = read_json(f, where, "a tokenizers tokenizer.json") if f.exists() else None
+    model = data.get("model") if isinstance(data, dict) else None
+    vocab = model.get("vocab") if isinstance(model, dict) else None
+    if isinstance(vocab, dict):
+        seen: dict[Any, str] = {}
+        for token, token_id in vocab.items():
+            if token_id in seen:
+                raise InputError(
+                    f"{f} gives id {token_id} to both {seen[token_id]!r} and {token!r}; expected one token per id",
+                    where=where,
+                )
+            seen[token_id] = token
     if not need_weights:
         return
-    if not (p / "config.json").exists():
+    config = p / "config.json"
+    if not config.exists():
         raise InputError(
             f"{path} has no config.json; expected a Hugging Face model directory", where=where
         )
-    config = read_json(p / "config.json", where, "a model config")
-    if not isinstance(config, dict):
-        raise InputError(f"{p / 'config.json'} is not a JSON object; expected a model config", where=where)
+    if not isinstance(read_json(config, where, "a model config"), dict):
+        raise InputError(f"{config} is not a JSON object; expected a model config", where=where)
     files = weight_files(p, where)
     if not files:
-        others = sorted(f.name for f in p.iterdir() if f.suffix in (*PICKLE_SUFFIXES, ".safetensors"))
-        found = f" (found only {', '.join(others[:3])}, which mergekit does not read)" if others else ""
+        others = [f.name for f in sorted(p.iterdir()) if f.suffix in WEIGHT_SUFFIXES]
+        found = f" (found only {', '.join(others[:3])}, which mergekit does not read)"
         raise InputError(
-            f"{path} has no weights mergekit can load{found}; expected model.safetensors, pytorch_model.bin or a sharded index of either",
+            f"{path} has no weights mergekit can load{found if others else ''}; expected model.safetensors, pytorch_model.bin or a sharded index of either",
             where=where,
         )
     if is_pickle(files):
@@ -228,7 +217,7 @@ def hidden_size(path: str | Path) -> int | None:
 
 def check_same_width(paths: list[str], where: str = "models") -> None:
     """Models merged together must have one hidden size; name both widths when they differ."""
-    widths = {p: hidden_size(p) for p in paths if is_local(p) and os.path.isdir(os.path.expanduser(p))}
+    widths = {p: hidden_size(p) for p in paths if os.path.isdir(os.path.expanduser(p))}
     known = {p: w for p, w in widths.items() if w is not None}
     if len(set(known.values())) > 1:
         ordered = sorted(known.items(), key=lambda kv: kv[1])

@@ -40,7 +40,7 @@ def transplant_recipe(
     Local paths are made absolute: mergekit treats a relative name as a hub id in places
     (the model card looks it up online).
     """
-    base, donor = _local_abspath(base), _local_abspath(donor)
+    base, donor = (os.path.abspath(p) if os.path.exists(p) else p for p in (base, donor))
     approximation: dict[str, Any] = {"method": method, **(params or {})}
     if seed is not None:
         approximation["seed"] = seed
@@ -57,10 +57,6 @@ def transplant_recipe(
     if dtype:
         recipe["dtype"] = dtype
     return recipe
-
-
-def _local_abspath(path: str) -> str:
-    return os.path.abspath(path) if os.path.exists(path) else path
 
 
 def resolve_device(device: str | None) -> str:

@@ -83,11 +83,9 @@ def verify_manifest(out_dir: str | os.PathLike) -> list[str]:
     manifest = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8"))
     recorded: dict[str, str] = manifest["outputs"]
     actual = hash_tree(out)
-    problems = [f"missing: {name}" for name in recorded if name not in actual]
-    problems += [
-        f"changed: {name}" for name in recorded if name in actual and actual[name] != recorded[name]
-    ]
-    problems += [f"unexpected: {name}" for name in actual if name not in recorded]
+    problems = [f"missing: {n}" for n in recorded if n not in actual]
+    problems += [f"changed: {n}" for n in recorded if n in actual and actual[n] != recorded[n]]
+    problems += [f"unexpected: {n}" for n in actual if n not in recorded]
     return problems
 
 

@@ -40,17 +40,6 @@ def _documents(path: str) -> list[Any] | None:
         return None
 
 
-def first_problem(path: str, docs: list[Any] | None) -> str | None:
-    """The line ``recipes validate`` prints first for a recipe file, or None when it passes
-    (or does not use the plugin)."""
-    if docs is not None and not any(uses_plugin(d) for d in docs):
-        return None
-    if docs is None and refusal_reason() is not None:
-        return None
-    errors = validate_path(path).errors
-    return errors[0].format() if errors else None
-
-
 def apply(script_module: ModuleType, config_arg: str) -> None:
     command = script_module.main
     callback = command.callback
@@ -63,9 +52,12 @@ def apply(script_module: ModuleType, config_arg: str) -> None:
         docs = _documents(path)
         plugin = any(uses_plugin(d) for d in docs or ())
         try:
-            problem = first_problem(path, docs)  # validate's own line (with the YAML line)
-            if problem is not None:
-                raise ConfigError(problem)
+            # a plugin recipe, or malformed YAML while the plugin is active, fails with the
+            # line ``recipes validate`` prints first for it (with the YAML line)
+            if plugin or (docs is None and refusal_reason() is None):
+                errors = validate_path(path).errors
+                if errors:
+                    raise ConfigError(errors[0].format())
             for doc in docs or ():  # misspelt plugin keys in a recipe that looks stock
                 check_near_misses(doc)
             # the click callback is mergekit's add_merge_options wrapper: options arrive as

@@ -23,12 +23,6 @@ from mergekit_tokenplug.output.modes import apply_umask
 STAGE_KEYS = ("recipe", "inputs", "report", "bos", "side_files", "config_changes", "outputs")
 
 
-def _config(doc: dict[str, Any]) -> Any:
-    from mergekit.config import MergeConfiguration
-
-    return MergeConfiguration.model_validate({k: v for k, v in doc.items() if k != "name"})
-
-
 def _stage_section(name: str, manifest: dict[str, Any]) -> str:
     approx = (yaml.safe_load(manifest["recipe"]).get("tokenizer") or {}).get("approximation") or {}
     params = {k: v for k, v in approx.items() if k not in ("method", "seed")}
@@ -49,16 +43,15 @@ def finalize_multi(
     config_file: str, intermediate_dir: str, out_path: str | None, write_card: bool
 ) -> None:
     """Write the final OUT's manifest (and card) when any stage used the plugin."""
+    from mergekit.config import MergeConfiguration
+
     if not out_path or not (Path(out_path) / "config.json").exists():
         return
     text = Path(config_file).read_text(encoding="utf-8")
     docs = [d for d in yaml.safe_load_all(text) if isinstance(d, dict)]
     names = [str(d["name"]) for d in docs if "name" in d]
-    stages: dict[str, dict[str, Any]] = {}
-    for name in names:
-        path = Path(intermediate_dir) / name / MANIFEST_NAME
-        if path.exists():
-            stages[name] = json.loads(path.read_text(encoding="utf-8"))
+    paths = {n: Path(intermediate_dir) / n / MANIFEST_NAME for n in names}
+    stages = {n: json.loads(p.read_text(encoding="utf-8")) for n, p in paths.items() if p.exists()}
     out = Path(out_path)
     own_path = out / MANIFEST_NAME
     own = json.loads(own_path.read_text(encoding="utf-8")) if own_path.exists() else None
@@ -66,7 +59,10 @@ def finalize_multi(
         own = None
     if not stages and own is None:
         return
-    refs = (ref for doc in docs for ref in card_inputs(_config(doc)))
+    configs = (
+        MergeConfiguration.model_validate({k: v for k, v in d.items() if k != "name"}) for d in docs
+    )
+    refs = (ref for config in configs for ref in card_inputs(config))
     inputs = list(dict.fromkeys(ref for ref in refs if ref not in names))  # in order, once
     if write_card:
         final = next((d for d in docs if "name" not in d), docs[-1])
@@ -89,10 +85,9 @@ def finalize_multi(
             "",
         ]
         (out / "README.md").write_text("\n".join(lines), encoding="utf-8")
-    records = [
-        {"role": "model", **input_record(m)} for m in inputs if Path(m).expanduser().exists()
-    ]
-    records += [{"role": "hub", "path": m} for m in inputs if not Path(m).expanduser().exists()]
+    local = [m for m in inputs if Path(m).expanduser().exists()]
+    records = [{"role": "model", **input_record(m)} for m in local]
+    records += [{"role": "hub", "path": m} for m in inputs if m not in local]
     extra: dict[str, Any] = {
         "stages": {n: {k: m[k] for k in STAGE_KEYS if k in m} for n, m in stages.items()}
     }

@@ -129,12 +129,9 @@ def _seam_task(
     role = weight_role(weight)
     donor_tensors = None
     if align.donor is not None:
+        donor_weight = role_weight(align.donor, role, planner.options.trust_remote_code)
         donor_tensors = GatherTensors(
-            weight_info=ImmutableMap(
-                data={
-                    align.donor: role_weight(align.donor, role, planner.options.trust_remote_code)
-                }
-            ),
+            weight_info=ImmutableMap(data={align.donor: donor_weight}),
             dtype=permuted.gather_tensors.dtype,
             device=permuted.gather_tensors.device,
         )

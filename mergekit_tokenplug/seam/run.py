@@ -7,16 +7,15 @@ the directory into place. A failure anywhere leaves no OUT that looks complete.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from unittest import mock
 
 import mergekit.io.tasks as io_tasks
 import pydantic
@@ -91,7 +90,7 @@ def run_plugin_merge(
         # (the collectives inside the seam); the main process writes the checkpoint.
         with (
             tempfile.TemporaryDirectory(prefix="tokenplug-worker-") as scratch,
-            discard_tensor_writes(),
+            mock.patch.object(io_tasks, "TensorWriter", _DiscardingWriter),
         ):
             quiet = options.model_copy(update={"write_model_card": False, "quiet": True})
             original(merge_config, scratch, quiet, config_source=recipe)
@@ -130,16 +129,6 @@ class _DiscardingWriter:
 
     def finalize(self) -> None:
         pass
-
-
-@contextlib.contextmanager
-def discard_tensor_writes() -> Iterator[None]:
-    real = io_tasks.TensorWriter
-    io_tasks.TensorWriter = _DiscardingWriter
-    try:
-        yield
-    finally:
-        io_tasks.TensorWriter = real
 
 
 def input_paths(merge_config: Any) -> list[str]:
@@ -226,10 +215,9 @@ def write_tool_priors(out_dir: Path, merge_config: Any) -> str | None:
     records = report.tool_rows()
     if not records:
         return None
-    base = str(merge_config.base_model) if merge_config.base_model else records[0]["model"]
-    mine = [r for r in records if r["model"] == base] or [
-        r for r in records if r["model"] == records[0]["model"]
-    ]
+    base = str(merge_config.base_model) if merge_config.base_model else None
+    owner = base if any(r["model"] == base for r in records) else records[0]["model"]
+    mine = [r for r in records if r["model"] == owner]
     tensors = {f"prior/{r['weight']}": r["rows"].contiguous() for r in mine}
     tensors["token_ids"] = torch.tensor(mine[0]["ids"], dtype=torch.int64)
     path = out_dir / TOOL_PRIORS

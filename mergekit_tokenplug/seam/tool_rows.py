@@ -33,21 +33,14 @@ def _frozen_model(path: str, trust_remote_code: bool) -> Any:
     return model.eval().requires_grad_(False)
 
 
-def context_tokens(config: Any) -> int:
-    """Tokens the model reads in one forward pass (its position limit)."""
-    text_config = getattr(config, "text_config", None) or config
-    for c in (config, text_config):
-        limit = getattr(c, "max_position_embeddings", None)
-        if isinstance(limit, int) and limit > 0:
-            return limit
-    return 2048
-
-
 def fit_context(tool: ToolTokenSource, tokenizer: Any, config: Any) -> str:
     """The tool's text, cut to the model's context (and ``MAX_TEXT_TOKENS``): the prior is one
     forward pass over it, and a longer text would run on positions the model never learned."""
     text = tool.text()
-    context = context_tokens(config)
+    # the model's position limit: the tokens it reads in one forward pass
+    text_config = getattr(config, "text_config", None) or config
+    limits = (getattr(c, "max_position_embeddings", None) for c in (config, text_config))
+    context = next((n for n in limits if isinstance(n, int) and n > 0), 2048)
     limit = min(context, MAX_TEXT_TOKENS)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if len(ids) <= limit:

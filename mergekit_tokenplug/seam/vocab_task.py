@@ -121,21 +121,6 @@ def model_key(model: ModelReference) -> str:
     return str(model)
 
 
-def _load_tokenizer(model: ModelReference, trust_remote_code: bool, where: str) -> Any:
-    try:
-        return transformers.AutoTokenizer.from_pretrained(
-            model.model.path,
-            revision=model.model.revision,
-            trust_remote_code=trust_remote_code,
-            use_fast=True,
-        )
-    except Exception as exc:
-        raise InputError(
-            f"cannot load a tokenizer from {model.model.path} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); expected a directory with tokenizer.json or tokenizer.model",
-            where=where,
-        ) from None
-
-
 def config_rows(model: ModelReference, trust_remote_code: bool) -> int | None:
     """The config's vocab_size, or None for a tokenizer-only directory (no model config)."""
     path = model.model.path
@@ -143,14 +128,6 @@ def config_rows(model: ModelReference, trust_remote_code: bool) -> int | None:
         return None
     rows = get_vocab_size(model.model, trust_remote_code=trust_remote_code)
     return int(rows) if rows else None
-
-
-def _regular_mask(tokenizer: Any, n_tokens: int) -> np.ndarray:
-    """Output ids that are ordinary vocabulary tokens (not special/added, not holes)."""
-    mask = np.zeros(n_tokens, dtype=bool)
-    mask[[i for i in tokenizer.get_vocab().values() if i < n_tokens]] = True
-    mask[[i for i in tokenizer.added_tokens_decoder if i < n_tokens]] = False
-    return mask
 
 
 class AlignVocabulary(Task[VocabPlan]):
@@ -187,7 +164,6 @@ def check_source_ids(
     special token missing from the vocabulary, which transformers appends) would be written
     into the output tokenizer with no row behind them. Tokens the recipe adds get rows.
     """
-    extra = set(recipe_tokens)
     vocab = out_tok.get_vocab()
     regular = len(vocab) - len(out_tok.added_tokens_decoder)
     if regular <= 0:
@@ -195,7 +171,7 @@ def check_source_ids(
             f"the tokenizer of {source.model.path} has an empty vocabulary; expected the tokens its {rows} embedding rows were trained for",
             where="tokenizer.source",
         )
-    past = sorted((i, t) for t, i in vocab.items() if i >= rows and t not in extra)
+    past = sorted((i, t) for t, i in vocab.items() if i >= rows and t not in recipe_tokens)
     if past:
         token_id, token = past[0]
         roles = [r for r in _ROLE_TOKENS if getattr(out_tok, r, None) == token]
@@ -245,18 +221,33 @@ def make_vocab_plan(
         rows += -rows % pad_to_multiple_of  # up to the next multiple
 
     def vocab_for(model: ModelReference, where: str) -> ModelVocab:
-        tok = _load_tokenizer(model, trust_remote_code, where)
+        try:
+            tok = transformers.AutoTokenizer.from_pretrained(
+                model.model.path,
+                revision=model.model.revision,
+                trust_remote_code=trust_remote_code,
+                use_fast=True,
+            )
+        except Exception as exc:
+            raise InputError(
+                f"cannot load a tokenizer from {model.model.path} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); expected a directory with tokenizer.json or tokenizer.model",
+                where=where,
+            ) from None
         model_rows = config_rows(model, trust_remote_code) or len(tok)
         alignment = align_vocab(
             out_tok, tok, model_rows=model_rows, out_rows=n_tokens, byte_pieces=byte_pieces
         )
         return ModelVocab(model_key(model), tok, model_rows, alignment)
 
+    # regular: ordinary vocabulary tokens (not special/added, not holes)
+    regular = np.zeros(n_tokens, dtype=bool)
+    regular[[i for i in out_vocab.values() if i < n_tokens]] = True
+    regular[[i for i in out_tok.added_tokens_decoder if i < n_tokens]] = False
     return VocabPlan(
         tokenizer=out_tok,
         n_tokens=n_tokens,
         rows=rows,
-        regular=_regular_mask(out_tok, n_tokens),
+        regular=regular,
         models={model_key(m): vocab_for(m, f"models: {m.model.path}") for m in models},
         donor=vocab_for(donor, "tokenizer.source") if donor is not None else None,
     )
