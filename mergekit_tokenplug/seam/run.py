@@ -7,15 +7,16 @@ the directory into place. A failure anywhere leaves no OUT that looks complete.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
-from unittest import mock
 
 import mergekit.io.tasks as io_tasks
 import pydantic
@@ -90,7 +91,7 @@ def run_plugin_merge(
         # (the collectives inside the seam); the main process writes the checkpoint.
         with (
             tempfile.TemporaryDirectory(prefix="tokenplug-worker-") as scratch,
-            mock.patch.object(io_tasks, "TensorWriter", _DiscardingWriter),
+            discard_tensor_writes(),
         ):
             quiet = options.model_copy(update={"write_model_card": False, "quiet": True})
             original(merge_config, scratch, quiet, config_source=recipe)
@@ -129,6 +130,16 @@ class _DiscardingWriter:
 
     def finalize(self) -> None:
         pass
+
+
+@contextlib.contextmanager
+def discard_tensor_writes() -> Iterator[None]:
+    real = io_tasks.TensorWriter
+    io_tasks.TensorWriter = _DiscardingWriter
+    try:
+        yield
+    finally:
+        io_tasks.TensorWriter = real
 
 
 def input_paths(merge_config: Any) -> list[str]:
