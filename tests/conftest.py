@@ -15,7 +15,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from models_factory import build_llama  # noqa: E402
+from models_factory import build_llama, portable_init  # noqa: E402
 from tokenizers_factory import (  # noqa: E402
     CHAT_TOKENS,
     CHATML_TEMPLATE,
@@ -55,13 +55,45 @@ class Zoo:
         self.tok_sp_only = root / "tok_sp"
 
     @functools.cached_property
+    def wide(self) -> dict[str, Path]:
+        """Stand-ins for the shipped recipes' models, wider than the recipes' OMP ``k`` (64).
+
+        With ``k`` at or above the hidden size the residual vanishes before OMP's last picks,
+        which then choose among ties of rounding noise: machine-dependent, not a property of
+        the method. Real models are 576-640 wide."""
+        tok_sp = self.root / "tok_sp"
+        tok_bl = self.root / "tok_bl"
+        load = transformers.AutoTokenizer.from_pretrained
+        specs = {
+            "sp_tied": (tok_sp, 12, True),
+            "sp_untied": (tok_sp, 11, False),
+            "bl_tied": (tok_bl, 13, True),
+            "bl_untied": (tok_bl, 14, False),
+            "bl_untied_2": (tok_bl, 17, False),
+        }
+        return {
+            name: build_llama(
+                self.root / f"wide_{name}", load(str(tok)), hidden=96, seed=seed, tied=tied
+            )
+            for name, (tok, seed, tied) in specs.items()
+        }
+
+    @functools.cached_property
     def bert_embedder(self) -> Path:
         """A tiny BERT sentence encoder (WordPiece) standing in for all-MiniLM-L6-v2."""
         out = self.root / "bert"
         tok = build_wordpiece(self.root / "tok_wp", vocab_size=400)
-        cfg = transformers.BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=128)
-        torch.manual_seed(0)
-        transformers.BertModel(cfg).save_pretrained(out, safe_serialization=True)
+        cfg = transformers.BertConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=128,
+        )
+        bert = transformers.BertModel(cfg)
+        portable_init(bert, seed=0)
+        bert.save_pretrained(out, safe_serialization=True)
         tok.save_pretrained(out)
         return out
 
@@ -71,7 +103,9 @@ class Zoo:
         out.mkdir(exist_ok=True)
         docs = corpus_documents()
         for i in range(3):
-            (out / f"part{i}.txt").write_text("\n".join(docs[i::3]) + "\n kubectl systemd apt-get dpkg\n" * 20, encoding="utf-8")
+            (out / f"part{i}.txt").write_text(
+                "\n".join(docs[i::3]) + "\n kubectl systemd apt-get dpkg\n" * 20, encoding="utf-8"
+            )
         return out
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import transformers
+
+INIT_STD = 0.02  # transformers' default initializer_range for the transformer weights
 
 
 def build_llama(
@@ -38,12 +41,48 @@ def build_llama(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    torch.manual_seed(seed)
-    model = transformers.LlamaForCausalLM(cfg).to(dtype)
-    with torch.no_grad():  # spread the rows so estimates are distinguishable from the mean
-        model.model.embed_tokens.weight.normal_(0.0, 1.0)
-        if not tied:
-            model.lm_head.weight.normal_(0.0, 1.0)
+    model = transformers.LlamaForCausalLM(cfg)
+    # unit-variance vocabulary rows so estimates are distinguishable from the mean
+    portable_init(model, seed, vocab_std=1.0)
+    model = model.to(dtype)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return out
+
+
+def portable_values(rng: np.random.RandomState, shape: tuple[int, ...], std: float) -> torch.Tensor:
+    """Uniform values of standard deviation ``std``, the same bits on every CPU.
+
+    torch's ``normal_``/``uniform_`` take vectorized paths that depend on the processor
+    (``ATEN_CPU_CAPABILITY``), so models built with them differ in the last bits from one
+    machine to the next. NumPy's legacy ``RandomState`` stream is frozen across versions and
+    integer-valued; the scaling below is one correctly rounded float64 product per element.
+    """
+    ints = rng.randint(-(2**23), 2**23, size=shape, dtype=np.int64)
+    scale = std * np.sqrt(3.0) / 2**23
+    return torch.from_numpy(ints.astype(np.float64) * scale).to(torch.float32)
+
+
+def portable_init(model: torch.nn.Module, seed: int, vocab_std: float | None = None) -> None:
+    """Fill every weight from :func:`portable_values`: tiny test models identical on any CPU.
+
+    Norm weights are ones and biases zeros (as transformers initializes them); matrices get
+    ``INIT_STD``, vocabulary matrices ``vocab_std`` when given.
+    """
+    rng = np.random.RandomState(seed)
+    vocab = {
+        id(m.weight)
+        for m in (model.get_input_embeddings(), model.get_output_embeddings())
+        if m is not None
+    }
+    seen: set[int] = set()
+    with torch.no_grad():
+        for name, param in model.named_parameters(remove_duplicate=True):
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            if param.dim() == 1:
+                param.copy_(torch.ones_like(param) if "norm" in name.lower() else torch.zeros_like(param))
+                continue
+            std = vocab_std if vocab_std is not None and id(param) in vocab else INIT_STD
+            param.copy_(portable_values(rng, tuple(param.shape), std))

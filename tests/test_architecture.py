@@ -1,5 +1,8 @@
 """The package's import graph has no cycle, even with every function-level import hoisted.
 
+Imports under ``if TYPE_CHECKING:`` count as edges: a type a module names is a dependency,
+and a circle through one is still a circle for readers and import-graph tools.
+
 Built from the source (``ast``), not from a running interpreter: an edge is ``A imports B``
 for modules of this package. Function-level imports are allowed only to keep start-up cheap
 (each says so in a comment); the graph with them counted as module-level must still be
@@ -40,13 +43,6 @@ def _targets(node: ast.AST, current: str, is_pkg: bool) -> list[str]:
     return []
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
 class _Imports(ast.NodeVisitor):
     """Package-internal imports of one module: (first line, last line, target, in a function)."""
 
@@ -61,13 +57,6 @@ class _Imports(ast.NodeVisitor):
         self.depth -= 1
 
     visit_AsyncFunctionDef = visit_Lambda = visit_FunctionDef
-
-    def visit_If(self, node: ast.If) -> None:
-        if _is_type_checking(node):  # never runs
-            for child in node.orelse:
-                self.visit(child)
-        else:
-            self.generic_visit(node)
 
     def _record(self, node: ast.Import | ast.ImportFrom) -> None:
         for target in _targets(node, self.name, self.is_pkg):

@@ -26,7 +26,6 @@ import tempfile
 import time
 import unicodedata
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from tqdm.auto import tqdm
 from mergekit_tokenplug.errors import ConfigError, InputError
 from mergekit_tokenplug.evaluate import tokensurgeon_ref
 from mergekit_tokenplug.evaluate.bpb import evaluate_models
+from mergekit_tokenplug.evaluate.holdout import HoldOut
 from mergekit_tokenplug.fill import FillReport, SourceSpace, TextSupport, plan_fill
 from mergekit_tokenplug.fill import _estimate_missing as estimate_rows
 from mergekit_tokenplug.inputs import check_model_dir
@@ -118,31 +118,6 @@ def tokenizer_without(tokenizer: Any, tokens: set[str]) -> Any:
     model["merges"] = [m for m in model["merges"] if not ({*pair(m), "".join(pair(m))} & tokens)]
     spec["added_tokens"] = [a for a in spec["added_tokens"] if a["content"] not in tokens]
     return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)))
-
-
-@dataclass
-class HoldOut:
-    """Everything the methods see in the leave-out, and the truth they are scored against."""
-
-    base: torch.Tensor  # base rows without the hidden ones (compacted)
-    true: torch.Tensor  # (T, d) the hidden rows
-    hidden_out: np.ndarray  # output (donor tokenizer) ids of the hidden tokens
-    anchor_out: np.ndarray  # output ids of the shared tokens left as anchors
-    out_to_base: np.ndarray  # (n_tokens,) compacted base row, -1 where hidden / missing
-    hidden_base: np.ndarray  # rows of the full base matrix that were hidden
-    compact: np.ndarray  # (full base rows,) compacted row of each, -1 where hidden
-    regular: np.ndarray  # (n_tokens,) regular output tokens
-    donor_space: SourceSpace | None
-    texts: TextSupport | None  # None when the base tokenizer cannot be cut (not BPE)
-    categories: list[str]  # per hidden token
-    missing_mix: dict[str, int]  # category counts of the really missing tokens
-    plan: Any
-    base_ref: Any
-    seed: int
-    info: dict[str, Any] = field(default_factory=dict)
-    out_tokenizer: Any = None  # the donor's (output) tokenizer
-    cut_tokenizer: Any = None  # the base tokenizer without the hidden tokens (BPE only)
-    donor_ref: Any = None
 
 
 def _matrix(ref: Any) -> torch.Tensor:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,9 +35,7 @@ from mergekit.tokenizer.normalization import normalized_vocabulary
 from mergekit.tokensurgeon import compute_token_basis
 
 from mergekit_tokenplug.errors import ConfigError, InputError
-
-if TYPE_CHECKING:
-    from mergekit_tokenplug.evaluate.compare import HoldOut
+from mergekit_tokenplug.evaluate.holdout import HoldOut
 
 PREFIX = "tokensurgeon:"
 #: ``mergekit-tokensurgeon --batch-size`` default (targets per compute_new_embeddings call).
