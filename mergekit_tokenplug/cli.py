@@ -14,6 +14,7 @@ import click
 import yaml
 
 from mergekit_tokenplug.compute.distributed import is_main_process, launched_world_size
+from mergekit_tokenplug.compute.progress import bar_policy
 from mergekit_tokenplug.errors import ConfigError, one_line_error
 from mergekit_tokenplug.evaluate.bpb import evaluate_models, format_table
 from mergekit_tokenplug.heal.command import Matrices, run_heal
@@ -82,11 +83,12 @@ def setup_logging(quiet: bool, verbose: int) -> None:
 
 class OneLineGroup(click.Group):
     """Anything that escapes a command becomes ``Error: <one line>`` and exit 1; ``-v``
-    shows the traceback instead."""
+    shows the traceback instead. Progress bars follow ``compute.progress.bar_policy``."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with bar_policy(quiet=False):  # a command's --quiet tightens it further
+                return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:
@@ -257,6 +259,17 @@ def list_methods(as_json: bool) -> None:
     help="Text file; repeatable.",
 )
 @json_option("Write the records as JSON.")
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    help="Name of each MODEL in the table and the figure, in order (default: its path).",
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False),
+    help="Bar chart of bits per byte per text, a bar per model (PNG; needs matplotlib).",
+)
 @click.option("--device", default="cpu")
 @click.option("--window", default=512, help="Tokens per evaluation window.")
 @click.option("--allow-pickle", is_flag=True)
@@ -265,14 +278,25 @@ def evaluate(
     models: tuple[str, ...],
     texts: tuple[str, ...],
     json_out: str | None,
+    labels: tuple[str, ...],
+    plot: str | None,
     device: str,
     window: int,
     allow_pickle: bool,
     quiet: bool,
 ) -> None:
     """Bits per byte of each MODEL (with its own tokenizer) on each --text file."""
-    from mergekit_tokenplug.surgery import resolve_device  # lazy: keeps the CLI's start-up fast
+    # lazy: keeps the CLI's start-up fast
+    from mergekit_tokenplug.evaluate.plot import plot_bpb, require_matplotlib
+    from mergekit_tokenplug.surgery import resolve_device
 
+    if labels and len(labels) != len(models):
+        raise click.BadParameter(
+            f"{len(labels)} labels for {len(models)} models; give one per MODEL, in order",
+            param_hint="--label",
+        )
+    if plot:
+        require_matplotlib()
     setup_logging(quiet, 0)
     records = evaluate_models(
         list(models),
@@ -282,8 +306,15 @@ def evaluate(
         show_progress=not quiet,
         allow_pickle=allow_pickle,
     )
-    click.echo(format_table(records))
+    per_model = len(records) // len(models)  # records come model by model, a text each
+    for i, rec in enumerate(records):
+        rec["label"] = labels[i // per_model] if labels else rec["model"]
+    shown = [{**rec, "model": rec["label"]} for rec in records]
+    click.echo(format_table(shown))
     write_json(json_out, records)
+    if plot:
+        plot_bpb(shown, plot)
+        click.echo(f"figure: {plot}")
 
 
 @main.command()
@@ -332,8 +363,8 @@ def compare(
         compare_methods,
         format_report,
         plot_report,
-        require_matplotlib,
     )
+    from mergekit_tokenplug.evaluate.plot import require_matplotlib
 
     setup_logging(quiet, 0)
     if plot:

@@ -14,7 +14,7 @@ import pydantic
 import yaml
 
 from mergekit_tokenplug import report
-from mergekit_tokenplug.compute.progress import bars_disabled
+from mergekit_tokenplug.compute.progress import bar_policy
 from mergekit_tokenplug.errors import ConfigError, InputError
 from mergekit_tokenplug.recipes.plan import plan_recipe, resolve_plan_device
 from mergekit_tokenplug.recipes.yaml_lines import yaml_error
@@ -120,7 +120,7 @@ def run_recipe(
     )
     opts.apply_global_options()
     original = getattr(mergekit.merge.run_merge, "__wrapped__", mergekit.merge.run_merge)
-    with bars_disabled(quiet):
+    with bar_policy(quiet):
         run_plugin_merge(
             original,
             merge_config,

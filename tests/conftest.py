@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -15,7 +16,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from models_factory import build_llama, portable_init  # noqa: E402
+from models_factory import build_llama, portable_init, portable_values  # noqa: E402
 from tokenizers_factory import (  # noqa: E402
     CHAT_TOKENS,
     CHATML_TEMPLATE,
@@ -77,6 +78,31 @@ class Zoo:
             )
             for name, (tok, seed, tied) in specs.items()
         }
+
+    @functools.cached_property
+    def bl_related(self) -> Path:
+        """A donor whose rows for the tokens it shares with ``bl_big`` are ``bl_big``'s rows
+        through one fixed linear map: two spaces that really are related, as a real donor's
+        and base's are (the other zoo models are independent random spaces, where no method
+        can beat the mean row)."""
+        from safetensors.torch import load_file, save_file
+
+        out = build_llama(
+            self.root / "bl_related",
+            transformers.AutoTokenizer.from_pretrained(str(self.root / "tok_bl")),
+            seed=8,
+        )
+        base_vocab = transformers.AutoTokenizer.from_pretrained(str(self.bl_big)).get_vocab()
+        donor_vocab = transformers.AutoTokenizer.from_pretrained(str(out)).get_vocab()
+        base = load_file(str(self.bl_big / "model.safetensors"))["model.embed_tokens.weight"]
+        weights = load_file(str(out / "model.safetensors"))
+        emb = weights["model.embed_tokens.weight"]
+        mix = portable_values(np.random.RandomState(8), (emb.shape[1], emb.shape[1]), 1.0)
+        shared = [(d, base_vocab[tok]) for tok, d in donor_vocab.items() if tok in base_vocab]
+        donor_ids, base_ids = (torch.tensor(ids) for ids in zip(*shared, strict=True))
+        emb[donor_ids] = (base[base_ids].double() @ mix.double() / emb.shape[1] ** 0.5).float()
+        save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
+        return out
 
     @functools.cached_property
     def bert_embedder(self) -> Path:

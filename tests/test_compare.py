@@ -54,8 +54,17 @@ def test_json_shape(report):
         assert sum(c["n"] for c in m["categories"].values()) == data["hidden"]
         for c in m["categories"].values():
             assert {"n", "cos", "rel_l2"} == set(c)
-    # mean row: one estimate for all, far worse than a donor-aware method on a shared token set
-    assert data["methods"]["omp"]["cos"] > data["methods"]["mean"]["cos"]
+
+
+def test_a_donor_aware_method_beats_the_mean_on_related_spaces(zoo, tmp_path):
+    """On a pair whose spaces are related (as real models' are), OMP recovers hidden rows
+    far better than the one mean row; on unrelated random spaces nothing can."""
+    out = tmp_path / "r.json"
+    args = [str(zoo.bl_big), str(zoo.bl_related), "--methods", "omp,mean", "--hold-out", "0.2"]
+    res = run_compare(*args, "--seed", "3", "--json", str(out), "-q")
+    assert res.exit_code == 0, res.output
+    methods = json.loads(out.read_text())["methods"]
+    assert methods["omp"]["cos"] > 0.9 > 0.5 > methods["mean"]["cos"]
 
 
 def test_unrunnable_methods_are_skipped_with_a_note(report):

@@ -191,3 +191,25 @@ def test_input_errors_are_one_line(tmp_path, bos_setup):
     with pytest.raises(InputError, match="pickle") as err:
         evaluate_models([pickled], [text_file], show_progress=False)
     assert "\n" not in str(err.value)
+
+
+def test_cli_labels_the_table_and_draws_the_figure(tmp_path, bos_setup):
+    """``evaluate --label --plot``: the names in the table, a PNG with a bar per model and text."""
+    import json
+
+    from click.testing import CliRunner
+
+    from mergekit_tokenplug.cli import main
+
+    _, model_dir, text_file, _ = bos_setup
+    png, records = tmp_path / "bpb.png", tmp_path / "bpb.json"
+    args = ["evaluate", str(model_dir), str(model_dir), "--text", str(text_file), "-q"]
+    args += ["--label", "original", "--label", "healed", "--plot", str(png), "--json", str(records)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "| original |" in result.output and "| healed |" in result.output
+    assert f"figure: {png}" in result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    assert [r["label"] for r in json.loads(records.read_text())] == ["original", "healed"]
+    bad = CliRunner().invoke(main, [*args[:6], "--label", "only-one"])
+    assert bad.exit_code != 0 and "--label" in bad.output and "2 models" in bad.output

@@ -1,35 +1,93 @@
-"""``--quiet`` means no progress bar at all, mergekit's own included.
+"""One policy for every progress bar, the plugin's and mergekit's own.
 
-mergekit 0.1.5 draws several tqdm bars (building tokenizer permutations, writing shards,
-mergekit-multi's stages) whatever its ``--quiet`` says. For the duration of a quiet run every
-tqdm bar is created disabled (tqdm's ``TQDM_DISABLE`` is read once at import, too early to
-help).
+- ``--quiet``: no bar at all. mergekit 0.1.5 draws several tqdm bars (building tokenizer
+  permutations, writing shards, mergekit-multi's stages) whatever its ``--quiet`` says.
+- stderr is a terminal: tqdm as usual, one line a bar (inner bars clear themselves).
+- stderr is a file or a pipe (CI logs, ``run.sh > log``): tqdm's carriage-return redraws and
+  cursor moves would pile up as hundreds of lines, so a bar prints one plain line at most every
+  ``MERGEKIT_TOKENPLUG_PROGRESS_SECONDS`` (default 30) and nothing at all if it finishes sooner.
+
+For the duration of a run every tqdm bar is created with these settings (tqdm's own
+``TQDM_*`` variables are read once at import, too early to help).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import io
+import os
+import re
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import tqdm.std
 
+PERIOD_ENV = "MERGEKIT_TOKENPLUG_PROGRESS_SECONDS"
+_CURSOR_MOVES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class LineStream(io.TextIOBase):
+    """What a bar writes to a log: each redraw becomes one plain line, cleared bars nothing."""
+
+    def __init__(self, stream: Any):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        for line in _CURSOR_MOVES.sub("", text).replace("\r", "\n").split("\n"):
+            if line.strip():
+                self.stream.write(line.rstrip() + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def log_period() -> float:
+    """Seconds between two lines of a bar drawn into a log (``PERIOD_ENV``, default 30)."""
+    raw = os.environ.get(PERIOD_ENV, "30")
+    try:
+        period = float(raw)
+    except ValueError:
+        period = -1.0
+    if not period >= 0:
+        raise ValueError(f"{PERIOD_ENV}={raw!r}: expected a number of seconds >= 0")
+    return period
+
+
+def bar_settings(quiet: bool, stream: Any = None) -> dict[str, Any]:
+    """The tqdm keyword arguments the policy imposes on a bar writing to ``stream``."""
+    if quiet:
+        return {"disable": True}
+    stream = stream if stream is not None else sys.stderr
+    if getattr(stream, "isatty", lambda: False)():
+        return {}
+    period = log_period()
+    return {
+        "file": LineStream(stream),
+        "mininterval": period,
+        "delay": period,
+        "ascii": True,
+        "ncols": 100,
+    }
+
 
 @contextlib.contextmanager
-def bars_disabled(quiet: bool) -> Iterator[None]:
-    if not quiet:
-        yield
-        return
+def bar_policy(quiet: bool) -> Iterator[None]:
+    """Apply :func:`bar_settings` to every tqdm bar created inside the block."""
     cls = tqdm.std.tqdm
     original = cls.__init__
 
     @functools.wraps(original)
-    def disabled(self: Any, *args: Any, **kwargs: Any) -> None:
-        kwargs["disable"] = True
+    def styled(self: Any, *args: Any, **kwargs: Any) -> None:
+        target = kwargs.get("file")
+        if isinstance(target, LineStream):  # already styled by an enclosing policy
+            target = target.stream
+        kwargs.update(bar_settings(quiet, target))
         original(self, *args, **kwargs)
 
-    cls.__init__ = disabled
+    cls.__init__ = styled
     try:
         yield
     finally:

@@ -428,16 +428,6 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def require_matplotlib() -> None:
-    """Fail before any work when a plot is asked for and matplotlib is missing."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise InputError(
-            "needs matplotlib, which is not installed (pip install matplotlib)", where="--plot"
-        ) from None
-
-
 def plot_report(report: dict[str, Any], path: str) -> None:
     """Grouped bars: mean cosine per category (and overall) for every method."""
     import matplotlib

@@ -67,7 +67,9 @@ def rows_to_train(
     try:
         report = json.loads(path.read_text(encoding="utf-8")).get("report", {})
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
-        raise InputError(f"is not a readable manifest ({exc}); expected JSON", where=str(path)) from None
+        raise InputError(
+            f"is not a readable manifest ({exc}); expected JSON", where=str(path)
+        ) from None
     records = [r for r in report.get("matrices", []) if isinstance(r.get("row_ids"), dict)]
     if not records:
         raise InputError(

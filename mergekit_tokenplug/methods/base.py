@@ -51,7 +51,9 @@ class Need(str, enum.Enum):
     MODEL_FORWARD = "model_forward"  # the frozen base model (tool-token prior)
 
 
-TEXT_NEEDS = frozenset({Need.BASE_TOKENIZER, Need.BASE_VOCAB_TEXTS, Need.CORPUS, Need.MODEL_FORWARD})
+TEXT_NEEDS = frozenset(
+    {Need.BASE_TOKENIZER, Need.BASE_VOCAB_TEXTS, Need.CORPUS, Need.MODEL_FORWARD}
+)
 
 
 class MethodParams(pydantic.BaseModel):
@@ -116,7 +118,9 @@ class EstimationProblem:
     donor_anchor_ids: torch.Tensor | None = None  # (N,) rows of `donor` for the same anchors
     donor_target_ids: torch.Tensor | None = None  # (T,) rows of `donor` holding the targets
     target_texts: list[str] | None = None  # decoded text of each target token
-    target_pieces: list[list[int]] | None = None  # ids (rows of `base`) of each text split by the base tokenizer
+    target_pieces: list[list[int]] | None = (
+        None  # ids (rows of `base`) of each text split by the base tokenizer
+    )
     base_vocab_texts: list[str] | None = None  # decoded text of every row of `base`
     split_texts: Callable[[list[str]], list[list[int]]] | None = None  # texts -> rows of `base`
     embed_texts: Callable[[list[str]], torch.Tensor] | None = None  # auxiliary text embedder
@@ -124,7 +128,9 @@ class EstimationProblem:
     out_to_base: torch.Tensor | None = None  # (V_out,) row of `base` per output id, -1 where absent
     out_to_target: torch.Tensor | None = None  # (V_out,) target index per output id, -1 otherwise
     context_matrix: torch.Tensor | None = None  # the model's other vocabulary matrix (float32)
-    model_forward: Callable[[list[str]], torch.Tensor] | None = None  # texts -> pooled hidden states
+    model_forward: Callable[[list[str]], torch.Tensor] | None = (
+        None  # texts -> pooled hidden states
+    )
     role: str = "input"  # "input" (embeddings) or "output" (lm_head)
     seed: int = 0
     label: str = ""  # shown on progress bars, e.g. "model-a lm_head"

@@ -30,4 +30,3 @@ def refusal_reason() -> str | None:
     if found not in SUPPORTED_MERGEKIT_VERSIONS:
         return f"mergekit {found} is installed and mergekit-tokenplug supports only {', '.join(SUPPORTED_MERGEKIT_VERSIONS)}"
     return None
-

@@ -20,7 +20,7 @@ import click
 import pydantic
 import yaml
 
-from mergekit_tokenplug.compute.progress import bars_disabled
+from mergekit_tokenplug.compute.progress import bar_policy
 from mergekit_tokenplug.errors import ConfigError, TokenplugError, one_line_error
 from mergekit_tokenplug.recipes.validate import validate_path
 from mergekit_tokenplug.recipes.yaml_lines import yaml_error
@@ -62,7 +62,7 @@ def apply(script_module: ModuleType, config_arg: str) -> None:
                 check_near_misses(doc)
             # the click callback is mergekit's add_merge_options wrapper: options arrive as
             # separate keyword arguments
-            with bars_disabled(bool(kwargs.get("quiet", False))):
+            with bar_policy(bool(kwargs.get("quiet", False))):
                 result = callback(*args, **kwargs)
             if script_module.__name__ == "mergekit.scripts.multimerge":
                 finalize_multi(
