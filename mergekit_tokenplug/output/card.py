@@ -20,10 +20,12 @@ def vocabulary_section(
     params: dict[str, Any],
     report: dict[str, Any],
     bos: dict[str, Any] | None = None,
+    method_note: str | None = None,
 ) -> str:
     """Markdown: method + parameters, BOS convention, alignment counts per model, rows per matrix."""
     vocab = report.get("vocabulary", {})
-    notes = [bos_sentence(bos)] if bos else []
+    notes = [f"Method: {method_note[0].upper()}{method_note[1:]}."] if method_note else []
+    notes += [bos_sentence(bos)] if bos else []
     if any("tool" in rec.get("by_method", {}) for rec in report.get("matrices", [])):
         notes.append(
             "Tool tokens (`tool`): their rows are the re-initialization prior (the frozen "

@@ -30,6 +30,7 @@ from mergekit_tokenplug.methods.base import FP32, CostQuery
 from mergekit_tokenplug.seam.planner import tokenizer_task
 from mergekit_tokenplug.seam.roles import align_settings, vocab_weights
 from mergekit_tokenplug.seam.schema import uses_plugin
+from mergekit_tokenplug.seam.tied import untie_message, untied_inputs
 from mergekit_tokenplug.seam.tool_counts import TOOL_METHOD, TOOL_SOURCE
 from mergekit_tokenplug.seam.vocab_task import (
     make_vocab_plan,
@@ -216,19 +217,22 @@ def plan_recipe(
 ) -> dict[str, Any]:
     """What running a validated recipe would do; a JSON-ready dict (see ``format_plan``)."""
     dev, available = resolve_plan_device(device)
+    untied = untied_inputs(config, trust_remote_code)
+    tie = {"untie": untie_message(config, untied)} if untied else {}
     if not uses_plugin(config) or config.tokenizer is None:
         return {
             "plugin": False,
             "device": dev,
             "device_available": available,
             "note": "no tokenizer.approximation: stock mergekit vocabulary handling",
+            **tie,
         }
     rv = recipe_vocab(config, trust_remote_code)
     vocab = rv.vocab
     budget = working_memory_budget(dev) if available else settings.cpu_budget_bytes()
     out_model = config.base_model or config.referenced_models()[0]  # as mergekit's out config
     out_cfg = out_model.config(trust_remote_code=trust_remote_code)
-    tied_out = bool(getattr(out_cfg, "tie_word_embeddings", False))
+    tied_out = bool(getattr(out_cfg, "tie_word_embeddings", False)) and not untied
     donor = align_settings(config)["donor"]
     shapes = {str(m): safetensors_shapes(m.model.path) for m in rv.inputs}
     weights = [
@@ -243,6 +247,7 @@ def plan_recipe(
     return {
         "plugin": True,
         "method": rv.method,
+        "method_note": config.tokenizer.approximation.choice_note,
         "params": _params_dict(rv.params),
         "fallback": registry.get(rv.method).fallback,
         "device": dev,
@@ -259,6 +264,7 @@ def plan_recipe(
         "models": models,
         "peak_bytes": max((w["peak_bytes"] for w in weights), default=0),
         "flops": None if None in flops else sum(flops, 0.0),
+        **tie,
     }
 
 
@@ -333,9 +339,11 @@ def _mib(n: int | float) -> str:
 def format_plan(plan: dict[str, Any]) -> str:
     """The human-readable form printed by ``mergekit-tokenplug plan``."""
     dev = plan["device"] + ("" if plan.get("device_available", True) else " (not available here)")
+    tie = [f"note: {plan['untie']}"] if plan.get("untie") else []
     if not plan.get("plugin"):
-        return f"{plan['note']}; device {dev}"
+        return "\n".join([f"{plan['note']}; device {dev}", *tie])
     params = ", ".join(f"{k}={v}" for k, v in plan["params"].items())
+    tie += [f"note: {plan['method_note']}"] if plan.get("method_note") else []
     lines = [
         f"method: {plan['method']}"
         + (f" ({params})" if params else "")
@@ -364,4 +372,4 @@ def format_plan(plan: dict[str, Any]) -> str:
             f"{w['weight']}: peak ~{_mib(w['peak_bytes'])} (matrices {_mib(w['matrices_bytes'])}"
             f" + working {_mib(w['working_bytes'])}), ~{flops} flops"
         )
-    return "\n".join(lines)
+    return "\n".join([*lines, *tie])

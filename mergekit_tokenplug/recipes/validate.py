@@ -26,6 +26,7 @@ from mergekit.common import ModelReference
 from mergekit_tokenplug import registry
 from mergekit_tokenplug.errors import TokenplugError
 from mergekit_tokenplug.inputs import check_model_dir, check_same_width, model_path
+from mergekit_tokenplug.method_choice import choose_method
 from mergekit_tokenplug.methods.base import Need, param_error_message, short_repr
 from mergekit_tokenplug.recipes.yaml_limits import MAX_BYTES, yaml_size_problem
 from mergekit_tokenplug.recipes.yaml_lines import (
@@ -39,6 +40,7 @@ from mergekit_tokenplug.resources.embedder import check_embedder_dir
 from mergekit_tokenplug.seam import refusal_reason
 from mergekit_tokenplug.seam.config_patch import merge_configuration
 from mergekit_tokenplug.seam.schema import (
+    PLUGIN_TOKENIZER_KEYS,
     TokenplugTokenizerConfig,
     chosen_branch_errors,
     error_message,
@@ -306,7 +308,7 @@ class _DocChecker:
     def strip_plugin_keys(data: dict) -> dict:
         data = copy.deepcopy(data)
         tok = data["tokenizer"]
-        for key in ("approximation", "add_bos"):
+        for key in PLUGIN_TOKENIZER_KEYS:
             tok.pop(key, None)
         for token in tool_tokens(tok.get("tokens")):
             del tok["tokens"][token]
@@ -321,14 +323,22 @@ class _DocChecker:
         if not isinstance(approx, dict):
             self.add(APPROX, f"expected a mapping (method and its parameters), got {approx!r}")
             return None, None
-        method = approx.get("method", registry.DEFAULT_METHOD)
+        method = approx.get("method")
         methods = registry.all_methods()
-        if not isinstance(method, str) or method not in methods:
+        if method is not None and (not isinstance(method, str) or method not in methods):
             self.add(
                 (*APPROX, "method"),
                 f"unknown method {method!r}; expected one of: {', '.join(sorted(methods))}",
             )
             return None, None
+        try:  # the run's choice: the default follows what the tokenizer source offers
+            choice = choose_method(method, data["tokenizer"].get("source"))
+        except TokenplugError as exc:
+            self.add_tokenplug_error(exc, APPROX)
+            return None, None
+        if choice.note:
+            self.add(APPROX, choice.note, "note")
+        method = choice.method
         spec = methods[method]
         seed = approx.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
@@ -519,6 +529,7 @@ class _DocChecker:
                 check_same_width([m.model.path for m in config.referenced_models()])
             except TokenplugError as exc:
                 self.add(("models",), exc.message.removeprefix("models: "))
+            self.note_untied(config)
         if spec is None:
             return
         self.check_resources(spec, params)
@@ -533,6 +544,14 @@ class _DocChecker:
                 f"not checked against the shared tokens: the recipe reads stage output(s) {', '.join(sorted(self.out.stage_refs))} that are built first",
                 "warning",
             )
+
+    def note_untied(self, config: Any) -> None:
+        """Tied and untied models in one merge: the run writes an untied output (seam.tied)."""
+        from mergekit_tokenplug.seam.tied import untie_message, untied_inputs  # lazy: mergekit
+
+        untied = untied_inputs(config, self.options.trust_remote_code)
+        if untied:
+            self.add(("models",), untie_message(config, untied), "warning")
 
     # -- method resources
     def check_resources(self, spec: Any, params: Any) -> None:

@@ -51,9 +51,10 @@ def on_module_loaded(name: str, module: ModuleType) -> None:
 
             planner.apply(module)
         elif name == "mergekit.merge":
-            from mergekit_tokenplug.seam import run  # lazy
+            from mergekit_tokenplug.seam import run, tied  # lazy
 
             run.apply(module)
+            tied.apply(module)
 
 
 def activate() -> None:

@@ -81,6 +81,9 @@ def run_plugin_merge(
 ) -> None:
     """Stock merge into a temp dir, then finalize and move into place."""
     recipe = config_source or merge_config.to_yaml()
+    note = merge_config.tokenizer.approximation.choice_note
+    if note:
+        LOG.warning(note)
     expand_model_paths(merge_config)
     check_inputs(
         merge_config, allow_pickle=allow_pickle, trust_remote_code=options.trust_remote_code
@@ -266,7 +269,11 @@ def finalize(
     approx = merge_config.tokenizer.approximation
     if write_card:
         section = vocabulary_section(
-            method=approx.method, params=approx.method_params(), report=snap, bos=bos
+            method=approx.method,
+            params=approx.method_params(),
+            report=snap,
+            bos=bos,
+            method_note=approx.choice_note,
         )
         (out_dir / "README.md").write_text(
             model_card(merge_config, recipe, section, name=name), encoding="utf-8"
@@ -286,6 +293,7 @@ def finalize(
         report=snap,
         extra={
             "config_changes": changes,
+            "method": {"name": approx.method, "note": approx.choice_note},
             "seed": options.random_seed,
             "bos": bos,
             "side_files": {"tool_token_priors": priors} if priors else {},
