@@ -50,15 +50,41 @@ def vocabulary_section(
         lines.append(f"| {name} | " + " | ".join(str(counts.get(k, 0)) for k in COUNT_KEYS) + " |")
     lines += [
         "",
-        "| model | matrix | copied | estimated | padded | estimated from |",
-        "|---|---|---:|---:|---:|---|",
+        "| model | matrix | copied | estimated | padded | estimated from | rows by method |",
+        "|---|---|---:|---:|---:|---|---|",
     ]
     for rec in report.get("matrices", []):
         sources = ", ".join(f"{k}: {v}" for k, v in rec.get("by_source", {}).items()) or "-"
+        methods = ", ".join(f"{k}: {v}" for k, v in rec.get("by_method", {}).items()) or "-"
         lines.append(
-            f"| {rec['model']} | {rec['weight']} | {rec['copied']} | {rec['estimated']} | {rec['padded']} | {sources} |"
+            f"| {rec['model']} | {rec['weight']} | {rec['copied']} | {rec['estimated']} | {rec['padded']} | {sources} | {methods} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + fallback_lines(report.get("matrices", []))) + "\n"
+
+
+def _tokens(rec: dict[str, Any]) -> str:
+    shown = ", ".join(f"`{t!r}`" for t in rec.get("tokens", []))
+    more = rec["count"] - len(rec.get("tokens", []))
+    return f" ({shown}{f' and {more} more' if more > 0 and shown else ''})" if shown else ""
+
+
+def fallback_lines(matrices: list[dict[str, Any]]) -> list[str]:
+    """What the counts above do not say: rows that got a fallback instead of the method's
+    estimate (and why), and rows estimated from little evidence."""
+    items = []
+    for rec in matrices:
+        where = f"{rec['model']} {rec['weight']}"
+        for fb in rec.get("fallbacks", []):
+            items.append(
+                f"- {where}: {fb['count']} rows got the `{fb['to']}` row, not a "
+                f"`{fb['method']}` estimate: {fb['reason']}{_tokens(fb)}."
+            )
+        for thin in rec.get("thin", []):
+            items.append(
+                f"- Warning: {where}: {thin['count']} `{thin['method']}` rows are estimated "
+                f"from little evidence: {thin['reason']}{_tokens(thin)}."
+            )
+    return ["", "Fallbacks and thin estimates:", "", *items] if items else []
 
 
 def _declared_license(model: str) -> str | None:

@@ -26,7 +26,7 @@ from mergekit_tokenplug import registry, settings
 from mergekit_tokenplug.compute.batching import working_memory_budget
 from mergekit_tokenplug.errors import InputError
 from mergekit_tokenplug.fill import SourceSpace, plan_fill
-from mergekit_tokenplug.methods.base import FP32, CostQuery
+from mergekit_tokenplug.methods.base import FP32, CostQuery, Need
 from mergekit_tokenplug.seam.planner import tokenizer_task
 from mergekit_tokenplug.seam.roles import align_settings, vocab_weights
 from mergekit_tokenplug.seam.schema import uses_plugin
@@ -157,6 +157,41 @@ def recipe_vocab(config: Any, trust_remote_code: bool = False) -> RecipeVocab:
     return RecipeVocab(config, vocab, inputs, fills, approx.method, approx.parsed_params())
 
 
+def corpus_coverage(rv: RecipeVocab) -> list[str]:
+    """For a method that learns from a corpus: per model, the tokens it must estimate that
+    the corpus never shows (they get the mean row, a fallback) and those it shows fewer than
+    ``warn_below`` times (thin estimates). Tokenizes the corpus; reads no weight."""
+    corpus = getattr(rv.params, "corpus", None)
+    if Need.CORPUS not in registry.get(rv.method).needs or not corpus:
+        return []
+    seqs = rv.vocab.corpus_ids(tuple(corpus))
+    flat = np.concatenate([np.asarray(s).reshape(-1) for s in seqs] or [np.zeros(0, np.int64)])
+    counts = np.bincount(
+        flat[(flat >= 0) & (flat < rv.vocab.n_tokens)], minlength=rv.vocab.n_tokens
+    )
+    _, _, tools = token_overrides(
+        rv.config.tokenizer.tokens, rv.vocab.tokenizer.get_vocab(), rv.vocab.n_tokens
+    )
+    tool_ids = {token_id for token_id, _ in tools.values()}
+    below = int(getattr(rv.params, "warn_below", 0))
+    lines = []
+    for key, mv in rv.vocab.models.items():
+        ids = [i for i in mv.alignment.missing_ids().tolist() if i not in tool_ids]
+        absent = [i for i in ids if counts[i] == 0]
+        rare = [i for i in ids if 0 < counts[i] < below]
+        for found, what in (
+            (absent, f"never occur in the corpus, so {rv.method} gives them the mean row"),
+            (rare, f"occur fewer than {below} times in the corpus (thin {rv.method} estimates)"),
+        ):
+            if found:
+                shown = ", ".join(repr(rv.vocab.output_texts[i]) for i in found[:10])
+                more = f" and {len(found) - 10} more" if len(found) > 10 else ""
+                lines.append(
+                    f"model {key}: {len(found)} of the {len(ids)} tokens it lacks {what}: {shown}{more}"
+                )
+    return lines
+
+
 # ---------------------------------------------------------------- tensor shapes (headers only)
 
 
@@ -248,6 +283,7 @@ def plan_recipe(
         "plugin": True,
         "method": rv.method,
         "method_note": config.tokenizer.approximation.choice_note,
+        "corpus_coverage": corpus_coverage(rv),
         "params": _params_dict(rv.params),
         "fallback": registry.get(rv.method).fallback,
         "device": dev,
@@ -344,6 +380,7 @@ def format_plan(plan: dict[str, Any]) -> str:
         return "\n".join([f"{plan['note']}; device {dev}", *tie])
     params = ", ".join(f"{k}={v}" for k, v in plan["params"].items())
     tie += [f"note: {plan['method_note']}"] if plan.get("method_note") else []
+    tie += [f"warning: {line}" for line in plan.get("corpus_coverage") or []]
     lines = [
         f"method: {plan['method']}"
         + (f" ({params})" if params else "")

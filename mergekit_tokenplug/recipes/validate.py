@@ -533,6 +533,8 @@ class _DocChecker:
         if spec is None:
             return
         self.check_resources(spec, params)
+        if Need.CORPUS in spec.needs and config is not None and all_local and self.errors == 0:
+            self.check_corpus_coverage(config)
         k = getattr(params, "k", None)
         if k is None:
             return
@@ -574,6 +576,18 @@ class _DocChecker:
                 check_embedder_dir(embedder)
             except TokenplugError as exc:
                 self.add_tokenplug_error(exc, (*APPROX, "embedder"))
+
+    def check_corpus_coverage(self, config: Any) -> None:
+        """Tokens a corpus method must estimate that the corpus never or rarely shows."""
+        from mergekit_tokenplug.recipes.plan import corpus_coverage, recipe_vocab  # lazy
+
+        try:
+            lines = corpus_coverage(recipe_vocab(config, self.options.trust_remote_code))
+        except TokenplugError as exc:
+            self.add_tokenplug_error(exc, (*APPROX, "corpus"))
+            return
+        for line in lines:
+            self.add((*APPROX, "corpus"), line, "warning")
 
     # -- OMP's k against the shared tokens
     def check_shared_tokens(self, config: Any, spec: Any, k: int) -> None:

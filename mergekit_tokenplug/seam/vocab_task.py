@@ -32,6 +32,7 @@ from mergekit_tokenplug.fill import (
     SourceSpace,
     TextSupport,
     check_finite,
+    drop_rows,
     fill_matrix,
     unknown_method,
 )
@@ -353,6 +354,8 @@ class ApproximatedVocabulary(PermutedVocabulary):
                     mv.name, self.weight_name, list(tools), ids.tolist(), rows.cpu()
                 )
                 count_as_tool(rep.by_method, rep.by_source, len(tools), unknown_method(spec))
+                rep.fallbacks = drop_rows(rep.fallbacks, ids.tolist())
+                rep.thin = drop_rows(rep.thin, ids.tolist())
             row_ids = _row_ids(mv.alignment, forced, mv.tokenizer)
             fill = {"weight": self.weight_name, "method": approx.method, "row_ids": row_ids}
             report.add_fill({**rep.as_dict(), **fill})
