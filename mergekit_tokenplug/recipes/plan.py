@@ -27,7 +27,8 @@ from mergekit_tokenplug.compute.batching import working_memory_budget
 from mergekit_tokenplug.errors import InputError
 from mergekit_tokenplug.fill import SourceSpace, plan_fill
 from mergekit_tokenplug.methods.base import FP32, CostQuery, Need
-from mergekit_tokenplug.seam.planner import tokenizer_task
+from mergekit_tokenplug.seam.chat import chat_plan
+from mergekit_tokenplug.seam.planner import plugin_tokens, tokenizer_task
 from mergekit_tokenplug.seam.roles import align_settings, vocab_weights
 from mergekit_tokenplug.seam.schema import uses_plugin
 from mergekit_tokenplug.seam.tied import untie_message, untied_inputs
@@ -38,6 +39,7 @@ from mergekit_tokenplug.seam.vocab_task import (
     source_order,
     token_overrides,
 )
+from mergekit_tokenplug.vocab.specials import estimated_by, special_table
 
 
 @dataclass
@@ -65,6 +67,7 @@ class ModelFill:
     holes: int
     forced: int
     groups: list[GroupCount] = field(default_factory=list)
+    specials: dict[str, Any] = field(default_factory=dict)  # vocab.specials.special_table
 
     def by_method(self) -> dict[str, int]:
         return _totals((g.method, g.count) for g in self.groups)
@@ -94,11 +97,12 @@ class RecipeVocab:
 
 def recipe_vocab(config: Any, trust_remote_code: bool = False) -> RecipeVocab:
     """Align a plugin recipe's vocabularies and plan every model's fill as the run does."""
-    align = align_settings(config)
     # the output tokenizer, built by the run's task (its progress bar over the permutation
     # tables is not part of a plan's output)
+    task = tokenizer_task(config, trust_remote_code)
+    align = align_settings(config, plugin_tokens(task))
     with contextlib.redirect_stderr(io.StringIO()):
-        out_tok = tokenizer_task(config, trust_remote_code).execute().tokenizer
+        out_tok = task.execute().tokenizer
     vocab = make_vocab_plan(
         out_tok, tuple(config.referenced_models()), trust_remote_code=trust_remote_code, **align
     )
@@ -140,6 +144,7 @@ def recipe_vocab(config: Any, trust_remote_code: bool = False) -> RecipeVocab:
             next(g for g in counts if g.source is None).count -= n_tools
             counts = [g for g in counts if g.count > 0]
             counts.append(GroupCount(TOOL_METHOD, TOOL_SOURCE, n_tools))
+        by = estimated_by(groups) | {i: TOOL_SOURCE for i, _ in tools.values()}
         matches = mv.alignment.counts()
         fills[key] = ModelFill(
             model=key,
@@ -153,6 +158,7 @@ def recipe_vocab(config: Any, trust_remote_code: bool = False) -> RecipeVocab:
             holes=matches["holes"],
             forced=0 if forced is None else int((forced & (src >= 0)).sum()),
             groups=counts,
+            specials=special_table(out_tok, mv.alignment, mv.tokenizer, by),
         )
     return RecipeVocab(config, vocab, inputs, fills, approx.method, approx.parsed_params())
 
@@ -278,11 +284,13 @@ def plan_recipe(
     flops = [w["flops"] for w in weights]
     fills = [rv.fills[str(m)] for m in rv.inputs]
     models = [{**asdict(f), "by_method": f.by_method(), "by_source": f.by_source()} for f in fills]
+    # (asdict copies specials; the special-token table is shown per model)
     source = config.tokenizer.source
     return {
         "plugin": True,
         "method": rv.method,
         "method_note": config.tokenizer.approximation.choice_note,
+        "chat_template": chat_plan(config, trust_remote_code).record(),
         "corpus_coverage": corpus_coverage(rv),
         "params": _params_dict(rv.params),
         "fallback": registry.get(rv.method).fallback,
@@ -390,6 +398,9 @@ def format_plan(plan: dict[str, Any]) -> str:
     ]
     if plan.get("donor"):
         lines.append(f"donor: {plan['donor']['model']} ({plan['donor']['rows']} rows)")
+    chat = plan.get("chat_template") or {}
+    if chat:
+        lines.append(f"chat template ({chat['mode']}): {chat['note']}")
     for m in plan["models"]:
         groups = ", ".join(
             f"{g['method']} {g['count']}"
@@ -403,6 +414,12 @@ def format_plan(plan: dict[str, Any]) -> str:
             + (f" ({groups})" if groups else "")
             + f", padded {m['padded']}"
         )
+        table = m.get("specials") or {}
+        for r in table.get("rows", []):
+            roles = f" [{', '.join(r['roles'])}]" if r["roles"] else ""
+            lines.append(f"  special {r['token']!r} (id {r['id']}){roles}: {r['source']}")
+        if table.get("same_token"):
+            lines.append(f"  and {table['same_token']} special tokens copied from the same token")
     for w in plan["weights"]:
         flops = "unknown" if w["flops"] is None else f"{w['flops']:.3g}"
         lines.append(

@@ -45,6 +45,7 @@ from mergekit_tokenplug.output.config_fix import fix_config, strip_loader_flags
 from mergekit_tokenplug.output.manifest import input_record, write_manifest
 from mergekit_tokenplug.output.modes import apply_umask
 from mergekit_tokenplug.output.side_files import TOOL_PRIORS
+from mergekit_tokenplug.seam.chat import chat_plan, write_chat_template
 from mergekit_tokenplug.seam.roles import needs_donor_embeddings, role_weight, tokenizer_donor
 from mergekit_tokenplug.seam.schema import uses_plugin
 
@@ -257,6 +258,7 @@ def finalize(
     models = sorted(merge_config.referenced_models(), key=str)
     base = merge_config.base_model or models[0]  # the model whose conventions the output keeps
     bos = match_bos(out_dir, base.model.path, merge_config.tokenizer.add_bos)
+    chat = write_chat_template(out_dir, chat_plan(merge_config, options.trust_remote_code))
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(out_dir))
     source = merge_config.tokenizer.source
     if isinstance(source, ModelReference):
@@ -274,6 +276,7 @@ def finalize(
             report=snap,
             bos=bos,
             method_note=approx.choice_note,
+            chat=chat,
         )
         (out_dir / "README.md").write_text(
             model_card(merge_config, recipe, section, name=name), encoding="utf-8"
@@ -296,6 +299,7 @@ def finalize(
             "method": {"name": approx.method, "note": approx.choice_note},
             "seed": options.random_seed,
             "bos": bos,
+            "chat_template": chat,
             "side_files": {"tool_token_priors": priors} if priors else {},
             "settings": settings.output_settings(),
         },
