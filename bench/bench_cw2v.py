@@ -73,9 +73,7 @@ def main() -> None:
         "corpus_tokens": int(sum(s.numel() for s in seqs)),
         "hidden": len(hidden),
         "mean (all rows)": score(emb.mean(0).expand(len(hidden), -1)),
-        "mean of the mixed rows": score(
-            emb[_mix_ids(ids, emb.shape[0], 8192)].mean(0).expand(len(hidden), -1)
-        ),
+        "mean of the mixed rows": score(emb[_mix_ids(ids, emb.shape[0], 8192)].mean(0).expand(len(hidden), -1)),
     }
     for setting in args.setting:
         problem = EstimationProblem(

@@ -82,9 +82,7 @@ def portable_init(model: torch.nn.Module, seed: int, vocab_std: float | None = N
                 continue
             seen.add(id(param))
             if param.dim() == 1:
-                param.copy_(
-                    torch.ones_like(param) if "norm" in name.lower() else torch.zeros_like(param)
-                )
+                param.copy_(torch.ones_like(param) if "norm" in name.lower() else torch.zeros_like(param))
                 continue
             std = vocab_std if vocab_std is not None and id(param) in vocab else INIT_STD
             param.copy_(portable_values(rng, tuple(param.shape), std))

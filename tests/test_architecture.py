@@ -61,9 +61,7 @@ class _Imports(ast.NodeVisitor):
     def _record(self, node: ast.Import | ast.ImportFrom) -> None:
         for target in _targets(node, self.name, self.is_pkg):
             if target in self.modules and target != self.name:
-                self.found.append(
-                    (node.lineno, node.end_lineno or node.lineno, target, self.depth > 0)
-                )
+                self.found.append((node.lineno, node.end_lineno or node.lineno, target, self.depth > 0))
 
     visit_Import = visit_ImportFrom = _record
 
@@ -104,6 +102,4 @@ def test_function_level_imports_say_why():
         here, above = lines[line - 1 : end], lines[line - 2] if line > 1 else ""
         if not any("#" in text for text in here) and not above.strip().startswith("#"):
             missing.append(f"{name}:{line} -> {target}")
-    assert not missing, "function-level imports without a comment saying why: " + ", ".join(
-        sorted(set(missing))
-    )
+    assert not missing, "function-level imports without a comment saying why: " + ", ".join(sorted(set(missing)))

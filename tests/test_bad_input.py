@@ -207,345 +207,110 @@ class Case:
 Z = Env  # short alias for the lambdas below
 CASES = [
     # recipe and parameters
-    Case(
-        "unknown method",
-        lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "-m", "nope"),
-        ("tokenizer.approximation.method", "nope", "omp"),
-    ),
-    Case(
-        "unknown parameter",
-        lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "-p", "kk=3"),
-        ("kk", "unknown parameter"),
-    ),
-    Case(
-        "ill-typed parameter",
-        lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "-p", "k=many"),
-        ("k",),
-    ),
-    Case(
-        "-p value not YAML",
-        lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "-p", "k=[1,"),
-        ("--param k", "not a YAML value"),
-    ),
-    Case(
-        "--k and -p k disagree",
-        lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "-p", "k=8"),
-        ("--k", "disagree"),
-    ),
-    Case(
-        "k: true",
-        lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "-p", "k=true", k=None),
-        ("k", "not a boolean"),
-    ),
-    Case(
-        "cw2v epochs: 0",
-        lambda e: e.transplant(
-            e.zoo.sp_untied,
-            e.zoo.bl_untied,
-            "-m",
-            "cw2v",
-            "-p",
-            f"corpus=[{e.zoo.corpus_dir}/*.txt]",
-            "-p",
-            "epochs=0",
-        ),
-        ("epochs", "greater than or equal to 1"),
-    ),
-    Case(
-        "pad_to_multiple_of: 0",
-        lambda e: e.recipe(
-            {
-                "source": str(e.zoo.bl_untied),
-                "pad_to_multiple_of": 0,
-                "approximation": {"method": "mean"},
-            }
-        ),
-        ("tokenizer.pad_to_multiple_of", "positive"),
-        "mergekit-yaml",
-    ),
-    Case(
-        "pad_to_multiple_of: -8",
-        lambda e: e.recipe(
-            {
-                "source": str(e.zoo.bl_untied),
-                "pad_to_multiple_of": -8,
-                "approximation": {"method": "mean"},
-            }
-        ),
-        ("tokenizer.pad_to_multiple_of", "positive"),
-        "mergekit-yaml",
-    ),
-    Case(
-        "values that overflow float16",
-        lambda e: e.transplant(base_with(e, huge_row), e.zoo.bl_untied, "--dtype", "float16"),
-        ("overflows float16", "rows [7]"),
-    ),
-    Case(
-        "k larger than the shared set",
-        lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, k="100000"),
-        ("tokenizer.approximation.k", "shared tokens"),
-    ),
-    Case(
-        "unknown device",
-        lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "--device", "tpu"),
-        ("--device", "tpu", "expected cpu"),
-    ),
-    Case(
-        "unknown dtype",
-        lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "--dtype", "float99"),
-        ("dtype", "float99", "expected bfloat16"),
-    ),
-    Case(
-        "--json not writable",
-        lambda e: e.transplant(
-            e.zoo.sp_untied, e.zoo.bl_untied, "--json", str(e.root / "no" / "s.json")
-        ),
-        ("--json", "cannot write"),
-    ),
-    Case(
-        "malformed YAML",
-        lambda e: e.raw_recipe("merge_method: passthrough\nmodels: [\n  - model: x\n"),
-        ("recipe.yaml:", "malformed YAML"),
-        "subprocess",
-    ),
-    Case(
-        "ill-typed parameter in a recipe",
-        lambda e: e.recipe(
-            {"source": str(e.zoo.bl_untied), "approximation": {"method": "omp", "k": "lots"}}
-        ),
-        ("recipe.yaml", "k"),
-        "subprocess",
-    ),
-    Case(
-        "tool token replacing an existing token",
-        tool_on_existing,
-        ("tokenizer.tokens.<|endoftext|>", "force: true"),
-        "mergekit-yaml",
-    ),
-    Case(
-        "tool token with a bad scale",
-        lambda e: e.recipe(
-            {
-                "source": "base",
-                "tokens": {
-                    "<tool_x>": {
-                        "source": {
-                            "kind": "tool",
-                            "name": "x",
-                            "description": "does x",
-                            "scale": "huge",
-                        }
-                    }
-                },
-            },
-            models=[e.zoo.bl_untied],
-        ),
-        ("recipe.yaml", "tokenizer.tokens.<tool_x>.source.scale", "'sqrt_d' or 'median_norm'"),
-        "subprocess",
-    ),
-    Case("union of different widths", union_of_widths, ("hidden size 32", "48"), "mergekit-yaml"),
+    Case("unknown method", lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "-m", "nope"),
+         ("tokenizer.approximation.method", "nope", "omp")),
+    Case("unknown parameter", lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "-p", "kk=3"),
+         ("kk", "unknown parameter")),
+    Case("ill-typed parameter", lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "-p", "k=many"),
+         ("k",)),
+    Case("-p value not YAML", lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "-p", "k=[1,"),
+         ("--param k", "not a YAML value")),
+    Case("--k and -p k disagree", lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "-p", "k=8"),
+         ("--k", "disagree")),
+    Case("k: true", lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "-p", "k=true", k=None),
+         ("k", "not a boolean")),
+    Case("cw2v epochs: 0", lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "-m", "cw2v", "-p", f"corpus=[{e.zoo.corpus_dir}/*.txt]", "-p", "epochs=0"),
+         ("epochs", "greater than or equal to 1")),
+    Case("pad_to_multiple_of: 0", lambda e: e.recipe({"source": str(e.zoo.bl_untied), "pad_to_multiple_of": 0, "approximation": {"method": "mean"}}),
+         ("tokenizer.pad_to_multiple_of", "positive"), "mergekit-yaml"),
+    Case("pad_to_multiple_of: -8", lambda e: e.recipe({"source": str(e.zoo.bl_untied), "pad_to_multiple_of": -8, "approximation": {"method": "mean"}}),
+         ("tokenizer.pad_to_multiple_of", "positive"), "mergekit-yaml"),
+    Case("values that overflow float16", lambda e: e.transplant(base_with(e, huge_row), e.zoo.bl_untied, "--dtype", "float16"),
+         ("overflows float16", "rows [7]")),
+    Case("k larger than the shared set", lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, k="100000"),
+         ("tokenizer.approximation.k", "shared tokens")),
+    Case("unknown device", lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "--device", "tpu"),
+         ("--device", "tpu", "expected cpu")),
+    Case("unknown dtype", lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "--dtype", "float99"),
+         ("dtype", "float99", "expected bfloat16")),
+    Case("--json not writable", lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "--json", str(e.root / "no" / "s.json")),
+         ("--json", "cannot write")),
+    Case("malformed YAML", lambda e: e.raw_recipe("merge_method: passthrough\nmodels: [\n  - model: x\n"),
+         ("recipe.yaml:", "malformed YAML"), "subprocess"),
+    Case("ill-typed parameter in a recipe", lambda e: e.recipe({"source": str(e.zoo.bl_untied), "approximation": {"method": "omp", "k": "lots"}}),
+         ("recipe.yaml", "k"), "subprocess"),
+    Case("tool token replacing an existing token", tool_on_existing,
+         ("tokenizer.tokens.<|endoftext|>", "force: true"), "mergekit-yaml"),
+    Case("tool token with a bad scale", lambda e: e.recipe({"source": "base", "tokens": {"<tool_x>": {"source": {"kind": "tool", "name": "x", "description": "does x", "scale": "huge"}}}}, models=[e.zoo.bl_untied]),
+         ("recipe.yaml", "tokenizer.tokens.<tool_x>.source.scale", "'sqrt_d' or 'median_norm'"), "subprocess"),
+    Case("union of different widths", union_of_widths,
+         ("hidden size 32", "48"), "mergekit-yaml"),
     # paths and the output directory
-    Case(
-        "missing base",
-        lambda e: e.transplant(e.root / "nowhere", e.zoo.bl_untied),
-        ("does not exist",),
-    ),
-    Case(
-        "OUT not empty",
-        lambda e: (
-            e.out.mkdir(),
-            (e.out / "keep.txt").write_text("mine"),
-            e.transplant(e.zoo.sp_untied, e.zoo.bl_untied),
-        )[-1],
-        ("not empty", "--overwrite"),
-    ),
-    Case(
-        "OUT is a file",
-        lambda e: (e.out.write_text("mine"), e.transplant(e.zoo.sp_untied, e.zoo.bl_untied))[-1],
-        ("not a directory",),
-    ),
-    Case(
-        "OUT's parent is a file",
-        lambda e: (
-            setattr(e, "out", e.inputs / "f" / "out"),
-            (e.inputs / "f").write_text("x"),
-            e.transplant(e.zoo.sp_untied, e.zoo.bl_untied),
-        )[-1],
-        ("output path", "writable parent"),
-    ),
-    Case(
-        "OUT is the base, with --overwrite",
-        lambda e: (
-            setattr(e, "out", e.copy(e.zoo.sp_untied, "base")),
-            e.transplant(e.out, e.zoo.bl_untied, "--overwrite"),
-        )[-1],
-        ("output path", "input", "even with --overwrite"),
-    ),
-    Case(
-        "OUT inside the donor",
-        lambda e: (
-            setattr(e, "out", e.copy(e.zoo.bl_untied, "donor") / "out"),
-            e.transplant(e.zoo.sp_untied, e.inputs / "donor"),
-        )[-1],
-        ("output path", "input"),
-    ),
-    Case(
-        "OUT contains the base, with --overwrite",
-        lambda e: (
-            setattr(e, "out", e.inputs),
-            e.transplant(e.copy(e.zoo.sp_untied, "base"), e.zoo.bl_untied, "--overwrite"),
-        )[-1],
-        ("output path", "input"),
-    ),
+    Case("missing base", lambda e: e.transplant(e.root / "nowhere", e.zoo.bl_untied),
+         ("does not exist",)),
+    Case("OUT not empty", lambda e: (e.out.mkdir(), (e.out / "keep.txt").write_text("mine"), e.transplant(e.zoo.sp_untied, e.zoo.bl_untied))[-1],
+         ("not empty", "--overwrite")),
+    Case("OUT is a file", lambda e: (e.out.write_text("mine"), e.transplant(e.zoo.sp_untied, e.zoo.bl_untied))[-1],
+         ("not a directory",)),
+    Case("OUT's parent is a file", lambda e: (setattr(e, "out", e.inputs / "f" / "out"), (e.inputs / "f").write_text("x"), e.transplant(e.zoo.sp_untied, e.zoo.bl_untied))[-1],
+         ("output path", "writable parent")),
+    Case("OUT is the base, with --overwrite", lambda e: (setattr(e, "out", e.copy(e.zoo.sp_untied, "base")), e.transplant(e.out, e.zoo.bl_untied, "--overwrite"))[-1],
+         ("output path", "input", "even with --overwrite")),
+    Case("OUT inside the donor", lambda e: (setattr(e, "out", e.copy(e.zoo.bl_untied, "donor") / "out"), e.transplant(e.zoo.sp_untied, e.inputs / "donor"))[-1],
+         ("output path", "input")),
+    Case("OUT contains the base, with --overwrite", lambda e: (setattr(e, "out", e.inputs), e.transplant(e.copy(e.zoo.sp_untied, "base"), e.zoo.bl_untied, "--overwrite"))[-1],
+         ("output path", "input")),
     # weights
-    Case(
-        "pickle only",
-        lambda e: e.transplant(e.zoo.sp_untied, donor_with(e, to_pickle)),
-        ("pickle", "--allow-pickle"),
-    ),
-    Case(
-        "pickle beside an unread safetensors",
-        lambda e: e.transplant(e.zoo.sp_untied, donor_with(e, lambda d: to_pickle(d, True))),
-        ("pytorch_model.bin", "--allow-pickle"),
-    ),
-    Case(
-        "truncated safetensors",
-        lambda e: e.transplant(base_with(e, lambda d: truncate(weights(d), 4000)), e.zoo.bl_untied),
-        ("model.safetensors", "expected a complete safetensors"),
-    ),
-    Case(
-        "random bytes as safetensors",
-        lambda e: e.transplant(
-            base_with(e, lambda d: weights(d).write_bytes(os.urandom(5000))), e.zoo.bl_untied
-        ),
-        ("model.safetensors", "safetensors"),
-    ),
-    Case(
-        "empty safetensors",
-        lambda e: e.transplant(
-            e.zoo.sp_untied, donor_with(e, lambda d: weights(d).write_bytes(b""))
-        ),
-        ("tokenizer.source", "model.safetensors", "0 bytes"),
-    ),
-    Case(
-        "header offsets past the end",
-        lambda e: e.transplant(base_with(e, offsets_past_end), e.zoo.bl_untied),
-        ("data offsets", "outside"),
-    ),
-    Case(
-        "index names a missing shard",
-        lambda e: e.transplant(base_with(e, shard_index_missing_shard), e.zoo.bl_untied),
-        ("model-00002-of-00002.safetensors", "does not exist"),
-    ),
-    Case(
-        "no embedding tensor",
-        lambda e: e.transplant(
-            base_with(e, drop_tensor("model.embed_tokens.weight")), e.zoo.bl_untied
-        ),
-        ("model.embed_tokens.weight", "expected a complete checkpoint"),
-    ),
-    Case(
-        "NaN in the base",
-        lambda e: e.transplant(base_with(e, nan_row), e.zoo.bl_untied),
-        ("NaN", "rows [5]"),
-    ),
-    Case(
-        "NaN in the donor",
-        lambda e: e.transplant(e.zoo.sp_untied, donor_with(e, nan_row)),
-        ("NaN", "rows [5]"),
-    ),
-    Case(
-        "donor rows disagree with its config",
-        lambda e: e.transplant(
-            e.zoo.sp_untied, donor_with(e, set_key("config.json", "vocab_size", 607))
-        ),
-        ("tokenizer.source", "rows", "vocab_size 607"),
-    ),
-    Case(
-        "base rows disagree with its config",
-        lambda e: e.transplant(
-            base_with(e, set_key("config.json", "vocab_size", 707)), e.zoo.bl_untied
-        ),
-        ("models:", "rows", "vocab_size 707"),
-    ),
+    Case("pickle only", lambda e: e.transplant(e.zoo.sp_untied, donor_with(e, to_pickle)),
+         ("pickle", "--allow-pickle")),
+    Case("pickle beside an unread safetensors", lambda e: e.transplant(e.zoo.sp_untied, donor_with(e, lambda d: to_pickle(d, True))),
+         ("pytorch_model.bin", "--allow-pickle")),
+    Case("truncated safetensors", lambda e: e.transplant(base_with(e, lambda d: truncate(weights(d), 4000)), e.zoo.bl_untied),
+         ("model.safetensors", "expected a complete safetensors")),
+    Case("random bytes as safetensors", lambda e: e.transplant(base_with(e, lambda d: weights(d).write_bytes(os.urandom(5000))), e.zoo.bl_untied),
+         ("model.safetensors", "safetensors")),
+    Case("empty safetensors", lambda e: e.transplant(e.zoo.sp_untied, donor_with(e, lambda d: weights(d).write_bytes(b""))),
+         ("tokenizer.source", "model.safetensors", "0 bytes")),
+    Case("header offsets past the end", lambda e: e.transplant(base_with(e, offsets_past_end), e.zoo.bl_untied),
+         ("data offsets", "outside")),
+    Case("index names a missing shard", lambda e: e.transplant(base_with(e, shard_index_missing_shard), e.zoo.bl_untied),
+         ("model-00002-of-00002.safetensors", "does not exist")),
+    Case("no embedding tensor", lambda e: e.transplant(base_with(e, drop_tensor("model.embed_tokens.weight")), e.zoo.bl_untied),
+         ("model.embed_tokens.weight", "expected a complete checkpoint")),
+    Case("NaN in the base", lambda e: e.transplant(base_with(e, nan_row), e.zoo.bl_untied),
+         ("NaN", "rows [5]")),
+    Case("NaN in the donor", lambda e: e.transplant(e.zoo.sp_untied, donor_with(e, nan_row)),
+         ("NaN", "rows [5]")),
+    Case("donor rows disagree with its config", lambda e: e.transplant(e.zoo.sp_untied, donor_with(e, set_key("config.json", "vocab_size", 607))),
+         ("tokenizer.source", "rows", "vocab_size 607")),
+    Case("base rows disagree with its config", lambda e: e.transplant(base_with(e, set_key("config.json", "vocab_size", 707)), e.zoo.bl_untied),
+         ("models:", "rows", "vocab_size 707")),
     # configs and tokenizers
-    Case(
-        "malformed config.json",
-        lambda e: e.transplant(
-            base_with(e, lambda d: truncate(d / "config.json", 40)), e.zoo.bl_untied
-        ),
-        ("config.json", "not valid JSON"),
-    ),
-    Case(
-        "config.json unreadable",
-        lambda e: e.transplant(
-            base_with(e, lambda d: ((d / "config.json").unlink(), (d / "config.json").mkdir())),
-            e.zoo.bl_untied,
-        ),
-        ("config.json", "cannot read"),
-    ),
-    Case(
-        "remote code in config",
-        lambda e: e.transplant(
-            base_with(e, set_key("config.json", "auto_map", {"AutoModel": "x.Y"})), e.zoo.bl_untied
-        ),
-        ("config.json", "auto_map"),
-    ),
-    Case(
-        "remote code in tokenizer config",
-        lambda e: e.transplant(
-            e.zoo.sp_untied,
-            donor_with(
-                e, set_key("tokenizer_config.json", "auto_map", {"AutoTokenizer": ["x.T", None]})
-            ),
-        ),
-        ("tokenizer_config.json", "auto_map"),
-    ),
-    Case(
-        "donor without a tokenizer",
-        lambda e: e.transplant(
-            e.zoo.sp_untied, donor_with(e, lambda d: [f.unlink() for f in d.glob("tokenizer*")])
-        ),
-        ("tokenizer.source", "no tokenizer"),
-    ),
-    Case(
-        "truncated tokenizer.json",
-        lambda e: e.transplant(
-            e.zoo.sp_untied, donor_with(e, lambda d: truncate(d / "tokenizer.json", 500))
-        ),
-        ("tokenizer.json", "not valid JSON"),
-    ),
-    Case(
-        "duplicate ids in tokenizer.json",
-        lambda e: e.transplant(e.zoo.sp_untied, donor_with(e, duplicate_id)),
-        ("tokenizer.json", "gives id"),
-    ),
-    Case(
-        "donor ids past its rows",
-        lambda e: e.transplant(e.zoo.sp_untied, donor_with(e, foreign_tokenizer(e))),
-        ("tokenizer.source", "past the 602 rows"),
-    ),
-    Case(
-        "donor special token not in its vocab",
-        lambda e: e.transplant(
-            e.zoo.sp_untied,
-            donor_with(e, set_key("tokenizer_config.json", "eos_token", "<|nope|>")),
-        ),
-        ("tokenizer.source", "eos_token '<|nope|>'", "not in its vocabulary"),
-    ),
-    Case(
-        "donor with an empty vocabulary",
-        lambda e: e.transplant(e.zoo.sp_untied, donor_with(e, empty_vocab)),
-        ("tokenizer.source", "empty vocabulary"),
-    ),
+    Case("malformed config.json", lambda e: e.transplant(base_with(e, lambda d: truncate(d / "config.json", 40)), e.zoo.bl_untied),
+         ("config.json", "not valid JSON")),
+    Case("config.json unreadable", lambda e: e.transplant(base_with(e, lambda d: ((d / "config.json").unlink(), (d / "config.json").mkdir())), e.zoo.bl_untied),
+         ("config.json", "cannot read")),
+    Case("remote code in config", lambda e: e.transplant(base_with(e, set_key("config.json", "auto_map", {"AutoModel": "x.Y"})), e.zoo.bl_untied),
+         ("config.json", "auto_map")),
+    Case("remote code in tokenizer config", lambda e: e.transplant(e.zoo.sp_untied, donor_with(e, set_key("tokenizer_config.json", "auto_map", {"AutoTokenizer": ["x.T", None]}))),
+         ("tokenizer_config.json", "auto_map")),
+    Case("donor without a tokenizer", lambda e: e.transplant(e.zoo.sp_untied, donor_with(e, lambda d: [f.unlink() for f in d.glob("tokenizer*")])),
+         ("tokenizer.source", "no tokenizer")),
+    Case("truncated tokenizer.json", lambda e: e.transplant(e.zoo.sp_untied, donor_with(e, lambda d: truncate(d / "tokenizer.json", 500))),
+         ("tokenizer.json", "not valid JSON")),
+    Case("duplicate ids in tokenizer.json", lambda e: e.transplant(e.zoo.sp_untied, donor_with(e, duplicate_id)),
+         ("tokenizer.json", "gives id")),
+    Case("donor ids past its rows", lambda e: e.transplant(e.zoo.sp_untied, donor_with(e, foreign_tokenizer(e))),
+         ("tokenizer.source", "past the 602 rows")),
+    Case("donor special token not in its vocab", lambda e: e.transplant(e.zoo.sp_untied, donor_with(e, set_key("tokenizer_config.json", "eos_token", "<|nope|>"))),
+         ("tokenizer.source", "eos_token '<|nope|>'", "not in its vocabulary")),
+    Case("donor with an empty vocabulary", lambda e: e.transplant(e.zoo.sp_untied, donor_with(e, empty_vocab)),
+         ("tokenizer.source", "empty vocabulary")),
 ]
 if not torch.cuda.is_available():
     CASES.append(
-        Case(
-            "CUDA without CUDA",
-            lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "--device", "cuda"),
-            ("--device", "CUDA"),
-        )
+        Case("CUDA without CUDA", lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "--device", "cuda"),
+             ("--device", "CUDA"))
     )
 
 

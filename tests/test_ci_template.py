@@ -40,7 +40,7 @@ def test_workflow_steps_pass_in_a_scratch_repository(zoo, tmp_path):
     shutil.copy(REPO / "recipes" / "01-transplant-omp.yaml", scratch / "recipes")
     (scratch / "ci").mkdir()
     (scratch / "ci" / "fetch-models.sh").write_text(
-        'set -e\nmkdir -p "$1/models"\n'
+        "set -e\nmkdir -p \"$1/models\"\n"
         f"cp -r '{zoo.sp_tied}' \"$1/models/gemma3-270m\"\n"
         f"cp -r '{zoo.bl_tied}' \"$1/models/smollm2-135m\"\n"
     )

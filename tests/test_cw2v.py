@@ -65,13 +65,7 @@ def _corpus(n_seq: int = 60, length: int = 12) -> list[torch.Tensor]:
 
 def _params(**kw) -> CW2VParams:
     base = dict(
-        corpus=["corpus.txt"],
-        rank=8,
-        epochs=10,
-        window=2,
-        negatives=3,
-        lr=0.1,
-        batch_size=128,
+        corpus=["corpus.txt"], rank=8, epochs=10, window=2, negatives=3, lr=0.1, batch_size=128,
         subsample=0.0,
     )
     base.update(kw)

@@ -169,42 +169,11 @@ def test_mergekit_yaml_recipe_under_accelerate(zoo, tmp_path):
     import yaml
 
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(
-        yaml.safe_dump(
-            {
-                "merge_method": "passthrough",
-                "models": [{"model": str(zoo.sp_untied)}],
-                "tokenizer": {
-                    "source": str(zoo.bl_untied),
-                    "approximation": {"method": "omp", "k": 8},
-                },
-            }
-        )
-    )
+    recipe.write_text(yaml.safe_dump({"merge_method": "passthrough", "models": [{"model": str(zoo.sp_untied)}],
+                                      "tokenizer": {"source": str(zoo.bl_untied), "approximation": {"method": "omp", "k": 8}}}))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MERGEKIT_TOKENPLUG_SHARD_CHUNK": "8"}
-    single = subprocess.run(
-        [str(BIN / "mergekit-yaml"), str(recipe), str(tmp_path / "one"), "--quiet"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    single = subprocess.run([str(BIN / "mergekit-yaml"), str(recipe), str(tmp_path / "one"), "--quiet"], capture_output=True, text=True, timeout=300, env=env)
     assert single.returncode == 0, single.stderr[-2000:]
-    multi = subprocess.run(
-        [
-            *accelerate_launch(2),
-            "-m",
-            "mergekit.scripts.run_yaml",
-            str(recipe),
-            str(tmp_path / "two"),
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
+    multi = subprocess.run([*accelerate_launch(2), "-m", "mergekit.scripts.run_yaml", str(recipe), str(tmp_path / "two"), "--quiet"], capture_output=True, text=True, timeout=600, env=env)
     assert multi.returncode == 0, multi.stderr[-2000:]
-    assert (tmp_path / "one" / "model.safetensors").read_bytes() == (
-        tmp_path / "two" / "model.safetensors"
-    ).read_bytes()
+    assert (tmp_path / "one" / "model.safetensors").read_bytes() == (tmp_path / "two" / "model.safetensors").read_bytes()

@@ -77,7 +77,9 @@ def test_a_real_change_fails_the_reference(zoo, tmp_path, monkeypatch, method, p
     monkeypatch.chdir(tmp_path)
     reference = "transplant:hewitt" if method == "subword_mean" else f"transplant:{method}"
     problems = golden_differences(reference, run_case(zoo, tmp_path, method, params))
-    assert any(any(word in p for word in expected.split("|")) for p in problems), problems
+    assert any(
+        any(word in p for word in expected.split("|")) for p in problems
+    ), problems
 
 
 def test_tolerances_admit_rounding_and_nothing_more():

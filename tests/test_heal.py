@@ -106,17 +106,7 @@ def test_two_processes_match_one_with_the_same_global_batch(zoo, transplanted, t
     for nproc in (1, 2):
         out, summary = tmp_path / f"out{nproc}", tmp_path / f"summary{nproc}.json"
         args = ["heal", str(transplanted), str(out), "--corpus", corpus(zoo)[0], "--steps", "3"]
-        args += [
-            "--seq-len",
-            "32",
-            "--batch-size",
-            "2",
-            "--lr",
-            "1e-2",
-            "-q",
-            "--json",
-            str(summary),
-        ]
+        args += ["--seq-len", "32", "--batch-size", "2", "--lr", "1e-2", "-q", "--json", str(summary)]
         proc = launch(nproc, args, {}, tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         results.append((json.loads(summary.read_text()), tensors(out)[EMBED]))
@@ -153,18 +143,7 @@ def _bad_inputs(zoo, transplanted, tmp):
 
 @pytest.mark.parametrize(
     "case",
-    [
-        "empty corpus",
-        "no match",
-        "binary",
-        "short",
-        "no manifest",
-        "zero steps",
-        "mixed corpus",
-        "one jsonl row",
-        "no tool tokens",
-        "tool token, other rows",
-    ],
+    ["empty corpus", "no match", "binary", "short", "no manifest", "zero steps", "mixed corpus", "one jsonl row", "no tool tokens", "tool token, other rows"],
 )
 def test_bad_input_is_one_line_and_leaves_nothing(zoo, transplanted, tmp_path, case):
     args, expected = _bad_inputs(zoo, transplanted, tmp_path)[case]

@@ -32,25 +32,10 @@ def corpus(tmp_path_factory) -> Path:
 
 def test_tokenadapt_needs_no_donor_model(zoo, tmp_path):
     out = tmp_path / "out"
-    res = CliRunner().invoke(
-        main,
-        [
-            "transplant",
-            str(zoo.sp_untied),
-            str(zoo.tok_bl_only),
-            str(out),
-            "--method",
-            "tokenadapt",
-            "-p",
-            "top_k=2",
-            "-q",
-        ],
-    )
+    res = CliRunner().invoke(main, ["transplant", str(zoo.sp_untied), str(zoo.tok_bl_only), str(out), "--method", "tokenadapt", "-p", "top_k=2", "-q"])
     assert res.exit_code == 0, res.output
     manifest = json.loads((out / "tokenplug_manifest.json").read_text())
-    assert all(
-        m["by_method"] == {"tokenadapt": m["estimated"]} for m in manifest["report"]["matrices"]
-    )
+    assert all(m["by_method"] == {"tokenadapt": m["estimated"]} for m in manifest["report"]["matrices"])
     rows = tensors(out)[EMB]
     assert not (rows == 0).all(dim=1).any()
 
@@ -60,24 +45,8 @@ def test_cw2v_rows_are_convex_and_deterministic(zoo, tmp_path, corpus):
     digests = []
     for i in range(2):
         out = tmp_path / f"out{i}"
-        args = [
-            str(BIN / "mergekit-tokenplug"),
-            "transplant",
-            str(zoo.sp_untied),
-            str(zoo.bl_untied),
-            str(out),
-            "--method",
-            "cw2v",
-            "-p",
-            f"corpus=[{corpus}]",
-            "-p",
-            "epochs=1",
-            "-p",
-            "rank=8",
-            "--seed",
-            "3",
-            "-q",
-        ]
+        args = [str(BIN / "mergekit-tokenplug"), "transplant", str(zoo.sp_untied), str(zoo.bl_untied), str(out),
+                "--method", "cw2v", "-p", f"corpus=[{corpus}]", "-p", "epochs=1", "-p", "rank=8", "--seed", "3", "-q"]
         proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
         digests.append(tensors(out)[EMB])
@@ -90,9 +59,7 @@ def test_cw2v_rows_are_convex_and_deterministic(zoo, tmp_path, corpus):
 
 def test_cw2v_without_corpus_is_a_clear_error(zoo, tmp_path):
     out = tmp_path / "out"
-    res = CliRunner().invoke(
-        main, ["transplant", str(zoo.sp_untied), str(zoo.bl_untied), str(out), "--method", "cw2v"]
-    )
+    res = CliRunner().invoke(main, ["transplant", str(zoo.sp_untied), str(zoo.bl_untied), str(out), "--method", "cw2v"])
     assert res.exit_code != 0 and "corpus" in res.output and "Traceback" not in res.output
     assert not out.exists()
 
@@ -101,57 +68,21 @@ def test_cw2v_with_empty_corpus(zoo, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     out = tmp_path / "out"
-    res = CliRunner().invoke(
-        main,
-        [
-            "transplant",
-            str(zoo.sp_untied),
-            str(zoo.bl_untied),
-            str(out),
-            "--method",
-            "cw2v",
-            "-p",
-            f"corpus=[{empty}]",
-        ],
-    )
+    res = CliRunner().invoke(main, ["transplant", str(zoo.sp_untied), str(zoo.bl_untied), str(out), "--method", "cw2v", "-p", f"corpus=[{empty}]"])
     assert res.exit_code != 0 and "tokenizer.approximation.corpus" in res.output
     assert not out.exists()
 
 
 def test_tokenadapt_embedder_must_exist(zoo, tmp_path):
     out = tmp_path / "out"
-    res = CliRunner().invoke(
-        main,
-        [
-            "transplant",
-            str(zoo.sp_untied),
-            str(zoo.tok_bl_only),
-            str(out),
-            "--method",
-            "tokenadapt",
-            "-p",
-            f"embedder={tmp_path / 'nope'}",
-        ],
-    )
+    res = CliRunner().invoke(main, ["transplant", str(zoo.sp_untied), str(zoo.tok_bl_only), str(out), "--method", "tokenadapt", "-p", f"embedder={tmp_path / 'nope'}"])
     assert res.exit_code != 0 and "tokenizer.approximation.embedder" in res.output
     assert not out.exists()
 
 
 def test_tokenadapt_embedder_must_be_a_text_encoder(zoo, tmp_path):
     out = tmp_path / "out"
-    res = CliRunner().invoke(
-        main,
-        [
-            "transplant",
-            str(zoo.sp_untied),
-            str(zoo.tok_bl_only),
-            str(out),
-            "--method",
-            "tokenadapt",
-            "-p",
-            f"embedder={zoo.bl_untied}",
-        ],
-    )
+    res = CliRunner().invoke(main, ["transplant", str(zoo.sp_untied), str(zoo.tok_bl_only), str(out), "--method", "tokenadapt", "-p", f"embedder={zoo.bl_untied}"])
     assert res.exit_code != 0 and "tokenizer.approximation.embedder" in res.output
     assert not out.exists()
 
@@ -174,12 +105,7 @@ def test_tool_token_prior_through_mergekit_yaml(zoo, tmp_path, tied):
     path = tmp_path / "tool.yaml"
     path.write_text(TOOL_RECIPE.format(base=base))
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [str(BIN / "mergekit-yaml"), str(path), str(out), "--quiet"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = subprocess.run([str(BIN / "mergekit-yaml"), str(path), str(out), "--quiet"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     tok = transformers.AutoTokenizer.from_pretrained(str(out))
     tid = tok.convert_tokens_to_ids("<tool:calculator>")
@@ -194,9 +120,7 @@ def test_tool_token_prior_through_mergekit_yaml(zoo, tmp_path, tied):
     # side files stay out of the directory loaders scan for weights, and are in the manifest
     assert sorted(p.name for p in out.glob("*.safetensors")) == ["model.safetensors"]
     manifest = json.loads((out / "tokenplug_manifest.json").read_text())
-    assert manifest["side_files"] == {
-        "tool_token_priors": "tokenplug/tool_token_priors.safetensors"
-    }
+    assert manifest["side_files"] == {"tool_token_priors": "tokenplug/tool_token_priors.safetensors"}
     assert "tokenplug/tool_token_priors.safetensors" in manifest["outputs"]
     # the rows are the prior: plan, manifest and card say `tool`, not the fill method
     for rec in manifest["report"]["matrices"]:
@@ -223,31 +147,10 @@ def test_tool_token_without_text_is_refused(zoo, tmp_path):
 def test_method_params_identical_across_recipe_and_cli(zoo, tmp_path):
     """The same parameters through a recipe and through the CLI give the same bytes."""
     out_cli, out_recipe = tmp_path / "cli", tmp_path / "recipe"
-    res = CliRunner().invoke(
-        main,
-        [
-            "transplant",
-            str(zoo.sp_untied),
-            str(zoo.bl_untied),
-            str(out_cli),
-            "--method",
-            "hewitt",
-            "-p",
-            "scale=0.001",
-            "--seed",
-            "5",
-            "-q",
-        ],
-    )
+    res = CliRunner().invoke(main, ["transplant", str(zoo.sp_untied), str(zoo.bl_untied), str(out_cli), "--method", "hewitt", "-p", "scale=0.001", "--seed", "5", "-q"])
     assert res.exit_code == 0, res.output
-    recipe = {
-        "merge_method": "passthrough",
-        "models": [{"model": str(zoo.sp_untied)}],
-        "tokenizer": {
-            "source": str(zoo.bl_untied),
-            "approximation": {"method": "hewitt", "scale": 0.001},
-        },
-    }
+    recipe = {"merge_method": "passthrough", "models": [{"model": str(zoo.sp_untied)}],
+              "tokenizer": {"source": str(zoo.bl_untied), "approximation": {"method": "hewitt", "scale": 0.001}}}
     run_recipe(load_recipe(recipe), str(out_recipe), seed=5, quiet=True)
     assert torch.equal(tensors(out_cli)[EMB], tensors(out_recipe)[EMB])
 
@@ -266,15 +169,9 @@ def test_learn_tool_tokens_trains_only_tool_rows(tool_model, tmp_path, command):
     from mergekit_tokenplug.tooltokens.data import generate_arithmetic_dataset
 
     data = tmp_path / "data.jsonl"
-    data.write_text(
-        "\n".join(json.dumps(r) for r in generate_arithmetic_dataset(12, seed=1)) + "\n"
-    )
+    data.write_text("\n".join(json.dumps(r) for r in generate_arithmetic_dataset(12, seed=1)) + "\n")
     out = tmp_path / "trained"
-    args = (
-        [str(tool_model), str(data), str(out)]
-        if command == "learn-tool-tokens"
-        else [str(tool_model), str(out), "--corpus", str(data), "--rows", "tool", "--lr", "1e-2"]
-    )
+    args = [str(tool_model), str(data), str(out)] if command == "learn-tool-tokens" else [str(tool_model), str(out), "--corpus", str(data), "--rows", "tool", "--lr", "1e-2"]
     res = CliRunner().invoke(main, [command, *args, "--steps", "3", "--batch-size", "4", "-q"])
     assert res.exit_code == 0, res.output
     assert "held-out before: loss" in res.output and "tool-token accuracy" in res.output
@@ -296,10 +193,7 @@ def test_heal_tool_rows_refuse_an_unknown_tool_token(tool_model, tmp_path):
     data = tmp_path / "data.jsonl"
     data.write_text('{"prompt": "a", "completion": "b"}\n' * 3)
     out = tmp_path / "trained"
-    res = CliRunner().invoke(
-        main,
-        ["learn-tool-tokens", str(tool_model), str(data), str(out), "--tool-token", "<tool:nope>"],
-    )
+    res = CliRunner().invoke(main, ["learn-tool-tokens", str(tool_model), str(data), str(out), "--tool-token", "<tool:nope>"])
     assert res.exit_code != 0 and "--tool-token" in res.output and "<tool:nope>" in res.output
     assert len(res.output.strip().splitlines()) == 1 and not out.exists()
 

@@ -65,10 +65,7 @@ def test_bos_follows_the_base_tokenizer(bos_base, plain_donor_tokenizer, tmp_pat
     transplant(str(bos_base), str(plain_donor_tokenizer), str(out), "mean", quiet=True)
     tok = load(out)
     ids = tok("hello world")["input_ids"]
-    assert (
-        ids[0] == tok.bos_token_id
-        and ids[1:] == tok("hello world", add_special_tokens=False)["input_ids"]
-    )
+    assert ids[0] == tok.bos_token_id and ids[1:] == tok("hello world", add_special_tokens=False)["input_ids"]
     # the output BOS token carries the base model's BOS row (mapped by role)
     base_tok = load(bos_base)
     assert tensors(out)[EMB][tok.bos_token_id].equal(tensors(bos_base)[EMB][base_tok.bos_token_id])
@@ -82,26 +79,14 @@ def test_bos_dropped_when_the_base_adds_none(zoo, bos_donor_tokenizer, tmp_path)
     out = tmp_path / "out"
     transplant(str(zoo.sp_untied), str(bos_donor_tokenizer), str(out), "mean", quiet=True)
     tok = load(out)
-    assert (
-        tok("hello world")["input_ids"] == tok("hello world", add_special_tokens=False)["input_ids"]
-    )
+    assert tok("hello world")["input_ids"] == tok("hello world", add_special_tokens=False)["input_ids"]
 
 
 def test_add_bos_source_keeps_the_donor_convention(zoo, bos_base, tmp_path):
     out = tmp_path / "out"
     res = CliRunner().invoke(
         main,
-        [
-            "transplant",
-            str(bos_base),
-            str(zoo.bl_untied),
-            str(out),
-            "-m",
-            "mean",
-            "--add-bos",
-            "source",
-            "-q",
-        ],
+        ["transplant", str(bos_base), str(zoo.bl_untied), str(out), "-m", "mean", "--add-bos", "source", "-q"],
     )
     assert res.exit_code == 0, res.output
     assert not adds_bos(load(out))
@@ -190,17 +175,7 @@ def test_single_value_for_a_list_parameter(zoo, tmp_path):
     corpus = zoo.corpus_dir / "part0.txt"
     res = CliRunner().invoke(
         main,
-        [
-            "transplant",
-            str(zoo.sp_untied),
-            str(zoo.bl_untied),
-            str(tmp_path / "out"),
-            "-m",
-            "cw2v",
-            "-p",
-            f"corpus={corpus}",
-            "--dry-run",
-        ],
+        ["transplant", str(zoo.sp_untied), str(zoo.bl_untied), str(tmp_path / "out"), "-m", "cw2v", "-p", f"corpus={corpus}", "--dry-run"],
     )
     assert res.exit_code == 0, res.output
     assert f"corpus=['{corpus}']" in res.output, res.output  # parsed as a one-element list
@@ -253,19 +228,9 @@ def test_multi_stage_output_carries_every_stage(zoo, tmp_path):
     local = tmp_path / recipe.name
     local.write_text(text)
     out = tmp_path / "final"
-    cmd = [
-        str(Path(sys.executable).parent / "mergekit-multi"),
-        str(local),
-        "--intermediate-dir",
-        str(tmp_path / "stages"),
-        "--out-path",
-        str(out),
-        "--quiet",
-    ]
+    cmd = [str(Path(sys.executable).parent / "mergekit-multi"), str(local), "--intermediate-dir", str(tmp_path / "stages"), "--out-path", str(out), "--quiet"]
     for extra in ([], ["--no-lazy"]):
-        proc = subprocess.run(
-            cmd + extra, capture_output=True, text=True, timeout=600, cwd=tmp_path
-        )
+        proc = subprocess.run(cmd + extra, capture_output=True, text=True, timeout=600, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((out / "tokenplug_manifest.json").read_text())
     assert manifest["stages"]["aligned"]["report"]["matrices"]
@@ -303,12 +268,7 @@ def _transplant_stderr(zoo, tmp_path, *flags: str) -> str:
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
     proc = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "mergekit-yaml"),
-            str(path),
-            str(tmp_path / "out"),
-            *flags,
-        ],
+        [str(Path(sys.executable).parent / "mergekit-yaml"), str(path), str(tmp_path / "out"), *flags],
         capture_output=True,
         text=True,
         timeout=300,

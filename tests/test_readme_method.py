@@ -61,9 +61,7 @@ def test_readme_method_is_listed_planned_and_run(zoo, tmp_path):
         "merge_method": "passthrough", "dtype": "float32", "models": [{"model": str(zoo.sp_untied)}],
         "tokenizer": {"source": str(zoo.bl_untied), "approximation": {"method": "first_piece", "scale": 0.5}},
     }))  # fmt: skip
-    planned = subprocess.run(
-        [str(BIN / "mergekit-tokenplug"), "plan", str(recipe), "--json"], **run
-    )
+    planned = subprocess.run([str(BIN / "mergekit-tokenplug"), "plan", str(recipe), "--json"], **run)
     assert planned.returncode == 0, planned.stderr[-2000:]
     (plan,) = json.loads(planned.stdout)  # one entry per recipe document
     (model,) = plan["models"]

@@ -105,16 +105,7 @@ def test_broken_recipe(fixture, cli, zoo, workdir):
     env = dict(h.split("=", 1) for h in headers(source, "env"))
     if env:  # process-wide state (plugin activation): a fresh interpreter
         proc = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                CLI_SNIPPET,
-                "recipes",
-                "validate",
-                "--inputs",
-                "-q",
-                str(target),
-            ],
+            [sys.executable, "-c", CLI_SNIPPET, "recipes", "validate", "--inputs", "-q", str(target)],
             capture_output=True,
             text=True,
             timeout=120,

@@ -42,9 +42,7 @@ def test_wheel_ships_the_recipes(tmp_path):
         names = zf.namelist()
         zf.extractall(scratch)
     shipped = sorted(
-        Path(n).name
-        for n in names
-        if n.startswith("mergekit_tokenplug/recipes/shipped/") and n.endswith(".yaml")
+        Path(n).name for n in names if n.startswith("mergekit_tokenplug/recipes/shipped/") and n.endswith(".yaml")
     )
     assert shipped == RECIPES
     # The unpacked wheel (first on the path, run outside the checkout) finds its own copy.
@@ -58,6 +56,4 @@ def test_wheel_ships_the_recipes(tmp_path):
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().startswith(
-        str(scratch / "mergekit_tokenplug" / "recipes" / "shipped")
-    )
+    assert out.stdout.strip().startswith(str(scratch / "mergekit_tokenplug" / "recipes" / "shipped"))

@@ -322,13 +322,8 @@ def test_special_tokens_are_never_global_neighbours(zoo):
     # through the kernel: a target spelled like a special token gets no special row
     base = torch.randn(mv.rows, 4, generator=torch.Generator().manual_seed(0))
     problem = EstimationProblem(
-        base=base,
-        anchor_ids=torch.arange(0),
-        n_targets=1,
-        target_texts=["</s>"],
-        target_pieces=[[]],
-        base_vocab_texts=texts,
-        show_progress=False,
+        base=base, anchor_ids=torch.arange(0), n_targets=1, target_texts=["</s>"],
+        target_pieces=[[]], base_vocab_texts=texts, show_progress=False,
         embed_texts=lambda ts: torch.tensor([[1.0] if t == "</s>" else [0.5] for t in ts]),
     )
     spec = registry.get("tokenadapt")

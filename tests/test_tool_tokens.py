@@ -152,9 +152,7 @@ def test_learning_changes_only_tool_rows(tied):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     evals = encode_examples(tokenizer, generate_arithmetic_dataset(8, seed=2), set(ids), "eval")
     first = example_scores(model, evals, device="cpu")
-    losses = _train(
-        model, tokenizer, ids, generate_arithmetic_dataset(24, seed=1), steps=12, lr=0.1, lam=1e-2
-    )
+    losses = _train(model, tokenizer, ids, generate_arithmetic_dataset(24, seed=1), steps=12, lr=0.1, lam=1e-2)
     after = model.state_dict()
     emb_key = "model.embed_tokens.weight"
     matrices = [emb_key, "lm_head.weight"]  # one shared tensor when tied
@@ -178,15 +176,7 @@ def test_learning_is_deterministic_and_lam_zero_disables_regularizer():
     runs = []
     for lam in (1.0, 1.0, 0.0):
         model, tokenizer, ids, _ = _setup(tied=False, init="mean")
-        _train(
-            model,
-            tokenizer,
-            ids,
-            generate_arithmetic_dataset(12, seed=1),
-            steps=4,
-            lr=0.05,
-            lam=lam,
-        )
+        _train(model, tokenizer, ids, generate_arithmetic_dataset(12, seed=1), steps=4, lr=0.05, lam=lam)
         runs.append(model.lm_head.weight[ids].clone())
     assert torch.equal(runs[0], runs[1])
     assert not torch.equal(runs[0], runs[2])
@@ -194,17 +184,12 @@ def test_learning_is_deterministic_and_lam_zero_disables_regularizer():
 
 def test_completion_loss_ignores_prompt_and_padding():
     tokenizer = _tokenizer()
-    rows = [
-        {"prompt": "Question: What is 2 + 3?", "completion": " 5"},
-        {"prompt": "Hi", "completion": " a longer answer here"},
-    ]
+    rows = [{"prompt": "Question: What is 2 + 3?", "completion": " 5"}, {"prompt": "Hi", "completion": " a longer answer here"}]
     ex = encode_examples(tokenizer, rows, set(), "data")
     for i, row in enumerate(rows):
         p = tokenizer(row["prompt"])["input_ids"]
         c = tokenizer(row["completion"], add_special_tokens=False)["input_ids"]
-        assert ex.labels[i].tolist() == [-100] * len(p) + c + [-100] * (
-            ex.ids.shape[1] - len(p) - len(c)
-        )
+        assert ex.labels[i].tolist() == [-100] * len(p) + c + [-100] * (ex.ids.shape[1] - len(p) - len(c))
         assert ex.mask[i].sum() == len(p) + len(c)
     with pytest.raises(InputError, match="data: row 2: empty prompt or completion"):
         encode_examples(tokenizer, [rows[0], {"prompt": "x", "completion": ""}], set(), "data")

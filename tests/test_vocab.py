@@ -22,7 +22,6 @@ from tokenizers_factory import (
 )
 from transformers import PreTrainedTokenizerFast
 
-from mergekit_tokenplug.methods.base import rows_of
 from mergekit_tokenplug.vocab.align import CANONICAL, EXACT, MISSING, SPECIAL, align_vocab
 from mergekit_tokenplug.vocab.canonical import canonical_forms, detect_scheme
 from mergekit_tokenplug.vocab.texts import split_texts, token_texts
@@ -417,19 +416,15 @@ def test_subword_mean_of_byte_fragments_differs(toks):
     """The estimate of two different byte fragments is that of their own byte pieces."""
     import torch
 
-    from mergekit_tokenplug.methods.base import EstimationProblem
+    from mergekit_tokenplug.methods.base import EstimationProblem, rows_of
     from mergekit_tokenplug.registry import get
 
     bl, ms = toks["bl"], toks["ms"]
     texts = token_texts(bl, bl.convert_tokens_to_ids(["æ", "Ã"]))
     base = torch.randn(len(ms), 6, generator=torch.Generator().manual_seed(0))
     problem = EstimationProblem(
-        base=base,
-        anchor_ids=torch.arange(0),
-        n_targets=2,
-        target_texts=texts,
-        target_pieces=split_texts(ms, texts, running_text=True),
-        show_progress=False,
+        base=base, anchor_ids=torch.arange(0), n_targets=2, target_texts=texts,
+        target_pieces=split_texts(ms, texts, running_text=True), show_progress=False,
     )
     spec = get("subword_mean")
     rows = rows_of(spec.estimate(problem, spec.parse_params({})))
@@ -463,9 +458,7 @@ def test_uncased_model_matches_cased_tokens_through_its_normalizer(tmp_path, tok
         assert al.how[i] == CANONICAL
     # the cased model itself is untouched: "ĠThe" and "Ġthe" keep their own rows
     same = align_vocab(bl, toks["bl3"], model_rows=len(toks["bl3"]))
-    assert same.src_ids[bl.convert_tokens_to_ids("ĠThe")] == toks["bl3"].convert_tokens_to_ids(
-        "ĠThe"
-    )
+    assert same.src_ids[bl.convert_tokens_to_ids("ĠThe")] == toks["bl3"].convert_tokens_to_ids("ĠThe")
 
 
 def _unigram_with_byte_fallback() -> PreTrainedTokenizerFast:
@@ -481,9 +474,7 @@ def _unigram_with_byte_fallback() -> PreTrainedTokenizerFast:
 
 def test_unigram_byte_fallback_read_from_json(toks):
     uni = _unigram_with_byte_fallback()
-    assert uni("a\n", add_special_tokens=False)["input_ids"][-1] == uni.convert_tokens_to_ids(
-        "<0x0A>"
-    )
+    assert uni("a\n", add_special_tokens=False)["input_ids"][-1] == uni.convert_tokens_to_ids("<0x0A>")
     scheme = detect_scheme(uni)
     assert scheme.byte_fallback and scheme.kind == "metaspace"
     assert canonical_forms(uni)[uni.convert_tokens_to_ids("<0x0A>")] == b"\n"
@@ -516,11 +507,7 @@ def test_byte_tokens_recipe_setting(zoo, tmp_path):
     for mode in ("copy", "estimate"):
         out = tmp_path / mode
         summary = transplant(
-            str(zoo.sp_untied),
-            str(zoo.bl_untied),
-            str(out),
-            "mean",
-            {"byte_tokens": mode},
+            str(zoo.sp_untied), str(zoo.bl_untied), str(out), "mean", {"byte_tokens": mode},
             quiet=True,
         )
         (per_model,) = summary["vocabulary"]["per_model"].values()
