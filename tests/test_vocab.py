@@ -300,10 +300,12 @@ def test_holes_in_output_ids():
     al = align_vocab(out, model, model_rows=3, out_rows=8)
     assert al.size == 8
     assert al.holes == [2, 3, 6, 7]
-    assert al.src_ids.tolist() == [0, 2, -1, -1, -1, 1, -1, -1]
-    assert al.how.tolist() == [SPECIAL, EXACT, 0, 0, 0, EXACT, 0, 0]
-    assert al.missing_ids().tolist() == [4]
-    assert al.counts() == {"missing": 5, "exact": 2, "canonical": 0, "special": 1, "holes": 4}
+    # [UNK] holds only the unk role, and the model's <unk> row is untrained: estimated
+    assert al.src_ids.tolist() == [-1, 2, -1, -1, -1, 1, -1, -1]
+    assert al.how.tolist() == [0, EXACT, 0, 0, 0, EXACT, 0, 0]
+    assert al.missing_ids().tolist() == [0, 4]
+    assert al.special_how[0] == "role unk: the model's `<unk>` is untrained"
+    assert al.counts() == {"missing": 6, "exact": 2, "canonical": 0, "special": 0, "holes": 4}
 
 
 # ----------------------------------------------------------------------------- texts
