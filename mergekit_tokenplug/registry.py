@@ -22,8 +22,8 @@ ENTRY_POINT_GROUP = "mergekit_tokenplug.methods"
 #: the best on held-out bits per byte (bench/RESULTS.md).
 DEFAULT_METHOD = "omp_map"
 #: Default when the tokenizer source holds no weights (see ``method_choice``): the best
-#: method that needs no donor embeddings on held-out text (SmolLM2's and Qwen2's tokenizers
-#: on Gemma-3-270M: 1.991 mean bits per byte against 2.108 for ``subword_mean``).
+#: method that needs no donor embeddings on held-out text (Qwen2's tokenizer on
+#: Gemma-3-270M: 1.991 mean bits per byte against 2.108 for ``subword_mean``).
 TOKENIZER_ONLY_METHOD = "tokenadapt"
 
 BUILTIN_METHODS: list[MethodSpec] = [
