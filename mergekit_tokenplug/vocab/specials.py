@@ -1,4 +1,4 @@
-"""The special-token table: for every added/special output token, where its row comes from.
+"""The special-token table: for every special output token, where its row comes from.
 
 Role tokens, chat markers and other added tokens are where a transplant goes wrong quietly
 (a document separator copied from an untrained ``<unk>`` row); the table shows each one
@@ -21,7 +21,9 @@ LISTED_SAME = 32  # identical-token copies listed one by one up to this many
 def special_table(
     out_tok: Any, alignment: Any, model_tok: Any, estimated_by: dict[int, str]
 ) -> dict[str, Any]:
-    """``{"rows": [{"token", "id", "roles", "source"}], "same_token": n}`` for one model.
+    """``{"rows": [{"token", "id", "roles", "source"}], "same_token": n, "other_added": m}``
+    for one model: role tokens and special added tokens listed (``same_token`` counts the
+    identical-token copies not listed), other added tokens counted (``other_added``).
 
     ``estimated_by`` maps an estimated output id to the method (and space) that estimates it.
     """
@@ -33,7 +35,10 @@ def special_table(
         i = out_tok.get_vocab().get(str(token)) if token is not None else None
         if i is not None:
             roles_of.setdefault(i, []).append(role)
-    how = alignment.special_how
+    decoder = getattr(out_tok, "added_tokens_decoder", {}) or {}
+    marked = {i for i, t in decoder.items() if t.special} | set(roles_of)
+    # non-special added tokens (a union's other vocabularies, recipe tokens) are counted only
+    how = {i: h for i, h in alignment.special_how.items() if i in marked}
     same = [i for i, h in how.items() if h == "same token" and i not in roles_of]
     listed = [i for i in sorted(how) if i not in same or len(same) <= LISTED_SAME]
     rows = []
@@ -51,7 +56,11 @@ def special_table(
                 "source": source,
             }
         )
-    return {"rows": rows, "same_token": len(same) if len(same) > LISTED_SAME else 0}
+    return {
+        "rows": rows,
+        "same_token": len(same) if len(same) > LISTED_SAME else 0,
+        "other_added": len(alignment.special_how) - len(how),
+    }
 
 
 def estimated_by(groups: list[Any]) -> dict[int, str]:
