@@ -62,7 +62,9 @@ def weight_files(path: str | Path, where: str = "") -> list[Path]:
                 raise InputError(
                     f"{index} has no weight_map; expected a sharded-checkpoint index", where=where
                 )
-            shards = [p / str(s) for s in sorted(set(weight_map.values()))]
+            shards = [
+                p / shard_name(index, s, where) for s in sorted(set(map(str, weight_map.values())))
+            ]
             for shard in shards:
                 if not shard.is_file():
                     raise InputError(
@@ -73,6 +75,18 @@ def weight_files(path: str | Path, where: str = "") -> list[Path]:
         if (p / name).exists():
             return [p / name]
     return []
+
+
+def shard_name(index: Path, name: str, where: str) -> str:
+    """A shard named by an index: a plain relative path inside the model folder (as
+    transformers requires); ``../victim.safetensors`` or an absolute path is refused."""
+    norm = os.path.normpath(name)
+    if os.path.isabs(name) or norm == ".." or norm.startswith(".." + os.sep) or not name:
+        raise InputError(
+            f"{index} names the shard {name!r}, outside the model folder; expected shard files inside the folder of the index",
+            where=where,
+        )
+    return norm
 
 
 def is_pickle(files: list[Path]) -> bool:
@@ -213,6 +227,22 @@ def hidden_size(path: str | Path) -> int | None:
             if isinstance(c.get(key), int):
                 return c[key]
     return None
+
+
+def embedding_widths(path: str | Path) -> set[int]:
+    """Widths config.json allows for the vocabulary matrices: the hidden size, or a separate
+    embedding width where the architecture projects (OPT's word_embed_proj_dim, ALBERT's
+    embedding_size). Empty when the config names none."""
+    f = Path(path).expanduser() / "config.json"
+    cfg = read_json(f, str(path)) if f.is_file() else None
+    if not isinstance(cfg, dict):
+        return set()
+    found = set()
+    for c in (cfg, cfg.get("text_config") or {}):
+        for key in ("hidden_size", "d_model", "n_embd", "word_embed_proj_dim", "embedding_size"):
+            if isinstance(c, dict) and isinstance(c.get(key), int):
+                found.add(c[key])
+    return found
 
 
 def check_same_width(paths: list[str], where: str = "models") -> None:

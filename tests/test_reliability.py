@@ -67,7 +67,7 @@ def test_recipe_tokens_with_a_donor_source_get_rows(zoo, tmp_path):
 def test_file_put_into_out_during_the_run_is_kept(tmp_path):
     out = tmp_path / "out"
     with pytest.raises(InputError, match="written to during the run"):
-        with atomic_directory(out) as tmp:
+        with atomic_directory(out, inputs=()) as tmp:
             (tmp / "model.safetensors").write_text("new")
             out.mkdir()
             (out / "user.txt").write_text("mine")
@@ -78,9 +78,9 @@ def test_file_put_into_out_during_the_run_is_kept(tmp_path):
 def test_two_runs_to_one_out_the_second_fails(tmp_path):
     out = tmp_path / "out"
     with pytest.raises(InputError, match="no longer empty"):
-        with atomic_directory(out) as second:
+        with atomic_directory(out, inputs=()) as second:
             (second / "who").write_text("second")
-            with atomic_directory(out) as first:
+            with atomic_directory(out, inputs=()) as first:
                 (first / "who").write_text("first")
     assert (out / "who").read_text() == "first"
     assert not list(tmp_path.glob(".out.*"))
@@ -90,7 +90,7 @@ def test_full_disk_is_one_line_naming_out(tmp_path):
     """What a writer raises when the disk fills: a user-fixable error about OUT, nothing left."""
     out = tmp_path / "out"
     with pytest.raises(InputError, match="output path .*No space left on device"):
-        with atomic_directory(out) as tmp:
+        with atomic_directory(out, inputs=()) as tmp:
             (tmp / "model.safetensors").write_text("half")
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp / "model.safetensors"))
     assert not out.exists() and not list(tmp_path.glob(".out.*"))
@@ -99,7 +99,7 @@ def test_full_disk_is_one_line_naming_out(tmp_path):
 def test_empty_out_is_replaced(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, inputs=()) as tmp:
         (tmp / "model.safetensors").write_text("new")
     assert (out / "model.safetensors").read_text() == "new"
 
@@ -109,7 +109,7 @@ def test_overwrite_keeps_out_that_changed_during_the_run(tmp_path):
     out.mkdir()
     (out / "old.txt").write_text("previous output")
     with pytest.raises(InputError, match="changed during the run"):
-        with atomic_directory(out, overwrite=True) as tmp:
+        with atomic_directory(out, inputs=(), overwrite=True) as tmp:
             (tmp / "model.safetensors").write_text("new")
             (out / "late.txt").write_text("written meanwhile")
     assert sorted(p.name for p in out.iterdir()) == ["late.txt", "old.txt"]
