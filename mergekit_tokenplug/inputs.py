@@ -186,6 +186,14 @@ def check_model_dir(
                     where=where,
                 )
             seen[token_id] = token
+    added = data.get("added_tokens") if isinstance(data, dict) else None
+    names = [a.get("content") for a in added or [] if isinstance(a, dict)]
+    for token in [*(vocab or {}), *names]:
+        if isinstance(token, str) and not _is_utf8(token):
+            raise InputError(
+                f"{f} holds the token {token!r} with a lone surrogate (not UTF-8 text); expected a valid tokenizer.json",
+                where=where,
+            )
     if not need_weights:
         return
     config = p / "config.json"
@@ -212,6 +220,14 @@ def check_model_dir(
         return
     for f in files:
         safetensors_header(f, where)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def hidden_size(path: str | Path) -> int | None:
