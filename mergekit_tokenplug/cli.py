@@ -13,7 +13,7 @@ import click
 import yaml
 
 from mergekit_tokenplug.compute.distributed import is_main_process, launched_world_size
-from mergekit_tokenplug.errors import ConfigError, one_line_error
+from mergekit_tokenplug.errors import ConfigError, TokenplugError, one_line_error
 from mergekit_tokenplug.evaluate.bpb import evaluate_models, format_table
 from mergekit_tokenplug.guards import check_device, check_writable_file
 from mergekit_tokenplug.heal.command import Matrices, run_heal
@@ -327,8 +327,11 @@ def compare(
     check_seed(seed)
     check_writable_file(json_out, "--json")
     check_writable_file(plot, "--plot")
-    for text in texts:
-        read_text_strict(text)  # an empty or binary --text fails now, not after the methods ran
+    for text in texts:  # an empty or binary --text fails now, not after the methods ran
+        try:
+            read_text_strict(text)
+        except TokenplugError as exc:
+            raise ConfigError(exc.message, where="--text") from None
     if plot:
         require_matplotlib()
     names = [m.strip() for m in methods.split(",") if m.strip()] if methods is not None else None
