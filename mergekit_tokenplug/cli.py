@@ -15,7 +15,7 @@ import yaml
 from mergekit_tokenplug.compute.distributed import is_main_process, launched_world_size
 from mergekit_tokenplug.errors import ConfigError, TokenplugError, one_line_error
 from mergekit_tokenplug.evaluate.bpb import evaluate_models, format_table
-from mergekit_tokenplug.guards import check_device, check_writable_file
+from mergekit_tokenplug.guards import check_device, check_seed, check_writable_file
 from mergekit_tokenplug.heal.command import Matrices, run_heal
 from mergekit_tokenplug.heal.rows import RowChoice
 from mergekit_tokenplug.output.card import HEAL_FIGURES
@@ -151,6 +151,7 @@ def transplant(
     from mergekit_tokenplug import surgery  # lazy: keeps the CLI's start-up fast
 
     setup_logging(quiet, verbose)
+    check_seed(recipe_options.get("seed"))
     params = parse_params(param_pairs)
     if k is not None:
         if "k" in params and params["k"] != k:
@@ -319,7 +320,7 @@ def compare(
         plot_report,
         require_matplotlib,
     )
-    from mergekit_tokenplug.guards import check_number, check_seed
+    from mergekit_tokenplug.guards import check_number
     from mergekit_tokenplug.resources.corpus import read_text_strict
 
     setup_logging(quiet, 0)

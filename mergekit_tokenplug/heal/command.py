@@ -170,7 +170,7 @@ def run_heal(
         rows=rows,
         tool_tokens=tool_tokens,
     )
-    corpus, extras = check_heal_inputs(
+    corpus_files, extras = check_heal_inputs(
         model_dir, out, corpus, overwrite=overwrite, allow_pickle=allow_pickle
     )
     seq_len = fit_context(seq_len, 512, model_dir, "--seq-len")
@@ -244,7 +244,7 @@ def run_heal(
     )
     if accelerator.is_main_process:
         model.to("cpu", file_dtype)
-        with atomic_directory(out, inputs=[str(src), *corpus], overwrite=overwrite) as tmp:
+        with atomic_directory(out, inputs=[str(src), *corpus_files], overwrite=overwrite) as tmp:
             write_healed(
                 tmp,
                 model=model,
