@@ -164,6 +164,12 @@ def nan_in(name: str) -> Callable[[Path], None]:
     return change
 
 
+def to_float16(d: Path) -> None:
+    tensors = {k: v.half() for k, v in load_file(weights(d)).items()}
+    save_file(tensors, str(weights(d)), metadata={"format": "pt"})
+    edit_json(d / "config.json", lambda c: c.update(dtype="float16", torch_dtype="float16"))
+
+
 def manifest(report: object) -> Callable[[Path], None]:
     def change(d: Path) -> None:
         (d / "tokenplug_manifest.json").write_text(json.dumps({"report": report}))
@@ -182,6 +188,21 @@ def secret_link(env: Env) -> Callable[[Path], None]:
         (d / "extra").symlink_to(secret)
 
     return change
+
+
+def multi_out_on_a_stage(env: Env) -> list[str]:
+    stage = {
+        "name": "aligned",
+        "merge_method": "passthrough",
+        "models": [{"model": str(env.zoo.sp_untied)}],
+        "tokenizer": {"source": str(env.zoo.bl_untied), "approximation": {"method": "mean"}},
+    }
+    final = {"merge_method": "passthrough", "models": [{"model": "aligned"}]}
+    path = env.inputs / "multi.yaml"
+    path.write_text(yaml.safe_dump_all([stage, final]), encoding="utf-8")
+    stages = env.root / "stages"
+    env.out = stages / "aligned"
+    return [str(path), "--intermediate-dir", str(stages), "--out-path", str(env.out)]
 
 
 LATIN1 = "café au lait ".encode("latin-1") * 50
@@ -485,6 +506,12 @@ CASES += [
          ("--corpus", "no completion holds", "<|im_start|>")),
     Case("heal --rows estimated on a mergekit-multi output", lambda e: e.heal(e.model(lambda d: (d / "tokenplug_manifest.json").write_text(json.dumps({"stages": {"a": {}}, "report": {}}))), "--rows", "estimated"),
          ("tokenplug_manifest.json", "mergekit-multi")),
+    Case("mergekit-multi: --out-path is a stage's directory", multi_out_on_a_stage,
+         ("--out-path", "stage 'aligned'"), "mergekit-multi"),
+    Case("heal: rows past float16 (a run that diverges)", lambda e: e.heal(e.model(to_float16), "--lr", "1e5", "--lam", "0"),
+         ("training diverged", "non-finite values in the trained rows", "--lr")),
+    Case("heal: --lr past any float32 step", lambda e: e.heal(e.zoo.sp_untied, "--lr", "1e38"),
+         ("--lr", "<= 1000000.0")),
     # 15: a config that disagrees with its weights
     Case("hidden_size disagrees with the weights", lambda e: e.transplant(base_with(e, set_key("config.json", "hidden_size", 40)), e.zoo.bl_untied),
          ("config.json declares hidden_size 40", "32 wide")),
@@ -529,6 +556,8 @@ def run(entry: str, argv: list[str], env: dict[str, str]) -> tuple[int, str, boo
         return proc.returncode, proc.stdout + proc.stderr, True
     if entry == "mergekit-yaml":
         from mergekit.scripts.run_yaml import main as command
+    elif entry == "mergekit-multi":
+        from mergekit.scripts.multimerge import main as command
     else:
         command = main
     result = CliRunner().invoke(command, argv)

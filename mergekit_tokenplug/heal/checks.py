@@ -32,6 +32,7 @@ from mergekit_tokenplug.output.manifest import MANIFEST_NAME
 from mergekit_tokenplug.resources.corpus import resolve_corpus
 
 WHERE = "MODEL"
+MAX_LR = 1e6  # far past any useful rate; Adam's step must stay a float32
 
 
 def check_heal_arguments(
@@ -52,7 +53,7 @@ def check_heal_arguments(
     check_number(steps, "--steps", low=1, high=MAX_STEPS)
     check_number(batch_size, "--batch-size", low=1, high=1 << 20)
     check_number(micro_batch, "--micro-batch", low=1, high=1 << 20)
-    check_number(lr, "--lr", low=0, low_open=True)
+    check_number(lr, "--lr", low=0, low_open=True, high=MAX_LR)
     check_number(lam, "--lam", low=0)
     check_number(eval_fraction, "--eval-fraction", low=0, high=1, high_open=True)
     check_seed(seed)

@@ -40,8 +40,10 @@ def _real(path: str | os.PathLike) -> Path:
     return Path(os.path.realpath(os.path.expanduser(path)))
 
 
-def _overlaps(a: Path, b: Path) -> bool:
-    return a == b or a in b.parents or b in a.parents
+def overlaps(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths are one, or one lies inside the other (symlinks resolved)."""
+    ra, rb = _real(a), _real(b)
+    return ra == rb or ra in rb.parents or rb in ra.parents
 
 
 def check_output_dir(
@@ -56,7 +58,7 @@ def check_output_dir(
     out = _real(out_path)
     where = f"output path {out}"
     for item in inputs:
-        if os.path.lexists(os.path.expanduser(item)) and _overlaps(out, _real(item)):
+        if os.path.lexists(os.path.expanduser(item)) and overlaps(out, item):
             raise InputError(
                 f"is, contains or lies inside the input {item}; expected a directory apart from every input (refused even with --overwrite)",
                 where=where,
