@@ -15,12 +15,13 @@ import yaml
 from mergekit_tokenplug.compute.distributed import is_main_process, launched_world_size
 from mergekit_tokenplug.errors import ConfigError, TokenplugError, one_line_error
 from mergekit_tokenplug.evaluate.bpb import evaluate_models, format_table
-from mergekit_tokenplug.guards import check_device, check_seed, check_writable_file
+from mergekit_tokenplug.guards import check_device, check_number, check_seed, check_writable_file
 from mergekit_tokenplug.heal.command import Matrices, run_heal
 from mergekit_tokenplug.heal.rows import RowChoice
 from mergekit_tokenplug.output.card import HEAL_FIGURES
 from mergekit_tokenplug.recipes.cli import commands as recipe_commands
 from mergekit_tokenplug.registry import DEFAULT_METHOD, all_methods
+from mergekit_tokenplug.resources.corpus import read_text_strict
 
 
 def parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -320,8 +321,6 @@ def compare(
         plot_report,
         require_matplotlib,
     )
-    from mergekit_tokenplug.guards import check_number
-    from mergekit_tokenplug.resources.corpus import read_text_strict
 
     setup_logging(quiet, 0)
     check_number(hold_out, "--hold-out", low=0, high=1, low_open=True, high_open=True)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from mergekit_tokenplug.errors import ConfigError, InputError
+from mergekit_tokenplug.inputs import read_json
 
 # Limits far above any real run that stop a typo from asking for terabytes or years.
 MAX_STEPS = 10_000_000
@@ -68,8 +69,6 @@ def check_device(device: str | None, where: str = "--device") -> str:
 
 def context_length(model_dir: str | os.PathLike) -> int | None:
     """How many positions the model can attend to, from its config (None: unbounded/unknown)."""
-    from mergekit_tokenplug.inputs import read_json
-
     f = Path(model_dir).expanduser() / "config.json"
     cfg = read_json(f, str(f), "a model config") if f.is_file() else None
     if not isinstance(cfg, dict):
@@ -176,8 +175,6 @@ def require_local_dir(path: str, where: str) -> None:
 def config_ints(model_dir: str | os.PathLike, where: str) -> None:
     """Integer fields of config.json (sizes, counts) are integers: a quoted ``"700"`` would
     fail deep inside transformers or mergekit with a traceback naming nothing."""
-    from mergekit_tokenplug.inputs import read_json
-
     f = Path(model_dir).expanduser() / "config.json"
     cfg: Any = read_json(f, where, "a model config") if f.is_file() else None
     if not isinstance(cfg, dict):

@@ -79,9 +79,9 @@ def check_heal_inputs(
     """MODEL as ``transplant`` checks it, its side files, card and manifest; the corpus files;
     OUT apart from every one of them (even with --overwrite). Returns the corpus files and
     what MODEL's card and manifest hold."""
-    from mergekit.common import ModelReference
+    from mergekit.common import ModelReference  # lazy: mergekit, needed by heal only here
 
-    from mergekit_tokenplug.seam.run import check_embedding_rows
+    from mergekit_tokenplug.seam.run import check_embedding_rows  # lazy: imports mergekit
 
     require_local_dir(model_dir, WHERE)
     check_model_dir(model_dir, where=WHERE, need_tokenizer=True, allow_pickle=allow_pickle)
