@@ -396,3 +396,20 @@ def test_an_unknown_flag_value_is_warned_about(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="mergekit_tokenplug"):
         assert settings.flag(settings.DISABLE) is False
     assert any("MERGEKIT_TOKENPLUG_DISABLE=maybe" in r.getMessage() for r in caplog.records)
+
+
+def test_an_ordinary_token_named_as_a_tool_token_is_warned_about(zoo, tmp_path, caplog):
+    """``--tool-token the``: a text token, not an added one; training it is allowed but said."""
+    from mergekit_tokenplug.heal.data import check_tool_tokens_used
+
+    tok = transformers.AutoTokenizer.from_pretrained(str(zoo.bl_untied))
+    word = next(t for t, i in tok.get_vocab().items() if i not in tok.all_special_ids and i > 300)
+    rows = [{"prompt": "a", "completion": tok.convert_tokens_to_string([word])}]
+    with caplog.at_level(logging.WARNING, logger="mergekit_tokenplug"):
+        check_tool_tokens_used(rows, tok, {tok.convert_tokens_to_ids(word)})
+    assert any("ordinary tokens" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    im_start = tok.convert_tokens_to_ids("<|im_start|>")
+    with caplog.at_level(logging.WARNING, logger="mergekit_tokenplug"):
+        check_tool_tokens_used([{"prompt": "a", "completion": "<|im_start|> x"}], tok, {im_start})
+    assert not any("ordinary tokens" in r.getMessage() for r in caplog.records)

@@ -14,6 +14,7 @@ tail); the loss is on completions only (``heal/examples.py``).
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ from mergekit_tokenplug.resources.corpus import read_text_strict, resolve_corpus
 from mergekit_tokenplug.tooltokens.data import read_jsonl
 
 WHERE = "--corpus"
+LOG = logging.getLogger("mergekit_tokenplug")
 
 
 @dataclass
@@ -136,6 +138,14 @@ def check_tool_tokens_used(rows: list[dict[str, str]], tokenizer: Any, tool_ids:
     refused, naming the tokens."""
     if not tool_ids:
         return
+    added = set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+    ordinary = sorted(tool_ids - added - set(tokenizer.all_special_ids))
+    if ordinary:
+        LOG.warning(
+            "tool token(s) %s are ordinary tokens of the vocabulary, not added ones: training them "
+            "as tool tokens moves rows the model uses for text",
+            tokenizer.convert_ids_to_tokens(ordinary)[:5],
+        )
     for row in rows:
         ids = tokenizer(row["completion"], add_special_tokens=False, verbose=False)["input_ids"]
         if tool_ids & set(ids):
