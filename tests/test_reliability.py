@@ -413,3 +413,17 @@ def test_an_ordinary_token_named_as_a_tool_token_is_warned_about(zoo, tmp_path, 
     with caplog.at_level(logging.WARNING, logger="mergekit_tokenplug"):
         check_tool_tokens_used([{"prompt": "a", "completion": "<|im_start|> x"}], tok, {im_start})
     assert not any("ordinary tokens" in r.getMessage() for r in caplog.records)
+
+
+def test_heal_writes_trained_rows_in_the_files_dtype(zoo, bf16_with_fp32_norms, tmp_path):
+    """A config that says float32 over bfloat16 weights: the trained matrix keeps bfloat16."""
+    src = Path(shutil.copytree(bf16_with_fp32_norms, tmp_path / "m"))
+    cfg = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**cfg, "dtype": "float32"}))
+    out = tmp_path / "healed"
+    corpus = str(zoo.corpus_dir / "*.txt")
+    args = ["heal", str(src), str(out), "--corpus", corpus, "--steps", "1", "--seq-len", "16"]
+    res = CliRunner().invoke(main, [*args, "-q"])
+    assert res.exit_code == 0, res.output
+    after = load_file(out / "model.safetensors")
+    assert after["model.embed_tokens.weight"].dtype == torch.bfloat16

@@ -1,4 +1,4 @@
-"""Tensors heal did not train keep MODEL's bytes and dtype in OUT.
+"""Tensors heal did not train keep MODEL's bytes and dtype in OUT; trained ones its dtype.
 
 ``save_pretrained`` writes the whole model in one dtype, so the float32 norms of a bfloat16
 checkpoint (kept in float32 by the model's authors) would come out rounded to bfloat16.
@@ -39,13 +39,17 @@ def restore_frozen(out: Path, src: Path, trained: set[str]) -> int:
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
         edits = 0
         for name, tensor in tensors.items():
-            if name in trained or name not in source:
+            if name not in source:
                 continue
             with safe_open(str(source[name]), "pt") as fh:
                 original = fh.get_tensor(name)
             if original.shape != tensor.shape:
                 continue
-            if original.dtype != tensor.dtype or not torch.equal(original, tensor):
+            if name in trained:  # new rows, in the dtype MODEL stores this matrix in
+                if tensor.dtype != original.dtype:
+                    tensors[name] = tensor.to(original.dtype)
+                    edits += 1
+            elif original.dtype != tensor.dtype or not torch.equal(original, tensor):
                 tensors[name] = original
                 edits += 1
         if edits:
