@@ -427,3 +427,22 @@ def test_heal_writes_trained_rows_in_the_files_dtype(zoo, bf16_with_fp32_norms, 
     assert res.exit_code == 0, res.output
     after = load_file(out / "model.safetensors")
     assert after["model.embed_tokens.weight"].dtype == torch.bfloat16
+
+
+def test_heal_reads_a_hub_cache_snapshot(zoo, tmp_path):
+    """Every file of a Hugging Face cache snapshot links to the repository's blob store: those
+    links are not refused (a link leading anywhere else is, see test_bad_input)."""
+    repo = tmp_path / "models--org--tiny"
+    snap = repo / "snapshots" / "abc123"
+    (repo / "blobs").mkdir(parents=True)
+    snap.mkdir(parents=True)
+    for i, f in enumerate(sorted(p for p in zoo.sp_untied.iterdir() if p.is_file())):
+        blob = repo / "blobs" / f"blob{i}"
+        shutil.copyfile(f, blob)
+        (snap / f.name).symlink_to(Path("..") / ".." / "blobs" / blob.name)
+    out = tmp_path / "out"
+    corpus = str(zoo.corpus_dir / "*.txt")
+    args = ["heal", str(snap), str(out), "--corpus", corpus, "--steps", "1", "--seq-len", "16"]
+    res = CliRunner().invoke(main, [*args, "-q"])
+    assert res.exit_code == 0, res.output
+    assert not any(p.is_symlink() for p in out.rglob("*"))
