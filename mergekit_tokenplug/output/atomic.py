@@ -177,7 +177,13 @@ def remove_stale_partials(out: Path) -> list[Path]:
     return removed
 
 
-WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+# What a loader may read from a folder: transformers by name and index, vLLM every *.safetensors.
+WEIGHT_PATTERNS = (
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "pytorch_model*.bin",
+    "*.bin.index.json",
+)
 
 
 def _merge_into(tmp: Path, out: Path) -> None:
