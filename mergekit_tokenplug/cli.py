@@ -353,7 +353,7 @@ def compare(
         format_report,
         plot_report,
     )
-    from mergekit_tokenplug.evaluate.plot import require_matplotlib
+    from mergekit_tokenplug.evaluate.plot import require_matplotlib  # lazy, as above
 
     setup_logging(quiet, 0)
     check_number(hold_out, "--hold-out", low=0, high=1, low_open=True, high_open=True)
