@@ -217,14 +217,22 @@ def evaluate_models(
     return records
 
 
-def format_table(records: Sequence[dict[str, Any]], digits: int = 3) -> str:
-    """Markdown table of bpb: one row per model, one column per text file (lower is better)."""
+def bpb_grid(
+    records: Sequence[dict[str, Any]],
+) -> tuple[list[str], list[str], list[str], dict[tuple[str, str], float]]:
+    """(models, texts, text names, {(model, text): bpb}) in the order the records came: what
+    the table and the figure lay out. A text is named by its file stem unless stems repeat."""
     models = list(dict.fromkeys(r["model"] for r in records))
     texts = list(dict.fromkeys(r["text"] for r in records))
     names = [Path(t).stem or t for t in texts]
     if len(set(names)) < len(names):
         names = list(texts)
-    cell = {(r["model"], r["text"]): r["bpb"] for r in records}
+    return models, texts, names, {(r["model"], r["text"]): r["bpb"] for r in records}
+
+
+def format_table(records: Sequence[dict[str, Any]], digits: int = 3) -> str:
+    """Markdown table of bpb: one row per model, one column per text file (lower is better)."""
+    models, texts, names, cell = bpb_grid(records)
     head = "| model | " + " | ".join(f"{n} bpb" for n in names) + " |"
     sep = "|---|" + "---:|" * len(names)
     rows = [head, sep]
