@@ -272,8 +272,14 @@ def _transplant_stderr(zoo, tmp_path, *flags: str) -> str:
         capture_output=True,
         text=True,
         timeout=300,
-        # several chunks: the outer bar alone would move once per chunk
-        env={**os.environ, "MERGEKIT_TOKENPLUG_SHARD_CHUNK": "16", **BYTE_SETTINGS},
+        # several chunks: the outer bar alone would move once per chunk; stderr is a pipe, so
+        # bars print plain lines, here at every redraw (compute.progress)
+        env={
+            **os.environ,
+            "MERGEKIT_TOKENPLUG_SHARD_CHUNK": "16",
+            "MERGEKIT_TOKENPLUG_PROGRESS_SECONDS": "0",
+            **BYTE_SETTINGS,
+        },
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stderr

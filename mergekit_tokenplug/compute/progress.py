@@ -70,7 +70,6 @@ def bar_settings(quiet: bool, stream: Any = None) -> dict[str, Any]:
         "maxinterval": max(period, 10.0),  # tqdm's monitor would redraw every 10 s
         "delay": period,
         "ascii": True,
-        "ncols": 100,
     }
 
 
