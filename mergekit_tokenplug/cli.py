@@ -13,6 +13,7 @@ from typing import Any, get_args
 import click
 import yaml
 
+from mergekit_tokenplug import settings
 from mergekit_tokenplug.compute.distributed import is_main_process, launched_world_size
 from mergekit_tokenplug.compute.progress import bar_policy
 from mergekit_tokenplug.errors import ConfigError, one_line_error
@@ -97,6 +98,24 @@ class OneLineGroup(click.Group):
             raise ConfigError(one_line_error(exc)) from None
 
 
+def set_hub_ids(pairs: tuple[str, ...], roles: dict[str, str]) -> None:
+    """``--hub-id``: add ``PATH=ORG/NAME`` pairs (``base=`` / ``donor=`` name the inputs) to
+    MERGEKIT_TOKENPLUG_HUB_IDS, which the model card reads."""
+    if not pairs:
+        return
+    added = []
+    for pair in pairs:
+        key, sep, hub = pair.partition("=")
+        if not sep or not key.strip() or "/" not in hub.strip():
+            raise ConfigError(
+                f"expected base=ORG/NAME, donor=ORG/NAME or PATH=ORG/NAME, got {pair!r}",
+                where="--hub-id",
+            )
+        added.append(f"{roles.get(key.strip(), key.strip())}={hub.strip()}")
+    current = os.environ.get(settings.HUB_IDS, "")
+    os.environ[settings.HUB_IDS] = ",".join(filter(None, [current, *added]))
+
+
 @click.group(
     cls=OneLineGroup,
     context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
@@ -148,6 +167,14 @@ def main() -> None:
     "--allow-pickle", is_flag=True, help="Allow loading .bin/.pt pickle checkpoints (can run code)."
 )
 @click.option("--dry-run", is_flag=True, help="Print the recipe that would run and exit.")
+@click.option(
+    "--hub-id",
+    "hub_pairs",
+    multiple=True,
+    metavar="base|donor|PATH=ORG/NAME",
+    help="The Hub id the model card names for an input (base_model / tokenizer_source); "
+    "repeatable. Same as MERGEKIT_TOKENPLUG_HUB_IDS.",
+)
 @json_option("Write a JSON summary of the run.")
 @click.option("--quiet", "-q", is_flag=True, help="Warnings only, no progress bars.")
 @click.option("--verbose", "-v", count=True, show_default=False)
@@ -162,6 +189,7 @@ def transplant(
     overwrite: bool,
     allow_pickle: bool,
     dry_run: bool,
+    hub_pairs: tuple[str, ...],
     json_out: str | None,
     quiet: bool,
     verbose: int,
@@ -171,6 +199,7 @@ def transplant(
     from mergekit_tokenplug import surgery  # lazy: keeps the CLI's start-up fast
 
     setup_logging(quiet, verbose)
+    set_hub_ids(hub_pairs, {"base": base, "donor": donor})
     params = parse_params(param_pairs)
     if k is not None:
         if "k" in params and params["k"] != k:

@@ -149,8 +149,10 @@ def transplant(
     """Give ``base`` the tokenizer of ``donor`` (rows estimated with ``method``), written to
     ``out``; ``recipe_options`` are :func:`transplant_recipe`'s (``seed`` also seeds the run)."""
     recipe = transplant_recipe(base, donor, method, params, **recipe_options)
+    config = load_recipe(recipe, "transplant")
+    check_k_first(config, method, (params or {}).get("k"))
     return run_recipe(
-        load_recipe(recipe, "transplant"),
+        config,
         out,
         device=device,
         seed=recipe_options.get("seed"),
@@ -159,6 +161,22 @@ def transplant(
         allow_pickle=allow_pickle,
         config_source=yaml.safe_dump(recipe, sort_keys=False),
     )
+
+
+def check_k_first(config: Any, method: str, k: Any) -> None:
+    """Refuse a ``k`` the shared tokens cannot give before any weight is read."""
+    if not isinstance(k, int) or isinstance(k, bool):
+        return
+    from mergekit_tokenplug.recipes.shared_k import k_problems
+
+    try:
+        problems = k_problems(config, method, k)
+    except Exception:  # unreadable inputs: the run's own input guards name them
+        return
+    for message in problems:
+        if message.startswith("k "):
+            raise ConfigError(message.removeprefix("k "), where="--k")
+        raise ConfigError(message, where="tokenizer.source")
 
 
 def plan_transplant(

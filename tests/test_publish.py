@@ -1,0 +1,239 @@
+"""Publishable outputs and the recipe checks that guard them: the ``parameters.requires``
+marker (and ``--fix``), every error of a block, "did you mean" for stage references, ``.yml``
+files, ``verify`` after a model-card edit, the card's ``base_model`` / ``license`` front
+matter, and OMP's ``k`` refused before any weight is read."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from mergekit_tokenplug.cli import main
+from mergekit_tokenplug.recipes.requires import add_marker
+from mergekit_tokenplug.surgery import transplant
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def invoke(*args: str, env: dict[str, str] | None = None):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False, env=env)
+
+
+def plugin_recipe(base: str, donor: str, extra: str = "") -> str:
+    return (
+        "# a comment that --fix must keep\n"
+        "merge_method: passthrough\n"
+        f"{extra}"
+        f"models:\n  - model: {base}\n"
+        f"tokenizer:\n  source: {donor}\n  approximation:\n    method: omp\n    k: 4\n"
+    )
+
+
+# ------------------------------------------------------------------ parameters.requires
+
+
+def test_recipe_without_requires_is_an_error_and_fix_adds_it(zoo, tmp_path):
+    sp, bl = str(zoo.sp_untied), str(zoo.bl_untied)
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(plugin_recipe(sp, bl))
+    with_params = tmp_path / "params.yml"
+    with_params.write_text(plugin_recipe(sp, bl, "parameters:\n  normalize: true\n"))
+    res = invoke("recipes", "validate", "-q", str(bare), str(with_params))
+    assert res.exit_code == 1
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 2 and all("parameters.requires" in ln for ln in lines), res.output
+    assert "recipes validate --fix" in lines[0]
+
+    res = invoke("recipes", "validate", "--fix", str(bare), str(with_params))
+    assert res.exit_code == 0, res.output
+    assert res.output.count("fixed: ") == 2
+    for path in (bare, with_params):
+        text = path.read_text()
+        assert text.startswith("# a comment that --fix must keep\n")
+        doc = yaml.safe_load(text)
+        assert doc["parameters"]["requires"] == {"mergekit-tokenplug": ">=0.1"}
+    assert yaml.safe_load(with_params.read_text())["parameters"]["normalize"] is True
+    # a fixed recipe is left alone the second time
+    assert add_marker(bare.read_text()) == (bare.read_text(), 0)
+
+
+def test_fix_marks_every_plugin_document_of_a_multi_recipe(zoo, tmp_path):
+    sp, bl = str(zoo.sp_untied), str(zoo.bl_untied)
+    text = (
+        "name: moved\n" + plugin_recipe(sp, bl) + "---\n"
+        "merge_method: linear\nmodels:\n"
+        "  - model: moved\n    parameters: {weight: 0.5}\n"
+        f"  - model: {bl}\n    parameters: {{weight: 0.5}}\n"
+    )
+    fixed, count = add_marker(text)
+    docs = list(yaml.safe_load_all(fixed))
+    assert count == 1
+    assert docs[0]["parameters"]["requires"] == {"mergekit-tokenplug": ">=0.1"}
+    assert docs[0]["name"] == "moved"
+    assert "parameters" not in docs[1]  # the stock document is untouched
+
+
+# ------------------------------------------------------------------ every error, did you mean
+
+
+def test_unknown_method_does_not_hide_a_bad_parameter(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "merge_method: passthrough\nparameters:\n  requires: {mergekit-tokenplug: '>=0.1'}\n"
+        "models:\n  - model: m\ntokenizer:\n  source: d\n  approximation:\n"
+        "    method: ompp\n    k: sixty\n    seed: x\n"
+    )
+    res = invoke("recipes", "validate", "-q", "--skip-models", str(path))
+    assert res.exit_code == 1
+    lines = res.output.strip().splitlines()
+    keys = sorted(ln.split(" ")[1] for ln in lines)
+    assert keys == [
+        "tokenizer.approximation.k:",
+        "tokenizer.approximation.method:",
+        "tokenizer.approximation.seed:",
+    ], res.output
+    assert "did you mean 'omp'?" in res.output
+
+
+def test_stage_reference_typo_says_did_you_mean(zoo, tmp_path):
+    sp, bl = str(zoo.sp_untied), str(zoo.bl_untied)
+    path = tmp_path / "multi.yaml"
+    path.write_text(
+        "name: stage1\nmerge_method: passthrough\nmodels:\n"
+        f"  - model: {sp}\n---\n"
+        "merge_method: linear\nmodels:\n"
+        "  - model: stagee1\n    parameters: {weight: 0.5}\n"
+        f"  - model: {bl}\n    parameters: {{weight: 0.5}}\n"
+    )
+    res = invoke("recipes", "validate", str(path))
+    assert "did you mean stage 'stage1'?" in res.output, res.output
+    res = invoke("recipes", "validate", "--inputs", "-q", str(path))
+    assert res.exit_code == 1 and "did you mean stage 'stage1'?" in res.output, res.output
+
+
+def test_yml_files_are_validated_in_a_folder_and_by_the_ci_template(tmp_path):
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    (folder / "ok.yaml").write_text("merge_method: passthrough\nmodels:\n  - model: m\n")
+    (folder / "bad.yml").write_text("merge_method: passthrough\nmodles: []\n")
+    res = invoke("recipes", "validate", "--skip-models", str(folder))
+    assert res.exit_code == 1 and "bad.yml:2 modles" in res.output, res.output
+    workflow = yaml.safe_load((REPO / "recipes" / "ci" / "github-actions.yml").read_text())
+    step = next(
+        s for s in workflow["jobs"]["validate"]["steps"] if "recipes validate" in s.get("run", "")
+    )
+    env = {**os.environ, "RECIPES_DIR": str(folder)}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    proc = subprocess.run(["bash", "-c", step["run"]], env=env, capture_output=True, text=True)
+    assert proc.returncode == 1 and "bad.yml" in proc.stdout, proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------ outputs: card and verify
+
+
+@pytest.fixture(scope="module")
+def hub_run(zoo, tmp_path_factory):
+    out = tmp_path_factory.mktemp("hub_run") / "out"
+    env = {"MERGEKIT_TOKENPLUG_HUB_IDS": f"{zoo.sp_untied}=org/base-model"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        transplant(str(zoo.sp_untied), str(zoo.bl_untied), str(out), "omp", {"k": 4}, quiet=True)
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    return out
+
+
+def front_matter(out: Path) -> dict:
+    return yaml.safe_load((out / "README.md").read_text().split("---", 2)[1])
+
+
+def test_card_names_the_base_only_with_hub_ids_and_always_a_license(zoo, hub_run):
+    meta = front_matter(hub_run)
+    assert meta["base_model"] == ["org/base-model"]
+    assert meta["tokenizer_source"] == [str(zoo.bl_untied)]  # the donor, not a base
+    assert meta["license"] == "other"  # the tiny inputs declare none
+    card = (hub_run / "README.md").read_text()
+    assert "the inputs declare none" in card
+    assert f"Local paths in `base_model` / `tokenizer_source` (`{zoo.bl_untied}`)" in card
+
+
+def test_transplant_hub_id_option(zoo, tmp_path):
+    out = tmp_path / "out"
+    res = invoke(
+        "transplant",
+        str(zoo.sp_untied),
+        str(zoo.bl_untied),
+        str(out),
+        "-m",
+        "mean",
+        "-q",
+        "--hub-id",
+        "base=org/b",
+        "--hub-id",
+        "donor=org/d",
+        env={"MERGEKIT_TOKENPLUG_HUB_IDS": ""},
+    )
+    assert res.exit_code == 0, res.output
+    meta = front_matter(out)
+    assert (meta["base_model"], meta["tokenizer_source"]) == (["org/b"], ["org/d"])
+    assert "Local paths" not in (out / "README.md").read_text()
+    bad = invoke(
+        "transplant",
+        str(zoo.sp_untied),
+        str(zoo.bl_untied),
+        str(tmp_path / "x"),
+        "--hub-id",
+        "nothing",
+    )
+    assert bad.exit_code != 0 and "--hub-id" in bad.output
+
+
+def test_verify_after_a_card_edit_exits_0_with_a_note(hub_run, tmp_path):
+    out = shutil.copytree(hub_run, tmp_path / "out")
+    card = out / "README.md"
+    card.write_text(card.read_text().replace("org/base-model", "org/renamed"))
+    res = invoke("verify", str(out))
+    assert res.exit_code == 0, res.output
+    assert "note: changed: README.md" in res.output
+    assert "OK:" in res.output
+    with open(out / "tokenizer.json", "a") as fh:  # the tokenizer still counts
+        fh.write(" ")
+    res = invoke("verify", str(out))
+    assert res.exit_code == 1 and "changed: tokenizer.json" in res.output
+
+
+# ------------------------------------------------------------------ k before any weight
+
+
+def test_oversized_k_is_refused_before_any_weight_is_read(zoo, tmp_path):
+    base = shutil.copytree(zoo.sp_untied, tmp_path / "base")
+    weights = base / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:64])  # unreadable: any weight read would fail
+    out = tmp_path / "out"
+    start = time.monotonic()
+    res = invoke(
+        "transplant", str(base), str(zoo.bl_untied), str(out), "-m", "omp", "--k", "100000"
+    )
+    assert res.exit_code == 1
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: --k: must be <= "), res.output
+    assert "shared tokens" in lines[0]
+    assert not out.exists()
+    assert time.monotonic() - start < 60
+
+
+def test_json_output_of_verify_is_unchanged_for_clean_outputs(hub_run):
+    res = invoke("verify", str(hub_run))
+    recorded = json.loads((hub_run / "tokenplug_manifest.json").read_text())["outputs"]
+    assert res.exit_code == 0 and res.output.strip() == f"OK: {len(recorded)} files match"
