@@ -14,10 +14,12 @@ import click
 import yaml
 
 from mergekit_tokenplug import settings
+from mergekit_tokenplug.assets_cli import assets as assets_command
 from mergekit_tokenplug.compute.distributed import is_main_process, launched_world_size
 from mergekit_tokenplug.compute.progress import bar_policy
 from mergekit_tokenplug.errors import ConfigError, one_line_error
 from mergekit_tokenplug.evaluate.bpb import evaluate_models, format_table
+from mergekit_tokenplug.gguf_cli import gguf as gguf_command
 from mergekit_tokenplug.heal.command import Matrices, run_heal
 from mergekit_tokenplug.heal.rows import RowChoice
 from mergekit_tokenplug.output.card import HEAL_FIGURES
@@ -513,7 +515,7 @@ def heal(
             click.echo(f"held-out {phase}: {figures}")
 
 
-for command in recipe_commands:
+for command in [*recipe_commands, assets_command, gguf_command]:
     main.add_command(command)
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from test_outputs import bos_base, plain_donor_tokenizer  # noqa: F401  (fixtures)
 
 from mergekit_tokenplug.cli import main
 from mergekit_tokenplug.recipes.requires import add_marker
@@ -237,3 +238,55 @@ def test_json_output_of_verify_is_unchanged_for_clean_outputs(hub_run):
     res = invoke("verify", str(hub_run))
     recorded = json.loads((hub_run / "tokenplug_manifest.json").read_text())["outputs"]
     assert res.exit_code == 0 and res.output.strip() == f"OK: {len(recorded)} files match"
+
+
+# ------------------------------------------------------------------ GGUF staging
+
+
+def test_gguf_staging_moves_bos_to_add_bos_token(bos_base, plain_donor_tokenizer, tmp_path):  # noqa: F811
+    """The converter's view: no BOS in the post-processor, ``add_bos_token: true``, every
+    other file a link to OUT; OUT itself is untouched."""
+    from transformers import AutoTokenizer
+
+    from mergekit_tokenplug.output.gguf import stage_for_converter
+
+    out = (
+        tmp_path / "out"
+    )  # the base adds BOS, the donor's tokenizer does not: BOS follows the base
+    transplant(str(bos_base), str(plain_donor_tokenizer), str(out), "mean", quiet=True)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    tok = AutoTokenizer.from_pretrained(str(out))
+    plain = tok("hello world", add_special_tokens=False)["input_ids"]
+    assert tok("hello world")["input_ids"] == [tok.bos_token_id, *plain]
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    assert stage_for_converter(out, stage) is True
+    staged = AutoTokenizer.from_pretrained(str(stage))
+    assert staged("hello world")["input_ids"] == plain
+    assert json.loads((stage / "tokenizer_config.json").read_text())["add_bos_token"] is True
+    assert (stage / "model.safetensors").resolve() == (out / "model.safetensors").resolve()
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert "mergekit-tokenplug gguf" in (out / "README.md").read_text()
+
+
+def test_gguf_command_names_a_missing_converter(zoo, hub_run, tmp_path):
+    res = invoke(
+        "gguf", str(hub_run), str(tmp_path / "m.gguf"), "--converter", str(tmp_path / "no.py")
+    )
+    assert res.exit_code == 1
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and "convert_hf_to_gguf.py" in lines[0] and "no.py" in lines[0]
+    assert not (tmp_path / "m.gguf").exists()
+
+
+def test_assets_command_is_in_the_package(tmp_path):
+    """The recipes' demo assets come from the installed package, not from bench/."""
+    res = invoke("assets", "--only", "nope")
+    assert res.exit_code == 1 and "unknown asset 'nope'" in res.output
+    proc = subprocess.run(
+        [sys.executable, "-c", "import assets, mergekit_tokenplug.assets as a; print(assets is a)"],
+        cwd=REPO / "bench",
+        capture_output=True,
+        text=True,
+    )
+    assert proc.stdout.strip() == "True", proc.stderr

@@ -178,6 +178,19 @@ def card_donors(merge_config: Any) -> list[str]:
     return []
 
 
+def gguf_note() -> list[str]:
+    """How to get a GGUF for llama.cpp (its converter needs a staged view: output/gguf.py)."""
+    return [
+        "## GGUF (llama.cpp)",
+        "",
+        "Convert with llama.cpp's own `convert_hf_to_gguf.py` through "
+        "`mergekit-tokenplug gguf THIS_DIR model.gguf --converter path/to/convert_hf_to_gguf.py`: "
+        "run on this directory as is, the converter stops when the tokenizer adds BOS where its "
+        "source's did not (its pre-tokenizer check hashes the encoded text, BOS included).",
+        "",
+    ]
+
+
 def model_card(
     merge_config: Any, recipe: str, vocabulary_md: str, name: str = "Merged model"
 ) -> str:
@@ -192,6 +205,7 @@ def model_card(
         f"Tokenizer: `{getattr(getattr(source, 'model', None), 'path', source)}`.",
         "",
         vocabulary_md,
+        *gguf_note(),
         "## Recipe",
         "",
         "```yaml",
