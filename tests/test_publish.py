@@ -290,3 +290,36 @@ def test_assets_command_is_in_the_package(tmp_path):
         text=True,
     )
     assert proc.stdout.strip() == "True", proc.stderr
+
+
+# ------------------------------------------------------------------ progress bars
+
+
+def test_bars_name_models_not_paths_and_graph_bar_has_no_eta(zoo, tmp_path):
+    """In a log (stderr not a terminal) with a bar line per redraw: OMP's bar names the models
+    by directory name, and mergekit's graph bar shows elapsed time without an ETA."""
+    out = tmp_path / "out"
+    cli = Path(sys.executable).parent / "mergekit-tokenplug"
+    proc = subprocess.run(
+        [
+            str(cli),
+            "transplant",
+            str(zoo.sp_untied),
+            str(zoo.bl_untied),
+            str(out),
+            "-m",
+            "omp",
+            "--k",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "MERGEKIT_TOKENPLUG_PROGRESS_SECONDS": "0"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    omp = [ln for ln in proc.stderr.splitlines() if ln.startswith("OMP ")]
+    graph = [ln for ln in proc.stderr.splitlines() if ln.startswith("Executing graph")]
+    assert omp and graph, proc.stderr[-2000:]
+    assert all(str(tmp_path.parent) not in ln and "sp_untied" in ln for ln in omp), omp[:3]
+    assert all("<" not in ln for ln in graph), graph[:3]
