@@ -323,3 +323,20 @@ def test_bars_name_models_not_paths_and_graph_bar_has_no_eta(zoo, tmp_path):
     assert omp and graph, proc.stderr[-2000:]
     assert all(str(tmp_path.parent) not in ln and "sp_untied" in ln for ln in omp), omp[:3]
     assert all("<" not in ln for ln in graph), graph[:3]
+
+
+# ------------------------------------------------------------------ plan
+
+
+def test_plan_gives_flops_and_time_for_subword_mean(zoo, tmp_path):
+    from mergekit_tokenplug.recipes.plan import format_plan
+    from mergekit_tokenplug.surgery import plan_transplant
+
+    plan = plan_transplant(str(zoo.sp_untied), str(zoo.bl_untied), "subword_mean")
+    assert plan["matmul_flops_per_s"] > 0
+    for w in plan["weights"]:
+        assert w["flops"] > 0 and w["seconds"] == pytest.approx(
+            w["flops"] / plan["matmul_flops_per_s"], rel=1e-12
+        )
+    text = format_plan(plan)
+    assert "unknown" not in text and "of estimation" in text and "GFLOP/s" in text
