@@ -121,16 +121,40 @@ def run_recipe(
     opts.apply_global_options()
     original = getattr(mergekit.merge.run_merge, "__wrapped__", mergekit.merge.run_merge)
     with bar_policy(quiet):
-        run_plugin_merge(
-            original,
-            merge_config,
-            out,
-            opts,
-            config_source,
-            overwrite=overwrite,
-            allow_pickle=allow_pickle,
-        )
+        try:
+            run_plugin_merge(
+                original,
+                merge_config,
+                out,
+                opts,
+                config_source,
+                overwrite=overwrite,
+                allow_pickle=allow_pickle,
+            )
+        except OSError as exc:
+            raise hub_input_error(exc, merge_config) or exc from None
     return report.snapshot()
+
+
+def hub_input_error(exc: OSError, merge_config: Any) -> InputError | None:
+    """An input that is not a local directory and that the Hub could not give (offline,
+    unreachable, unknown id): one line naming it, not transformers' bare OSError."""
+    text = str(exc)
+    if "huggingface.co" not in text and "offline" not in text.lower():
+        return None
+    refs = [str(m.model.path) for m in merge_config.referenced_models()]
+    source = merge_config.tokenizer.source if merge_config.tokenizer else None
+    if source is not None and not isinstance(source, str):
+        refs.append(str(source.model.path))
+    remote = [r for r in dict.fromkeys(refs) if not os.path.exists(os.path.expanduser(r))]
+    if not remote:
+        return None
+    first = (text.strip().splitlines() or [""])[0]
+    return InputError(
+        f"not a local directory, and the Hub could not provide it ({first}); expected a local "
+        "model directory (or a Hub id with network access or in the local Hub cache)",
+        where=", ".join(remote),
+    )
 
 
 def transplant(

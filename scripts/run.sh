@@ -11,7 +11,7 @@ out="$(realpath -m "${2:-$repo/out/$name}")"
 cache="${MERGEKIT_TOKENPLUG_CACHE:-$HOME/.cache/mergekit-tokenplug}"
 "$repo/scripts/bootstrap.sh" bench
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-"$repo/.venv/bin/python" "$repo/bench/assets.py" --install
+"$repo/.venv/bin/mergekit-tokenplug" assets --install
 # Recipes name models relative to the asset cache (models/gemma3-270m, models/smollm2-135m).
 cd "$cache"
 "$repo/.venv/bin/mergekit-tokenplug" recipes validate "$recipe"

@@ -340,3 +340,28 @@ def test_plan_gives_flops_and_time_for_subword_mean(zoo, tmp_path):
         )
     text = format_plan(plan)
     assert "unknown" not in text and "of estimation" in text and "GFLOP/s" in text
+
+
+def test_unreachable_hub_id_names_the_input(zoo, tmp_path):
+    cli = Path(sys.executable).parent / "mergekit-tokenplug"
+    proc = subprocess.run(
+        [
+            str(cli),
+            "transplant",
+            "no-such-org/no-such-model",
+            str(zoo.bl_untied),
+            str(tmp_path / "out"),
+            "-m",
+            "mean",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 1
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert errors[0].startswith("Error: no-such-org/no-such-model: not a local directory")
+    assert not (tmp_path / "out").exists()

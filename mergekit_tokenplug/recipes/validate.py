@@ -43,6 +43,7 @@ from mergekit_tokenplug.seam.config_patch import merge_configuration
 from mergekit_tokenplug.seam.schema import (
     TokenplugTokenizerConfig,
     chosen_branch_errors,
+    enable_hint,
     error_message,
     near_misses,
     tool_tokens,
@@ -309,7 +310,7 @@ class _DocChecker:
         label = "plugin disabled" if "disabled" in reason else "plugin inactive"
         self.add(
             loc,
-            f"{label}: this recipe uses mergekit-tokenplug's keys but {reason}; mergekit-yaml would refuse to run it",
+            f"{label}: this recipe uses mergekit-tokenplug's keys but {reason}; mergekit-yaml would refuse to run it; {enable_hint(reason)}",
         )
 
     @staticmethod
