@@ -365,3 +365,34 @@ def test_unreachable_hub_id_names_the_input(zoo, tmp_path):
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert errors[0].startswith("Error: no-such-org/no-such-model: not a local directory")
     assert not (tmp_path / "out").exists()
+
+
+def test_mergekit_padding_warning_is_explained_not_shouted(zoo, tmp_path):
+    """A token the recipe adds lies past the model's rows: mergekit's ``(padding?)`` warning
+    becomes an INFO line that says the plugin estimates the row."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "merge_method": "passthrough",
+                "parameters": {"requires": {"mergekit-tokenplug": ">=0.1"}},
+                "models": [{"model": str(zoo.bl_untied)}],
+                "tokenizer": {
+                    "source": "base",
+                    "tokens": {"kubectlzz": {}},
+                    "approximation": {"method": "mean"},
+                },
+            }
+        )
+    )
+    cmd = [str(Path(sys.executable).parent / "mergekit-yaml"), str(recipe)]
+    proc = subprocess.run(
+        [*cmd, str(tmp_path / "out")], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "padding?" not in proc.stderr and "kubectlzz" not in proc.stderr
+    proc = subprocess.run(
+        [*cmd, str(tmp_path / "out2"), "-v"], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "'kubectlzz' has index" in proc.stderr and "estimates its row" in proc.stderr

@@ -51,9 +51,10 @@ def on_module_loaded(name: str, module: ModuleType) -> None:
 
             planner.apply(module)
         elif name == "mergekit.merge":
-            from mergekit_tokenplug.seam import run  # lazy
+            from mergekit_tokenplug.seam import log_notes, run  # lazy
 
             run.apply(module)
+            log_notes.apply()
 
 
 def activate() -> None:
