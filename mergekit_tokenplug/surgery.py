@@ -199,7 +199,7 @@ def check_k_first(config: Any, method: str, k: Any) -> None:
         return
     for message in problems:
         if message.startswith("k "):
-            raise ConfigError(message.removeprefix("k "), where="--k")
+            raise ConfigError(message.removeprefix("k "), where="tokenizer.approximation.k")
         raise ConfigError(message, where="tokenizer.source")
 
 

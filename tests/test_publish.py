@@ -228,7 +228,9 @@ def test_oversized_k_is_refused_before_any_weight_is_read(zoo, tmp_path):
     )
     assert res.exit_code == 1
     lines = res.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: --k: must be <= "), res.output
+    assert len(lines) == 1 and lines[0].startswith(
+        "Error: tokenizer.approximation.k: must be <= "
+    ), res.output
     assert "shared tokens" in lines[0]
     assert not out.exists()
     assert time.monotonic() - start < 60
