@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, get_args
 
@@ -17,14 +16,16 @@ from mergekit_tokenplug import settings
 from mergekit_tokenplug.assets_cli import assets as assets_command
 from mergekit_tokenplug.compute.distributed import is_main_process, launched_world_size
 from mergekit_tokenplug.compute.progress import bar_policy
-from mergekit_tokenplug.errors import ConfigError, one_line_error
+from mergekit_tokenplug.errors import ConfigError, TokenplugError, one_line_error
 from mergekit_tokenplug.evaluate.bpb import evaluate_models, format_table
 from mergekit_tokenplug.gguf_cli import gguf as gguf_command
+from mergekit_tokenplug.guards import check_device, check_number, check_seed, check_writable_file
 from mergekit_tokenplug.heal.command import Matrices, run_heal
 from mergekit_tokenplug.heal.rows import RowChoice
 from mergekit_tokenplug.output.card import HEAL_FIGURES
 from mergekit_tokenplug.recipes.cli import commands as recipe_commands
 from mergekit_tokenplug.registry import DEFAULT_METHOD, all_methods
+from mergekit_tokenplug.resources.corpus import read_text_strict
 
 
 def parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -42,24 +43,6 @@ def parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
                 where=f"--param {key.strip()}",
             ) from None
     return params
-
-
-def check_writable_file(path: str, where: str) -> None:
-    """A file the run will write at the end: fail now, not after OUT is complete."""
-    target = os.path.abspath(os.path.expanduser(path))
-    if os.path.isdir(target):
-        raise ConfigError(f"{path} is a directory; expected a file path", where=where)
-    parent = os.path.dirname(target)
-    try:
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=".tokenplug-check-"):
-            pass
-        if os.path.exists(target) and not os.access(target, os.W_OK):
-            raise PermissionError(13, "Permission denied")
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot write {path} ({exc.strerror or exc}); expected a writable file in an existing directory",
-            where=where,
-        ) from None
 
 
 def json_option(help_text: str | None = None) -> Any:
@@ -201,6 +184,7 @@ def transplant(
     from mergekit_tokenplug import surgery  # lazy: keeps the CLI's start-up fast
 
     setup_logging(quiet, verbose)
+    check_seed(recipe_options.get("seed"))
     set_hub_ids(hub_pairs, {"base": base, "donor": donor})
     params = parse_params(param_pairs)
     if k is not None:
@@ -217,8 +201,7 @@ def transplant(
         click.echo(yaml.safe_dump(plan["recipe"], sort_keys=False), nl=False)
         click.echo(format_plan(plan))
         return
-    if json_out:
-        check_writable_file(json_out, "--json")
+    check_writable_file(json_out, "--json", outside=[out])
     summary = surgery.transplant(
         base,
         donor,
@@ -302,7 +285,11 @@ def list_methods(as_json: bool) -> None:
     help="Bar chart of bits per byte per text, a bar per model (PNG; needs matplotlib).",
 )
 @click.option("--device", default="cpu")
-@click.option("--window", default=512, help="Tokens per evaluation window.")
+@click.option(
+    "--window",
+    type=int,
+    help="Tokens per evaluation window.  [default: 512, or a model's context when shorter]",
+)
 @click.option("--allow-pickle", is_flag=True)
 @click.option("--quiet", "-q", is_flag=True)
 def evaluate(
@@ -312,14 +299,13 @@ def evaluate(
     labels: tuple[str, ...],
     plot: str | None,
     device: str,
-    window: int,
+    window: int | None,
     allow_pickle: bool,
     quiet: bool,
 ) -> None:
     """Bits per byte of each MODEL (with its own tokenizer) on each --text file."""
     # lazy: keeps the CLI's start-up fast
     from mergekit_tokenplug.evaluate.plot import plot_bpb, require_matplotlib
-    from mergekit_tokenplug.surgery import resolve_device
 
     if labels and len(labels) != len(models):
         raise click.BadParameter(
@@ -329,10 +315,13 @@ def evaluate(
     if plot:
         require_matplotlib()
     setup_logging(quiet, 0)
+    device = check_device(device)
+    check_writable_file(json_out, "--json")
+    check_writable_file(plot, "--plot")
     records = evaluate_models(
         list(models),
         list(texts),
-        device=resolve_device(device),
+        device=device,
         window=window,
         show_progress=not quiet,
         allow_pickle=allow_pickle,
@@ -395,9 +384,18 @@ def compare(
         format_report,
         plot_report,
     )
-    from mergekit_tokenplug.evaluate.plot import require_matplotlib
+    from mergekit_tokenplug.evaluate.plot import require_matplotlib  # lazy, as above
 
     setup_logging(quiet, 0)
+    check_number(hold_out, "--hold-out", low=0, high=1, low_open=True, high_open=True)
+    check_seed(seed)
+    check_writable_file(json_out, "--json")
+    check_writable_file(plot, "--plot")
+    for text in texts:  # an empty or binary --text fails now, not after the methods ran
+        try:
+            read_text_strict(text)
+        except TokenplugError as exc:
+            raise ConfigError(exc.message, where="--text") from None
     if plot:
         require_matplotlib()
     names = [m.strip() for m in methods.split(",") if m.strip()] if methods is not None else None
@@ -430,8 +428,12 @@ def compare(
 @click.option("--device", default="cpu")
 @click.option("--seed", default=0)
 @click.option("--overwrite", is_flag=True)
+@click.option(
+    "--allow-pickle", is_flag=True, help="Allow loading .bin/.pt pickle checkpoints (can run code)."
+)
 @json_option("Write the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True)
+@click.option("--verbose", "-v", count=True, show_default=False)
 def learn_tool_tokens_command(model: str, data: str, out: str, **options: Any) -> None:
     """Train only the tool-token rows of MODEL on DATA.jsonl ({"prompt", "completion"} rows,
     loss on the completion); write OUT. The same as `heal MODEL OUT --corpus DATA.jsonl --rows
@@ -471,7 +473,12 @@ def learn_tool_tokens_command(model: str, data: str, out: str, **options: Any) -
 )
 @click.option("--lr", default=2e-3, help="Peak learning rate (cosine decay to lr/10).")
 @click.option("--lam", default=1e-2, help="Weight of ||W - W0||_F (0 disables it).")
-@click.option("--seq-len", default=512, help="Tokens per window.")
+@click.option(
+    "--seq-len",
+    type=int,
+    help="Tokens per window (JSONL rows are cut to it).  [default: 512, or the model's "
+    "context when shorter]",
+)
 @click.option("--batch-size", default=2, help="Windows per step, over all processes.")
 @click.option("--micro-batch", default=1, help="Windows per forward pass (memory).")
 @click.option(
@@ -484,8 +491,12 @@ def learn_tool_tokens_command(model: str, data: str, out: str, **options: Any) -
 )
 @click.option("--seed", default=0)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists and is not empty.")
+@click.option(
+    "--allow-pickle", is_flag=True, help="Allow loading .bin/.pt pickle checkpoints (can run code)."
+)
 @json_option("Write the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True)
+@click.option("--verbose", "-v", count=True, show_default=False)
 def heal(
     model: str,
     out: str,
@@ -493,12 +504,14 @@ def heal(
     *,
     json_out: str | None,
     quiet: bool,
+    verbose: int = 0,
     **options: Any,
 ) -> None:
     """Train only vocabulary rows of MODEL (every input row by default; a transplant's
     estimated rows, or tool-token rows) on --corpus, regularized toward where they started;
     write OUT. Data parallel under `accelerate launch`."""
-    setup_logging(quiet, 0)
+    setup_logging(quiet, verbose)
+    check_writable_file(json_out, "--json", outside=[out])
     summary = run_heal(model, out, list(corpus), quiet=quiet, **options)
     if os.environ.get("RANK", "0") != "0":
         return

@@ -62,7 +62,9 @@ def weight_files(path: str | Path, where: str = "") -> list[Path]:
                 raise InputError(
                     f"{index} has no weight_map; expected a sharded-checkpoint index", where=where
                 )
-            shards = [p / str(s) for s in sorted(set(weight_map.values()))]
+            shards = [
+                p / shard_name(index, s, where) for s in sorted(set(map(str, weight_map.values())))
+            ]
             for shard in shards:
                 if not shard.is_file():
                     raise InputError(
@@ -73,6 +75,18 @@ def weight_files(path: str | Path, where: str = "") -> list[Path]:
         if (p / name).exists():
             return [p / name]
     return []
+
+
+def shard_name(index: Path, name: str, where: str) -> str:
+    """A shard named by an index: a plain relative path inside the model folder (as
+    transformers requires); ``../victim.safetensors`` or an absolute path is refused."""
+    norm = os.path.normpath(name)
+    if os.path.isabs(name) or norm == ".." or norm.startswith(".." + os.sep) or not name:
+        raise InputError(
+            f"{index} names the shard {name!r}, outside the model folder; expected shard files inside the folder of the index",
+            where=where,
+        )
+    return norm
 
 
 def is_pickle(files: list[Path]) -> bool:
@@ -172,6 +186,14 @@ def check_model_dir(
                     where=where,
                 )
             seen[token_id] = token
+    added = data.get("added_tokens") if isinstance(data, dict) else None
+    names = [a.get("content") for a in added or [] if isinstance(a, dict)]
+    for token in [*(vocab or {}), *names]:
+        if isinstance(token, str) and not _is_utf8(token):
+            raise InputError(
+                f"{f} holds the token {token!r} with a lone surrogate (not UTF-8 text); expected a valid tokenizer.json",
+                where=where,
+            )
     if not need_weights:
         return
     config = p / "config.json"
@@ -200,6 +222,14 @@ def check_model_dir(
         safetensors_header(f, where)
 
 
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def hidden_size(path: str | Path) -> int | None:
     """The model's width from config.json (``hidden_size`` or its usual aliases)."""
     f = Path(path).expanduser() / "config.json"
@@ -213,6 +243,22 @@ def hidden_size(path: str | Path) -> int | None:
             if isinstance(c.get(key), int):
                 return c[key]
     return None
+
+
+def embedding_widths(path: str | Path) -> set[int]:
+    """Widths config.json allows for the vocabulary matrices: the hidden size, or a separate
+    embedding width where the architecture projects (OPT's word_embed_proj_dim, ALBERT's
+    embedding_size). Empty when the config names none."""
+    f = Path(path).expanduser() / "config.json"
+    cfg = read_json(f, str(path)) if f.is_file() else None
+    if not isinstance(cfg, dict):
+        return set()
+    found = set()
+    for c in (cfg, cfg.get("text_config") or {}):
+        for key in ("hidden_size", "d_model", "n_embd", "word_embed_proj_dim", "embedding_size"):
+            if isinstance(c, dict) and isinstance(c.get(key), int):
+                found.add(c[key])
+    return found
 
 
 def check_same_width(paths: list[str], where: str = "models") -> None:

@@ -7,6 +7,7 @@ else (or unset) leaves the default. Variables that can change output bytes are l
 
 from __future__ import annotations
 
+import logging
 import os
 
 DISABLE = "MERGEKIT_TOKENPLUG_DISABLE"
@@ -20,12 +21,25 @@ HUB_IDS = "MERGEKIT_TOKENPLUG_HUB_IDS"
 
 
 def flag(name: str, default: bool = False) -> bool:
+    """A flag's value; anything but the known spellings keeps the default, with a warning
+    (``=maybe`` must not leave a switch silently in the state the user did not ask for)."""
     value = os.environ.get(name, "").strip().lower()
     if value in {"1", "true", "yes", "on"}:
         return True
     if value in {"0", "false", "no", "off"}:
         return False
+    if value and (name, value) not in _WARNED:
+        _WARNED.add((name, value))
+        logging.getLogger("mergekit_tokenplug").warning(
+            "%s=%s is not a flag value (1/true/yes/on or 0/false/no/off); using %s",
+            name,
+            os.environ[name],
+            "on" if default else "off",
+        )
     return default
+
+
+_WARNED: set[tuple[str, str]] = set()
 
 
 def number(name: str, default: int) -> int:

@@ -16,7 +16,8 @@ import yaml
 from mergekit_tokenplug import report
 from mergekit_tokenplug.compute.progress import bar_policy
 from mergekit_tokenplug.errors import ConfigError, InputError
-from mergekit_tokenplug.recipes.plan import plan_recipe, resolve_plan_device
+from mergekit_tokenplug.guards import check_device
+from mergekit_tokenplug.recipes.plan import plan_recipe
 from mergekit_tokenplug.recipes.yaml_lines import yaml_error
 from mergekit_tokenplug.registry import DEFAULT_METHOD
 from mergekit_tokenplug.seam.activation import activate
@@ -59,17 +60,6 @@ def transplant_recipe(
     return recipe
 
 
-def resolve_device(device: str | None) -> str:
-    """mergekit's device names, with a clear error when CUDA is asked for but absent."""
-    name, available = resolve_plan_device(device)
-    if not available:
-        raise InputError(
-            "CUDA was requested but no CUDA device is available; use --device cpu or --device auto",
-            where="--device",
-        )
-    return name
-
-
 def load_recipe(recipe: dict[str, Any] | str, source_name: str = "recipe") -> Any:
     """Validate a recipe (dict or YAML text) into mergekit's MergeConfiguration, plugin active."""
     activate()
@@ -110,7 +100,7 @@ def run_recipe(
     from mergekit.options import MergeOptions
 
     opts = MergeOptions(
-        device=resolve_device(device),
+        device=check_device(device),
         random_seed=seed,
         quiet=quiet,
         trust_remote_code=trust_remote_code,

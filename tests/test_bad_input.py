@@ -67,6 +67,29 @@ class Env:
         path.write_text(text, encoding="utf-8")
         return [str(path), str(self.out)]
 
+    def heal(self, model: Path, *extra: str, corpus: str | None = None) -> list[str]:
+        """``heal`` for one step on the zoo's texts (every check runs before training)."""
+        text = corpus or str(self.zoo.corpus_dir / "*.txt")
+        fast = ["--steps", "1", "--seq-len", "16", "-q"]
+        return ["heal", str(model), str(self.out), "--corpus", text, *fast, *extra]
+
+    def model(self, change: Callable[[Path], object] = lambda d: None) -> Path:
+        """A copy of the zoo's untied SentencePiece model under ``in/``, changed one way."""
+        return base_with(self, change)
+
+    def file(self, name: str, data: str | bytes) -> Path:
+        path = self.inputs / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(data, bytes):
+            path.write_bytes(data)
+        else:
+            path.write_text(data, encoding="utf-8")
+        return path
+
+    def tool_rows(self, completion: str) -> Path:
+        rows = [{"prompt": f"What is {i}?", "completion": completion} for i in range(8)]
+        return self.file("tool.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
 
 # ------------------------------------------------------------------ how inputs are broken
 
@@ -114,6 +137,83 @@ def shard_index_missing_shard(d: Path) -> None:
     index = {"metadata": {}, "weight_map": {k: "model-00001-of-00002.safetensors" for k in tensors}}
     index["weight_map"]["lm_head.weight"] = "model-00002-of-00002.safetensors"
     (d / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+def index_pointing_at(shard: Callable[[Path], str]) -> Callable[[Path], None]:
+    """An index whose weight_map names ``shard(model_dir)`` for every tensor (the weights are
+    put there, so only the path is wrong)."""
+
+    def change(d: Path) -> None:
+        tensors = load_file(weights(d))
+        target = d / shard(d) if not os.path.isabs(shard(d)) else Path(shard(d))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(target), metadata={"format": "pt"})
+        weights(d).unlink()
+        index = {"metadata": {}, "weight_map": {k: shard(d) for k in tensors}}
+        (d / "model.safetensors.index.json").write_text(json.dumps(index))
+
+    return change
+
+
+def nan_in(name: str) -> Callable[[Path], None]:
+    def change(d: Path) -> None:
+        tensors = load_file(weights(d))
+        tensors[name].view(-1)[1] = float("nan")
+        save_file(tensors, str(weights(d)), metadata={"format": "pt"})
+
+    return change
+
+
+def to_float16(d: Path) -> None:
+    tensors = {k: v.half() for k, v in load_file(weights(d)).items()}
+    save_file(tensors, str(weights(d)), metadata={"format": "pt"})
+    edit_json(d / "config.json", lambda c: c.update(dtype="float16", torch_dtype="float16"))
+
+
+def manifest(report: object) -> Callable[[Path], None]:
+    def change(d: Path) -> None:
+        (d / "tokenplug_manifest.json").write_text(json.dumps({"report": report}))
+
+    return change
+
+
+def estimated(runs: object) -> Callable[[Path], None]:
+    return manifest({"matrices": [{"role": "input", "row_ids": {"estimated": runs}}]})
+
+
+def secret_link(env: Env) -> Callable[[Path], None]:
+    def change(d: Path) -> None:
+        secret = env.file("secret.txt", "private key")
+        secret.chmod(0o600)
+        (d / "extra").symlink_to(secret)
+
+    return change
+
+
+def multi_out_on_a_stage(env: Env) -> list[str]:
+    stage = {
+        "name": "aligned",
+        "merge_method": "passthrough",
+        "models": [{"model": str(env.zoo.sp_untied)}],
+        "tokenizer": {"source": str(env.zoo.bl_untied), "approximation": {"method": "mean"}},
+    }
+    final = {"merge_method": "passthrough", "models": [{"model": "aligned"}]}
+    path = env.inputs / "multi.yaml"
+    path.write_text(yaml.safe_dump_all([stage, final]), encoding="utf-8")
+    stages = env.root / "stages"
+    env.out = stages / "aligned"
+    return [str(path), "--intermediate-dir", str(stages), "--out-path", str(env.out)]
+
+
+LATIN1 = "café au lait ".encode("latin-1") * 50
+
+
+def out_with(env: Env, *files: str) -> Path:
+    """OUT made beforehand, holding ``files`` (each with its own name as content)."""
+    for name in files:
+        (env.out / name).parent.mkdir(parents=True, exist_ok=True)
+        (env.out / name).write_text(name)
+    return env.out
 
 
 def drop_tensor(name: str) -> Callable[[Path], None]:
@@ -307,7 +407,122 @@ CASES = [
     Case("donor with an empty vocabulary", lambda e: e.transplant(e.zoo.sp_untied, donor_with(e, empty_vocab)),
          ("tokenizer.source", "empty vocabulary")),
 ]
+# Every command that writes runs the same guards (issue cases 1-15): heal, learn-tool-tokens,
+# evaluate, compare and the mergekit-yaml path as transplant.
+CASES += [
+    # 1: OUT against the inputs, symlinks resolved, even with --overwrite
+    Case("heal: OUT is MODEL, with --overwrite", lambda e: (m := e.model(), setattr(e, "out", m), e.heal(m, "--overwrite"))[-1],
+         ("output path", "input", "even with --overwrite")),
+    Case("heal: OUT a symlink to MODEL", lambda e: (m := e.model(), e.out.symlink_to(m), e.heal(m, "--overwrite"))[-1],
+         ("output path", "input")),
+    Case("heal: OUT is MODEL's parent, with --overwrite", lambda e: (m := e.model(), setattr(e, "out", e.inputs), e.heal(m, "--overwrite"))[-1],
+         ("output path", "input")),
+    Case("heal: OUT inside MODEL", lambda e: (m := e.model(), setattr(e, "out", m / "healed"), e.heal(m))[-1],
+         ("output path", "input")),
+    Case("learn-tool-tokens: OUT is MODEL", lambda e: (m := e.copy(e.zoo.bl_untied, "m"), setattr(e, "out", m), ["learn-tool-tokens", str(m), str(e.tool_rows("<|im_start|> 4")), str(m), "--tool-token", "<|im_start|>", "--steps", "1", "-q", "--overwrite"])[-1],
+         ("output path", "input")),
+    # 2: a plugin recipe into an OUT holding weights it would not replace (other files are kept)
+    Case("mergekit-yaml: OUT holds other weights", lambda e: (out_with(e, "model-00001-of-00002.safetensors", "notes.txt"), e.recipe({"source": str(e.zoo.bl_untied), "approximation": {"method": "mean"}}))[-1],
+         ("output path", "weight files", "model-00001-of-00002.safetensors"), "mergekit-yaml"),
+    # 3: --overwrite never removes a file the run reads
+    Case("heal: corpus inside OUT, with --overwrite", lambda e: (out_with(e, "my.txt"), (e.out / "my.txt").write_text((e.zoo.corpus_dir / "part0.txt").read_text()), e.heal(e.model(), "--overwrite", corpus=str(e.out / "my.txt")))[-1],
+         ("output path", "input", "my.txt")),
+    Case("cw2v corpus inside OUT, with --overwrite", lambda e: (out_with(e, "c.txt"), e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "-m", "cw2v", "-p", f"corpus=[{e.out / 'c.txt'}]", "--overwrite", k=None))[-1],
+         ("output path", "input", "c.txt")),
+    # 4: non-finite weights and learning rates
+    Case("heal: NaN in a frozen tensor", lambda e: e.heal(e.model(nan_in("model.norm.weight"))),
+         ("MODEL", "model.norm.weight", "NaN")),
+    Case("heal: --lr inf", lambda e: e.heal(e.zoo.sp_untied, "--lr", "inf"),
+         ("--lr", "finite")),
+    # 5: a side file linking out of MODEL
+    Case("heal: symlinked side file", lambda e: e.heal(e.model(secret_link(e))),
+         ("MODEL", "extra", "symbolic link", "outside the model folder")),
+    # 6: shard paths confined to the model folder
+    Case("index names a shard outside the folder", lambda e: e.transplant(base_with(e, index_pointing_at(lambda d: "../victim/private.safetensors")), e.zoo.bl_untied),
+         ("model.safetensors.index.json", "../victim/private.safetensors", "outside the model folder")),
+    Case("index names an absolute shard path", lambda e: e.transplant(base_with(e, index_pointing_at(lambda d: str(d.parent / "abs.safetensors"))), e.zoo.bl_untied),
+         ("abs.safetensors", "outside the model folder")),
+    # 9: a tampered manifest, named
+    Case("heal: negative row ids in the manifest", lambda e: e.heal(e.model(estimated([[-5, -1]])), "--rows", "estimated"),
+         ("tokenplug_manifest.json", "row ids [[-5, -1]]")),
+    Case("heal: row ids past the matrix", lambda e: e.heal(e.model(estimated([[0, 10**12]])), "--rows", "estimated"),
+         ("tokenplug_manifest.json", "runs of rows 0..")),
+    Case("heal: ill-typed manifest records", lambda e: e.heal(e.model(manifest({"matrices": ["x"]})), "--rows", "estimated"),
+         ("tokenplug_manifest.json", "records no estimated row ids")),
+    # 10: what fails late now fails first
+    Case("heal: --json not writable", lambda e: e.heal(e.zoo.sp_untied, "--json", str(e.root / "no" / "s.json")),
+         ("--json", "cannot write")),
+    Case("heal: model card not UTF-8", lambda e: e.heal(e.model(lambda d: (d / "README.md").write_bytes(b"caf\xe9\n"))),
+         ("README.md", "not UTF-8")),
+    Case("heal: corrupt manifest in MODEL", lambda e: e.heal(e.model(lambda d: (d / "tokenplug_manifest.json").write_text("{"))),
+         ("tokenplug_manifest.json", "not valid JSON")),
+    Case("evaluate: --json not writable", lambda e: ["evaluate", str(e.zoo.sp_untied), "--text", str(e.zoo.corpus_dir / "part0.txt"), "--json", str(e.root / "no" / "e.json"), "-q"],
+         ("--json", "cannot write")),
+    Case("compare: --plot not writable", lambda e: ["compare", str(e.zoo.sp_untied), str(e.zoo.bl_untied), "--methods", "mean", "--plot", str(e.root / "no" / "p.png"), "-q"],
+         ("--plot", "cannot write")),
+    Case("compare: empty --text", lambda e: ["compare", str(e.zoo.sp_untied), str(e.zoo.bl_untied), "--methods", "mean", "--text", str(e.file("empty.txt", "")), "-q"],
+         ("empty.txt", "is empty")),
+    Case("compare: binary --text", lambda e: ["compare", str(e.zoo.sp_untied), str(e.zoo.bl_untied), "--methods", "mean", "--text", str(e.file("blob.txt", b"PK\x03\x04\x00binary")), "-q"],
+         ("blob.txt", "binary")),
+    # 11: the arguments transplant refuses
+    Case("heal: --device tpu", lambda e: e.heal(e.zoo.sp_untied, "--device", "tpu"),
+         ("--device", "tpu", "expected cpu")),
+    Case("heal: --lam nan", lambda e: e.heal(e.zoo.sp_untied, "--lam", "nan"),
+         ("--lam", "finite")),
+    Case("heal: --seq-len past the context", lambda e: e.heal(e.zoo.sp_untied, "--seq-len", "1024"),
+         ("--seq-len", "256 positions", "at most 255")),
+    # 12: short-context models
+    Case("heal: --seq-len 128 on a 64-position model", lambda e: e.heal(e.model(set_key("config.json", "max_position_embeddings", 64)), "--seq-len", "128"),
+         ("--seq-len", "64 positions")),
+    Case("evaluate: --window past the context", lambda e: ["evaluate", str(e.model(set_key("config.json", "max_position_embeddings", 64))), "--text", str(e.zoo.corpus_dir / "part0.txt"), "--window", "128", "-q"],
+         ("--window", "64 positions")),
+    # 13: messages that name the file or option
+    Case("quoted vocab_size", lambda e: e.transplant(base_with(e, set_key("config.json", "vocab_size", "700")), e.zoo.bl_untied),
+         ("config.json", "vocab_size", "expected an integer")),
+    Case("heal: missing relative MODEL", lambda e: e.heal(Path("no_such_dir/model")),
+         ("MODEL", "no_such_dir/model", "does not exist")),
+    Case("heal: --lr nan", lambda e: e.heal(e.zoo.sp_untied, "--lr", "nan"),
+         ("--lr", "finite")),
+    Case("heal: --seed -5", lambda e: e.heal(e.zoo.sp_untied, "--seed", "-5"),
+         ("--seed", ">= 0")),
+    Case("heal: huge --steps", lambda e: e.heal(e.zoo.sp_untied, "--steps", str(10**12)),
+         ("--steps", "<=")),
+    Case("--pad-to-multiple-of 10**9", lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "--pad-to-multiple-of", str(10**9)),
+         ("tokenizer.pad_to_multiple_of", "up to 65536")),
+    Case("lone surrogate in a recipe token", lambda e: e.raw_recipe(f'merge_method: passthrough\nmodels: [{{model: {e.zoo.sp_untied}}}]\ntokenizer: {{source: {e.zoo.bl_untied}, approximation: {{method: mean}}, tokens: {{"\\udc80x": {{}}}}}}\n'),
+         ("tokenizer.tokens", "lone surrogate"), "mergekit-yaml"),
+    Case("lone surrogate in tokenizer.json", lambda e: e.transplant(e.zoo.sp_untied, donor_with(e, lambda d: edit_json(d / "tokenizer.json", lambda t: t["added_tokens"][0].__setitem__("content", "\udc80")))),
+         ("tokenizer.json", "lone surrogate")),
+    # 14: the smaller ones
+    Case("cw2v corpus not UTF-8", lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "-m", "cw2v", "-p", f"corpus=[{e.file('latin1.txt', LATIN1)}]", k=None),
+         ("latin1.txt", "not UTF-8")),
+    Case("--json inside OUT", lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "--json", str(e.out / "s.json")),
+         ("--json", "inside the output directory")),
+    Case("empty recipe token", lambda e: e.recipe({"source": str(e.zoo.bl_untied), "tokens": {"": {}}, "approximation": {"method": "mean"}}),
+         ("tokenizer.tokens", "is empty"), "mergekit-yaml"),
+    Case("heal: empty JSONL", lambda e: e.heal(e.zoo.sp_untied, corpus=str(e.file("empty.jsonl", "\n"))),
+         ("--corpus", "hold no rows")),
+    Case("learn-tool-tokens: data without the tool token", lambda e: ["learn-tool-tokens", str(e.zoo.bl_untied), str(e.tool_rows("4")), str(e.out), "--tool-token", "<|im_start|>", "--steps", "1", "-q"],
+         ("--corpus", "no completion holds", "<|im_start|>")),
+    Case("heal --rows estimated on a mergekit-multi output", lambda e: e.heal(e.model(lambda d: (d / "tokenplug_manifest.json").write_text(json.dumps({"stages": {"a": {}}, "report": {}}))), "--rows", "estimated"),
+         ("tokenplug_manifest.json", "mergekit-multi")),
+    Case("mergekit-multi: --out-path is a stage's directory", multi_out_on_a_stage,
+         ("--out-path", "stage 'aligned'"), "mergekit-multi"),
+    Case("heal: rows past float16 (a run that diverges)", lambda e: e.heal(e.model(to_float16), "--lr", "1e5", "--lam", "0"),
+         ("training diverged", "non-finite values in the trained rows", "--lr")),
+    Case("heal: --lr past any float32 step", lambda e: e.heal(e.zoo.sp_untied, "--lr", "1e38"),
+         ("--lr", "<= 1000000.0")),
+    # 15: a config that disagrees with its weights
+    Case("hidden_size disagrees with the weights", lambda e: e.transplant(base_with(e, set_key("config.json", "hidden_size", 40)), e.zoo.bl_untied),
+         ("config.json declares hidden_size 40", "32 wide")),
+    Case("heal: hidden_size disagrees with the weights", lambda e: e.heal(e.model(set_key("config.json", "hidden_size", 40))),
+         ("MODEL", "hidden_size 40")),
+]
 if not torch.cuda.is_available():
+    CASES.append(
+        Case("heal: CUDA without CUDA", lambda e: e.heal(e.zoo.sp_untied, "--device", "cuda"),
+             ("--device", "CUDA"))
+    )
     CASES.append(
         Case("CUDA without CUDA", lambda e: e.transplant(e.zoo.sp_untied, e.zoo.bl_untied, "--device", "cuda"),
              ("--device", "CUDA"))
@@ -341,6 +556,8 @@ def run(entry: str, argv: list[str], env: dict[str, str]) -> tuple[int, str, boo
         return proc.returncode, proc.stdout + proc.stderr, True
     if entry == "mergekit-yaml":
         from mergekit.scripts.run_yaml import main as command
+    elif entry == "mergekit-multi":
+        from mergekit.scripts.multimerge import main as command
     else:
         command = main
     result = CliRunner().invoke(command, argv)

@@ -43,6 +43,13 @@ def test_a_log_gets_plain_periodic_lines(monkeypatch):
     assert lines[-1].startswith("outer: 100%")
 
 
+def test_a_slow_bar_prints_once_a_period_not_at_tqdms_pace(monkeypatch):
+    """tqdm's monitor thread redraws a slow bar every ``maxinterval`` (10 s) unless told."""
+    monkeypatch.setenv(PERIOD_ENV, "45")
+    settings = bar_settings(quiet=False, stream=io.StringIO())
+    assert settings["mininterval"] == settings["maxinterval"] == settings["delay"] == 45
+
+
 def test_a_bar_shorter_than_the_period_prints_nothing(monkeypatch):
     monkeypatch.setenv(PERIOD_ENV, "60")
     log = io.StringIO()

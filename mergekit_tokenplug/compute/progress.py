@@ -72,6 +72,7 @@ def bar_settings(quiet: bool, stream: Any = None) -> dict[str, Any]:
     return {
         "file": LineStream(stream),
         "mininterval": period,
+        "maxinterval": max(period, 10.0),  # tqdm's monitor would redraw every 10 s
         "delay": period,
         "ascii": True,
         "ncols": 100,

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from mergekit_tokenplug.errors import InputError
+from mergekit_tokenplug.guards import fit_context, require_local_dir
 from mergekit_tokenplug.inputs import check_model_dir
 
 LN2 = math.log(2.0)
@@ -146,7 +147,7 @@ def evaluate_models(
     text_files: Sequence[str | Path],
     *,
     device: str | torch.device = "cpu",
-    window: int = 512,
+    window: int | None = None,
     dtype: torch.dtype = torch.float32,
     batch_size: int = 1,
     allow_pickle: bool = False,
@@ -157,6 +158,7 @@ def evaluate_models(
 
     All inputs are validated before any model is loaded so a typo fails in a second, not
     after minutes of loading. ``bos`` overrides the per-tokenizer BOS choice (module doc).
+    ``window`` (None: 512, or a model's context when shorter) must fit every model's context.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -165,8 +167,11 @@ def evaluate_models(
     if not text_files:
         raise InputError("no text files given")
     dirs = [Path(d) for d in model_dirs]
+    windows = {}
     for d in dirs:
+        require_local_dir(str(d), "MODEL")
         check_model_dir(str(d), where="MODEL", need_tokenizer=True, allow_pickle=allow_pickle)
+        windows[d] = fit_context(window, 512, str(d), "--window")
     texts = {Path(f): _read_text(Path(f)) for f in text_files}
 
     records: list[dict[str, Any]] = []
@@ -189,7 +194,7 @@ def evaluate_models(
                 model,
                 tokenizer,
                 text,
-                window=window,
+                window=windows[d],
                 device=device,
                 batch_size=batch_size,
                 bos=bos,
@@ -200,7 +205,7 @@ def evaluate_models(
                     "model": str(d),
                     "text": str(f),
                     **res,
-                    "window": window,
+                    "window": windows[d],
                     "dtype": str(dtype).removeprefix("torch."),
                     "load_seconds": round(load_s, 2),
                     "seconds": round(time.perf_counter() - t0, 2),
@@ -212,14 +217,22 @@ def evaluate_models(
     return records
 
 
-def format_table(records: Sequence[dict[str, Any]], digits: int = 3) -> str:
-    """Markdown table of bpb: one row per model, one column per text file (lower is better)."""
+def bpb_grid(
+    records: Sequence[dict[str, Any]],
+) -> tuple[list[str], list[str], list[str], dict[tuple[str, str], float]]:
+    """(models, texts, text names, {(model, text): bpb}) in the order the records came: what
+    the table and the figure lay out. A text is named by its file stem unless stems repeat."""
     models = list(dict.fromkeys(r["model"] for r in records))
     texts = list(dict.fromkeys(r["text"] for r in records))
     names = [Path(t).stem or t for t in texts]
     if len(set(names)) < len(names):
         names = list(texts)
-    cell = {(r["model"], r["text"]): r["bpb"] for r in records}
+    return models, texts, names, {(r["model"], r["text"]): r["bpb"] for r in records}
+
+
+def format_table(records: Sequence[dict[str, Any]], digits: int = 3) -> str:
+    """Markdown table of bpb: one row per model, one column per text file (lower is better)."""
+    models, texts, names, cell = bpb_grid(records)
     head = "| model | " + " | ".join(f"{n} bpb" for n in names) + " |"
     sep = "|---|" + "---:|" * len(names)
     rows = [head, sep]

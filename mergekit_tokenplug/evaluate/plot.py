@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from mergekit_tokenplug.errors import InputError
+from mergekit_tokenplug.evaluate.bpb import bpb_grid
 
 
 def require_matplotlib() -> None:
@@ -27,12 +27,7 @@ def plot_bpb(records: Sequence[dict[str, Any]], path: str, title: str | None = N
     import matplotlib.pyplot as plt
     import numpy as np
 
-    models = list(dict.fromkeys(r["model"] for r in records))
-    texts = list(dict.fromkeys(r["text"] for r in records))
-    names = [Path(t).stem or t for t in texts]
-    if len(set(names)) < len(names):
-        names = list(texts)
-    cell = {(r["model"], r["text"]): r["bpb"] for r in records}
+    models, texts, names, cell = bpb_grid(records)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(texts) * max(len(models), 2) / 2 + 2), 4.6))
     width = 0.84 / max(len(models), 1)
     cmap = plt.get_cmap("tab10")

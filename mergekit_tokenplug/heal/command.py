@@ -6,7 +6,6 @@ model card with a heal section and the manifest with a ``heal`` record.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -16,12 +15,21 @@ import torch
 
 from mergekit_tokenplug.errors import ConfigError
 from mergekit_tokenplug.evaluate.bpb import LN2, bits_per_byte
+from mergekit_tokenplug.guards import fit_context
+from mergekit_tokenplug.heal.checks import (
+    ModelExtras,
+    check_finite_model,
+    check_heal_arguments,
+    check_heal_inputs,
+    check_healed,
+    check_side_file_links,
+)
 from mergekit_tokenplug.heal.data import HealCorpus, load_corpus
 from mergekit_tokenplug.heal.examples import example_scores
+from mergekit_tokenplug.heal.frozen import restore_frozen
 from mergekit_tokenplug.heal.rows import RowChoice, rows_to_train
 from mergekit_tokenplug.heal.train import LoopSettings, is_tied, train_rows, untie
-from mergekit_tokenplug.inputs import check_model_dir
-from mergekit_tokenplug.output.atomic import atomic_directory, check_output_dir
+from mergekit_tokenplug.output.atomic import atomic_directory
 from mergekit_tokenplug.output.card import heal_section
 from mergekit_tokenplug.output.manifest import MANIFEST_NAME, input_record, write_manifest
 
@@ -33,6 +41,7 @@ REWRITTEN = ("config.json", "generation_config.json", "README.md", MANIFEST_NAME
 
 
 def carry_side_files(src: Path, out: Path) -> None:
+    check_side_file_links(src)  # a link out of MODEL would publish the file it points to
     for path in sorted(src.rglob("*")):
         rel = path.relative_to(src)
         weights = len(rel.parts) == 1 and (
@@ -45,18 +54,25 @@ def carry_side_files(src: Path, out: Path) -> None:
 
 
 def write_healed(
-    out: Path, *, model: Any, tokenizer: Any, src: Path, summary: dict[str, Any], command: str
+    out: Path,
+    *,
+    model: Any,
+    tokenizer: Any,
+    src: Path,
+    summary: dict[str, Any],
+    command: str,
+    extras: ModelExtras,
+    trained: set[str],
 ) -> None:
     model.save_pretrained(out, safe_serialization=True)
+    restore_frozen(out, src, trained)
     tokenizer.save_pretrained(out)
     carry_side_files(src, out)
-    card = (src / "README.md").read_text(encoding="utf-8") if (src / "README.md").is_file() else ""
+    card = extras.card
     (out / "README.md").write_text(
         (card.rstrip() + "\n\n" if card.strip() else "") + heal_section(summary), encoding="utf-8"
     )
-    before = {}
-    if (src / MANIFEST_NAME).is_file():
-        before = json.loads((src / MANIFEST_NAME).read_text(encoding="utf-8"))
+    before = extras.manifest
     inputs = [{"role": "model", **input_record(str(src))}]
     inputs += [
         {"role": "corpus", "path": path, "sha256": digest}
@@ -91,7 +107,7 @@ def _scores(
             bits += rec["bits"]
             n_bytes += rec["bytes"]
             scored += rec["scored_tokens"]
-            per_file[Path(path).name] = rec["bpb"]
+            per_file[path] = rec["bpb"]  # the path: two files may share a name
     if not scored:
         return None
     return {
@@ -100,6 +116,15 @@ def _scores(
         "bytes": n_bytes,
         "tokens": scored,
         "per_file": per_file,
+    }
+
+
+def trained_names(model: Any, matrices: list[torch.Tensor]) -> set[str]:
+    """State-dict names of the matrices heal trains (every other tensor keeps MODEL's bytes)."""
+    return {
+        name
+        for name, p in model.named_parameters(remove_duplicate=False)
+        if any(p is m for m in matrices)
     }
 
 
@@ -114,39 +139,42 @@ def run_heal(
     tool_tokens: tuple[str, ...] = (),
     lr: float = 2e-3,
     lam: float = 1e-2,
-    seq_len: int = 512,
+    seq_len: int | None = None,
     batch_size: int = 2,
     micro_batch: int = 1,
     eval_fraction: float = 0.1,
     device: str = "cpu",
     seed: int = 0,
     overwrite: bool = False,
+    allow_pickle: bool = False,
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Heal MODEL into OUT; return the summary (also recorded in OUT's manifest).
 
     ``matrices`` defaults to ``input`` for transplanted rows and to ``both`` for tool rows
-    (a tool token must be predicted: its output row is the one that matters)."""
+    (a tool token must be predicted: its output row is the one that matters). ``seq_len``
+    defaults to 512 tokens, or the model's context when that is shorter."""
     import transformers
     from accelerate import Accelerator
 
     t0 = time.perf_counter()
-    positive = {"--steps": steps, "--batch-size": batch_size, "--micro-batch": micro_batch}
-    for name, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"must be >= 1, got {value}", where=name)
-    if lr <= 0:
-        raise ConfigError(f"must be > 0, got {lr}", where="--lr")
-    if lam < 0:
-        raise ConfigError(f"must be >= 0, got {lam}", where="--lam")
-    if tool_tokens and rows != "tool":
-        raise ConfigError(
-            f"names tool tokens, which only --rows tool trains (got --rows {rows})",
-            where="--tool-token",
-        )
-    check_model_dir(model_dir, where="MODEL", need_tokenizer=True)
-    check_output_dir(out, overwrite)
-    src = Path(model_dir)
+    device = check_heal_arguments(
+        steps=steps,
+        lr=lr,
+        lam=lam,
+        batch_size=batch_size,
+        micro_batch=micro_batch,
+        eval_fraction=eval_fraction,
+        seed=seed,
+        device=device,
+        rows=rows,
+        tool_tokens=tool_tokens,
+    )
+    corpus_files, extras = check_heal_inputs(
+        model_dir, out, corpus, overwrite=overwrite, allow_pickle=allow_pickle
+    )
+    seq_len = fit_context(seq_len, 512, model_dir, "--seq-len")
+    src = Path(model_dir).expanduser()
     tokenizer = transformers.AutoTokenizer.from_pretrained(src)
     n_rows = transformers.AutoConfig.from_pretrained(src).get_text_config().vocab_size
     row_ids = rows_to_train(src, rows, n_rows, tool_tokens=tool_tokens, vocab=tokenizer.get_vocab())
@@ -163,8 +191,9 @@ def run_heal(
     )
     matrices = matrices or ("both" if rows == "tool" else "input")
 
-    accelerator = Accelerator(cpu=device == "cpu" or not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=device == "cpu")
     model = transformers.AutoModelForCausalLM.from_pretrained(src, dtype="auto")
+    check_finite_model(model, model_dir)
     file_dtype = model.get_input_embeddings().weight.dtype
     model = model.float().to(accelerator.device)
     untied = matrices == "input" and is_tied(model)
@@ -174,6 +203,7 @@ def run_heal(
     if matrices == "both" and not is_tied(model):
         mats.append(model.get_output_embeddings().weight)
     names = ["tied input/output"] if is_tied(model) else ["input", "output"][: len(mats)]
+    trained = trained_names(model, mats)
     before = _scores(model, tokenizer, data, seq_len, accelerator.device)
     loop = LoopSettings(steps, lr, lam, batch_size, micro_batch, seed)
     losses = train_rows(
@@ -184,6 +214,7 @@ def run_heal(
         for m in mats:
             m[ids] = m[ids].to(file_dtype).float()
     after = _scores(model, tokenizer, data, seq_len, accelerator.device)
+    check_healed(mats, row_ids, after)
     summary: dict[str, Any] = {
         "rows": {
             "which": rows,
@@ -213,9 +244,16 @@ def run_heal(
     )
     if accelerator.is_main_process:
         model.to("cpu", file_dtype)
-        with atomic_directory(out, overwrite=overwrite) as tmp:
+        with atomic_directory(out, inputs=[str(src), *corpus_files], overwrite=overwrite) as tmp:
             write_healed(
-                tmp, model=model, tokenizer=tokenizer, src=src, summary=summary, command=command
+                tmp,
+                model=model,
+                tokenizer=tokenizer,
+                src=src,
+                summary=summary,
+                command=command,
+                extras=extras,
+                trained=trained,
             )
     accelerator.wait_for_everyone()
     summary["seconds"] = round(time.perf_counter() - t0, 1)

@@ -14,6 +14,7 @@ tail); the loss is on completions only (``heal/examples.py``).
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ from mergekit_tokenplug.resources.corpus import read_text_strict, resolve_corpus
 from mergekit_tokenplug.tooltokens.data import read_jsonl
 
 WHERE = "--corpus"
+LOG = logging.getLogger("mergekit_tokenplug")
 
 
 @dataclass
@@ -73,7 +75,7 @@ def load_corpus(
             where=WHERE,
         )
     if all(jsonl):
-        return _load_examples(files, tokenizer, eval_fraction, seed, tool_ids or set())
+        return _load_examples(files, tokenizer, eval_fraction, seed, tool_ids or set(), seq_len)
     train_ids: list[int] = []
     heldout: dict[str, str] = {}
     sep = getattr(tokenizer, "eos_token_id", None)
@@ -104,9 +106,20 @@ def load_corpus(
 
 
 def _load_examples(
-    files: list[str], tokenizer: Any, eval_fraction: float, seed: int, tool_ids: set[int]
+    files: list[str],
+    tokenizer: Any,
+    eval_fraction: float,
+    seed: int,
+    tool_ids: set[int],
+    seq_len: int,
 ) -> HealCorpus:
     rows = [r for f in files for r in read_jsonl(f)]
+    if not rows:
+        raise InputError(
+            f"{', '.join(files[:3])} hold no rows; expected prompt/completion JSON lines",
+            where=WHERE,
+        )
+    check_tool_tokens_used(rows, tokenizer, tool_ids)
     n_eval = max(1, round(len(rows) * eval_fraction)) if eval_fraction > 0 else 0
     if len(rows) - n_eval < 1:
         raise InputError(
@@ -115,6 +128,30 @@ def _load_examples(
             where=WHERE,
         )
     random.Random(seed).shuffle(rows)
-    held = encode_examples(tokenizer, rows[:n_eval], tool_ids, WHERE) if n_eval else None
-    train = encode_examples(tokenizer, rows[n_eval:], tool_ids, WHERE)
+    held = encode_examples(tokenizer, rows[:n_eval], tool_ids, WHERE, seq_len) if n_eval else None
+    train = encode_examples(tokenizer, rows[n_eval:], tool_ids, WHERE, seq_len)
     return HealCorpus({f: sha256_file(f) for f in files}, train, heldout_examples=held)
+
+
+def check_tool_tokens_used(rows: list[dict[str, str]], tokenizer: Any, tool_ids: set[int]) -> None:
+    """Tool rows trained on data that never shows a tool token only learn not to predict it:
+    refused, naming the tokens."""
+    if not tool_ids:
+        return
+    added = set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+    ordinary = sorted(tool_ids - added - set(tokenizer.all_special_ids))
+    if ordinary:
+        LOG.warning(
+            "tool token(s) %s are ordinary tokens of the vocabulary, not added ones: training them "
+            "as tool tokens moves rows the model uses for text",
+            tokenizer.convert_ids_to_tokens(ordinary)[:5],
+        )
+    for row in rows:
+        ids = tokenizer(row["completion"], add_special_tokens=False, verbose=False)["input_ids"]
+        if tool_ids & set(ids):
+            return
+    names = tokenizer.convert_ids_to_tokens(sorted(tool_ids))[:5]
+    raise InputError(
+        f"no completion holds the tool token(s) {names}; expected rows whose completions call the tool",
+        where=WHERE,
+    )

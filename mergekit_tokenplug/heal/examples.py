@@ -41,18 +41,37 @@ class Examples:
         return Examples(self.ids[p], self.labels[p], mask, self.first_tool[p])
 
 
+def fit_example(prompt: list[int], completion: list[int], max_len: int) -> tuple[list, list]:
+    """Cut a prompt/completion pair to ``max_len`` tokens: the completion keeps its start
+    (where a tool call begins), the prompt its end (the context right before it), each at
+    least half the window when the other needs the rest. A 500k-token row would otherwise
+    make every padded batch that wide and run past the model's positions."""
+    if len(prompt) + len(completion) <= max_len:
+        return prompt, completion
+    keep_p = min(len(prompt), max(max_len // 2, max_len - len(completion)))
+    keep_c = max_len - keep_p
+    return prompt[len(prompt) - keep_p :], completion[:keep_c]
+
+
 def encode_examples(
-    tokenizer: Any, rows: Sequence[dict[str, str]], tool_ids: set[int], where: str
+    tokenizer: Any,
+    rows: Sequence[dict[str, str]],
+    tool_ids: set[int],
+    where: str,
+    max_len: int | None = None,
 ) -> Examples:
-    """Tokenize and pad ``rows``; an empty prompt or completion is refused, naming the row."""
+    """Tokenize, cut to ``max_len`` tokens and pad ``rows``; an empty prompt or completion is
+    refused, naming the row."""
     ids, labels, first_tool = [], [], []
     for i, row in enumerate(rows):
-        p = tokenizer(row["prompt"])["input_ids"]
-        c = tokenizer(row["completion"], add_special_tokens=False)["input_ids"]
+        p = tokenizer(row["prompt"], verbose=False)["input_ids"]
+        c = tokenizer(row["completion"], add_special_tokens=False, verbose=False)["input_ids"]
         if not p or not c:
             raise InputError(
                 f"row {i + 1}: empty prompt or completion after tokenization", where=where
             )
+        if max_len is not None:
+            p, c = fit_example(p, c, max_len)
         first = next((j for j, t in enumerate(c) if t in tool_ids), -1)
         ids.append(torch.tensor(p + c))
         labels.append(torch.tensor([IGNORE] * len(p) + c))

@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from safetensors import safe_open
 
 from mergekit_tokenplug.errors import InputError
+from mergekit_tokenplug.inputs import read_json
 from mergekit_tokenplug.output.manifest import MANIFEST_NAME, expand_ranges
 from mergekit_tokenplug.output.side_files import TOOL_PRIORS
 
@@ -57,20 +58,48 @@ def rows_to_train(
         return list(range(n_rows))
     if choice == "tool":
         return [i for i in tool_rows(model_dir, tool_tokens, vocab or {}) if i < n_rows]
-    path = Path(model_dir) / MANIFEST_NAME
+    return manifest_rows(Path(model_dir) / MANIFEST_NAME, choice, n_rows)
+
+
+def _runs(value: Any, n_rows: int, where: str) -> list[list[int]]:
+    """``[[first, last], ...]`` with ``0 <= first <= last < n_rows``, or one line naming the
+    manifest (a tampered list must not train the wrong rows or allocate without bound)."""
+    ok = isinstance(value, list) and all(
+        isinstance(r, list)
+        and len(r) == 2
+        and all(isinstance(i, int) and not isinstance(i, bool) for i in r)
+        and 0 <= r[0] <= r[1] < n_rows
+        for r in value
+    )
+    if not ok:
+        shown = json.dumps(value)[:80]
+        raise InputError(
+            f"row ids {shown} are not [[first, last], ...] runs of rows 0..{n_rows - 1}; expected a transplant's manifest of this model",
+            where=where,
+        )
+    return value
+
+
+def manifest_rows(path: Path, choice: RowChoice, n_rows: int) -> list[int]:
+    """The rows a transplant's manifest records as estimated (and copied from byte pieces)."""
+    model_dir = path.parent
     if not path.is_file():
         raise InputError(
             f"has no {MANIFEST_NAME}, so which rows a transplant estimated is unknown; "
             "expected a transplant's output (or pass --rows all to train whole matrices)",
             where=str(model_dir),
         )
-    try:
-        report = json.loads(path.read_text(encoding="utf-8")).get("report", {})
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+    data = read_json(path, str(path), "a tokenplug manifest")
+    report = data.get("report") if isinstance(data, dict) else None
+    matrices = report.get("matrices") if isinstance(report, dict) else None
+    records = [
+        r for r in matrices or [] if isinstance(r, dict) and isinstance(r.get("row_ids"), dict)
+    ]
+    if not records and isinstance(data, dict) and "stages" in data:
         raise InputError(
-            f"is not a readable manifest ({exc}); expected JSON", where=str(path)
-        ) from None
-    records = [r for r in report.get("matrices", []) if isinstance(r.get("row_ids"), dict)]
+            "is a mergekit-multi output's manifest, whose stages each estimated their own rows; expected a single transplant's manifest (or pass --rows all)",
+            where=str(path),
+        )
     if not records:
         raise InputError(
             "records no estimated row ids (written by an older version or not by a transplant); "
@@ -78,5 +107,10 @@ def rows_to_train(
             where=str(path),
         )
     kinds = ("estimated",) if choice == "estimated" else ("estimated", "byte_fallback")
-    ids = {i for r in records for k in kinds for i in expand_ranges(r["row_ids"].get(k, []))}
-    return sorted(i for i in ids if i < n_rows)
+    ids = {
+        i
+        for r in records
+        for k in kinds
+        for i in expand_ranges(_runs(r["row_ids"].get(k, []), n_rows, str(path)))
+    }
+    return sorted(ids)

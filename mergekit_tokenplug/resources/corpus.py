@@ -36,11 +36,12 @@ def resolve_corpus(patterns: list[str], where: str = CORPUS_KEY) -> list[str]:
 
 
 def read_corpus(files: list[str], max_chars: int | None = None) -> list[str]:
-    """The text of each file (UTF-8, undecodable bytes replaced); an all-empty corpus is an error."""
+    """The text of each file (UTF-8 without NUL bytes, like every other corpus the plugin
+    reads); an all-empty corpus is an error."""
     texts = []
     for path in files:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            texts.append(fh.read(max_chars) if max_chars else fh.read())
+        text = decode_text(path)
+        texts.append(text[:max_chars] if max_chars else text)
     if not any(t.strip() for t in texts):
         raise ConfigError(
             f"the corpus files are empty ({', '.join(files[:3])}); expected text", where=CORPUS_KEY
@@ -57,6 +58,14 @@ def tokenize_corpus(tokenizer: Any, texts: list[str]) -> list[torch.Tensor]:
 def read_text_strict(path: str) -> str:
     """A training text must be what it claims: UTF-8 without NUL bytes (a binary file
     decoded with replacements would train the rows on garbage), and not blank."""
+    text = decode_text(path)
+    if not text.strip():
+        raise InputError("is empty; expected text", where=path)
+    return text
+
+
+def decode_text(path: str) -> str:
+    """A text file's content: UTF-8 without NUL bytes, or one line naming the file."""
     try:
         with open(path, "rb") as fh:
             data = fh.read()
@@ -72,6 +81,4 @@ def read_text_strict(path: str) -> str:
         raise InputError(
             f"is not UTF-8 text (byte {exc.start}); expected UTF-8 text", where=path
         ) from None
-    if not text.strip():
-        raise InputError("is empty; expected text", where=path)
     return text

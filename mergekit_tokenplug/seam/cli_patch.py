@@ -13,6 +13,7 @@ active).
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -22,6 +23,7 @@ import yaml
 
 from mergekit_tokenplug.compute.progress import bar_policy
 from mergekit_tokenplug.errors import ConfigError, TokenplugError, one_line_error
+from mergekit_tokenplug.output.atomic import overlaps
 from mergekit_tokenplug.recipes.validate import validate_path
 from mergekit_tokenplug.recipes.yaml_lines import yaml_error
 from mergekit_tokenplug.seam import refusal_reason
@@ -38,6 +40,21 @@ def _documents(path: str) -> list[Any] | None:
         return []
     except (yaml.YAMLError, RecursionError):  # PyYAML recurses once per nesting level
         return None
+
+
+def check_multi_out(docs: list[Any], intermediate_dir: str | None, out_path: str | None) -> None:
+    """The final OUT of ``mergekit-multi`` apart from every stage's intermediate directory:
+    one written over the other gives a stage's model under a manifest listing both."""
+    if not intermediate_dir or not out_path:
+        return
+    for doc in docs:
+        name = doc.get("name") if isinstance(doc, dict) else None
+        stage = Path(intermediate_dir) / str(name) if name else None
+        if stage is not None and overlaps(Path(out_path), stage):
+            raise ConfigError(
+                f"is, contains or lies inside the intermediate directory of stage {name!r} ({stage}); expected a directory apart from every stage",
+                where="--out-path",
+            )
 
 
 def apply(script_module: ModuleType, config_arg: str) -> None:
@@ -60,6 +77,8 @@ def apply(script_module: ModuleType, config_arg: str) -> None:
                     raise ConfigError(errors[0].format())
             for doc in docs or ():  # misspelt plugin keys in a recipe that looks stock
                 check_near_misses(doc)
+            if plugin and script_module.__name__ == "mergekit.scripts.multimerge":
+                check_multi_out(docs or [], kwargs.get("intermediate_dir"), kwargs.get("out_path"))
             # the click callback is mergekit's add_merge_options wrapper: options arrive as
             # separate keyword arguments
             with bar_policy(bool(kwargs.get("quiet", False))):

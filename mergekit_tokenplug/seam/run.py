@@ -29,9 +29,12 @@ from safetensors.torch import save_file
 from mergekit_tokenplug import report, settings
 from mergekit_tokenplug.compute.distributed import is_main_process
 from mergekit_tokenplug.errors import InputError
+from mergekit_tokenplug.guards import config_ints
 from mergekit_tokenplug.inputs import (
     check_model_dir,
     check_same_width,
+    embedding_widths,
+    hidden_size,
     is_local,
     is_pickle,
     model_path,
@@ -45,6 +48,7 @@ from mergekit_tokenplug.output.config_fix import fix_config, strip_loader_flags
 from mergekit_tokenplug.output.manifest import input_record, write_manifest
 from mergekit_tokenplug.output.modes import apply_umask
 from mergekit_tokenplug.output.side_files import TOOL_PRIORS
+from mergekit_tokenplug.resources.corpus import corpus_matches
 from mergekit_tokenplug.seam.roles import needs_donor_embeddings, role_weight, tokenizer_donor
 from mergekit_tokenplug.seam.schema import uses_plugin
 
@@ -60,10 +64,11 @@ def apply(merge_module: ModuleType) -> None:
     def run_merge(merge_config, out_path, options, config_source=None):
         if not uses_plugin(merge_config):
             return original(merge_config, out_path, options, config_source=config_source)
-        # Stock commands overwrite OUT (mergekit-multi --no-lazy re-runs stages in place);
-        # the refusal of a non-empty OUT is for mergekit-tokenplug's own commands.
+        # Stock commands write into a non-empty OUT and keep the other files there
+        # (mergekit-multi --no-lazy re-runs stages in place); the refusal of a non-empty OUT
+        # is for mergekit-tokenplug's own commands.
         return run_plugin_merge(
-            original, merge_config, out_path, options, config_source, overwrite=True
+            original, merge_config, out_path, options, config_source, keep_others=True
         )
 
     run_merge._tokenplug_wrapped = True  # type: ignore[attr-defined]
@@ -78,6 +83,7 @@ def run_plugin_merge(
     config_source: str | None,
     overwrite: bool = False,
     allow_pickle: bool = False,
+    keep_others: bool = False,
 ) -> None:
     """Stock merge into a temp dir, then finalize and move into place."""
     recipe = config_source or merge_config.to_yaml()
@@ -99,7 +105,9 @@ def run_plugin_merge(
     # The plugin writes the whole card itself: stock card generation looks local relative
     # paths up on the hub, which fails offline and in CI.
     stock = options.model_copy(update={"write_model_card": False})
-    with atomic_directory(out_path, overwrite=overwrite, inputs=input_paths(merge_config)) as tmp:
+    with atomic_directory(
+        out_path, inputs=input_paths(merge_config), overwrite=overwrite, keep_others=keep_others
+    ) as tmp:
         original(merge_config, str(tmp), stock, config_source=recipe)
         name = Path(out_path).name
         finalize(tmp, merge_config, recipe, options, write_card=options.write_model_card, name=name)
@@ -143,9 +151,19 @@ def discard_tensor_writes() -> Iterator[None]:
 
 
 def input_paths(merge_config: Any) -> list[str]:
-    """Every directory the run reads: the models and a tokenizer source."""
+    """Every directory and file the run reads: the models, a tokenizer source, a method's
+    corpus files and embedder (OUT may hold none of them, even with --overwrite)."""
     refs = [*merge_config.referenced_models(), merge_config.tokenizer.source]
-    return [r.model.path for r in refs if isinstance(r, ModelReference)]
+    paths = [r.model.path for r in refs if isinstance(r, ModelReference)]
+    approx = getattr(merge_config.tokenizer, "approximation", None)
+    params = approx.method_params() if approx is not None else {}
+    corpus = params.get("corpus")
+    for pattern in corpus if isinstance(corpus, list) else [corpus] if corpus else []:
+        paths += corpus_matches(str(pattern))
+    embedder = params.get("embedder")
+    if isinstance(embedder, str) and is_local(model_path(embedder)):
+        paths.append(model_path(embedder))
+    return paths
 
 
 def check_inputs(
@@ -188,13 +206,16 @@ def check_inputs(
 
 
 def check_embedding_rows(model: ModelReference, where: str, trust_remote_code: bool) -> None:
-    """The vocabulary tensors exist and their row count is the config's ``vocab_size``
-    (read from the safetensors headers; pickles are left to the run)."""
+    """The vocabulary tensors exist, their row count is the config's ``vocab_size`` and their
+    width its hidden size (read from the safetensors headers; pickles are left to the run):
+    an output copies the config, and a config that disagrees with its weights does not load."""
     path = model.model.path
     if not is_local(path) or is_pickle(weight_files(path, where)):
         return
+    config_ints(path, where)
     shapes = tensor_shapes(path, where)
     declared = get_vocab_size(model.model, trust_remote_code=trust_remote_code)
+    widths = embedding_widths(path)
     for role in ("input", "output"):
         try:
             weight = role_weight(model, role, trust_remote_code)
@@ -213,6 +234,12 @@ def check_embedding_rows(model: ModelReference, where: str, trust_remote_code: b
         if declared and rows != declared:
             raise InputError(
                 f"{path}: {found} has {rows} rows but config.json declares vocab_size {declared}; expected them to agree",
+                where=where,
+            )
+        cols = shapes[found][1] if len(shapes[found]) == 2 else None
+        if widths and cols is not None and cols not in widths:
+            raise InputError(
+                f"{path}: {found} is {cols} wide but config.json declares hidden_size {hidden_size(path)}; expected them to agree",
                 where=where,
             )
 

@@ -125,13 +125,38 @@ class TokenplugTokenizerConfig(TokenizerConfig, frozen=True):
     @pydantic.field_validator("pad_to_multiple_of")
     @classmethod
     def _positive_multiple(cls, value: int | None) -> int | None:
-        """Stock mergekit skips 0 and misreads a negative multiple: refuse both."""
-        if value is not None and value < 1:
+        """Stock mergekit skips 0 and misreads a negative multiple: refuse both; a multiple
+        past ``MAX_PAD_MULTIPLE`` would allocate that many rows (a typo, not a layout)."""
+        if value is not None and not 1 <= value <= MAX_PAD_MULTIPLE:
             raise ConfigError(
-                f"must be a positive number of rows (got {value})",
+                f"must be a positive number of rows up to {MAX_PAD_MULTIPLE} (got {value})",
                 where="tokenizer.pad_to_multiple_of",
             )
         return value
+
+    @pydantic.field_validator("tokens", mode="before")
+    @classmethod
+    def _token_names(cls, value: Any) -> Any:
+        """A token is a non-empty string a tokenizer file can hold (UTF-8: no lone surrogate);
+        stock mergekit would drop ``""`` silently."""
+        for token in value if isinstance(value, dict) else ():
+            check_token_text(token, f"tokenizer.tokens.{token!r}")
+        return value
+
+
+MAX_PAD_MULTIPLE = 1 << 16
+
+
+def check_token_text(token: Any, where: str) -> None:
+    if not isinstance(token, str) or not token:
+        raise ConfigError("is empty; expected a token of at least one character", where=where)
+    try:
+        token.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(
+            "holds a lone surrogate (not UTF-8 text); expected a token tokenizer.json can store",
+            where=where,
+        ) from None
 
 
 def unknown_key_message(
