@@ -25,7 +25,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoTokenizer
 
-from mergekit_tokenplug.methods.base import EstimationProblem
+from mergekit_tokenplug.methods.base import EstimationProblem, rows_of
 from mergekit_tokenplug.methods.cw2v import CW2VParams, _mix_ids, combined_ids, estimate_cw2v
 from mergekit_tokenplug.resources.corpus import tokenize_corpus
 from mergekit_tokenplug.vocab.align import SPECIAL, align_vocab
@@ -90,7 +90,7 @@ def main() -> None:
             },
         )
         start = time.perf_counter()
-        rows = estimate_cw2v(problem, CW2VParams(corpus=["-"], **json.loads(setting)))
+        rows = rows_of(estimate_cw2v(problem, CW2VParams(corpus=["-"], **json.loads(setting))))
         result[f"cw2v {setting}"] = {**score(rows), "s": round(time.perf_counter() - start, 1)}
     print(f"corpus: {result['corpus_tokens']} tokens, hidden: {result['hidden']}\n")
     print("| estimate | cos | rel L2 | s |\n|---|---:|---:|---:|")

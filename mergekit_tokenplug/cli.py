@@ -24,7 +24,7 @@ from mergekit_tokenplug.heal.command import Matrices, run_heal
 from mergekit_tokenplug.heal.rows import RowChoice
 from mergekit_tokenplug.output.card import HEAL_FIGURES
 from mergekit_tokenplug.recipes.cli import commands as recipe_commands
-from mergekit_tokenplug.registry import DEFAULT_METHOD, all_methods
+from mergekit_tokenplug.registry import DEFAULT_METHOD, TOKENIZER_ONLY_METHOD, all_methods
 from mergekit_tokenplug.resources.corpus import read_text_strict
 
 
@@ -117,8 +117,10 @@ def main() -> None:
 @click.option(
     "--method",
     "-m",
-    default=DEFAULT_METHOD,
-    help="Approximation method (see `mergekit-tokenplug methods`).",
+    default=None,
+    show_default=False,
+    help=f"Approximation method (see `mergekit-tokenplug methods`).  [default: {DEFAULT_METHOD}; "
+    f"{TOKENIZER_ONLY_METHOD} when DONOR is a tokenizer without weights]",
 )
 @click.option("--k", type=int, help="OMP sparsity (shortcut for --param k=N).")
 @click.option(
@@ -147,6 +149,13 @@ def main() -> None:
     help="The output tokenizer adds BOS like BASE's tokenizer, or like DONOR's (source: e.g. "
     "a draft model that must tokenize exactly like its target).",
 )
+@click.option(
+    "--chat-template",
+    type=click.Choice(["base", "source", "none"]),
+    default="base",
+    help="The output's chat template: BASE's own (none if it has none), DONOR's (its default "
+    "system prompt included) or none.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists and is not empty.")
 @click.option(
     "--allow-pickle", is_flag=True, help="Allow loading .bin/.pt pickle checkpoints (can run code)."
@@ -167,7 +176,7 @@ def transplant(
     base: str,
     donor: str,
     out: str,
-    method: str,
+    method: str | None,
     k: int | None,
     param_pairs: tuple[str, ...],
     device: str,

@@ -22,7 +22,14 @@ from tqdm.auto import tqdm
 
 from mergekit_tokenplug.compute.distributed import chunk_bounds, sharded_rows
 from mergekit_tokenplug.errors import InputError
-from mergekit_tokenplug.methods.base import TEXT_NEEDS, EstimationProblem, MethodSpec, Need
+from mergekit_tokenplug.methods.base import (
+    TEXT_NEEDS,
+    Estimate,
+    EstimationProblem,
+    MethodSpec,
+    Need,
+)
+from mergekit_tokenplug.output.manifest import expand_ranges, id_ranges
 from mergekit_tokenplug.registry import get
 
 LOG = logging.getLogger(__name__)
@@ -60,10 +67,33 @@ class FillReport:
     estimated: int = 0
     padded: int = 0
     by_source: dict[str, int] = field(default_factory=dict)
-    by_method: dict[str, int] = field(default_factory=dict)
+    by_method: dict[str, int] = field(default_factory=dict)  # rows each method really produced
+    # rows that got a fallback instead of the method's estimate, and rows estimated from
+    # little evidence: {"method", "to" (fallbacks), "reason", "count", "tokens" (a few)}
+    fallbacks: list[dict[str, Any]] = field(default_factory=list)
+    thin: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    def add_fallback(
+        self, method: str, to: str, reason: str, count: int, shown: dict[str, Any]
+    ) -> None:
+        """``count`` rows counted under ``method`` really hold ``to``'s rows, because ``reason``
+        (``shown``: their id ranges and first tokens)."""
+        left = self.by_method.get(method, 0) - count
+        if left > 0:
+            self.by_method[method] = left
+        else:
+            self.by_method.pop(method, None)
+        self.by_method[to] = self.by_method.get(to, 0) + count
+        self.fallbacks.append(
+            {"method": method, "to": to, "reason": reason, "count": count} | shown
+        )
+
+
+SHOWN_TOKENS = 10  # tokens a fallback or thin record names (the count says how many in all)
+NO_SPACE = "known in no source space (neither the donor nor another model has the token)"
 
 
 def stable_seed(*parts: Any) -> int:
@@ -296,6 +326,10 @@ def _estimate_missing(
                 "%s %s: %d tokens are known in no other space; using %r for them",
                 model, role, n, g.method,
             )  # fmt: skip
+            report.fallbacks.append(
+                {"method": spec.name, "to": g.method, "reason": NO_SPACE, "count": n}
+                | _shown(texts, g.out_ids)
+            )
         if g.anchors == 0:
             raise InputError(
                 f"model {model} shares no regular tokens with {space.name}; cannot estimate with {g.method!r}",
@@ -336,7 +370,10 @@ def _estimate_missing(
                     label=label,
                     show_progress=show_progress,
                 )
-                rows = group_spec.estimate(problem, group_params)
+                est = group_spec.estimate(problem, group_params)
+                rows = est.rows if isinstance(est, Estimate) else est
+                fallback = est.fallback if isinstance(est, Estimate) else {}
+                thin = est.thin if isinstance(est, Estimate) else {}
                 if rows.shape != (hi - lo, base.shape[1]):
                     raise RuntimeError(
                         f"method {group_spec.name!r} returned shape {tuple(rows.shape)}, expected {(hi - lo, base.shape[1])}"
@@ -346,11 +383,60 @@ def _estimate_missing(
                         f"method {group_spec.name!r} produced non-finite rows for {model} {role}"
                     )
                 bar.update(hi - lo)
-                return rows.float().to(base.device)
+                masks = [{k: v.bool().cpu() for k, v in d.items()} for d in (fallback, thin)]
+                return rows.float().to(base.device), *masks
 
             blocks = sharded_rows(n, compute, shardable=group_spec.shardable)
-        result[torch.as_tensor(g.positions, device=base.device)] = torch.cat(blocks)
+        result[torch.as_tensor(g.positions, device=base.device)] = torch.cat([b[0] for b in blocks])
         key = space.name if space else "(none)"
         report.by_source[key] = report.by_source.get(key, 0) + n
         report.by_method[g.method] = report.by_method.get(g.method, 0) + n
+        to = group_spec.fallback or "mean"
+        for reason, ids in _flagged(blocks, 1, g.out_ids).items():
+            report.add_fallback(g.method, to, reason, len(ids), _shown(texts, ids))
+            LOG.warning(
+                "%s %s: %d rows got the %s row instead of a %s estimate: %s",
+                model, role, len(ids), to, g.method, reason,
+            )  # fmt: skip
+        for reason, ids in _flagged(blocks, 2, g.out_ids).items():
+            report.thin.append(
+                {"method": g.method, "reason": reason, "count": len(ids)} | _shown(texts, ids)
+            )
+            LOG.warning("%s %s: %d rows %s: %s", model, role, len(ids), g.method, reason)
     return result
+
+
+def _flagged(blocks: list[tuple], part: int, out_ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Output ids flagged by the chunks' masks (``part`` 1: fallbacks, 2: thin), by reason."""
+    sizes = [len(b[0]) for b in blocks]
+    reasons = sorted({r for b in blocks for r in b[part]})
+    flagged = {}
+    for reason in reasons:
+        mask = torch.cat(
+            [
+                b[part].get(reason, torch.zeros(k, dtype=torch.bool)).cpu()
+                for b, k in zip(blocks, sizes, strict=True)
+            ]
+        ).numpy()
+        if mask.any():
+            flagged[reason] = out_ids[mask]
+    return flagged
+
+
+def _shown(texts: TextSupport | None, ids: np.ndarray) -> dict[str, Any]:
+    """The rows (id ranges) and the first few tokens' texts, for the card and manifest."""
+    shown = list(texts.out_texts(np.asarray(ids[:SHOWN_TOKENS]))) if texts and len(ids) else []
+    return {"tokens": shown, "ids": id_ranges(ids)}
+
+
+def drop_rows(records: list[dict[str, Any]], ids: list[int]) -> list[dict[str, Any]]:
+    """Fallback/thin records without ``ids`` (rows replaced afterwards, e.g. tool priors)."""
+    gone = set(ids)
+    kept = []
+    for rec in records:
+        left = [i for i in expand_ranges(rec.get("ids", [])) if i not in gone]
+        if "ids" not in rec or len(left) == rec["count"]:
+            kept.append(rec)
+        elif left:
+            kept.append({**rec, "count": len(left), "ids": id_ranges(left)})
+    return kept

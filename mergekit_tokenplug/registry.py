@@ -21,6 +21,10 @@ ENTRY_POINT_GROUP = "mergekit_tokenplug.methods"
 #: Method used when none is named (``transplant`` and ``approximation:`` without ``method:``):
 #: the best on held-out bits per byte (bench/RESULTS.md).
 DEFAULT_METHOD = "omp_map"
+#: Default when the tokenizer source holds no weights (see ``method_choice``): the best
+#: method that needs no donor embeddings on held-out text (Qwen2's tokenizer on
+#: Gemma-3-270M: 1.991 mean bits per byte against 2.108 for ``subword_mean``).
+TOKENIZER_ONLY_METHOD = "tokenadapt"
 
 BUILTIN_METHODS: list[MethodSpec] = [
     omp.SPEC,

@@ -13,6 +13,7 @@ _LOCK = threading.Lock()
 _FILLS: list[dict[str, Any]] = []
 _VOCAB: dict[str, Any] = {}
 _TOOLS: list[dict[str, Any]] = []
+_SPECIALS: dict[str, Any] = {}
 
 
 def reset() -> None:
@@ -20,6 +21,7 @@ def reset() -> None:
         _FILLS.clear()
         _VOCAB.clear()
         _TOOLS.clear()
+        _SPECIALS.clear()
 
 
 def add_fill(record: dict[str, Any]) -> None:
@@ -33,6 +35,12 @@ def add_tool_rows(model: str, weight: str, tokens: list[str], ids: list[int], ro
         _TOOLS.append(
             {"model": model, "weight": weight, "tokens": tokens, "ids": ids, "rows": rows}
         )
+
+
+def set_specials(model: str, table: dict[str, Any]) -> None:
+    """One model's special-token table (``vocab.specials``); the same for every matrix."""
+    with _LOCK:
+        _SPECIALS.setdefault(model, table)
 
 
 def tool_rows() -> list[dict[str, Any]]:
@@ -50,4 +58,9 @@ def snapshot() -> dict[str, Any]:
     """The run's report: vocabulary alignment counts and one record per filled matrix."""
     with _LOCK:
         fills = sorted(_FILLS, key=lambda r: (r["model"], r["role"], r.get("weight", "")))
-        return {"vocabulary": dict(_VOCAB), "matrices": [dict(r) for r in fills]}
+        specials = {k: _SPECIALS[k] for k in sorted(_SPECIALS)}
+        return {
+            "vocabulary": dict(_VOCAB),
+            "matrices": [dict(r) for r in fills],
+            "special_tokens": specials,
+        }

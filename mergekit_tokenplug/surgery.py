@@ -19,7 +19,6 @@ from mergekit_tokenplug.errors import ConfigError, InputError
 from mergekit_tokenplug.guards import check_device
 from mergekit_tokenplug.recipes.plan import plan_recipe
 from mergekit_tokenplug.recipes.yaml_lines import yaml_error
-from mergekit_tokenplug.registry import DEFAULT_METHOD
 from mergekit_tokenplug.seam.activation import activate
 from mergekit_tokenplug.seam.run import run_plugin_merge
 from mergekit_tokenplug.seam.schema import one_line_validation_error
@@ -28,21 +27,23 @@ from mergekit_tokenplug.seam.schema import one_line_validation_error
 def transplant_recipe(
     base: str,
     donor: str,
-    method: str = DEFAULT_METHOD,
+    method: str | None = None,
     params: dict[str, Any] | None = None,
     *,
     dtype: str | None = None,
     seed: int | None = None,
     pad_to_multiple_of: int | None = None,
     add_bos: str = "base",
+    chat_template: str = "base",
 ) -> dict[str, Any]:
     """The recipe ``transplant`` runs (also printed by ``--dry-run``).
 
     Local paths are made absolute: mergekit treats a relative name as a hub id in places
-    (the model card looks it up online).
+    (the model card looks it up online). Without ``method`` the recipe names none, and the
+    default follows what the donor offers (``method_choice``).
     """
     base, donor = (os.path.abspath(p) if os.path.exists(p) else p for p in (base, donor))
-    approximation: dict[str, Any] = {"method": method, **(params or {})}
+    approximation: dict[str, Any] = {**({"method": method} if method else {}), **(params or {})}
     if seed is not None:
         approximation["seed"] = seed
     tokenizer: dict[str, Any] = {"source": donor, "approximation": approximation}
@@ -50,6 +51,8 @@ def transplant_recipe(
         tokenizer["pad_to_multiple_of"] = pad_to_multiple_of
     if add_bos != "base":
         tokenizer["add_bos"] = add_bos
+    if chat_template != "base":
+        tokenizer["chat_template"] = chat_template
     recipe: dict[str, Any] = {
         "merge_method": "passthrough",
         "models": [{"model": base}],
@@ -151,7 +154,7 @@ def transplant(
     base: str,
     donor: str,
     out: str,
-    method: str = DEFAULT_METHOD,
+    method: str | None = None,
     params: dict[str, Any] | None = None,
     *,
     device: str | None = "cpu",
@@ -196,7 +199,7 @@ def check_k_first(config: Any, method: str, k: Any) -> None:
 def plan_transplant(
     base: str,
     donor: str,
-    method: str = DEFAULT_METHOD,
+    method: str | None = None,
     params: dict[str, Any] | None = None,
     device: str | None = "cpu",
     **recipe_options: Any,

@@ -10,7 +10,7 @@ import torch
 
 from mergekit_tokenplug import registry
 from mergekit_tokenplug.errors import ConfigError
-from mergekit_tokenplug.methods.base import EstimationProblem, Need
+from mergekit_tokenplug.methods.base import EstimationProblem, Need, rows_of
 
 
 def _problem(base: torch.Tensor, n_targets: int, **kw) -> EstimationProblem:
@@ -25,7 +25,7 @@ def _problem(base: torch.Tensor, n_targets: int, **kw) -> EstimationProblem:
 
 def _run(name: str, problem: EstimationProblem, **params) -> torch.Tensor:
     spec = registry.get(name)
-    out = spec.estimate(problem, spec.parse_params(params))
+    out = rows_of(spec.estimate(problem, spec.parse_params(params)))
     assert out.dtype == torch.float32
     assert out.shape == (problem.n_targets, problem.base.shape[1])
     return out

@@ -9,11 +9,16 @@ import pytest
 import torch
 
 from mergekit_tokenplug.errors import ConfigError
-from mergekit_tokenplug.methods.base import EstimationProblem
+from mergekit_tokenplug.methods.base import EstimationProblem, rows_of
 from mergekit_tokenplug.methods.cw2v import CW2VParams, cw2v_mixing, estimate_cw2v
 
 N_CLUSTERS, PER_CLUSTER, D = 4, 10, 8
 V_OLD = N_CLUSTERS * PER_CLUSTER  # output ids 0..39 are old tokens, 40..43 new
+
+
+def rows_of_cw2v(problem, params):
+    """The kernel's rows (its result also names the rows that fell back)."""
+    return rows_of(estimate_cw2v(problem, params))
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -107,7 +112,7 @@ def test_rows_are_convex_combinations_of_old_rows():
     assert weights.shape == (N_CLUSTERS, V_OLD)
     assert torch.all(weights >= 0)
     torch.testing.assert_close(weights.sum(-1), torch.ones(N_CLUSTERS), rtol=0, atol=1e-6)
-    rows = estimate_cw2v(problem, params)
+    rows = rows_of_cw2v(problem, params)
     torch.testing.assert_close(rows, weights @ problem.base[old_ids], rtol=1e-5, atol=1e-5)
     # training moved away from the uniform start
     assert float((weights - 1.0 / V_OLD).abs().max()) > 1e-3
@@ -115,15 +120,15 @@ def test_rows_are_convex_combinations_of_old_rows():
 
 def test_untrained_rows_are_exactly_the_mean_row():
     problem = _problem()
-    rows = estimate_cw2v(problem, _untrained())
+    rows = rows_of_cw2v(problem, _untrained())
     expected = problem.base.mean(0).expand(N_CLUSTERS, -1)
     torch.testing.assert_close(rows, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_training_lowers_skipgram_loss_and_finds_the_cluster():
     problem = _problem()
-    before = estimate_cw2v(problem, _untrained())
-    after = estimate_cw2v(problem, _params())
+    before = rows_of_cw2v(problem, _untrained())
+    after = rows_of_cw2v(problem, _params())
     assert _independent_sgns_loss(after, problem) < _independent_sgns_loss(before, problem) - 0.4
     centroids = torch.stack(
         [problem.base[c * PER_CLUSTER : (c + 1) * PER_CLUSTER].mean(0) for c in range(N_CLUSTERS)]
@@ -133,20 +138,20 @@ def test_training_lowers_skipgram_loss_and_finds_the_cluster():
 
 
 def test_deterministic_and_seed_param_overrides_problem_seed():
-    a = estimate_cw2v(_problem(seed=1), _params(epochs=2))
-    b = estimate_cw2v(_problem(seed=1), _params(epochs=2))
+    a = rows_of_cw2v(_problem(seed=1), _params(epochs=2))
+    b = rows_of_cw2v(_problem(seed=1), _params(epochs=2))
     assert torch.equal(a, b)
-    c = estimate_cw2v(_problem(seed=2), _params(epochs=2))
+    c = rows_of_cw2v(_problem(seed=2), _params(epochs=2))
     assert not torch.equal(a, c)
-    d = estimate_cw2v(_problem(seed=1), _params(epochs=2, seed=5))
-    e = estimate_cw2v(_problem(seed=2), _params(epochs=2, seed=5))
+    d = rows_of_cw2v(_problem(seed=1), _params(epochs=2, seed=5))
+    e = rows_of_cw2v(_problem(seed=2), _params(epochs=2, seed=5))
     assert torch.equal(d, e)
 
 
 def test_target_absent_from_corpus_stays_at_mean_row():
     corpus = [s for s in _corpus() if (s != V_OLD + 3).all()]
     problem = _problem(corpus=corpus)
-    rows = estimate_cw2v(problem, _params(epochs=3))
+    rows = rows_of_cw2v(problem, _params(epochs=3))
     torch.testing.assert_close(rows[3], problem.base.mean(0), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(rows[0], problem.base.mean(0), atol=1e-3)
 
@@ -156,7 +161,7 @@ def test_empty_corpus_is_a_config_error(corpus):
     with pytest.raises(
         ConfigError, match=r"tokenizer\.approximation\.corpus: needs a non-empty text corpus"
     ):
-        estimate_cw2v(_problem(corpus=corpus), _params())
+        rows_of_cw2v(_problem(corpus=corpus), _params())
 
 
 def test_missing_corpus_names_the_key():
@@ -165,7 +170,7 @@ def test_missing_corpus_names_the_key():
     with pytest.raises(
         ConfigError, match=r"cw2v method needs a corpus.*list of text files or globs"
     ):
-        estimate_cw2v(problem, _params())
+        rows_of_cw2v(problem, _params())
 
 
 def test_params_validation_and_registration():
@@ -222,10 +227,10 @@ def test_new_tokens_learn_from_each_other_jointly():
             seqs.append(torch.tensor([a, b] * 4))
     problem = _problem(corpus=seqs)
     params = _params(epochs=30, seed=11)
-    w_rows = estimate_cw2v(problem, params)
+    w_rows = rows_of_cw2v(problem, params)
     problem_out = _problem(corpus=seqs)
     problem_out.role = "output"
-    v_rows = estimate_cw2v(problem_out, params)
+    v_rows = rows_of_cw2v(problem_out, params)
     mean = problem.base.mean(0).expand(N_CLUSTERS, -1)
     assert float((w_rows - mean).norm(dim=1).min()) > 1e-2
     trained = _joint_loss(w_rows, v_rows, problem, seqs)

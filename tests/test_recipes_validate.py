@@ -227,8 +227,11 @@ def test_valid_recipes_pass(cli, zoo, workdir, tmp_path):
     res = invoke(cli, "recipes", "validate", "--inputs", "--json", *paths)
     problems = json.loads(res.output)
     assert all(p["severity"] == "warning" for p in problems), problems
-    # the stage reference cannot be aligned before the stage exists: a warning, not an error
-    assert [p["key"] for p in problems] == ["tokenizer.approximation.k"]
+    # the stage reference cannot be aligned before the stage exists: a warning, not an error;
+    # the cw2v corpus does not show every token the transplant must estimate: warnings too
+    corpus = [p for p in problems if p["key"] == "tokenizer.approximation.corpus"]
+    assert corpus and all(p["file"].endswith("cw2v.yaml") for p in corpus), corpus
+    assert [p["key"] for p in problems if p not in corpus] == ["tokenizer.approximation.k"]
     assert invoke(cli, "recipes", "validate", "--inputs", "-q", *paths).output == ""
 
 

@@ -13,7 +13,7 @@ import torch
 from mergekit_tokenplug import registry
 from mergekit_tokenplug.errors import InputError
 from mergekit_tokenplug.methods import tokenadapt
-from mergekit_tokenplug.methods.base import EstimationProblem, Need
+from mergekit_tokenplug.methods.base import EstimationProblem, Need, rows_of
 from mergekit_tokenplug.methods.tokenadapt import self_space_embedder
 from mergekit_tokenplug.resources.embedder import load_text_embedder
 
@@ -55,7 +55,7 @@ def _problem(texts, pieces, **kw) -> EstimationProblem:
 
 def _run(problem: EstimationProblem, **params) -> torch.Tensor:
     spec = registry.get("tokenadapt")
-    out = spec.estimate(problem, spec.parse_params(params))
+    out = rows_of(spec.estimate(problem, spec.parse_params(params)))
     assert out.dtype == torch.float32 and out.shape == (problem.n_targets, 2)
     return out
 
@@ -278,7 +278,7 @@ def test_embedder_feeds_tokenadapt(bert_dir):
         embed_texts=embed,
     )  # fmt: skip
     spec = registry.get("tokenadapt")
-    out = spec.estimate(problem, spec.parse_params({"top_k": 2}))
+    out = rows_of(spec.estimate(problem, spec.parse_params({"top_k": 2})))
     assert out.shape == (2, 4) and torch.isfinite(out).all()
     tokenadapt.clear_cache()
 
@@ -327,5 +327,5 @@ def test_special_tokens_are_never_global_neighbours(zoo):
         embed_texts=lambda ts: torch.tensor([[1.0] if t == "</s>" else [0.5] for t in ts]),
     )
     spec = registry.get("tokenadapt")
-    row = spec.estimate(problem, spec.parse_params({"beta": 1.0, "top_k": 1}))[0]
+    row = rows_of(spec.estimate(problem, spec.parse_params({"beta": 1.0, "top_k": 1})))[0]
     assert all(not torch.allclose(row, base[i]) for i in specials)

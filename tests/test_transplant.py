@@ -82,8 +82,8 @@ def test_stock_mergekit_yaml_picks_up_plugin(zoo, tmp_path):
     assert rows.shape[0] == config(zoo.bl_untied)["vocab_size"]
     assert not (rows == 0).all(dim=1).any(), "no row may be left at zero"
     assert (out / "tokenplug_manifest.json").exists()
-    # the donor's chat template travels with its tokenizer
-    assert transformers.AutoTokenizer.from_pretrained(str(out)).chat_template
+    # the base has no chat template: the donor's does not travel by default (chat_template: base)
+    assert transformers.AutoTokenizer.from_pretrained(str(out)).chat_template is None
 
 
 def test_union_merge_estimates_in_each_models_own_space(zoo, tmp_path):

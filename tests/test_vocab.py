@@ -300,10 +300,12 @@ def test_holes_in_output_ids():
     al = align_vocab(out, model, model_rows=3, out_rows=8)
     assert al.size == 8
     assert al.holes == [2, 3, 6, 7]
-    assert al.src_ids.tolist() == [0, 2, -1, -1, -1, 1, -1, -1]
-    assert al.how.tolist() == [SPECIAL, EXACT, 0, 0, 0, EXACT, 0, 0]
-    assert al.missing_ids().tolist() == [4]
-    assert al.counts() == {"missing": 5, "exact": 2, "canonical": 0, "special": 1, "holes": 4}
+    # [UNK] holds only the unk role, and the model's <unk> row is untrained: estimated
+    assert al.src_ids.tolist() == [-1, 2, -1, -1, -1, 1, -1, -1]
+    assert al.how.tolist() == [0, EXACT, 0, 0, 0, EXACT, 0, 0]
+    assert al.missing_ids().tolist() == [0, 4]
+    assert al.special_how[0] == "role unk: the model's `<unk>` is untrained"
+    assert al.counts() == {"missing": 6, "exact": 2, "canonical": 0, "special": 0, "holes": 4}
 
 
 # ----------------------------------------------------------------------------- texts
@@ -416,7 +418,7 @@ def test_subword_mean_of_byte_fragments_differs(toks):
     """The estimate of two different byte fragments is that of their own byte pieces."""
     import torch
 
-    from mergekit_tokenplug.methods.base import EstimationProblem
+    from mergekit_tokenplug.methods.base import EstimationProblem, rows_of
     from mergekit_tokenplug.registry import get
 
     bl, ms = toks["bl"], toks["ms"]
@@ -427,7 +429,7 @@ def test_subword_mean_of_byte_fragments_differs(toks):
         target_pieces=split_texts(ms, texts, running_text=True), show_progress=False,
     )
     spec = get("subword_mean")
-    rows = spec.estimate(problem, spec.parse_params({}))
+    rows = rows_of(spec.estimate(problem, spec.parse_params({})))
     pieces = ms.convert_tokens_to_ids(["<0xE6>", "<0xC3>"])
     torch.testing.assert_close(rows, base[pieces])
 

@@ -21,6 +21,7 @@ import datetime
 import functools
 import os
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -69,16 +70,27 @@ def chunk_bounds(n: int, chunk: int | None = None) -> list[tuple[int, int]]:
     return [(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
 
 
+def _moved(value: Any, device: Any) -> Any:
+    """A chunk's result (a tensor, or a tuple/dict holding tensors) on ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device=device)
+    if isinstance(value, tuple | list):
+        return type(value)(_moved(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _moved(v, device) for k, v in value.items()}
+    return value
+
+
 def sharded_rows(
     n: int,
-    compute: Callable[[int, int, int], torch.Tensor],
+    compute: Callable[[int, int, int], Any],
     *,
     shardable: bool = True,
     chunk: int | None = None,
 ) -> list[torch.Tensor]:
     """Row blocks for ``[0, n)``: ``compute(chunk_index, lo, hi)`` per chunk, all-gathered.
 
-    Returns the chunks' tensors in order. A method that is not row-independent
+    Returns the chunks' results (tensors, or tuples/dicts of tensors) in order. A method that is not row-independent
     (``shardable=False``) is computed whole, as one chunk, by every process.
     """
     if not shardable:
@@ -90,12 +102,14 @@ def sharded_rows(
         return [mine[i] for i in range(len(bounds))]
     gathered: list[dict[int, torch.Tensor] | None] = [None] * world
     try:
-        torch.distributed.all_gather_object(gathered, {i: t.cpu() for i, t in mine.items()})
+        torch.distributed.all_gather_object(gathered, _moved(mine, "cpu"))
     except RuntimeError as exc:  # a peer died or timed out
         raise TokenplugError(
             f"a process of the group failed during row estimation ({str(exc).splitlines()[0]}); the run is aborted",
             where="accelerate",
         ) from None
     merged = {i: t for part in gathered for i, t in (part or {}).items()}
-    device = next(iter(mine.values())).device if mine else None  # None: leave them on the CPU
-    return [merged[i].to(device=device) for i in range(len(bounds))]
+    first = next(iter(mine.values()), None)
+    first = first[0] if isinstance(first, tuple | list) else first
+    device = first.device if isinstance(first, torch.Tensor) else None  # None: on the CPU
+    return [_moved(merged[i], device) for i in range(len(bounds))]

@@ -2,7 +2,8 @@
 
 A method is a :class:`MethodSpec`: a name, a pydantic parameter model (:class:`MethodParams`),
 the inputs it needs (:class:`Need`) and a pure kernel ``estimate(problem, params) -> Tensor``
-(no files, no tokenizer objects). The vocabulary seam builds an :class:`EstimationProblem`
+(no files, no tokenizer objects), or an :class:`Estimate` naming the rows it could not
+really estimate. The vocabulary seam builds an :class:`EstimationProblem`
 holding what the ``needs`` ask for and writes the returned rows into the model's matrix.
 
 Which ``Need`` fills which :class:`EstimationProblem` field (others stay ``None``):
@@ -169,7 +170,28 @@ def default_cost(q: CostQuery) -> tuple[int, float | None]:
     return q.targets * q.dim_model * FP32, None
 
 
-EstimateFn = Callable[[EstimationProblem, Any], torch.Tensor]
+@dataclass
+class Estimate:
+    """A kernel's rows plus the targets it could not really estimate, by reason.
+
+    A kernel may return plain rows (every row is its estimate) or an ``Estimate``: rows in
+    ``fallback[reason]`` (a ``(T,)`` bool mask) hold the mean row, not the method's estimate
+    (a CW2V token absent from the corpus), and are reported as fallbacks; rows in
+    ``thin[reason]`` are estimates from little evidence (seen a few times), reported as a
+    warning.
+    """
+
+    rows: torch.Tensor
+    fallback: dict[str, torch.Tensor] = field(default_factory=dict)
+    thin: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def rows_of(result: torch.Tensor | Estimate) -> torch.Tensor:
+    """The rows of a kernel's result, whichever form it returned."""
+    return result.rows if isinstance(result, Estimate) else result
+
+
+EstimateFn = Callable[[EstimationProblem, Any], "torch.Tensor | Estimate"]
 CostFn = Callable[[CostQuery], tuple[int, float | None]]
 
 

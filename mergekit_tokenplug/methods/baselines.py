@@ -64,7 +64,9 @@ def covariance_cholesky(base: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor 
     return mu, chol.to(torch.float32)
 
 
-def estimate_hewitt(problem: EstimationProblem, params: HewittParams) -> torch.Tensor:
+def estimate_hewitt(
+    problem: EstimationProblem, params: HewittParams
+) -> torch.Tensor | api.Estimate:
     """mean + N(0, scale * Sigma): row = mu + sqrt(scale) * L z with z ~ N(0, I), Sigma = L L^T.
 
     Falls back to the mean (one warning) when Sigma is not positive definite.
@@ -77,7 +79,9 @@ def estimate_hewitt(problem: EstimationProblem, params: HewittParams) -> torch.T
             f" ({problem.label})" if problem.label else "",
             t,
         )
-        return estimate_mean(problem, NoParams())
+        rows = estimate_mean(problem, NoParams())
+        every = torch.ones(t, dtype=torch.bool, device=problem.device)
+        return api.Estimate(rows, fallback={"covariance of the rows not positive definite": every})
     z = torch.randn(t, d, generator=problem.generator(), device=problem.device, dtype=torch.float32)
     return mu.unsqueeze(0) + (params.scale**0.5) * (z @ chol.T)
 
@@ -107,7 +111,7 @@ def subword_mean_rows(base: torch.Tensor, pieces: list[list[int]]) -> torch.Tens
     return torch.where(has.unsqueeze(1), rows, base.float().mean(dim=0).unsqueeze(0))
 
 
-def estimate_subword_mean(problem: EstimationProblem, params: NoParams) -> torch.Tensor:
+def estimate_subword_mean(problem: EstimationProblem, params: NoParams) -> api.Estimate:
     """FVT / ReTok: mean of the base rows of the token's pieces; mean row if it has none."""
     if problem.target_pieces is None:
         raise ValueError("subword_mean needs target_pieces (the base tokenizer split)")
@@ -115,7 +119,9 @@ def estimate_subword_mean(problem: EstimationProblem, params: NoParams) -> torch
         raise ValueError(
             f"target_pieces has {len(problem.target_pieces)} entries for {problem.n_targets} targets"
         )
-    return subword_mean_rows(problem.base, problem.target_pieces)
+    rows, has = mean_of_pieces(problem.base, problem.target_pieces)
+    rows = torch.where(has.unsqueeze(1), rows, problem.mean_row().unsqueeze(0))
+    return api.Estimate(rows, fallback={"no pieces under the model's tokenizer": ~has})
 
 
 def mean_cost(q: api.CostQuery) -> tuple[int, float | None]:

@@ -79,6 +79,9 @@ class CW2VParams(MethodParams):
     mix_rows: int | None = pydantic.Field(
         8192, ge=1, description="old rows mixed: the most frequent in the corpus (null = all)"
     )
+    warn_below: int = pydantic.Field(
+        5, ge=0, description="new tokens seen fewer times in the corpus are reported as thin"
+    )
     seed: int | None = pydantic.Field(None, description="overrides the problem's seed")
 
 
@@ -90,6 +93,7 @@ class CW2VResult:
     a2: torch.Tensor  # (r, M)
     old_row_ids: torch.Tensor  # (M,) rows of problem.base being mixed
     trained: torch.Tensor  # (T,) bool: targets that occur in at least one pair
+    counts: torch.Tensor  # (T,) long: occurrences of each target in the corpus
 
 
 def _extra(problem: EstimationProblem, key: str) -> torch.Tensor:
@@ -254,6 +258,7 @@ def cw2v_train(problem: EstimationProblem, params: CW2VParams) -> CW2VResult:
         else torch.Generator(device=device).manual_seed(int(params.seed))
     )
     ids, seq_id = combined_ids(seqs, out_to_base, out_to_target, n_old)
+    counts = torch.bincount(ids[ids >= n_old] - n_old, minlength=t)
     mix = _mix_ids(ids, n_old, params.mix_rows)
     w_in, w_out = (own, ctx_matrix) if problem.role != "output" else (ctx_matrix, own)
     mix_in = _Mixing(w_in, mix, t, params.rank, gen)
@@ -269,7 +274,7 @@ def cw2v_train(problem: EstimationProblem, params: CW2VParams) -> CW2VResult:
                 problem.label,
             )
         untrained = torch.zeros(t, dtype=torch.bool, device=device)  # every row is the mean row
-        return CW2VResult(mine.a1.detach(), mine.a2.detach(), mix, untrained)
+        return CW2VResult(mine.a1.detach(), mine.a2.detach(), mix, untrained, counts)
     trained = torch.isin(
         torch.arange(n_old, n_old + t, device=device), torch.cat([centres, contexts])
     )
@@ -312,7 +317,7 @@ def cw2v_train(problem: EstimationProblem, params: CW2VParams) -> CW2VResult:
             n_pairs,
         )
     bar.close()
-    return CW2VResult(mine.a1.detach(), mine.a2.detach(), mix, trained)
+    return CW2VResult(mine.a1.detach(), mine.a2.detach(), mix, trained, counts)
 
 
 def cw2v_mixing(
@@ -334,9 +339,14 @@ def cw2v_mixing(
     return weights, res.old_row_ids
 
 
-def estimate_cw2v(problem: EstimationProblem, params: CW2VParams) -> torch.Tensor:
+ABSENT = "absent from the corpus"
+NO_PAIR = "in no skip-gram pair (every occurrence subsampled or alone)"
+
+
+def estimate_cw2v(problem: EstimationProblem, params: CW2VParams) -> api.Estimate:
     """New rows ``(T, d)`` as convex combinations of old rows, built in chunks; targets with
-    no pair in the corpus get the mean row."""
+    no pair in the corpus get the mean row (reported as fallbacks, with the reason), targets
+    seen fewer than ``warn_below`` times are reported as thin."""
     res = cw2v_train(problem, params)
     e_old = problem.base.to(torch.float32)[res.old_row_ids]
     out = problem.mean_row().expand(problem.n_targets, -1).clone()
@@ -345,7 +355,13 @@ def estimate_cw2v(problem: EstimationProblem, params: CW2VParams) -> torch.Tenso
         sl = slice(start, start + chunk)
         rows = torch.softmax(res.a1[sl] @ res.a2, dim=-1) @ e_old
         out[sl] = torch.where(res.trained[sl].unsqueeze(1), rows, out[sl])
-    return out
+    seen = res.counts > 0
+    rare = seen & (res.counts < params.warn_below) & res.trained
+    return api.Estimate(
+        out,
+        fallback={ABSENT: ~seen, NO_PAIR: seen & ~res.trained},
+        thin={f"seen fewer than {params.warn_below} times in the corpus": rare},
+    )
 
 
 def cw2v_cost(q: api.CostQuery) -> tuple[int, float | None]:

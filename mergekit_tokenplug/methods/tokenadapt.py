@@ -187,7 +187,9 @@ def _global(
     return _weighted_rows(base, idx, w), keep.any(dim=1)
 
 
-def estimate_tokenadapt(problem: EstimationProblem, params: TokenAdaptParams) -> torch.Tensor:
+def estimate_tokenadapt(
+    problem: EstimationProblem, params: TokenAdaptParams
+) -> torch.Tensor | api.Estimate:
     """(1 - beta) e_local + beta e_global; the one that exists if only one; else the mean row."""
     texts, pieces = problem.target_texts, problem.target_pieces
     vocab_texts = problem.base_vocab_texts
@@ -225,6 +227,7 @@ def estimate_tokenadapt(problem: EstimationProblem, params: TokenAdaptParams) ->
 
     chunk = params.chunk_size or max(1, min(t, _SCORE_BUDGET // max(v, 1)))
     out = torch.empty(t, d, dtype=torch.float32, device=device)
+    neither = torch.zeros(t, dtype=torch.bool, device=device)
     starts = range(0, t, chunk)
     desc = f"tokenadapt {problem.label}".strip()
     for s in tqdm(
@@ -240,7 +243,8 @@ def estimate_tokenadapt(problem: EstimationProblem, params: TokenAdaptParams) ->
         rows = torch.where(has_glo.unsqueeze(1), glo, mean.unsqueeze(0).expand_as(glo))
         rows = torch.where(has_loc.unsqueeze(1), loc, rows)
         out[s:e] = torch.where((has_loc & has_glo).unsqueeze(1), both, rows)
-    return out
+        neither[s:e] = ~(has_loc | has_glo)
+    return api.Estimate(out, fallback={"no pieces and no neighbour": neither})
 
 
 def tokenadapt_cost(q: api.CostQuery) -> tuple[int, float | None]:

@@ -12,6 +12,7 @@ import yaml
 from mergekit_tokenplug import settings
 from mergekit_tokenplug.output.bos import bos_sentence
 from mergekit_tokenplug.output.side_files import TOOL_PRIORS
+from mergekit_tokenplug.vocab.specials import table_markdown
 
 COUNT_KEYS = ("exact", "canonical", "special", "missing")
 
@@ -22,10 +23,14 @@ def vocabulary_section(
     params: dict[str, Any],
     report: dict[str, Any],
     bos: dict[str, Any] | None = None,
+    method_note: str | None = None,
+    chat: dict[str, Any] | None = None,
 ) -> str:
     """Markdown: method + parameters, BOS convention, alignment counts per model, rows per matrix."""
     vocab = report.get("vocabulary", {})
-    notes = [bos_sentence(bos)] if bos else []
+    notes = [f"Method: {method_note[0].upper()}{method_note[1:]}."] if method_note else []
+    notes += [bos_sentence(bos)] if bos else []
+    notes += chat_sentences(chat) if chat else []
     if any("tool" in rec.get("by_method", {}) for rec in report.get("matrices", [])):
         notes.append(
             "Tool tokens (`tool`): their rows are the re-initialization prior (the frozen "
@@ -50,15 +55,68 @@ def vocabulary_section(
         lines.append(f"| {name} | " + " | ".join(str(counts.get(k, 0)) for k in COUNT_KEYS) + " |")
     lines += [
         "",
-        "| model | matrix | copied | estimated | padded | estimated from |",
-        "|---|---|---:|---:|---:|---|",
+        "| model | matrix | copied | estimated | padded | estimated from | rows by method |",
+        "|---|---|---:|---:|---:|---|---|",
     ]
     for rec in report.get("matrices", []):
         sources = ", ".join(f"{k}: {v}" for k, v in rec.get("by_source", {}).items()) or "-"
+        methods = ", ".join(f"{k}: {v}" for k, v in rec.get("by_method", {}).items()) or "-"
         lines.append(
-            f"| {rec['model']} | {rec['weight']} | {rec['copied']} | {rec['estimated']} | {rec['padded']} | {sources} |"
+            f"| {rec['model']} | {rec['weight']} | {rec['copied']} | {rec['estimated']} | {rec['padded']} | {sources} | {methods} |"
         )
-    return "\n".join(lines) + "\n"
+    lines += fallback_lines(report.get("matrices", []))
+    for model, table in (report.get("special_tokens") or {}).items():
+        lines += ["", *table_markdown(model, table)]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def chat_sentences(chat: dict[str, Any]) -> list[str]:
+    """What the output's chat template is, where it comes from, and what it renders."""
+    if chat["mode"] == "recipe":
+        return ["Chat template: set by the recipe's top-level `chat_template` (mergekit's key)."]
+    if not chat.get("template_sha256"):
+        return [
+            f"Chat template: none ({chat['note']}; `tokenizer.chat_template: {chat['mode']}`). "
+            "`tokenizer.chat_template: source` (`transplant --chat-template source`) adopts the "
+            "tokenizer source's."
+        ]
+    out = [
+        f"Chat template: {chat['note']} (`tokenizer.chat_template: {chat['mode']}`). "
+        "A one-message conversation renders as:",
+        "```\n" + chat.get("example", "").rstrip("\n") + "\n```",
+    ]
+    if chat.get("doubled_bos"):
+        out.append(
+            "Note: the template writes BOS itself, as the base model's does, and the tokenizer "
+            "adds one: tokenize its text with `add_special_tokens=False` (as "
+            "`apply_chat_template(tokenize=True)` does)."
+        )
+    return out
+
+
+def _tokens(rec: dict[str, Any]) -> str:
+    shown = ", ".join(f"`{t!r}`" for t in rec.get("tokens", []))
+    more = rec["count"] - len(rec.get("tokens", []))
+    return f" ({shown}{f' and {more} more' if more > 0 and shown else ''})" if shown else ""
+
+
+def fallback_lines(matrices: list[dict[str, Any]]) -> list[str]:
+    """What the counts above do not say: rows that got a fallback instead of the method's
+    estimate (and why), and rows estimated from little evidence."""
+    items = []
+    for rec in matrices:
+        where = f"{rec['model']} {rec['weight']}"
+        for fb in rec.get("fallbacks", []):
+            items.append(
+                f"- {where}: {fb['count']} rows got the `{fb['to']}` row, not a "
+                f"`{fb['method']}` estimate: {fb['reason']}{_tokens(fb)}."
+            )
+        for thin in rec.get("thin", []):
+            items.append(
+                f"- Warning: {where}: {thin['count']} `{thin['method']}` rows are estimated "
+                f"from little evidence: {thin['reason']}{_tokens(thin)}."
+            )
+    return ["", "Fallbacks and thin estimates:", "", *items] if items else []
 
 
 def _declared_license(model: str) -> str | None:

@@ -26,10 +26,12 @@ from mergekit_tokenplug import registry, settings
 from mergekit_tokenplug.compute.batching import working_memory_budget
 from mergekit_tokenplug.errors import InputError
 from mergekit_tokenplug.fill import SourceSpace, plan_fill
-from mergekit_tokenplug.methods.base import FP32, CostQuery
-from mergekit_tokenplug.seam.planner import tokenizer_task
+from mergekit_tokenplug.methods.base import FP32, CostQuery, Need
+from mergekit_tokenplug.seam.chat import chat_plan
+from mergekit_tokenplug.seam.planner import plugin_tokens, tokenizer_task
 from mergekit_tokenplug.seam.roles import align_settings, vocab_weights
 from mergekit_tokenplug.seam.schema import uses_plugin
+from mergekit_tokenplug.seam.tied import untie_message, untied_inputs
 from mergekit_tokenplug.seam.tool_counts import TOOL_METHOD, TOOL_SOURCE
 from mergekit_tokenplug.seam.vocab_task import (
     make_vocab_plan,
@@ -37,6 +39,7 @@ from mergekit_tokenplug.seam.vocab_task import (
     source_order,
     token_overrides,
 )
+from mergekit_tokenplug.vocab.specials import estimated_by, special_table
 
 
 @dataclass
@@ -64,6 +67,7 @@ class ModelFill:
     holes: int
     forced: int
     groups: list[GroupCount] = field(default_factory=list)
+    specials: dict[str, Any] = field(default_factory=dict)  # vocab.specials.special_table
 
     def by_method(self) -> dict[str, int]:
         return _totals((g.method, g.count) for g in self.groups)
@@ -93,11 +97,12 @@ class RecipeVocab:
 
 def recipe_vocab(config: Any, trust_remote_code: bool = False) -> RecipeVocab:
     """Align a plugin recipe's vocabularies and plan every model's fill as the run does."""
-    align = align_settings(config)
     # the output tokenizer, built by the run's task (its progress bar over the permutation
     # tables is not part of a plan's output)
+    task = tokenizer_task(config, trust_remote_code)
+    align = align_settings(config, plugin_tokens(task))
     with contextlib.redirect_stderr(io.StringIO()):
-        out_tok = tokenizer_task(config, trust_remote_code).execute().tokenizer
+        out_tok = task.execute().tokenizer
     vocab = make_vocab_plan(
         out_tok, tuple(config.referenced_models()), trust_remote_code=trust_remote_code, **align
     )
@@ -139,6 +144,7 @@ def recipe_vocab(config: Any, trust_remote_code: bool = False) -> RecipeVocab:
             next(g for g in counts if g.source is None).count -= n_tools
             counts = [g for g in counts if g.count > 0]
             counts.append(GroupCount(TOOL_METHOD, TOOL_SOURCE, n_tools))
+        by = estimated_by(groups) | {i: TOOL_SOURCE for i, _ in tools.values()}
         matches = mv.alignment.counts()
         fills[key] = ModelFill(
             model=key,
@@ -152,8 +158,44 @@ def recipe_vocab(config: Any, trust_remote_code: bool = False) -> RecipeVocab:
             holes=matches["holes"],
             forced=0 if forced is None else int((forced & (src >= 0)).sum()),
             groups=counts,
+            specials=special_table(out_tok, mv.alignment, mv.tokenizer, by),
         )
     return RecipeVocab(config, vocab, inputs, fills, approx.method, approx.parsed_params())
+
+
+def corpus_coverage(rv: RecipeVocab) -> list[str]:
+    """For a method that learns from a corpus: per model, the tokens it must estimate that
+    the corpus never shows (they get the mean row, a fallback) and those it shows fewer than
+    ``warn_below`` times (thin estimates). Tokenizes the corpus; reads no weight."""
+    corpus = getattr(rv.params, "corpus", None)
+    if Need.CORPUS not in registry.get(rv.method).needs or not corpus:
+        return []
+    seqs = rv.vocab.corpus_ids(tuple(corpus))
+    flat = np.concatenate([np.asarray(s).reshape(-1) for s in seqs] or [np.zeros(0, np.int64)])
+    counts = np.bincount(
+        flat[(flat >= 0) & (flat < rv.vocab.n_tokens)], minlength=rv.vocab.n_tokens
+    )
+    _, _, tools = token_overrides(
+        rv.config.tokenizer.tokens, rv.vocab.tokenizer.get_vocab(), rv.vocab.n_tokens
+    )
+    tool_ids = {token_id for token_id, _ in tools.values()}
+    below = int(getattr(rv.params, "warn_below", 0))
+    lines = []
+    for key, mv in rv.vocab.models.items():
+        ids = [i for i in mv.alignment.missing_ids().tolist() if i not in tool_ids]
+        absent = [i for i in ids if counts[i] == 0]
+        rare = [i for i in ids if 0 < counts[i] < below]
+        for found, what in (
+            (absent, f"never occur in the corpus, so {rv.method} gives them the mean row"),
+            (rare, f"occur fewer than {below} times in the corpus (thin {rv.method} estimates)"),
+        ):
+            if found:
+                shown = ", ".join(repr(rv.vocab.output_texts[i]) for i in found[:10])
+                more = f" and {len(found) - 10} more" if len(found) > 10 else ""
+                lines.append(
+                    f"model {key}: {len(found)} of the {len(ids)} tokens it lacks {what}: {shown}{more}"
+                )
+    return lines
 
 
 # ---------------------------------------------------------------- tensor shapes (headers only)
@@ -216,19 +258,22 @@ def plan_recipe(
 ) -> dict[str, Any]:
     """What running a validated recipe would do; a JSON-ready dict (see ``format_plan``)."""
     dev, available = resolve_plan_device(device)
+    untied = untied_inputs(config, trust_remote_code)
+    tie = {"untie": untie_message(config, untied)} if untied else {}
     if not uses_plugin(config) or config.tokenizer is None:
         return {
             "plugin": False,
             "device": dev,
             "device_available": available,
             "note": "no tokenizer.approximation: stock mergekit vocabulary handling",
+            **tie,
         }
     rv = recipe_vocab(config, trust_remote_code)
     vocab = rv.vocab
     budget = working_memory_budget(dev) if available else settings.cpu_budget_bytes()
     out_model = config.base_model or config.referenced_models()[0]  # as mergekit's out config
     out_cfg = out_model.config(trust_remote_code=trust_remote_code)
-    tied_out = bool(getattr(out_cfg, "tie_word_embeddings", False))
+    tied_out = bool(getattr(out_cfg, "tie_word_embeddings", False)) and not untied
     donor = align_settings(config)["donor"]
     shapes = {str(m): safetensors_shapes(m.model.path) for m in rv.inputs}
     weights = [
@@ -240,10 +285,14 @@ def plan_recipe(
     rate = add_time_estimates(weights, dev, available)
     fills = [rv.fills[str(m)] for m in rv.inputs]
     models = [{**asdict(f), "by_method": f.by_method(), "by_source": f.by_source()} for f in fills]
+    # (asdict copies specials; the special-token table is shown per model)
     source = config.tokenizer.source
     return {
         "plugin": True,
         "method": rv.method,
+        "method_note": config.tokenizer.approximation.choice_note,
+        "chat_template": chat_plan(config, trust_remote_code).record(),
+        "corpus_coverage": corpus_coverage(rv),
         "params": _params_dict(rv.params),
         "fallback": registry.get(rv.method).fallback,
         "device": dev,
@@ -261,6 +310,7 @@ def plan_recipe(
         "peak_bytes": max((w["peak_bytes"] for w in weights), default=0),
         "flops": None if None in flops else sum(flops, 0.0),
         "matmul_flops_per_s": rate,
+        **tie,
     }
 
 
@@ -358,9 +408,12 @@ def _mib(n: int | float) -> str:
 def format_plan(plan: dict[str, Any]) -> str:
     """The human-readable form printed by ``mergekit-tokenplug plan``."""
     dev = plan["device"] + ("" if plan.get("device_available", True) else " (not available here)")
+    tie = [f"note: {plan['untie']}"] if plan.get("untie") else []
     if not plan.get("plugin"):
-        return f"{plan['note']}; device {dev}"
+        return "\n".join([f"{plan['note']}; device {dev}", *tie])
     params = ", ".join(f"{k}={v}" for k, v in plan["params"].items())
+    tie += [f"note: {plan['method_note']}"] if plan.get("method_note") else []
+    tie += [f"warning: {line}" for line in plan.get("corpus_coverage") or []]
     lines = [
         f"method: {plan['method']}"
         + (f" ({params})" if params else "")
@@ -370,6 +423,9 @@ def format_plan(plan: dict[str, Any]) -> str:
     ]
     if plan.get("donor"):
         lines.append(f"donor: {plan['donor']['model']} ({plan['donor']['rows']} rows)")
+    chat = plan.get("chat_template") or {}
+    if chat:
+        lines.append(f"chat template ({chat['mode']}): {chat['note']}")
     for m in plan["models"]:
         groups = ", ".join(
             f"{g['method']} {g['count']}"
@@ -383,6 +439,12 @@ def format_plan(plan: dict[str, Any]) -> str:
             + (f" ({groups})" if groups else "")
             + f", padded {m['padded']}"
         )
+        table = m.get("specials") or {}
+        for r in table.get("rows", []):
+            roles = f" [{', '.join(r['roles'])}]" if r["roles"] else ""
+            lines.append(f"  special {r['token']!r} (id {r['id']}){roles}: {r['source']}")
+        if table.get("same_token"):
+            lines.append(f"  and {table['same_token']} special tokens copied from the same token")
     rate = plan.get("matmul_flops_per_s")
     for w in plan["weights"]:
         flops = "unknown" if w["flops"] is None else f"{w['flops']:.3g}"
@@ -399,4 +461,4 @@ def format_plan(plan: dict[str, Any]) -> str:
             "omp/omp_map, whose flops are counted as a dense implementation does them (their "
             "Gram-based kernel does fewer); loading, aligning and writing come on top"
         )
-    return "\n".join(lines)
+    return "\n".join([*lines, *tie])

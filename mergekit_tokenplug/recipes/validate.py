@@ -27,6 +27,7 @@ from mergekit.common import ModelReference
 from mergekit_tokenplug import registry
 from mergekit_tokenplug.errors import TokenplugError
 from mergekit_tokenplug.inputs import check_model_dir, check_same_width, model_path
+from mergekit_tokenplug.method_choice import choose_method
 from mergekit_tokenplug.methods.base import Need, param_error_message, short_repr
 from mergekit_tokenplug.recipes.requires import missing_marker_message, needs_marker
 from mergekit_tokenplug.recipes.yaml_limits import MAX_BYTES, yaml_size_problem
@@ -41,6 +42,7 @@ from mergekit_tokenplug.resources.embedder import check_embedder_dir
 from mergekit_tokenplug.seam import refusal_reason
 from mergekit_tokenplug.seam.config_patch import merge_configuration
 from mergekit_tokenplug.seam.schema import (
+    PLUGIN_TOKENIZER_KEYS,
     TokenplugTokenizerConfig,
     chosen_branch_errors,
     enable_hint,
@@ -317,7 +319,7 @@ class _DocChecker:
     def strip_plugin_keys(data: dict) -> dict:
         data = copy.deepcopy(data)
         tok = data["tokenizer"]
-        for key in ("approximation", "add_bos"):
+        for key in PLUGIN_TOKENIZER_KEYS:
             tok.pop(key, None)
         for token in tool_tokens(tok.get("tokens")):
             del tok["tokens"][token]
@@ -332,19 +334,27 @@ class _DocChecker:
         if not isinstance(approx, dict):
             self.add(APPROX, f"expected a mapping (method and its parameters), got {approx!r}")
             return None, None
-        method = approx.get("method", registry.DEFAULT_METHOD)
+        method = approx.get("method")
         methods = registry.all_methods()
         ok = True
         seed = approx.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             self.add((*APPROX, "seed"), f"expected an integer seed, got {seed!r}")
             ok = False
-        spec = methods.get(method) if isinstance(method, str) else None
-        if spec is None:
+        if method is not None and (not isinstance(method, str) or method not in methods):
             spec = self.report_unknown_method(method, methods)
-            ok = False
-        if spec is None:
-            return None, None
+            if spec is None:
+                return None, None
+            ok = False  # the parameters are still checked, against the closest method
+        else:
+            try:  # the run's choice: the default follows what the tokenizer source offers
+                choice = choose_method(method, data["tokenizer"].get("source"))
+            except TokenplugError as exc:
+                self.add_tokenplug_error(exc, APPROX)
+                return None, None
+            if choice.note:
+                self.add(APPROX, choice.note, "note")
+            spec = methods[choice.method]
         raw = {k: v for k, v in approx.items() if k not in ("method", "seed")}
         try:
             params = spec.params.model_validate(raw)
@@ -553,9 +563,12 @@ class _DocChecker:
                 check_same_width([m.model.path for m in config.referenced_models()])
             except TokenplugError as exc:
                 self.add(("models",), exc.message.removeprefix("models: "))
+            self.note_untied(config)
         if spec is None:
             return
         self.check_resources(spec, params)
+        if Need.CORPUS in spec.needs and config is not None and all_local and self.errors == 0:
+            self.check_corpus_coverage(config)
         k = getattr(params, "k", None)
         if k is None:
             return
@@ -567,6 +580,14 @@ class _DocChecker:
                 f"not checked against the shared tokens: the recipe reads stage output(s) {', '.join(sorted(self.out.stage_refs))} that are built first",
                 "warning",
             )
+
+    def note_untied(self, config: Any) -> None:
+        """Tied and untied models in one merge: the run writes an untied output (seam.tied)."""
+        from mergekit_tokenplug.seam.tied import untie_message, untied_inputs  # lazy: mergekit
+
+        untied = untied_inputs(config, self.options.trust_remote_code)
+        if untied:
+            self.add(("models",), untie_message(config, untied), "warning")
 
     # -- method resources
     def check_resources(self, spec: Any, params: Any) -> None:
@@ -589,6 +610,18 @@ class _DocChecker:
                 check_embedder_dir(embedder)
             except TokenplugError as exc:
                 self.add_tokenplug_error(exc, (*APPROX, "embedder"))
+
+    def check_corpus_coverage(self, config: Any) -> None:
+        """Tokens a corpus method must estimate that the corpus never or rarely shows."""
+        from mergekit_tokenplug.recipes.plan import corpus_coverage, recipe_vocab  # lazy
+
+        try:
+            lines = corpus_coverage(recipe_vocab(config, self.options.trust_remote_code))
+        except TokenplugError as exc:
+            self.add_tokenplug_error(exc, (*APPROX, "corpus"))
+            return
+        for line in lines:
+            self.add((*APPROX, "corpus"), line, "warning")
 
     # -- OMP's k against the shared tokens
     def check_shared_tokens(self, config: Any, spec: Any, k: int) -> None:

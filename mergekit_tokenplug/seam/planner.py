@@ -19,6 +19,7 @@ from mergekit.tokenizer.embed import PermutedVocabulary
 from tokenizers import AddedToken
 
 from mergekit_tokenplug.errors import InputError
+from mergekit_tokenplug.seam.chat import chat_plan
 from mergekit_tokenplug.seam.roles import align_settings, role_weight, weight_role
 from mergekit_tokenplug.seam.schema import ToolTokenSource, uses_plugin
 from mergekit_tokenplug.seam.union_order import OrderedBuildTokenizer
@@ -44,7 +45,7 @@ def apply(plan_module: ModuleType) -> None:
                 tokenizer_task=self._tokenizer_task,
                 models=tuple(self.config.referenced_models()),
                 trust_remote_code=self.options.trust_remote_code,
-                **align_settings(self.config),
+                **align_settings(self.config, plugin_tokens(self._tokenizer_task)),
             )
 
     @functools.wraps(original_plan_tensor)
@@ -83,6 +84,7 @@ class ToolAwareBuildTokenizer(OrderedBuildTokenizer):
     tool_tokens: tuple[str, ...] = ()
     forced: tuple[str, ...] = ()  # tool tokens whose ``force: true`` lets them replace a token
     special_tokens: tuple[str, ...] = ()
+    bos_token: str | None = None  # the BOS the output gets instead of a chat turn marker
 
     def execute(self, **kwargs: Any) -> TokenizerInfo:
         info = super().execute(**kwargs)
@@ -93,11 +95,14 @@ class ToolAwareBuildTokenizer(OrderedBuildTokenizer):
                 "is already a token of the output vocabulary; a tool token replaces an existing token's rows only with force: true (as stock mergekit's tokens entries)",
                 where=f"tokenizer.tokens.{existing[0]}",
             )
-        wanted = dict.fromkeys((*self.tool_tokens, *self.special_tokens))
+        specials = (*self.special_tokens, *([self.bos_token] if self.bos_token else []))
+        wanted = dict.fromkeys((*self.tool_tokens, *specials))
         new = [t for t in wanted if t not in vocab]
         info.tokenizer.add_tokens(
-            [AddedToken(t, normalized=False, special=t in self.special_tokens) for t in new]
+            [AddedToken(t, normalized=False, special=t in specials) for t in new]
         )
+        if self.bos_token:
+            info.tokenizer.bos_token = self.bos_token
         vocab = info.tokenizer.get_vocab()
         for perm in info.permutations.values():
             for token in new:
@@ -107,10 +112,13 @@ class ToolAwareBuildTokenizer(OrderedBuildTokenizer):
 
 def tokenizer_task(config: Any, trust_remote_code: bool) -> BuildTokenizer:
     """The task building a plugin recipe's output tokenizer (the run's, and ``plan``'s):
-    reproducible union order, tool and special tokens added unnormalized."""
+    reproducible union order, tool and special tokens added unnormalized, the chat
+    template's markers kept as special tokens, BOS never a turn marker (``seam.chat``)."""
     tokens = config.tokenizer.tokens or {}
     tools = tuple(t for t, c in tokens.items() if isinstance(c.source, ToolTokenSource))
     special = tuple(t for t, c in tokens.items() if getattr(c, "special", False))
+    chat = chat_plan(config, trust_remote_code)  # its markers stay special tokens
+    special += tuple(t for t in chat.markers if t not in special)
     return ToolAwareBuildTokenizer(
         base_model=config.base_model,
         referenced_models=tuple(config.referenced_models()),
@@ -120,7 +128,14 @@ def tokenizer_task(config: Any, trust_remote_code: bool) -> BuildTokenizer:
         tool_tokens=tools,
         forced=tuple(t for t in tools if tokens[t].force),
         special_tokens=special,
+        bos_token=chat.bos_token,
     )
+
+
+def plugin_tokens(task: ToolAwareBuildTokenizer) -> tuple[str, ...]:
+    """Tokens the plugin adds to the output vocabulary beyond the recipe's (chat markers, a BOS
+    replacing a turn marker): they get rows of their own."""
+    return (*task.special_tokens, *([task.bos_token] if task.bos_token else []))
 
 
 def _seam_task(

@@ -70,13 +70,13 @@ def tokenizer_donor(config: Any) -> ModelReference | None:
     return None
 
 
-def align_settings(config: Any) -> dict[str, Any]:
+def align_settings(config: Any, added: tuple[str, ...] = ()) -> dict[str, Any]:
     """Donor and row-count settings for a plugin config (shared by runs and dry-run plans).
 
     The donor is the tokenizer source when it is not a merge input and the method reads its
     embeddings; the output row count follows the source model's config (whose tokenizer must
     not hold ids past it), else the base model's; never fewer rows than output tokens (tokens
-    the recipe adds get rows of their own).
+    the recipe adds, and ``added`` by the plugin, e.g. chat markers, get rows of their own).
     """
     source = config.tokenizer.source
     cut = isinstance(source, ModelReference)
@@ -86,6 +86,6 @@ def align_settings(config: Any) -> dict[str, Any]:
         "reference_rows_model": reference,
         "cut_to_reference": cut,
         "pad_to_multiple_of": config.tokenizer.pad_to_multiple_of,
-        "recipe_tokens": tuple(config.tokenizer.tokens or {}),
+        "recipe_tokens": tuple(dict.fromkeys((*(config.tokenizer.tokens or {}), *added))),
         "byte_pieces": config.tokenizer.approximation.byte_tokens,
     }

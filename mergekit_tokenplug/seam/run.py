@@ -49,6 +49,7 @@ from mergekit_tokenplug.output.manifest import input_record, write_manifest
 from mergekit_tokenplug.output.modes import apply_umask
 from mergekit_tokenplug.output.side_files import TOOL_PRIORS
 from mergekit_tokenplug.resources.corpus import corpus_matches
+from mergekit_tokenplug.seam.chat import chat_plan, write_chat_template
 from mergekit_tokenplug.seam.roles import needs_donor_embeddings, role_weight, tokenizer_donor
 from mergekit_tokenplug.seam.schema import uses_plugin
 
@@ -87,6 +88,9 @@ def run_plugin_merge(
 ) -> None:
     """Stock merge into a temp dir, then finalize and move into place."""
     recipe = config_source or merge_config.to_yaml()
+    note = merge_config.tokenizer.approximation.choice_note
+    if note:
+        LOG.warning(note)
     expand_model_paths(merge_config)
     check_inputs(
         merge_config, allow_pickle=allow_pickle, trust_remote_code=options.trust_remote_code
@@ -281,6 +285,7 @@ def finalize(
     models = sorted(merge_config.referenced_models(), key=str)
     base = merge_config.base_model or models[0]  # the model whose conventions the output keeps
     bos = match_bos(out_dir, base.model.path, merge_config.tokenizer.add_bos)
+    chat = write_chat_template(out_dir, chat_plan(merge_config, options.trust_remote_code))
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(out_dir))
     source = merge_config.tokenizer.source
     if isinstance(source, ModelReference):
@@ -293,7 +298,12 @@ def finalize(
     approx = merge_config.tokenizer.approximation
     if write_card:
         section = vocabulary_section(
-            method=approx.method, params=approx.method_params(), report=snap, bos=bos
+            method=approx.method,
+            params=approx.method_params(),
+            report=snap,
+            bos=bos,
+            method_note=approx.choice_note,
+            chat=chat,
         )
         (out_dir / "README.md").write_text(
             model_card(merge_config, recipe, section, name=name), encoding="utf-8"
@@ -313,8 +323,10 @@ def finalize(
         report=snap,
         extra={
             "config_changes": changes,
+            "method": {"name": approx.method, "note": approx.choice_note},
             "seed": options.random_seed,
             "bos": bos,
+            "chat_template": chat,
             "side_files": {"tool_token_priors": priors} if priors else {},
             "settings": settings.output_settings(),
         },

@@ -15,13 +15,13 @@ from typing import Annotated, Any, Literal
 
 import pydantic
 from mergekit.tokenizer.config import TokenizerConfig
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag
 
 from mergekit_tokenplug import __version__, registry
 from mergekit_tokenplug.errors import ConfigError
 from mergekit_tokenplug.registry import DEFAULT_METHOD
 
-PLUGIN_TOKENIZER_KEYS = ("approximation", "add_bos")
+PLUGIN_TOKENIZER_KEYS = ("approximation", "add_bos", "chat_template")
 STOCK_TOKENIZER_KEYS = tuple(TokenizerConfig.model_fields)
 # ``parameters: {requires: {mergekit-tokenplug: SPEC}}`` says a recipe needs the plugin. Stock
 # mergekit reads every ``parameters`` value as a merge parameter and rejects a mapping without
@@ -44,6 +44,13 @@ class ApproximationConfig(BaseModel):
         description="tokens whose only counterpart is a <0xNN> byte-fallback piece: copy that "
         "piece's row, or estimate them with the method (bench/RESULTS.md)",
     )
+    # Why the method is not the one the recipe named (the default adapted to a tokenizer-only
+    # source, see method_choice); said in the log, plan and card.
+    _choice_note: str | None = PrivateAttr(None)
+
+    @property
+    def choice_note(self) -> str | None:
+        return self._choice_note
 
     @pydantic.model_validator(mode="after")
     def _check_method(self) -> ApproximationConfig:
@@ -100,14 +107,18 @@ class TokenplugTokenizerConfig(TokenizerConfig, frozen=True):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    approximation: ApproximationConfig = Field(
-        default_factory=lambda: ApproximationConfig(method=DEFAULT_METHOD)
-    )
+    approximation: ApproximationConfig = Field(default_factory=ApproximationConfig)
     add_bos: Literal["base", "source"] = Field(
         "base",
         description="whether the output tokenizer adds BOS like the base model's tokenizer "
         "(base, the default: the model was trained that way) or like the tokenizer source "
         "(source: e.g. a draft model that must match its target's convention)",
+    )
+    chat_template: Literal["base", "source", "none"] = Field(
+        "base",
+        description="the output's chat template: base (the default: the base model's own "
+        "template, its markers kept as tokens with the base's rows; none if it has none), "
+        "source (the tokenizer source's, its default system prompt included) or none",
     )
 
     @pydantic.model_validator(mode="before")
@@ -121,6 +132,22 @@ class TokenplugTokenizerConfig(TokenizerConfig, frozen=True):
                         where=f"tokenizer.{key}",
                     )
         return data
+
+    @pydantic.model_validator(mode="after")
+    def _method_for_source(self) -> TokenplugTokenizerConfig:
+        """Leave ``method`` out and a tokenizer-only source gets the best weightless method;
+        name a method that reads donor weights there and the error lists the ones that work."""
+        from mergekit_tokenplug.method_choice import choose_method  # lazy: reads the disk
+
+        approx = self.approximation
+        named = approx.method if "method" in approx.model_fields_set else None
+        choice = choose_method(named, self.source)
+        if choice.method != approx.method:
+            fields = {"seed": approx.seed, "byte_tokens": approx.byte_tokens}
+            chosen = ApproximationConfig(method=choice.method, **fields, **approx.method_params())
+            chosen._choice_note = choice.note
+            object.__setattr__(self, "approximation", chosen)  # frozen: set once, here
+        return self
 
     @pydantic.field_validator("pad_to_multiple_of")
     @classmethod

@@ -32,17 +32,20 @@ from mergekit_tokenplug.fill import (
     SourceSpace,
     TextSupport,
     check_finite,
+    drop_rows,
     fill_matrix,
+    plan_fill,
     unknown_method,
 )
 from mergekit_tokenplug.output.manifest import id_ranges
 from mergekit_tokenplug.resources.corpus import read_corpus, resolve_corpus, tokenize_corpus
 from mergekit_tokenplug.seam.method_resources import method_inputs
 from mergekit_tokenplug.seam.schema import ApproximationConfig, ToolTokenSource
-from mergekit_tokenplug.seam.tool_counts import count_as_tool
+from mergekit_tokenplug.seam.tool_counts import TOOL_SOURCE, count_as_tool
 from mergekit_tokenplug.seam.tool_rows import tool_token_rows
 from mergekit_tokenplug.vocab.align import VocabAlignment, align_vocab
 from mergekit_tokenplug.vocab.canonical import BYTE_PIECES
+from mergekit_tokenplug.vocab.specials import estimated_by, special_table
 from mergekit_tokenplug.vocab.texts import split_texts, token_texts
 
 LOG = logging.getLogger(__name__)
@@ -353,11 +356,30 @@ class ApproximatedVocabulary(PermutedVocabulary):
                     mv.name, self.weight_name, list(tools), ids.tolist(), rows.cpu()
                 )
                 count_as_tool(rep.by_method, rep.by_source, len(tools), unknown_method(spec))
+                rep.fallbacks = drop_rows(rep.fallbacks, ids.tolist())
+                rep.thin = drop_rows(rep.thin, ids.tolist())
+            report.set_specials(
+                mv.name,
+                self._special_table(
+                    plan, mv, spec, [s for s in sources if s is not spaces[m]], forced, tools
+                ),
+            )
             row_ids = _row_ids(mv.alignment, forced, mv.tokenizer)
             fill = {"weight": self.weight_name, "method": approx.method, "row_ids": row_ids}
             report.add_fill({**rep.as_dict(), **fill})
             result[m] = filled.movedim(0, self.vocabulary_axis)
         return result
+
+    @staticmethod
+    def _special_table(
+        plan: VocabPlan, mv: ModelVocab, spec: Any, sources: list, forced: Any, tools: dict
+    ) -> dict[str, Any]:
+        """Where each special/added token's row comes from (the groups ``fill_matrix`` used)."""
+        _, _, groups = plan_fill(
+            mv.alignment.src_ids, sources, spec, anchor_mask=plan.regular, force_estimate=forced
+        )
+        by = estimated_by(groups) | {i: TOOL_SOURCE for i, _ in tools.values()}
+        return special_table(plan.tokenizer, mv.alignment, mv.tokenizer, by)
 
     def _space(
         self, plan: VocabPlan, mv: ModelVocab, view: torch.Tensor, path: str, donor: bool = False

@@ -4,7 +4,9 @@ Rules, for each output id:
 
 * special tokens (``special`` added tokens and every bos/eos/unk/pad/cls/sep/mask token):
   the model's added/special token with the identical string; else the model token holding
-  the same role; else MISSING and listed in ``unmatched_special``. Tokens without a role
+  the same role, unless that row is untrained (the model's unknown token, a pad token that is
+  not also BOS/EOS, ``<unused0>``-style placeholders): never copy a row nothing trained;
+  else MISSING (estimated) and listed in ``unmatched_special``. Tokens without a role
   (chat markers, ``additional_special_tokens``) only ever match their own string, so two
   different ones never share a source.
 * regular tokens: EXACT when the model has the same raw string *and* it means the same bytes
@@ -27,6 +29,7 @@ Rules, for each output id:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Literal
@@ -36,6 +39,7 @@ import numpy as np
 from mergekit_tokenplug.errors import InputError
 from mergekit_tokenplug.vocab.canonical import (
     BYTE_PIECES,
+    VocabView,
     content_normalizer,
     normalized_form,
     read_vocab,
@@ -66,6 +70,9 @@ class VocabAlignment:
     unmatched_special: list[int] = field(default_factory=list)  # output ids, sorted
     unmatched_added: list[int] = field(default_factory=list)  # non-special added, sorted
     holes: list[int] = field(default_factory=list)  # output ids with no token at all
+    # added/special output ids: how each found its row ("same token", "same text",
+    # "role eos") or why it has none ("no counterpart", "role unk: `<unk>` is untrained")
+    special_how: dict[int, str] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -88,6 +95,26 @@ class VocabAlignment:
         mask = self.how == MISSING
         mask[np.asarray(self.holes, dtype=np.int64)] = False
         return np.flatnonzero(mask)
+
+
+# Rows a model never trained by convention: reserved / unused placeholders.
+_RESERVED = re.compile(r"<unused\d+>|\[unused\d+\]|<\|reserved_special_token_\d+\|>|<extra_id_\d+>")
+
+
+def untrained_rows(model: VocabView) -> set[int]:
+    """Rows a role must never land on: the unknown token (byte fallback and large
+    vocabularies never emit it), a pad token that is not also BOS/EOS (padding is masked out
+    of every loss) and reserved placeholders (``<unused0>``). A token that needs one of these
+    roles is estimated instead."""
+    rows = {model.roles["unk"]} if "unk" in model.roles else set()
+    if "pad" in model.roles and model.roles["pad"] not in (
+        model.roles.get("bos"),
+        model.roles.get("eos"),
+    ):
+        rows.add(model.roles["pad"])
+    ids = sorted(set(model.added) | model.special_ids)
+    rows.update(i for i in ids if model.tokens[i] and _RESERVED.fullmatch(model.tokens[i]))
+    return rows
 
 
 def _first_wins(keys: list, ids: list[int]) -> dict:
@@ -167,21 +194,33 @@ def align_vocab(
     unmatched_added: list[int] = []
     o_added_forms = view_added_forms(out)
     o_added_symbols = view_added_symbol_forms(out)
+    untrained = untrained_rows(model)
+    special_how: dict[int, str] = {}
     for i in sorted(set(out.added) | out.special_ids):
         j = m_str_marked.get(tokens[i])
         kind, unmatched = EXACT, unmatched_added
+        said = "same token" if j is not None else "no counterpart"
         if i in out.special_ids:
-            roles = [model.roles.get(r, model_rows) for r, k in out.roles.items() if k == i]
-            j = j if j is not None else next((r for r in roles if r < model_rows), None)
             kind, unmatched = SPECIAL, unmatched_special
+            for role in (r for r, k in out.roles.items() if k == i and j is None):
+                row = model.roles.get(role, model_rows)
+                if row >= model_rows:
+                    continue
+                if row in untrained:
+                    said = f"role {role}: the model's `{model.tokens[row]}` is untrained"
+                    continue
+                j, said = row, f"role {role}"
+                break
         elif j is None:
             j = m_canon.get(o_added_symbols.get(i, b""))
             j = j if j is not None else m_canon.get(o_added_forms[i])
             kind = CANONICAL
+            said = "same text" if j is not None else said
+        special_how[i] = said
         if j is None:
             unmatched.append(i)
         else:
             src[i], how[i] = j, kind
 
     holes = [i for i in range(size) if i >= len(tokens) or tokens[i] is None]
-    return VocabAlignment(src, how, unmatched_special, unmatched_added, holes)
+    return VocabAlignment(src, how, unmatched_special, unmatched_added, holes, special_how)
