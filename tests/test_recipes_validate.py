@@ -105,7 +105,16 @@ def test_broken_recipe(fixture, cli, zoo, workdir):
     env = dict(h.split("=", 1) for h in headers(source, "env"))
     if env:  # process-wide state (plugin activation): a fresh interpreter
         proc = subprocess.run(
-            [sys.executable, "-c", CLI_SNIPPET, "recipes", "validate", "--inputs", "-q", str(target)],
+            [
+                sys.executable,
+                "-c",
+                CLI_SNIPPET,
+                "recipes",
+                "validate",
+                "--inputs",
+                "-q",
+                str(target),
+            ],
             capture_output=True,
             text=True,
             timeout=120,
@@ -195,9 +204,21 @@ def valid_recipes(zoo, workdir: Path) -> dict[str, dict | list[dict]]:
     }
 
 
+MARKER = {"requires": {"mergekit-tokenplug": ">=0.1"}}
+
+
+def with_marker(recipe: dict | list[dict]) -> dict | list[dict]:
+    """The recipe with ``parameters.requires`` in every document that has tokenizer keys."""
+    if isinstance(recipe, list):
+        return [with_marker(d) for d in recipe]
+    if "tokenizer" not in recipe:
+        return recipe
+    return {**recipe, "parameters": {**recipe.get("parameters", {}), **MARKER}}
+
+
 def test_valid_recipes_pass(cli, zoo, workdir, tmp_path):
     paths = [
-        str(write_recipe(tmp_path / f"{name}.yaml", recipe))
+        str(write_recipe(tmp_path / f"{name}.yaml", with_marker(recipe)))
         for name, recipe in valid_recipes(zoo, workdir).items()
     ]
     res = invoke(cli, "recipes", "validate", "--inputs", *paths)

@@ -45,6 +45,9 @@ def test_wheel_ships_the_recipes(tmp_path):
         Path(n).name for n in names if n.startswith("mergekit_tokenplug/recipes/shipped/") and n.endswith(".yaml")
     )
     assert shipped == RECIPES
+    # what the recipes' comments send users to ships too (bench/ does not)
+    assert {"mergekit_tokenplug/assets.py", "mergekit_tokenplug/assets_cli.py"} <= set(names)
+    assert not any(n.startswith("bench/") for n in names)
     # The unpacked wheel (first on the path, run outside the checkout) finds its own copy.
     env = {**os.environ, "PYTHONPATH": str(scratch)}
     out = subprocess.run(

@@ -56,7 +56,9 @@ def transplant_doc(zoo, **tokenizer) -> dict:
 def test_misspelt_tokenizer_key_refused_like_validate(zoo, tmp_path, tokenizer, key):
     tokenizer = {k: (str(zoo.bl_untied) if v == "DONOR" else v) for k, v in tokenizer.items()}
     path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump(transplant_doc(zoo, **tokenizer)))
+    doc = transplant_doc(zoo, **tokenizer)
+    doc["parameters"] = {"requires": {"mergekit-tokenplug": ">=0.1"}}  # validate requires it
+    path.write_text(yaml.safe_dump(doc))
     out = tmp_path / "out"
     proc = mergekit_yaml(path, out)
     assert proc.returncode != 0

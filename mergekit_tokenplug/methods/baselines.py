@@ -129,6 +129,26 @@ def mean_cost(q: api.CostQuery) -> tuple[int, float | None]:
     return q.targets * q.dim_model * api.FP32, float(q.model_rows * q.dim_model)
 
 
+PIECES_PER_TOKEN = 4  # an upper-end guess of a missing token's pieces under the model's tokenizer
+
+
+def subword_mean_cost(q: api.CostQuery) -> tuple[int, float | None]:
+    """The output rows; a sum over each token's pieces (a few rows each) plus the mean row
+    for tokens without pieces."""
+    return (
+        q.targets * q.dim_model * api.FP32,
+        float(q.targets * PIECES_PER_TOKEN * q.dim_model + q.model_rows * q.dim_model),
+    )
+
+
+def hewitt_cost(q: api.CostQuery) -> tuple[int, float | None]:
+    """Covariance of the rows (2 N d^2), its Cholesky factor (d^3 / 3), one d x d product
+    per sampled row (2 T d^2)."""
+    d = q.dim_model
+    working = (d * d + q.targets * d) * api.FP32
+    return working, float(2 * q.model_rows * d * d + d**3 / 3 + 2 * q.targets * d * d)
+
+
 MEAN = MethodSpec(
     name="mean",
     params=NoParams,
@@ -149,6 +169,7 @@ HEWITT = MethodSpec(
     estimate=estimate_hewitt,
     summary="mean + N(0, scale * covariance of the rows) (Hewitt 2021), mean if not positive definite",
     fallback=None,
+    cost=hewitt_cost,
 )
 SUBWORD_MEAN = MethodSpec(
     name="subword_mean",
@@ -156,4 +177,5 @@ SUBWORD_MEAN = MethodSpec(
     estimate=estimate_subword_mean,
     summary="mean of the rows of the token's pieces under the model's tokenizer (FVT / ReTok)",
     needs=frozenset({Need.BASE_TOKENIZER}),
+    cost=subword_mean_cost,
 )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from mergekit_tokenplug import settings
 from mergekit_tokenplug.output.bos import bos_sentence
 from mergekit_tokenplug.output.side_files import TOOL_PRIORS
 from mergekit_tokenplug.vocab.specials import table_markdown
@@ -128,9 +130,9 @@ def _declared_license(model: str) -> str | None:
     return str(license_) if license_ else None
 
 
-def license_metadata(licenses: dict[str, str | None]) -> tuple[str | None, str]:
-    """The card's ``license`` (inherited when every input declares the same one) and a
-    sentence saying where it comes from."""
+def license_metadata(licenses: dict[str, str | None]) -> tuple[str, str]:
+    """The card's ``license`` (inherited when every input declares the same one, else
+    ``other``: the Hub needs a value) and a sentence naming each input's terms."""
     declared = set(licenses.values())
     if len(declared) == 1 and None not in declared:
         value = declared.pop()
@@ -138,21 +140,71 @@ def license_metadata(licenses: dict[str, str | None]) -> tuple[str | None, str]:
     listing = ", ".join(f"`{m}`: {lic or 'not declared'}" for m, lic in licenses.items())
     if declared == {None}:
         return (
-            None,
-            f"License: not declared by the inputs ({listing}); check them before publishing.",
+            "other",
+            f"License: `other`; the inputs declare none ({listing}): the terms each input is "
+            "published under apply; check them before publishing.",
         )
-    return "other", f"License: the inputs' licenses differ ({listing}); the terms of each apply."
+    return (
+        "other",
+        f"License: `other`; the inputs' licenses differ ({listing}); the terms of each apply.",
+    )
 
 
-def card_header(name: str, inputs: list[str]) -> list[str]:
-    """Front matter (Hub model-card metadata: ``base_model`` builds the model tree) and title."""
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def hub_id(ref: str) -> str | None:
+    """The Hub id of an input: ``MERGEKIT_TOKENPLUG_HUB_IDS`` (by the path as the recipe
+    names it or resolved), else a hub-id ``_name_or_path`` in its config.json, else the
+    reference itself when it is not a local path; None for a local path with no id."""
+    ids = settings.hub_ids()
+    local = Path(ref).expanduser()
+    for key in (ref, str(local.resolve()) if local.exists() else None):
+        if key in ids:
+            return ids[key]
+    resolved = {str(Path(p).expanduser().resolve()): h for p, h in ids.items()}
+    if local.exists() and str(local.resolve()) in resolved:
+        return resolved[str(local.resolve())]
+    if not local.exists():
+        return ref if _HUB_ID.fullmatch(ref) else None
+    try:
+        name = json.loads((local / "config.json").read_text(encoding="utf-8")).get("_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(name, str) and _HUB_ID.fullmatch(name) and not Path(name).exists():
+        return name
+    return None
+
+
+def card_header(
+    name: str, inputs: list[str], donors: list[str] | tuple[str, ...] = ()
+) -> list[str]:
+    """Front matter (Hub model-card metadata) and title. ``base_model`` lists the merged
+    models only (it builds the Hub's model tree); a tokenizer donor goes under
+    ``tokenizer_source``. Inputs are named by Hub id where one is known (:func:`hub_id`)."""
     license_, sentence = license_metadata({m: _declared_license(m) for m in inputs})
+    named = {m: hub_id(m) or m for m in inputs}
+    bases = [named[m] for m in inputs if m not in donors]
+    donor_ids = [named[m] for m in inputs if m in donors]
     meta = {
-        "base_model": inputs,
-        **({"license": license_} if license_ else {}),
+        "base_model": bases,
+        **({"tokenizer_source": donor_ids} if donor_ids else {}),
+        "license": license_,
         "library_name": "transformers",
         "tags": ["mergekit", "merge", "mergekit-tokenplug"],
     }
+    local = [m for m in inputs if hub_id(m) is None]
+    publish = (
+        [
+            "Local paths in `base_model` / `tokenizer_source` ("
+            + ", ".join(f"`{m}`" for m in local)
+            + f"): give their Hub ids with `{settings.HUB_IDS}=PATH=ORG/NAME,...` (or "
+            "`transplant --hub-id PATH=ORG/NAME`) when building, before publishing.",
+            "",
+        ]
+        if local
+        else []
+    )
     return [
         "---",
         yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(),
@@ -162,6 +214,7 @@ def card_header(name: str, inputs: list[str]) -> list[str]:
         "",
         sentence,
         "",
+        *publish,
     ]
 
 
@@ -174,6 +227,28 @@ def card_inputs(merge_config: Any) -> list[str]:
     return models
 
 
+def card_donors(merge_config: Any) -> list[str]:
+    """The tokenizer-source donor of a recipe when it is not also a merged model."""
+    models = {str(m) for m in merge_config.referenced_models()}
+    source = merge_config.tokenizer.source if merge_config.tokenizer else None
+    if source is not None and not isinstance(source, str) and str(source) not in models:
+        return [str(source)]
+    return []
+
+
+def gguf_note() -> list[str]:
+    """How to get a GGUF for llama.cpp (its converter needs a staged view: output/gguf.py)."""
+    return [
+        "## GGUF (llama.cpp)",
+        "",
+        "Convert with llama.cpp's own `convert_hf_to_gguf.py` through "
+        "`mergekit-tokenplug gguf THIS_DIR model.gguf --converter path/to/convert_hf_to_gguf.py`: "
+        "run on this directory as is, the converter stops when the tokenizer adds BOS where its "
+        "source's did not (its pre-tokenizer check hashes the encoded text, BOS included).",
+        "",
+    ]
+
+
 def model_card(
     merge_config: Any, recipe: str, vocabulary_md: str, name: str = "Merged model"
 ) -> str:
@@ -181,13 +256,14 @@ def model_card(
     models = sorted(str(m.model.path) for m in merge_config.referenced_models())
     source = merge_config.tokenizer.source
     lines = [
-        *card_header(name, card_inputs(merge_config)),
+        *card_header(name, card_inputs(merge_config), card_donors(merge_config)),
         f"Built with [mergekit](https://github.com/arcee-ai/mergekit) (`{merge_config.merge_method}`) and mergekit-tokenplug.",
         "",
         "Models: " + ", ".join(f"`{m}`" for m in models) + ".",
         f"Tokenizer: `{getattr(getattr(source, 'model', None), 'path', source)}`.",
         "",
         vocabulary_md,
+        *gguf_note(),
         "## Recipe",
         "",
         "```yaml",

@@ -282,6 +282,7 @@ def plan_recipe(
         if not (w.tied_names and tied_out)
     ]
     flops = [w["flops"] for w in weights]
+    rate = add_time_estimates(weights, dev, available)
     fills = [rv.fills[str(m)] for m in rv.inputs]
     models = [{**asdict(f), "by_method": f.by_method(), "by_source": f.by_source()} for f in fills]
     # (asdict copies specials; the special-token table is shown per model)
@@ -308,8 +309,24 @@ def plan_recipe(
         "models": models,
         "peak_bytes": max((w["peak_bytes"] for w in weights), default=0),
         "flops": None if None in flops else sum(flops, 0.0),
+        "matmul_flops_per_s": rate,
         **tie,
     }
+
+
+def add_time_estimates(weights: list[dict[str, Any]], device: str, available: bool) -> float | None:
+    """Each weight's ``seconds``: its flops at this machine's measured matmul rate (None when
+    the flops are unknown or the device is not here); returns the rate."""
+    if not available or all(w["flops"] is None for w in weights):
+        for w in weights:
+            w["seconds"] = None
+        return None
+    from mergekit_tokenplug.compute.rate import matmul_rate
+
+    rate = matmul_rate(device)
+    for w in weights:
+        w["seconds"] = None if w["flops"] is None else w["flops"] / rate
+    return rate
 
 
 def _weight_record(
@@ -376,6 +393,14 @@ def _params_dict(params: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dump() if dump else {}, default=str))
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 1:
+        return "<1 s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
 def _mib(n: int | float) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
@@ -420,10 +445,20 @@ def format_plan(plan: dict[str, Any]) -> str:
             lines.append(f"  special {r['token']!r} (id {r['id']}){roles}: {r['source']}")
         if table.get("same_token"):
             lines.append(f"  and {table['same_token']} special tokens copied from the same token")
+    rate = plan.get("matmul_flops_per_s")
     for w in plan["weights"]:
         flops = "unknown" if w["flops"] is None else f"{w['flops']:.3g}"
+        secs = w.get("seconds")
         lines.append(
             f"{w['weight']}: peak ~{_mib(w['peak_bytes'])} (matrices {_mib(w['matrices_bytes'])}"
             f" + working {_mib(w['working_bytes'])}), ~{flops} flops"
+            + (f", ~{_duration(secs)} of estimation" if secs is not None else "")
+        )
+    if rate:
+        lines.append(
+            f"time: the estimation figures are the flops at this machine's float32 matmul rate "
+            f"measured now ({rate / 1e9:.1f} GFLOP/s on {plan['device']}): rough, and high for "
+            "omp/omp_map, whose flops are counted as a dense implementation does them (their "
+            "Gram-based kernel does fewer); loading, aligning and writing come on top"
         )
     return "\n".join([*lines, *tie])

@@ -12,6 +12,7 @@ names and references.
 from __future__ import annotations
 
 import copy
+import difflib
 import glob
 import os
 import re
@@ -28,6 +29,7 @@ from mergekit_tokenplug.errors import TokenplugError
 from mergekit_tokenplug.inputs import check_model_dir, check_same_width, model_path
 from mergekit_tokenplug.method_choice import choose_method
 from mergekit_tokenplug.methods.base import Need, param_error_message, short_repr
+from mergekit_tokenplug.recipes.requires import missing_marker_message, needs_marker
 from mergekit_tokenplug.recipes.yaml_limits import MAX_BYTES, yaml_size_problem
 from mergekit_tokenplug.recipes.yaml_lines import (
     LineMap,
@@ -43,6 +45,7 @@ from mergekit_tokenplug.seam.schema import (
     PLUGIN_TOKENIZER_KEYS,
     TokenplugTokenizerConfig,
     chosen_branch_errors,
+    enable_hint,
     error_message,
     near_misses,
     tool_tokens,
@@ -78,6 +81,7 @@ class Options:
     note_inputs: bool = False  # with check_models False: note references not found here
     allow_hub: bool = False  # names that look like hub ids are skipped instead of errors
     trust_remote_code: bool = False
+    require_marker: bool = False  # a plugin recipe without parameters.requires is an error
 
 
 @dataclass
@@ -250,6 +254,7 @@ class _DocChecker:
             return self.out
         merge_cfg = merge_configuration()
         self.check_top_level_keys(merge_cfg)
+        self.check_requires_marker()
         data = {k: v for k, v in doc.items() if k != "name"}
         if isinstance(data.get("tokenizer"), dict):  # unknown keys: see check_top_level_keys
             known = TokenplugTokenizerConfig.model_fields
@@ -288,6 +293,12 @@ class _DocChecker:
         for path, message in found.items():
             self.add(path, message)
 
+    def check_requires_marker(self) -> None:
+        """A plugin recipe must carry ``parameters.requires`` (see recipes/requires.py)."""
+        # (with the plugin inactive the recipe is refused anyway: report_inactive says why)
+        if self.options.require_marker and needs_marker(self.doc) and refusal_reason() is None:
+            self.add(("parameters",) if "parameters" in self.doc else (), missing_marker_message())
+
     def report_inactive(self, reason: str, data: dict) -> None:
         tok = data["tokenizer"]
         tools = tool_tokens(tok.get("tokens"))
@@ -301,7 +312,7 @@ class _DocChecker:
         label = "plugin disabled" if "disabled" in reason else "plugin inactive"
         self.add(
             loc,
-            f"{label}: this recipe uses mergekit-tokenplug's keys but {reason}; mergekit-yaml would refuse to run it",
+            f"{label}: this recipe uses mergekit-tokenplug's keys but {reason}; mergekit-yaml would refuse to run it; {enable_hint(reason)}",
         )
 
     @staticmethod
@@ -325,32 +336,44 @@ class _DocChecker:
             return None, None
         method = approx.get("method")
         methods = registry.all_methods()
-        if method is not None and (not isinstance(method, str) or method not in methods):
-            self.add(
-                (*APPROX, "method"),
-                f"unknown method {method!r}; expected one of: {', '.join(sorted(methods))}",
-            )
-            return None, None
-        try:  # the run's choice: the default follows what the tokenizer source offers
-            choice = choose_method(method, data["tokenizer"].get("source"))
-        except TokenplugError as exc:
-            self.add_tokenplug_error(exc, APPROX)
-            return None, None
-        if choice.note:
-            self.add(APPROX, choice.note, "note")
-        method = choice.method
-        spec = methods[method]
+        ok = True
         seed = approx.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             self.add((*APPROX, "seed"), f"expected an integer seed, got {seed!r}")
-            return None, None
+            ok = False
+        if method is not None and (not isinstance(method, str) or method not in methods):
+            spec = self.report_unknown_method(method, methods)
+            if spec is None:
+                return None, None
+            ok = False  # the parameters are still checked, against the closest method
+        else:
+            try:  # the run's choice: the default follows what the tokenizer source offers
+                choice = choose_method(method, data["tokenizer"].get("source"))
+            except TokenplugError as exc:
+                self.add_tokenplug_error(exc, APPROX)
+                return None, None
+            if choice.note:
+                self.add(APPROX, choice.note, "note")
+            spec = methods[choice.method]
         raw = {k: v for k, v in approx.items() if k not in ("method", "seed")}
         try:
-            return spec, spec.params.model_validate(raw)
+            params = spec.params.model_validate(raw)
         except pydantic.ValidationError as exc:
             for err in exc.errors():
                 self.add((*APPROX, *err["loc"]), param_error_message(spec, err))
             return None, None
+        return (spec, params) if ok else (None, None)
+
+    def report_unknown_method(self, method: Any, methods: dict[str, Any]) -> Any:
+        """An unknown method name, with the closest one; its spec (to check the parameters
+        too, so a second error of the block is not hidden behind this one) or None."""
+        close = difflib.get_close_matches(str(method), list(methods), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        self.add(
+            (*APPROX, "method"),
+            f"unknown method {method!r}; {hint}expected one of: {', '.join(sorted(methods))}",
+        )
+        return methods[close[0]] if close else None
 
     def check_tool_tokens(self, data: dict) -> dict:
         tok = data["tokenizer"]
@@ -474,12 +497,23 @@ class _DocChecker:
         """Structure-only mode: say which inputs are not here (checked with ``--inputs``)."""
         for path, model, _role in self.model_refs():
             if not os.path.exists(os.path.expanduser(model)):
+                hint = self.stage_hint(model)
+                if hint:  # a misspelt stage name is a mistake, not an input elsewhere
+                    self.add(path, f"{model!r} is not a stage name{hint}", "warning")
+                    continue
                 kind = "a hub id or a path" if _HUB_ID.fullmatch(model) else "a local path"
                 self.add(
                     path,
                     f"{model!r} ({kind}) is not here; not checked (use --inputs where the inputs are)",
                     "note",
                 )
+
+    def stage_hint(self, model: str) -> str:
+        """``; did you mean 'stage1'?`` for a reference close to a stage name of this file."""
+        if not self.result.multi:
+            return ""
+        close = difflib.get_close_matches(model, list(self.stages), n=1, cutoff=0.75)
+        return f"; did you mean stage {close[0]!r}?" if close else ""
 
     def check_inputs(self, config: Any, spec: Any, params: Any) -> None:
         """Every reference must be an existing local model directory; what needs them all here
@@ -501,7 +535,7 @@ class _DocChecker:
                     stages = ", ".join(sorted(self.stages)) or "(none)"
                     self.add(
                         path,
-                        f"{model!r} is neither an existing path nor a stage name (stages: {stages})",
+                        f"{model!r} is neither an existing path nor a stage name{self.stage_hint(model)} (stages: {stages})",
                     )
                 else:
                     self.add(
@@ -591,35 +625,21 @@ class _DocChecker:
 
     # -- OMP's k against the shared tokens
     def check_shared_tokens(self, config: Any, spec: Any, k: int) -> None:
-        # lazy: loads transformers and mergekit's planner
-        from mergekit_tokenplug.recipes.plan import recipe_vocab
+        from mergekit_tokenplug.recipes.shared_k import k_problems
 
         try:
-            rv = recipe_vocab(config, self.options.trust_remote_code)
+            problems = k_problems(config, spec.name, k, self.options.trust_remote_code)
         except TokenplugError as exc:
             self.add_tokenplug_error(exc, APPROX)
             return
         except Exception as exc:  # a tokenizer transformers cannot read, etc.
             self.add(APPROX, f"could not align the vocabularies ({type(exc).__name__}: {exc})")
             return
-        limits = []
-        for fill in rv.fills.values():
-            for g in fill.groups:
-                if g.anchors is None or g.method != spec.name:
-                    continue
-                if g.anchors == 0:
-                    self.add(
-                        APPROX,
-                        f"model {fill.model} shares no regular tokens with {g.source}; {spec.name!r} cannot estimate its {g.count} missing tokens",
-                    )
-                elif k > g.anchors:
-                    limits.append((g.anchors, fill.model, g.source))
-        if limits:
-            n, model, source = min(limits)
-            self.add(
-                (*APPROX, "k"),
-                f"must be <= {n} shared tokens (got {k}; model {model} and {source} share {n} regular tokens)",
-            )
+        for message in problems:
+            if message.startswith("k must be "):
+                self.add((*APPROX, "k"), message.removeprefix("k "))
+            else:
+                self.add(APPROX, message)
 
 
 def _has_text(path: str, chunk: int = 1 << 16) -> bool:

@@ -51,10 +51,11 @@ def on_module_loaded(name: str, module: ModuleType) -> None:
 
             planner.apply(module)
         elif name == "mergekit.merge":
-            from mergekit_tokenplug.seam import run, tied  # lazy
+            from mergekit_tokenplug.seam import log_notes, run, tied  # lazy
 
             run.apply(module)
             tied.apply(module)
+            log_notes.apply()
 
 
 def activate() -> None:

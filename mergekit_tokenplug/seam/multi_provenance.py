@@ -16,7 +16,12 @@ from typing import Any
 
 import yaml
 
-from mergekit_tokenplug.output.card import card_header, card_inputs, vocabulary_section
+from mergekit_tokenplug.output.card import (
+    card_donors,
+    card_header,
+    card_inputs,
+    vocabulary_section,
+)
 from mergekit_tokenplug.output.manifest import MANIFEST_NAME, input_record, write_manifest
 from mergekit_tokenplug.output.modes import apply_umask
 
@@ -59,18 +64,19 @@ def finalize_multi(
         own = None
     if not stages and own is None:
         return
-    configs = (
+    configs = [
         MergeConfiguration.model_validate({k: v for k, v in d.items() if k != "name"}) for d in docs
-    )
+    ]
     refs = (ref for config in configs for ref in card_inputs(config))
     inputs = list(dict.fromkeys(ref for ref in refs if ref not in names))  # in order, once
+    donors = [d for config in configs for d in card_donors(config)]
     if write_card:
         final = next((d for d in docs if "name" not in d), docs[-1])
         sections = [_stage_section(n, m) for n, m in stages.items()]
         if own is not None:
             sections.append(_stage_section("final", own))
         lines = [
-            *card_header(out.name, inputs),
+            *card_header(out.name, inputs, donors),
             f"Built with [mergekit](https://github.com/arcee-ai/mergekit)'s `mergekit-multi` in "
             f"{len(docs)} stages (final merge: `{final.get('merge_method')}`) and mergekit-tokenplug.",
             "",

@@ -310,11 +310,18 @@ def _refuser(applies: Callable[[Any], bool], message: str, where: str) -> Callab
     return _refuse
 
 
+def enable_hint(reason: str) -> str:
+    """What to do about a refusal: enable the plugin, or install the mergekit it supports."""
+    if "DISABLE" in reason:
+        return f"unset MERGEKIT_TOKENPLUG_DISABLE to run it with {PLUGIN_NAME}"
+    return f"install the mergekit version {PLUGIN_NAME} supports (pip install 'mergekit==0.1.5')"
+
+
 def refuse_requirement(reason: str) -> Callable[[Any], Any]:
     """A before-validator for ``parameters`` used when the plugin must not run."""
     return _refuser(
         lambda value: isinstance(value, dict) and REQUIRES_KEY in value,
-        f"this recipe requires {PLUGIN_NAME} but {reason}; refusing to run it with stock mergekit",
+        f"this recipe requires {PLUGIN_NAME} but {reason}; refusing to run it with stock mergekit; {enable_hint(reason)}",
         f"parameters.{REQUIRES_KEY}",
     )
 
@@ -366,7 +373,7 @@ def refuse_plugin_keys(reason: str) -> Callable[[Any], Any]:
     """A before-validator for the ``tokenizer`` field used when the plugin must not run."""
     return _refuser(
         lambda value: _tokenizer_kind(value) == "plugin",
-        f"this recipe uses mergekit-tokenplug's keys but {reason}; refusing to run it with stock mergekit (which would copy raw rows or write zeros)",
+        f"this recipe uses mergekit-tokenplug's keys but {reason}; refusing to run it with stock mergekit (which would copy raw rows or write zeros); {enable_hint(reason)}",
         "tokenizer.approximation",
     )
 
