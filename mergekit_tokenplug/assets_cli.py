@@ -17,7 +17,7 @@ GGUF_SPEC = "gguf>=0.10"  # transformers reads the GGUF files with it (extra: [a
 
 def _need_gguf(only: tuple[str, ...], install: bool) -> None:
     """Converting the GGUF models needs the ``gguf`` package: install it or say how."""
-    from mergekit_tokenplug.assets import GROUPS, MODELS
+    from mergekit_tokenplug.assets import GROUPS, MODELS  # lazy: read only when asked for
 
     keys = {k for key in only for k in GROUPS.get(key, (key,))}
     if not keys & set(MODELS) or importlib.util.find_spec("gguf") is not None:

@@ -184,7 +184,7 @@ def check_k_first(config: Any, method: str, k: Any) -> None:
     """Refuse a ``k`` the shared tokens cannot give before any weight is read."""
     if not isinstance(k, int) or isinstance(k, bool):
         return
-    from mergekit_tokenplug.recipes.shared_k import k_problems
+    from mergekit_tokenplug.recipes.shared_k import k_problems  # lazy: reads tokenizers
 
     try:
         problems = k_problems(config, method, k)

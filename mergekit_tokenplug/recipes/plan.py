@@ -321,7 +321,7 @@ def add_time_estimates(weights: list[dict[str, Any]], device: str, available: bo
         for w in weights:
             w["seconds"] = None
         return None
-    from mergekit_tokenplug.compute.rate import matmul_rate
+    from mergekit_tokenplug.compute.rate import matmul_rate  # lazy: timed only when plan prints
 
     rate = matmul_rate(device)
     for w in weights:

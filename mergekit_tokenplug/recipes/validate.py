@@ -625,7 +625,7 @@ class _DocChecker:
 
     # -- OMP's k against the shared tokens
     def check_shared_tokens(self, config: Any, spec: Any, k: int) -> None:
-        from mergekit_tokenplug.recipes.shared_k import k_problems
+        from mergekit_tokenplug.recipes.shared_k import k_problems  # lazy: reads tokenizers
 
         try:
             problems = k_problems(config, spec.name, k, self.options.trust_remote_code)
