@@ -21,10 +21,12 @@ from mergekit_tokenplug.cli import main
 from mergekit_tokenplug.heal import run_heal
 from mergekit_tokenplug.heal.adapter import DEFAULT_LORA
 from mergekit_tokenplug.heal.align import align_chunks, encode_segments
+from mergekit_tokenplug.heal.corpus_spans import read_stream, student_windows, training_texts
 from mergekit_tokenplug.heal.data import load_corpus
 from mergekit_tokenplug.heal.distill import DistillWeights, chunk_loss
 from mergekit_tokenplug.heal.rows import rows_to_train
 from mergekit_tokenplug.heal.teach import CACHE_NAME, distillation
+from mergekit_tokenplug.heal.teacher import window_chunks
 from mergekit_tokenplug.heal.train import scheduled_windows
 from mergekit_tokenplug.output.manifest import MANIFEST_NAME
 from mergekit_tokenplug.surgery import transplant
@@ -60,11 +62,15 @@ def test_chunks_of_hand_built_spans_never_split_a_character():
     # "aé b": side A spells é with two byte pieces (both report é's span), B has "aé" whole
     a = [(0, 1), (1, 2), (1, 2), (2, 4)]
     b = [(0, 2), (2, 3), (3, 4)]
-    c = align_chunks(a, b, start=0)
+    c = align_chunks(a, b, start_a=0, start_b=0)
     assert (c.a_lo, c.a_hi, c.b_lo, c.b_hi) == ([0, 3], [3, 4], [0, 1], [1, 3])
     # with BOS on both sides (span at the start), chunks start after it
     c = align_chunks([(0, 0), *a], [(0, 0), *b])
     assert (c.a_lo, c.a_hi, c.b_lo, c.b_hi) == ([1, 4], [4, 5], [1, 2], [2, 4])
+    # a window whose first token starts inside one of the other side's tokens: each BOS at
+    # its own side's start; the first chunk begins where both have ended a token
+    c = align_chunks([(5, 5), (5, 7), (7, 9)], [(7, 7), (7, 9)])
+    assert (c.a_lo, c.a_hi, c.b_lo, c.b_hi) == ([2], [3], [1], [2])
 
 
 def _piece_bytes(tok, ids: list[int], text: str) -> list[bytes]:
@@ -136,6 +142,34 @@ def test_chunks_of_byte_level_bpe_against_sentencepiece_byte_fallback(tmp_path, 
         and "東" in chunk_texts
         and "ñ" not in "".join(chunk_texts[:3])
     )
+
+
+def test_every_window_of_a_corpus_aligns_the_same_text_on_both_sides(zoo, transplanted):
+    """Byte-level windows of 32 tokens cut SentencePiece tokens and multi-byte characters
+    at their edges; each chunk still spans the same text on both sides."""
+    tok, t_tok = (
+        AutoTokenizer.from_pretrained(transplanted),
+        AutoTokenizer.from_pretrained(zoo.sp_tied),
+    )
+    data = load_corpus(corpus(zoo), tok, seq_len=32, eval_fraction=0.1)
+    texts = training_texts(corpus(zoo), 0.1)
+    windows, t_stream = student_windows(tok, texts, 32, data.train.ids), read_stream(t_tok, texts)
+    joined = "".join(t + "\0" for t in texts)  # the streams' coordinates: files one apart
+    late_starts = covered = 0
+    for w in range(len(data.train)):
+        s_ids, s_spans, start, _ = windows.window(w)
+        t_ids, c = window_chunks(t_stream, windows, w)
+        t_spans = t_stream.between(start, windows.window(w)[3])[1]
+        assert s_ids == [tok.bos_token_id, *data.train.ids[w, 1:].tolist()]
+        assert t_ids[0] == t_tok.bos_token_id and len(c) > 0
+        late_starts += c.a_lo[0] > 1
+        for k in range(len(c)):
+            a = joined[s_spans[c.a_lo[k]][0] : s_spans[c.a_hi[k] - 1][1]]
+            b = joined[t_spans[c.b_lo[k]][0] : t_spans[c.b_hi[k] - 1][1]]
+            assert a == b, (w, k)
+            covered += c.a_hi[k] - c.a_lo[k]
+    assert late_starts > 0  # some windows start inside a teacher token
+    assert covered > 0.9 * len(data.train) * 32
 
 
 # ----------------------------------------------------------------------------- losses

@@ -51,10 +51,15 @@ def boundary_ends(spans: Sequence[Span], start: int | None = None) -> dict[int, 
     return ends
 
 
-def align_chunks(a: Sequence[Span], b: Sequence[Span], start: int | None = None) -> Chunks:
-    """Chunks of two token sequences over the same text (see the module doc); ``start``:
-    where the text both read begins, for sequences without BOS."""
-    ea, eb = boundary_ends(a, start), boundary_ends(b, start)
+def align_chunks(
+    a: Sequence[Span],
+    b: Sequence[Span],
+    start_a: int | None = None,
+    start_b: int | None = None,
+) -> Chunks:
+    """Chunks of two token sequences over the same text (see the module doc);
+    ``start_a``/``start_b``: where a side without BOS starts reading."""
+    ea, eb = boundary_ends(a, start_a), boundary_ends(b, start_b)
     common = sorted(set(ea) & set(eb))
     out = Chunks([], [], [], [])
     for prev, pos in zip(common, common[1:], strict=False):

@@ -27,7 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from mergekit_tokenplug.errors import InputError
-from mergekit_tokenplug.heal.align import align_chunks
+from mergekit_tokenplug.heal.align import Chunks, align_chunks
 from mergekit_tokenplug.heal.corpus_spans import Stream, Windows, read_stream
 from mergekit_tokenplug.inputs import check_model_dir
 from mergekit_tokenplug.output.manifest import MANIFEST_NAME, input_record, sha256_file
@@ -170,30 +170,41 @@ def window_file(cache: Path, index: int) -> Path:
     return cache / f"w{index:06d}.safetensors"
 
 
+def window_chunks(t_stream: Stream, windows: Windows, index: int) -> tuple[list[int], Chunks]:
+    """The teacher's ids for window ``index`` and the chunks both read; a chunk's first
+    token on each side has a token before it (a prediction to sum)."""
+    _, s_spans, start, end = windows.window(index)
+    t_ids, t_spans = t_stream.between(start, end)
+    chunks = align_chunks(  # a side without BOS starts where its first token does
+        s_spans,
+        t_spans,
+        None if windows.stream.bos is not None else start,
+        None if t_stream.bos is not None or not t_spans else t_spans[0][0],
+    )
+    keep = [k for k in range(len(chunks)) if chunks.a_lo[k] >= 1 and chunks.b_lo[k] >= 1]
+    pick = [[getattr(chunks, f)[k] for k in keep] for f in ("a_lo", "a_hi", "b_lo", "b_hi")]
+    return t_ids, Chunks(*pick)
+
+
 @torch.no_grad()
 def teacher_window(
     teacher: Any, t_stream: Stream, windows: Windows, index: int, layer: int, device: Any
 ) -> dict[str, torch.Tensor]:
-    """Align window ``index`` with the teacher's reading of the same text and run the
-    teacher once over it."""
-    _, s_spans, start, end = windows.window(index)
-    t_ids, t_spans = t_stream.between(start, end)
-    chunks = align_chunks(s_spans, t_spans, start)
-    keep = [  # a chunk's first token must have a token before it to be predicted from
-        k for k in range(len(chunks)) if chunks.a_lo[k] >= 1 and chunks.b_lo[k] >= 1
-    ]
+    """Run the teacher once over its reading of window ``index``; keep what the losses
+    need at the chunks."""
+    t_ids, chunks = window_chunks(t_stream, windows, index)
     out = teacher(input_ids=torch.tensor([t_ids], device=device), output_hidden_states=True)
     logits = out.logits[0, :-1].float()
     target = torch.tensor(t_ids[1:], device=device)
     tok_lp = -torch.nn.functional.cross_entropy(logits, target, reduction="none").double()
     csum = torch.cat([tok_lp.new_zeros(1), tok_lp.cumsum(0)])
-    b_lo = torch.tensor([chunks.b_lo[k] for k in keep], dtype=torch.long)
-    b_hi = torch.tensor([chunks.b_hi[k] for k in keep], dtype=torch.long)
+    b_lo = torch.tensor(chunks.b_lo, dtype=torch.long)
+    b_hi = torch.tensor(chunks.b_hi, dtype=torch.long)
     logp = (csum[b_hi - 1] - csum[b_lo - 1]).float().clamp(max=0.0)
     hidden = out.hidden_states[layer][0, b_hi - 1].float()
     return {
-        "lo": torch.tensor([chunks.a_lo[k] for k in keep], dtype=torch.long),
-        "hi": torch.tensor([chunks.a_hi[k] for k in keep], dtype=torch.long),
+        "lo": torch.tensor(chunks.a_lo, dtype=torch.long),
+        "hi": torch.tensor(chunks.a_hi, dtype=torch.long),
         "logp": logp.cpu().contiguous(),
         "hidden": hidden.cpu().contiguous(),
     }
