@@ -13,6 +13,7 @@ from accelerate import Accelerator
 from click.testing import CliRunner
 from models_factory import build_llama
 from safetensors import safe_open
+from test_distributed import launch
 from tokenizers_factory import CHAT_TOKENS, build_byte_level_bpe, build_sentencepiece_bpe
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
@@ -330,3 +331,23 @@ def test_bad_teachers_are_refused_in_one_line_with_nothing_at_out(
     if case == "other width":
         assert "hidden_size 48" in lines[0]
     assert not out.exists() and not (tmp_path / CACHE_NAME).exists()
+
+
+def test_two_processes_match_one_with_teacher_and_lora(zoo, transplanted, tmp_path):
+    results = []
+    for nproc in (1, 2):
+        out, summary = tmp_path / f"out{nproc}", tmp_path / f"summary{nproc}.json"
+        args = ["heal", str(transplanted), str(out), "--corpus", corpus(zoo)[0], "--steps", "3"]
+        args += ["--seq-len", "32", "--batch-size", "2", "--lr", "1e-2", "--adapter", "lora"]
+        args += ["--teacher-cache", str(tmp_path / f"cache{nproc}"), "-q", "--json", str(summary)]
+        proc = launch(nproc, args, {}, tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results.append((json.loads(summary.read_text()), tensors(out)))
+    (one, t_one), (two, t_two) = results
+    assert two["processes"] == 2 and one["teacher"] == two["teacher"]
+    assert one["cache"]["key"] == two["cache"]["key"]  # each fills its own cache; 2 split it
+    assert one["cache"]["teacher_forwards"] == two["cache"]["teacher_forwards"] > 0
+    assert abs(one["heldout_after"]["loss"] - two["heldout_after"]["loss"]) < 1e-3
+    assert one["heldout_after"]["loss"] != one["heldout_before"]["loss"]
+    for name in one["adapter"]["modules_changed"]:
+        assert torch.allclose(t_one[name], t_two[name], atol=1e-4), name

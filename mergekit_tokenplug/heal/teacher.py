@@ -227,6 +227,7 @@ def build_cache(
 
     cache.mkdir(parents=True, exist_ok=True)
     missing = [w for w in windows if not window_file(cache, w).is_file()]
+    accelerator.wait_for_everyone()  # every process splits the same list, before any writes
     mine = missing[accelerator.process_index :: accelerator.num_processes]
     if mine:
         t_stream = read_stream(transformers.AutoTokenizer.from_pretrained(teacher_dir), texts)
