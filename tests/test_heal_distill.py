@@ -287,6 +287,14 @@ def test_distillation_with_lora_changes_only_the_rows_and_the_merged_modules(
     assert heal["objective"]["chunk_likelihood"] == summary["objective"]["chunk_likelihood"]
     teacher = next(i for i in manifest["inputs"] if i["role"] == "teacher")
     assert teacher["safetensors"] == summary["teacher"]["safetensors"]
+    # healing OUT again: its merged body is no longer the base's, so the default teacher
+    # is refused, saying how to go on
+    res = CliRunner().invoke(
+        main, ["heal", str(out), str(tmp_path / "again"), "--corpus", corpus(zoo)[0], "-q"]
+    )
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code != 0 and len(lines) == 1 and "--teacher none" in lines[0], res.output
+    assert not (tmp_path / "again").exists()
     card = (out / "README.md").read_text()
     assert "Distilled from the original model" in card and "**merged**" in card
     model = AutoModelForCausalLM.from_pretrained(out)

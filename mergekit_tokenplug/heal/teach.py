@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from mergekit_tokenplug.errors import ConfigError
+from mergekit_tokenplug.errors import ConfigError, InputError
 from mergekit_tokenplug.heal.corpus_spans import student_windows, training_texts
 from mergekit_tokenplug.heal.distill import DistillWeights, channel_scale, window_losses
 from mergekit_tokenplug.heal.examples import Examples
@@ -38,7 +38,13 @@ def resolve_teacher(option: str | None, model_dir: Path, text_corpus: bool) -> s
     if option is None:
         found = default_teacher(model_dir) if text_corpus else None
         if found is not None:
-            check_teacher(found, model_dir)
+            try:
+                check_teacher(found, model_dir)
+            except InputError as exc:  # e.g. MODEL was healed with a merged adapter
+                raise InputError(
+                    f"{exc} (the default teacher, from MODEL's manifest; pass --teacher none "
+                    "to heal without one)"
+                ) from None
         return found
     if not text_corpus:
         raise ConfigError(
