@@ -5,9 +5,11 @@ Per language: bits per byte of the original Gemma (its own tokenizer), of the tr
 of the healed model, and the share of the transplant's cost (bpb minus the original's) that
 healing removed. The heal corpus (``texts/heal/*.txt``), the texts the defaults were chosen on
 (``texts/tune``) and the reported texts (``texts/heldout``) are disjoint regions of the same
-Debian documents (``bench/assets.py``).
+Debian documents (``bench/assets.py``); ``texts/prose-tune`` and ``texts/prose-heldout`` are
+disjoint regions of literature, quotations and poetry in six languages from other sources,
+what a heal must not make worse.
 
-    python bench/bench_heal.py [--texts heldout|tune] [--transplant DIR] [--out-dir DIR]
+    python bench/bench_heal.py [--texts heldout|tune|prose-heldout|prose-tune] [--transplant DIR] [--out-dir DIR]
         [--name NAME] [-- HEAL OPTIONS...]
 
 The transplant is written by ``transplant(...)`` (default method, float32) into ``--out-dir``
@@ -157,7 +159,13 @@ def table(orig: dict, trans: dict, healed: dict) -> tuple[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--texts", choices=("heldout", "tune"), default="heldout")
+    ap.add_argument(
+        "--texts",
+        choices=("heldout", "tune", "prose-heldout", "prose-tune"),
+        default="heldout",
+        help="heldout/tune: regions of the Debian documents the heal corpus comes from; "
+        "prose-*: literature, quotations and poetry from other sources (assets.py prose).",
+    )
     ap.add_argument("--transplant", type=Path, default=None)
     ap.add_argument("--out-dir", type=Path, default=Path("bench/out/heal"))
     ap.add_argument(
@@ -169,7 +177,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     root = assets.cache_root()
-    texts = [root / "texts" / args.texts / f"{lang}.txt" for lang in LANGS]
+    if args.texts.startswith("prose"):
+        texts = [assets.prose_path(args.texts, name) for name in assets.PROSE_SOURCES]
+    else:
+        texts = [root / "texts" / args.texts / f"{lang}.txt" for lang in LANGS]
     model = with_row_ids(args.transplant or ensure_transplant(args.out_dir), args.out_dir)
     tag = args.texts
     healed_dir = args.out_dir / f"healed-{args.name}"

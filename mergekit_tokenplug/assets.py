@@ -15,7 +15,10 @@ llama-cpp-python sdist), ``minilm`` (the all-MiniLM-L6-v2 embedder) and the grou
 ``tokenadapt`` (smollm2, gpt2, minilm: what recipes/04 reads). ``multilingual`` writes three
 disjoint regions of en/de/es/fr (Debian Reference) and ru/zh (Debian's manpages-ru/-zh) text:
 ``texts/tune/`` (choices are made on it), ``texts/heldout/`` (only reported) and ``texts/heal/``
-(a training corpus sharing no text with either).
+(a training corpus sharing no text with either). ``prose`` writes two disjoint regions
+(``texts/prose-tune/``, ``texts/prose-heldout/``) of eight texts from other domains than that
+corpus: Jane Austen (r-cran-janeaustenr) and Debian's German, Spanish, Italian, Russian and
+Chinese fortune files (quotations, anecdotes, aphorisms, Tang poems).
 """
 
 from __future__ import annotations
@@ -442,6 +445,82 @@ def prepare_multilingual() -> dict[str, Path]:
     return wanted
 
 
+# Prose from other domains than the Debian heal corpus (literature, quotations, anecdotes,
+# poetry): what a heal must not make worse. Two disjoint regions per text: "prose-tune"
+# (choices are made on it) and "prose-heldout" (only reported).
+PROSE_SOURCES = {  # name -> (Debian package, file inside it, or R dataset of janeaustenr)
+    "en-emma": ("r-cran-janeaustenr", "emma"),
+    "en-persuasion": ("r-cran-janeaustenr", "persuasion"),
+    "de-anekdoten": ("fortunes-de", "usr/share/games/fortunes/de/anekdoten.u8"),
+    "de-zitate": ("fortunes-de", "usr/share/games/fortunes/de/zitate.u8"),
+    "es-nietzsche": ("fortunes-es", "usr/share/games/fortunes/es/nietzsche.fortunes"),
+    "it-italia": ("fortunes-it", "usr/share/games/fortunes/italia"),
+    "ru-aphorisms": ("fortunes-ru", "usr/share/games/fortunes/ru/*.u8"),
+    "zh-tang300": ("fortunes-zh", "usr/share/games/fortunes/tang300.u8"),
+}
+PROSE_REGIONS = {"prose-tune": 0.25, "prose-heldout": 0.65}
+PROSE_CHARS = {"zh": 1_500}  # CJK: ~3 bytes a character
+PROSE_DEFAULT_CHARS = 4_000
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _austen_novel(root: Path, name: str) -> str:
+    """One novel of janeaustenr's lazy-load data base (gzip index, zlib records; ``rdata``)."""
+    import zlib
+
+    import rdata
+
+    data = root / "usr/lib/R/site-library/janeaustenr/data"
+    index = rdata.conversion.convert(
+        rdata.parser.parse_data(gzip.decompress((data / "Rdata.rdx").read_bytes()))
+    )
+    off, length = (int(x) for x in index["variables"][name])
+    blob = (data / "Rdata.rdb").read_bytes()[off : off + length]
+    lines = rdata.conversion.convert(rdata.parser.parse_data(zlib.decompress(blob[4:])))
+    return "\n".join(str(line) for line in lines)
+
+
+def _fortune_text(root: Path, pattern: str) -> str:
+    """A fortune file (or files) as plain text: ``%`` separators become blank lines."""
+    parts = [p.read_text(encoding="utf-8") for p in sorted(root.glob(pattern))]
+    lines = [
+        "" if line.strip() == "%" else _ANSI.sub("", line).rstrip()
+        for line in "\n".join(parts).splitlines()
+    ]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines))
+
+
+def prose_path(split: str, name: str) -> Path:
+    return cache_root() / "texts" / split / f"{name}.txt"
+
+
+def prepare_prose() -> dict[str, Path]:
+    """Write the tuning and held-out regions of each prose text (cached)."""
+    out_dir = cache_root() / "texts" / "prose-heldout"
+    wanted = {f"{s}:{n}": prose_path(s, n) for s in PROSE_REGIONS for n in PROSE_SOURCES}
+    if _done(out_dir) and all(p.is_file() for p in wanted.values()):
+        _log(f"prose texts: cached under {out_dir.parent}")
+        return wanted
+    sources: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as work:
+        for name, (pkg, member) in PROSE_SOURCES.items():
+            root = cache_root() / "debian" / pkg
+            if not root.is_dir():
+                _apt_extract(pkg, root, Path(work))
+            if pkg == "r-cran-janeaustenr":
+                full = _austen_novel(root, member)
+            else:
+                full = _fortune_text(root, member)
+            sources[name] = f"{pkg}:{member} ({len(full)} chars)"
+            n = PROSE_CHARS.get(name.split("-")[0], PROSE_DEFAULT_CHARS)
+            for split, frac in PROSE_REGIONS.items():
+                path = prose_path(split, name)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(_region(full, frac, n), encoding="utf-8")
+    _mark(out_dir, {"regions": PROSE_REGIONS, "chars": PROSE_CHARS, "sources": sources})
+    return wanted
+
+
 def ensure_all(
     only: tuple[str, ...] = ("smollm2", "gemma3", "texts"),
     dtype: str = "float32",
@@ -456,6 +535,8 @@ def ensure_all(
             paths.update({f"text:{n}": p for n, p in prepare_texts().items()})
         elif key == "multilingual":
             paths.update(prepare_multilingual())
+        elif key == "prose":
+            paths.update(prepare_prose())
         elif key in MODELS:
             paths[key] = prepare_model(key, dtype, install)
         elif key == "gpt2":
@@ -463,7 +544,7 @@ def ensure_all(
         elif key == "minilm":
             paths[key] = prepare_minilm(install)
         else:
-            known = ", ".join([*MODELS, "texts", "multilingual", "gpt2", "minilm", *GROUPS])
+            known = ", ".join([*MODELS, "texts", "multilingual", "prose", "gpt2", "minilm", *GROUPS])
             raise SystemExit(f"error: --only: unknown asset {key!r} (one of: {known})")
     return paths
 

@@ -20,7 +20,9 @@ from mergekit_tokenplug.errors import ConfigError, TokenplugError, one_line_erro
 from mergekit_tokenplug.evaluate.bpb import evaluate_models, format_table
 from mergekit_tokenplug.gguf_cli import gguf as gguf_command
 from mergekit_tokenplug.guards import check_device, check_number, check_seed, check_writable_file
-from mergekit_tokenplug.heal.command import Matrices, run_heal
+from mergekit_tokenplug.heal.adapter import DEFAULT_LORA, LoraSettings
+from mergekit_tokenplug.heal.command import DEFAULT_ADAPTER, DEFAULT_DISTILL, Matrices, run_heal
+from mergekit_tokenplug.heal.distill import DistillWeights
 from mergekit_tokenplug.heal.rows import RowChoice
 from mergekit_tokenplug.output.card import HEAL_FIGURES
 from mergekit_tokenplug.recipes.cli import commands as recipe_commands
@@ -450,6 +452,40 @@ def learn_tool_tokens_command(model: str, data: str, out: str, **options: Any) -
     heal.callback(model, out, (data,), rows="tool", matrices=None, **options)
 
 
+def heal_objective(options: dict[str, Any]) -> dict[str, Any]:
+    """Fold the CLI's flat distillation and adapter options into run_heal's settings."""
+    opts = dict(options)
+    distill = DistillWeights(
+        lm=opts.pop("lm_weight", DEFAULT_DISTILL.lm),
+        chunk=opts.pop("chunk_weight", DEFAULT_DISTILL.chunk),
+        hidden=opts.pop("hidden_weight", DEFAULT_DISTILL.hidden),
+        tau=opts.pop("tau", DEFAULT_DISTILL.tau),
+        layer=opts.pop("distill_layer", DEFAULT_DISTILL.layer),
+    )
+    for name, value in (
+        ("--lm-weight", distill.lm),
+        ("--chunk-weight", distill.chunk),
+        ("--hidden-weight", distill.hidden),
+    ):
+        if value < 0:
+            raise ConfigError(f"must be >= 0, got {value}", where=name)
+    if distill.tau <= 0:
+        raise ConfigError(f"must be > 0, got {distill.tau}", where="--tau")
+    lora = LoraSettings(
+        rank=opts.pop("lora_rank", DEFAULT_LORA.rank),
+        alpha=opts.pop("lora_alpha", DEFAULT_LORA.alpha),
+        targets=tuple(
+            t.strip()
+            for t in str(opts.pop("lora_targets", ",".join(DEFAULT_LORA.targets))).split(",")
+            if t.strip()
+        ),
+        lr=opts.pop("lora_lr", DEFAULT_LORA.lr),
+        decay=opts.pop("lora_decay", DEFAULT_LORA.decay),
+    )
+    adapter = opts.pop("adapter", "none")
+    return {**opts, "distill": distill, "lora": lora if adapter == "lora" else None}
+
+
 @main.command()
 @click.argument("model", type=click.Path())
 @click.argument("out", type=click.Path())
@@ -499,6 +535,53 @@ def learn_tool_tokens_command(model: str, data: str, out: str, **options: Any) -
     "--device", default="cpu", help="cpu or cuda (under accelerate launch: one per process)."
 )
 @click.option("--seed", default=0)
+@click.option(
+    "--teacher",
+    help="Original model to distil from (cross-tokenizer chunk likelihoods + hidden states), "
+    "or 'none' for the LM loss alone.  [default: the base model in MODEL's manifest, if present]",
+)
+@click.option(
+    "--teacher-cache",
+    type=click.Path(file_okay=False),
+    help="Where the teacher pass is cached (reused by reruns).  "
+    "[default: .tokenplug-teacher-cache beside OUT]",
+)
+@click.option(
+    "--lm-weight", default=DEFAULT_DISTILL.lm, help="Weight of the LM loss (with a teacher)."
+)
+@click.option(
+    "--chunk-weight", default=DEFAULT_DISTILL.chunk, help="Weight of the chunk-likelihood loss."
+)
+@click.option(
+    "--hidden-weight", default=DEFAULT_DISTILL.hidden, help="Weight of the hidden-state loss."
+)
+@click.option(
+    "--tau", default=DEFAULT_DISTILL.tau, help="Temperature of the chunk-likelihood loss."
+)
+@click.option(
+    "--distill-layer", default=DEFAULT_DISTILL.layer, help="Hidden-state layer matched (-1: last)."
+)
+@click.option(
+    "--adapter",
+    type=click.Choice(["none", "lora"]),
+    default=DEFAULT_ADAPTER,
+    show_default=True,
+    help="lora: train a low-rank adapter with the rows, merged into OUT's weights at the end.",
+)
+@click.option("--lora-rank", default=DEFAULT_LORA.rank, show_default=True)
+@click.option("--lora-alpha", default=DEFAULT_LORA.alpha, show_default=True)
+@click.option(
+    "--lora-targets",
+    default=",".join(DEFAULT_LORA.targets),
+    show_default=True,
+    help="Comma-separated module names the adapter wraps.",
+)
+@click.option(
+    "--lora-lr", default=DEFAULT_LORA.lr, show_default=True, help="Adapter learning rate."
+)
+@click.option(
+    "--lora-decay", default=DEFAULT_LORA.decay, show_default=True, help="AdamW weight decay."
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists and is not empty.")
 @click.option(
     "--allow-pickle", is_flag=True, help="Allow loading .bin/.pt pickle checkpoints (can run code)."
@@ -521,7 +604,7 @@ def heal(
     write OUT. Data parallel under `accelerate launch`."""
     setup_logging(quiet, verbose)
     check_writable_file(json_out, "--json", outside=[out])
-    summary = run_heal(model, out, list(corpus), quiet=quiet, **options)
+    summary = run_heal(model, out, list(corpus), quiet=quiet, **heal_objective(options))
     if os.environ.get("RANK", "0") != "0":
         return
     write_json(json_out, {"out": out, **summary})

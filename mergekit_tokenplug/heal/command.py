@@ -16,6 +16,7 @@ import torch
 from mergekit_tokenplug.errors import ConfigError
 from mergekit_tokenplug.evaluate.bpb import LN2, bits_per_byte
 from mergekit_tokenplug.guards import fit_context
+from mergekit_tokenplug.heal.adapter import LoraSettings, attach_lora, lora_record, merge_lora
 from mergekit_tokenplug.heal.checks import (
     ModelExtras,
     check_finite_model,
@@ -25,15 +26,19 @@ from mergekit_tokenplug.heal.checks import (
     check_side_file_links,
 )
 from mergekit_tokenplug.heal.data import HealCorpus, load_corpus
+from mergekit_tokenplug.heal.distill import DistillWeights
 from mergekit_tokenplug.heal.examples import example_scores
 from mergekit_tokenplug.heal.frozen import restore_frozen
 from mergekit_tokenplug.heal.rows import RowChoice, rows_to_train
+from mergekit_tokenplug.heal.teach import distillation, objective_words, resolve_teacher
 from mergekit_tokenplug.heal.train import LoopSettings, is_tied, train_rows, untie
 from mergekit_tokenplug.output.atomic import atomic_directory
 from mergekit_tokenplug.output.card import heal_section
 from mergekit_tokenplug.output.manifest import MANIFEST_NAME, input_record, write_manifest
 
 Matrices = Literal["input", "both"]  # the CLI's choices
+DEFAULT_DISTILL = DistillWeights(lm=1.0, chunk=1.0, hidden=1.0, tau=100.0, layer=-1)
+DEFAULT_ADAPTER = "none"  # the CLI's --adapter default
 
 # Files the model's own save_pretrained writes or this module rewrites; every other file of
 # MODEL (side files such as tool-token priors, recipes) is carried over unchanged.
@@ -78,6 +83,8 @@ def write_healed(
         {"role": "corpus", "path": path, "sha256": digest}
         for path, digest in summary["corpus"].items()
     ]
+    if summary.get("teacher"):
+        inputs.append({"role": "teacher", **summary["teacher"]})
     write_manifest(
         out,
         inputs=inputs,
@@ -148,12 +155,18 @@ def run_heal(
     overwrite: bool = False,
     allow_pickle: bool = False,
     quiet: bool = False,
+    teacher: str | None = None,
+    distill: DistillWeights = DEFAULT_DISTILL,
+    teacher_cache: str | None = None,
+    lora: LoraSettings | None = None,
 ) -> dict[str, Any]:
     """Heal MODEL into OUT; return the summary (also recorded in OUT's manifest).
 
     ``matrices`` defaults to ``input`` for transplanted rows and to ``both`` for tool rows
     (a tool token must be predicted: its output row is the one that matters). ``seq_len``
-    defaults to 512 tokens, or the model's context when that is shorter."""
+    defaults to 512 tokens, or the model's context when that is shorter. ``teacher``
+    (default: MODEL's base, ``heal/teach.py``; ``"none"``: LM loss only) adds distillation;
+    ``lora`` trains a low-rank adapter with the rows and merges it into OUT's weights."""
     import transformers
     from accelerate import Accelerator
 
@@ -190,6 +203,7 @@ def run_heal(
         tool_ids=tool_ids,
     )
     matrices = matrices or ("both" if rows == "tool" else "input")
+    teacher_dir = resolve_teacher(teacher, src, text_corpus=data.heldout_examples is None)
 
     accelerator = Accelerator(cpu=device == "cpu")
     model = transformers.AutoModelForCausalLM.from_pretrained(src, dtype="auto")
@@ -205,10 +219,28 @@ def run_heal(
     names = ["tied input/output"] if is_tied(model) else ["input", "output"][: len(mats)]
     trained = trained_names(model, mats)
     before = _scores(model, tokenizer, data, seq_len, accelerator.device)
-    loop = LoopSettings(steps, lr, lam, batch_size, micro_batch, seed)
+    objective, distilled = None, None
+    if teacher_dir is not None:
+        objective, distilled = distillation(
+            teacher_dir, src, tokenizer, corpus, data.sha256, data.train,
+            seq_len=seq_len, eval_fraction=eval_fraction, steps=steps, batch_size=batch_size,
+            seed=seed, weights=distill, cache_dir=teacher_cache, out=out,
+            accelerator=accelerator,
+            show_progress=not quiet,
+        )  # fmt: skip
+    wrapped, adapter_params = (None, []) if lora is None else attach_lora(model, lora, seed)
+    loop = LoopSettings(
+        steps, lr, lam, batch_size, micro_batch, seed,
+        adapter_lr=lora.lr if lora else 0.0, adapter_decay=lora.decay if lora else 0.0,
+    )  # fmt: skip
     losses = train_rows(
-        model, mats, row_ids, data.train, loop, accelerator, show_progress=not quiet
-    )
+        model, mats, row_ids, data.train, loop, accelerator, show_progress=not quiet,
+        objective=objective, adapter=adapter_params,
+    )  # fmt: skip
+    merged: list[str] = []
+    if wrapped is not None:
+        model, merged = merge_lora(wrapped)
+        trained |= set(merged)  # merged projections are written as trained, not restored
     with torch.no_grad():  # what OUT will hold: rows rounded to the file's dtype
         ids = torch.tensor(row_ids, device=accelerator.device)
         for m in mats:
@@ -237,11 +269,14 @@ def run_heal(
         "heldout_before": before,
         "heldout_after": after,
         "train_loss": losses,
+        **(distilled or {"teacher": None}),
+        "adapter": lora_record(lora, merged),
     }
     command = (
         f"heal rows={rows} matrices={matrices} steps={steps} lr={lr} lam={lam} seq_len={seq_len} "
         f"batch_size={batch_size} eval_fraction={eval_fraction} seed={seed}"
     )
+    command += objective_words(distilled, lora)
     if accelerator.is_main_process:
         model.to("cpu", file_dtype)
         with atomic_directory(out, inputs=[str(src), *corpus_files], overwrite=overwrite) as tmp:

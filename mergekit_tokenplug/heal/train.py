@@ -15,6 +15,11 @@ whatever the process count; process ``r`` takes its contiguous share, and the ro
 are averaged with ``Accelerator.reduce``. Corpus windows all have the same length, so the
 average of the processes' mean losses is the mean loss of the global batch (prompt/completion
 examples weigh each share's labelled tokens equally instead).
+
+``objective`` replaces the LM loss of a micro-batch (the distillation objective of
+``heal/distill.py``); ``adapter`` parameters (a LoRA's, ``heal/adapter.py``) are trained with
+the rows by AdamW (decoupled weight decay toward zero, i.e. toward the unadapted model), on
+the same schedule, their gradients averaged over processes like the rows'.
 """
 
 from __future__ import annotations
@@ -40,6 +45,27 @@ class LoopSettings:
     batch_size: int  # global, in windows
     micro_batch: int
     seed: int
+    adapter_lr: float = 0.0
+    adapter_decay: float = 0.0
+
+
+Objective = Callable[[Any, Examples, list[int]], torch.Tensor]
+
+
+def lm_loss(model: Any, batch: Examples, picks: list[int]) -> torch.Tensor:
+    """Mean next-token loss over the labelled positions of ``batch``."""
+    device = model.device
+    mask = None if batch.mask is None else batch.mask.to(device)
+    logits = model(input_ids=batch.ids.to(device), attention_mask=mask).logits
+    flat = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+    labels = batch.labels[:, 1:].to(device).reshape(-1)
+    return F.cross_entropy(flat, labels, ignore_index=IGNORE)
+
+
+def scheduled_windows(n_windows: int, steps: int, batch_size: int, seed: int) -> list[int]:
+    """The distinct windows a run of ``steps`` steps will read, sorted."""
+    order = window_order(n_windows, seed)
+    return sorted({next(order) for _ in range(steps * batch_size)})
 
 
 def is_tied(model: Any) -> bool:
@@ -82,6 +108,8 @@ def train_rows(
     *,
     show_progress: bool = True,
     on_step: Callable[[int], None] | None = None,
+    objective: Objective | None = None,
+    adapter: list[torch.nn.Parameter] | None = None,
 ) -> list[float]:
     """Train ``row_ids`` of each matrix in ``matrices`` in place; return the loss per step
     (mean LM loss of the global batch). ``on_step(step)`` runs after each step's update
@@ -101,6 +129,15 @@ def train_rows(
     for m in matrices:
         m.requires_grad_(True)
     opt = torch.optim.Adam(rows, lr=settings.lr)
+    adapter = adapter or []
+    for p in adapter:
+        p.requires_grad_(True)
+    adapter_opt = (
+        torch.optim.AdamW(adapter, lr=settings.adapter_lr, weight_decay=settings.adapter_decay)
+        if adapter
+        else None
+    )
+    loss_of = objective or lm_loss
     order = window_order(len(data), settings.seed)
     model.eval()  # no dropout: the rows are the only thing that changes
     losses: list[float] = []
@@ -115,23 +152,20 @@ def train_rows(
         for step in bar:
             picks = [next(order) for _ in range(settings.batch_size)]
             mine = picks[rank * per_process : (rank + 1) * per_process]
-            for m in matrices:
+            for m in [*matrices, *adapter]:
                 m.grad = None
             total = torch.zeros((), device=device)
             for lo in range(0, per_process, settings.micro_batch):
                 part = mine[lo : lo + settings.micro_batch]
-                batch = data.take(part)
-                mask = None if batch.mask is None else batch.mask.to(device)
-                logits = model(input_ids=batch.ids.to(device), attention_mask=mask).logits
-                flat = logits[:, :-1].float().reshape(-1, logits.shape[-1])
-                labels = batch.labels[:, 1:].to(device).reshape(-1)
                 share = len(part) / per_process
-                loss = F.cross_entropy(flat, labels, ignore_index=IGNORE) * share
+                loss = loss_of(model, data.take(part), part) * share
                 loss.backward()
                 total += loss.detach()
             grads = [m.grad[ids].float() for m in matrices]
+            adapter_grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in adapter]
             if world > 1:
                 grads = [accelerator.reduce(g, reduction="mean") for g in grads]
+                adapter_grads = [accelerator.reduce(g, reduction="mean") for g in adapter_grads]
                 total = accelerator.reduce(total, reduction="mean")
             # cosine decay from lr (step 1) to a tenth of it (last step)
             t = (step - 1) / max(1, settings.steps - 1)
@@ -141,6 +175,12 @@ def train_rows(
             for r, g in zip(rows, grads, strict=True):
                 r.grad = g
             opt.step()
+            if adapter_opt is not None:
+                for group in adapter_opt.param_groups:
+                    group["lr"] = settings.adapter_lr * lr_t / settings.lr
+                for p, g in zip(adapter, adapter_grads, strict=True):
+                    p.grad = g
+                adapter_opt.step()
             with torch.no_grad():
                 for r, s, m in zip(rows, start, matrices, strict=True):
                     if settings.lam > 0:
@@ -153,7 +193,7 @@ def train_rows(
                 on_step(step)
     finally:
         bar.close()
-        for m in matrices:
+        for m in [*matrices, *adapter]:
             m.grad = None
             m.requires_grad_(False)
     return losses

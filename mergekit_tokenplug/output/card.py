@@ -300,6 +300,7 @@ def heal_section(summary: dict[str, Any]) -> str:
             "The model was tied; it is now untied (`tie_word_embeddings: false`): the output "
             "matrix is the transplanted one, only the input rows were trained.",
         ]
+    lines += _teacher_lines(summary)
     before, after = summary.get("heldout_before"), summary.get("heldout_after")
     if before and after:
         cols = [k for k in HEAL_FIGURES if k in before and k in after]
@@ -313,3 +314,28 @@ def heal_section(summary: dict[str, Any]) -> str:
     lines += ["", "Corpus (sha256):", ""]
     lines += [f"- `{path}`: `{digest}`" for path, digest in summary["corpus"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _teacher_lines(summary: dict[str, Any]) -> list[str]:
+    """The distillation teacher and objective, and the merged adapter, when heal used them."""
+    lines: list[str] = []
+    teacher, adapter = summary.get("teacher"), summary.get("adapter")
+    if teacher:
+        o, cache = summary["objective"], summary["cache"]
+        digests = ", ".join(f"`{f}`: `{d}`" for f, d in teacher["safetensors"].items())
+        lines += [
+            "",
+            f"Distilled from the original model `{teacher['path']}` ({digests}): loss = "
+            f"{o['lm']} x LM + {o['chunk_likelihood']} x chunk likelihood (tau {o['tau']}) + "
+            f"{o['hidden_state']} x hidden state (layer {o['layer']}) at chunks both "
+            f"tokenizers end; teacher cache {cache['bytes']} bytes over {cache['windows']} windows.",
+        ]
+    if adapter:
+        lines += [
+            "",
+            f"A rank-{adapter['rank']} LoRA adapter (alpha {adapter['alpha']}) on "
+            f"{', '.join(adapter['targets'])} was trained with the rows and **merged** into the "
+            f"weights: {len(adapter['modules_changed'])} weight matrices changed "
+            f"({', '.join(adapter['modules_changed'][:3])}, ...). OUT is a plain checkpoint.",
+        ]
+    return lines
