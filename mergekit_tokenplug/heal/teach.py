@@ -27,6 +27,7 @@ from mergekit_tokenplug.heal.teacher import (
     teacher_key,
 )
 from mergekit_tokenplug.heal.train import Objective, scheduled_windows
+from mergekit_tokenplug.output.manifest import input_record
 
 CACHE_NAME = ".tokenplug-teacher-cache"  # next to OUT: heal's working files live there
 
@@ -145,7 +146,6 @@ def distillation(
 
 
 def _hashes(teacher: str) -> dict[str, Any]:
-    from mergekit_tokenplug.output.manifest import input_record
 
     return {"safetensors": input_record(teacher)["safetensors"]}
 
