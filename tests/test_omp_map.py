@@ -11,6 +11,7 @@ from helpers import tensors
 
 from mergekit_tokenplug import registry
 from mergekit_tokenplug.cli import main
+from mergekit_tokenplug.method_choice import choose_method
 from mergekit_tokenplug.methods.base import EstimationProblem
 from mergekit_tokenplug.methods.omp_map import (
     OmpMapParams,
@@ -18,7 +19,6 @@ from mergekit_tokenplug.methods.omp_map import (
     choose_alpha_ridge,
     ridge_basis,
 )
-from mergekit_tokenplug.seam.schema import ApproximationConfig, TokenplugTokenizerConfig
 from mergekit_tokenplug.surgery import transplant
 
 EMB, HEAD = "model.embed_tokens.weight", "lm_head.weight"
@@ -50,12 +50,14 @@ def problem(donor, base, n_anchor, seed=0):
     )
 
 
-def test_is_the_default_for_transplant_and_recipes():
+def test_is_the_default_for_transplant_and_recipes(zoo):
+    """With a donor that has weights, a recipe or transplant naming no method runs omp_map
+    (the method is chosen by what the source offers: method_choice)."""
     assert registry.DEFAULT_METHOD == "omp_map"
-    assert ApproximationConfig().method == "omp_map"
-    assert TokenplugTokenizerConfig(source="base").approximation.method == "omp_map"
+    assert choose_method(None, str(zoo.bl_untied)).method == "omp_map"
+    assert choose_method(None, "base").method == "omp_map"
     params = {p.name: p.default for p in main.commands["transplant"].params}
-    assert params["method"] == "omp_map"
+    assert params["method"] is None  # "none named": chosen by the source
 
 
 def test_alpha_zero_is_exactly_omp():
