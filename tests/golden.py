@@ -57,6 +57,17 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _file_digest(path: Path) -> str:
+    """Digest of an exact output file; JSON without the writer's ``transformers_version``
+    (which names the installed library, not anything the run decided)."""
+    if path.suffix != ".json":
+        return _sha(path.read_bytes())
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(data, dict):
+        data.pop("transformers_version", None)
+    return _sha(json.dumps(data, sort_keys=True).encode())
+
+
 def _manifest_record(out: Path) -> dict:
     """The manifest fields that describe what the run did (no versions, paths or hashes)."""
     path = out / "tokenplug_manifest.json"
@@ -114,9 +125,7 @@ def _split(out: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     computed = _computed_rows(out)
     vocab_rows = json.loads((out / "config.json").read_text(encoding="utf-8")).get("vocab_size")
     record: dict = {
-        "files": {
-            name: _sha((out / name).read_bytes()) for name in EXACT_FILES if (out / name).exists()
-        },
+        "files": {name: _file_digest(out / name) for name in EXACT_FILES if (out / name).exists()},
         "manifest": _manifest_record(out),
         "tensors": {},
     }
