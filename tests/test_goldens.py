@@ -123,3 +123,14 @@ def test_same_machine_reruns_write_identical_bytes(zoo, tmp_path, monkeypatch):
         assert (first / "model.safetensors").read_bytes() == (
             second / "model.safetensors"
         ).read_bytes(), method
+
+
+def test_json_outputs_ignore_the_writers_library_version(tmp_path):
+    """A newer transformers writes another ``transformers_version``; nothing the run decided."""
+    from golden import _file_digest
+
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    a.write_text('{"vocab_size": 10, "transformers_version": "5.25.0"}')
+    b.write_text('{"transformers_version": "5.99.1", "vocab_size": 10}')
+    c.write_text('{"vocab_size": 11, "transformers_version": "5.25.0"}')
+    assert _file_digest(a) == _file_digest(b) != _file_digest(c)

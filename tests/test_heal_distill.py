@@ -12,8 +12,8 @@ import torch
 from accelerate import Accelerator
 from click.testing import CliRunner
 from models_factory import build_llama
-from safetensors import safe_open
 from test_distributed import launch
+from test_heal import corpus, tensors
 from tokenizers_factory import CHAT_TOKENS, build_byte_level_bpe, build_sentencepiece_bpe
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
@@ -47,13 +47,6 @@ def transplanted(zoo, tmp_path_factory):
     return out
 
 
-def tensors(path) -> dict[str, torch.Tensor]:
-    with safe_open(str(path / "model.safetensors"), "pt") as fh:
-        return {k: fh.get_tensor(k) for k in fh.keys()}
-
-
-def corpus(zoo) -> list[str]:
-    return [str(zoo.corpus_dir / "*.txt")]
 
 
 # ----------------------------------------------------------------------------- alignment
