@@ -22,8 +22,8 @@ import io
 import os
 import re
 import sys
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, ParamSpec, TypeVar
 
 import tqdm.std
 
@@ -31,6 +31,8 @@ PERIOD_ENV = "MERGEKIT_TOKENPLUG_PROGRESS_SECONDS"
 GRAPH_BARS = ("Executing graph",)  # mergekit's task bars (graph.py, multigpu_executor.py)
 NO_ETA = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}]"
 _CURSOR_MOVES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class LineStream(io.TextIOBase):
@@ -99,3 +101,15 @@ def bar_policy(quiet: bool) -> Iterator[None]:
         yield
     finally:
         cls.__init__ = original
+
+
+def quiet_bars(fn: Callable[P, R]) -> Callable[P, R]:
+    """Run ``fn`` under :func:`bar_policy` of its ``quiet`` keyword, so that ``quiet`` also
+    silences the bars of the libraries it calls (transformers' ``Loading weights``)."""
+
+    @functools.wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        with bar_policy(bool(kwargs.get("quiet", False))):
+            return fn(*args, **kwargs)
+
+    return run

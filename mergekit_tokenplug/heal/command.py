@@ -6,13 +6,16 @@ model card with a heal section and the manifest with a ``heal`` record.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from tqdm.auto import tqdm
 
+from mergekit_tokenplug.compute.progress import quiet_bars
 from mergekit_tokenplug.errors import ConfigError
 from mergekit_tokenplug.evaluate.bpb import LN2, bits_per_byte
 from mergekit_tokenplug.guards import fit_context
@@ -27,8 +30,10 @@ from mergekit_tokenplug.heal.checks import (
 )
 from mergekit_tokenplug.heal.data import HealCorpus, load_corpus
 from mergekit_tokenplug.heal.distill import DistillWeights
+from mergekit_tokenplug.heal.estimate import announce, teacher_pass
 from mergekit_tokenplug.heal.examples import example_scores
 from mergekit_tokenplug.heal.frozen import restore_frozen
+from mergekit_tokenplug.heal.labels import Labelled, objective_label
 from mergekit_tokenplug.heal.rows import RowChoice, rows_to_train
 from mergekit_tokenplug.heal.teach import distillation, objective_words, resolve_teacher
 from mergekit_tokenplug.heal.train import LoopSettings, is_tied, train_rows, untie
@@ -97,20 +102,33 @@ def write_healed(
 
 
 def _scores(
-    model: Any, tokenizer: Any, data: HealCorpus, seq_len: int, device: Any
+    model: Any,
+    tokenizer: Any,
+    data: HealCorpus,
+    seq_len: int,
+    device: Any,
+    *,
+    phase: str = "before",
+    show_progress: bool = False,
 ) -> dict[str, Any] | None:
     """Held-out figures: the JSONL rows' completion loss (and tool-token accuracy, log-prob and
     rank where the rows hold tool tokens), or mean token loss and bits per byte of the text
     tails (``evaluate/bpb.py``: BOS-led windows of ``seq_len`` tokens, like the training
-    windows) summed over every corpus file; None without held-out text."""
+    windows) summed over every corpus file; None without held-out text. Its bar is
+    ``held-out before`` or ``held-out after`` (``phase``): files, each with its windows."""
+    desc = f"held-out {phase}"
     if data.heldout_examples is not None:
-        return example_scores(model, data.heldout_examples, device=device)
+        return example_scores(
+            model, data.heldout_examples, device=device, desc=desc, show_progress=show_progress
+        )
     bits = 0.0
     n_bytes = scored = 0
     per_file: dict[str, float] = {}
-    for path, text in data.heldout.items():
+    for path, text in tqdm(data.heldout.items(), desc=desc, unit="file", disable=not show_progress):
         if text:
-            rec = bits_per_byte(model, tokenizer, text, window=seq_len, device=device)
+            rec = bits_per_byte(
+                model, tokenizer, text, window=seq_len, device=device, show_progress=show_progress
+            )
             bits += rec["bits"]
             n_bytes += rec["bytes"]
             scored += rec["scored_tokens"]
@@ -135,6 +153,7 @@ def trained_names(model: Any, matrices: list[torch.Tensor]) -> set[str]:
     }
 
 
+@quiet_bars  # --quiet silences transformers' bars too
 def run_heal(
     model_dir: str,
     out: str,
@@ -188,12 +207,18 @@ def run_heal(
     )
     seq_len = fit_context(seq_len, 512, model_dir, "--seq-len")
     src = Path(model_dir).expanduser()
+    show = not quiet and os.environ.get("RANK", "0") == "0"  # one process draws and says
+    # leave=False: a failed load (a bad --tool-token, rows) ends in one error line, no bar
+    loading = tqdm(total=3, desc=f"load {src.name}", unit="part", leave=False, disable=not show)
+    loading.set_postfix_str("tokenizer", refresh=False)
     tokenizer = transformers.AutoTokenizer.from_pretrained(src)
     n_rows = transformers.AutoConfig.from_pretrained(src).get_text_config().vocab_size
     row_ids = rows_to_train(src, rows, n_rows, tool_tokens=tool_tokens, vocab=tokenizer.get_vocab())
     if not row_ids:
         raise ConfigError(f"selects no rows of {src}; nothing to train", where="--rows")
     tool_ids = set(row_ids) if rows == "tool" else set()
+    loading.update()
+    loading.set_postfix_str("corpus", refresh=False)
     data = load_corpus(
         corpus,
         tokenizer,
@@ -206,10 +231,16 @@ def run_heal(
     teacher_dir = resolve_teacher(teacher, src, text_corpus=data.heldout_examples is None)
 
     accelerator = Accelerator(cpu=device == "cpu")
+    loading.update()
+    loading.set_postfix_str("weights", refresh=False)
+    t_load = time.perf_counter()
     model = transformers.AutoModelForCausalLM.from_pretrained(src, dtype="auto")
     check_finite_model(model, model_dir)
     file_dtype = model.get_input_embeddings().weight.dtype
     model = model.float().to(accelerator.device)
+    load_s = time.perf_counter() - t_load
+    loading.update()
+    loading.close()
     untied = matrices == "input" and is_tied(model)
     if untied:
         untie(model)
@@ -218,7 +249,20 @@ def run_heal(
         mats.append(model.get_output_embeddings().weight)
     names = ["tied input/output"] if is_tied(model) else ["input", "output"][: len(mats)]
     trained = trained_names(model, mats)
-    before = _scores(model, tokenizer, data, seq_len, accelerator.device)
+    if show:  # what the run will cost, before its long parts
+        announce(
+            model, mats, len(row_ids), data, tokenizer,
+            steps=steps, batch_size=batch_size, micro_batch=micro_batch,
+            processes=accelerator.num_processes, seq_len=seq_len, load_s=load_s,
+            teacher=None if teacher_dir is None else teacher_pass(
+                teacher_dir, model, src, data, seq_len=seq_len, eval_fraction=eval_fraction,
+                steps=steps, batch_size=batch_size, seed=seed, layer=distill.layer,
+                cache_dir=teacher_cache, out=out,
+            ),
+        )  # fmt: skip
+    before = _scores(
+        model, tokenizer, data, seq_len, accelerator.device, phase="before", show_progress=show
+    )
     objective, distilled = None, None
     if teacher_dir is not None:
         objective, distilled = distillation(
@@ -228,6 +272,7 @@ def run_heal(
             accelerator=accelerator,
             show_progress=not quiet,
         )  # fmt: skip
+        objective = Labelled(objective, objective_label(distill))  # the training bar's label
     wrapped, adapter_params = (None, []) if lora is None else attach_lora(model, lora, seed)
     loop = LoopSettings(
         steps, lr, lam, batch_size, micro_batch, seed,
@@ -245,7 +290,9 @@ def run_heal(
         ids = torch.tensor(row_ids, device=accelerator.device)
         for m in mats:
             m[ids] = m[ids].to(file_dtype).float()
-    after = _scores(model, tokenizer, data, seq_len, accelerator.device)
+    after = _scores(
+        model, tokenizer, data, seq_len, accelerator.device, phase="after", show_progress=show
+    )
     check_healed(mats, row_ids, after)
     summary: dict[str, Any] = {
         "rows": {

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
+from tqdm.auto import tqdm
 
 from mergekit_tokenplug.errors import InputError
 
@@ -88,13 +89,20 @@ def encode_examples(
 
 @torch.no_grad()
 def example_scores(
-    model: Any, examples: Examples, *, device: Any, batch_size: int = 16
+    model: Any,
+    examples: Examples,
+    *,
+    device: Any,
+    batch_size: int = 16,
+    desc: str = "examples",
+    show_progress: bool = False,
 ) -> dict[str, float]:
     """Completion loss (mean token NLL) and, where examples hold a tool token, at the position
     before the first one: accuracy (argmax is that token), mean log-prob, mean 1-based rank."""
     nll, n_tok = 0.0, 0
     correct, logp, rank, n_tool = 0, 0.0, 0.0, 0
-    for lo in range(0, len(examples), batch_size):
+    starts = range(0, len(examples), batch_size)
+    for lo in tqdm(starts, desc=desc, unit="batch", disable=not show_progress):
         b = examples.take(range(lo, min(lo + batch_size, len(examples))))
         ids, labels = b.ids.to(device), b.labels.to(device)
         mask = None if b.mask is None else b.mask.to(device)

@@ -19,6 +19,7 @@ from mergekit_tokenplug.heal.distill import DistillWeights, channel_scale, windo
 from mergekit_tokenplug.heal.examples import Examples
 from mergekit_tokenplug.heal.teacher import (
     WHERE,
+    TeacherKey,
     build_cache,
     cache_bytes,
     check_teacher,
@@ -61,6 +62,26 @@ def default_cache_dir(out: str) -> Path:
     return Path(out).resolve().parent / CACHE_NAME
 
 
+def cache_location(
+    teacher: str,
+    model_dir: Path,
+    corpus_sha: dict[str, str],
+    seq_len: int,
+    eval_fraction: float,
+    layer: int,
+    cache_dir: str | None,
+    out: str,
+) -> tuple[TeacherKey, Path]:
+    """The teacher cache's key and directory for a run (also read by heal's time estimate)."""
+    key = teacher_key(
+        teacher,
+        model_dir,
+        corpus_sha,
+        {"seq_len": seq_len, "eval_fraction": eval_fraction, "layer": layer},
+    )
+    return key, (Path(cache_dir) if cache_dir else default_cache_dir(out)) / key.digest
+
+
 def distillation(
     teacher: str,
     model_dir: Path,
@@ -85,14 +106,9 @@ def distillation(
     t0 = time.perf_counter()
     texts = training_texts(corpus, eval_fraction)
     student = student_windows(tokenizer, texts, seq_len, train.ids)
-    key = teacher_key(
-        teacher,
-        model_dir,
-        corpus_sha,
-        {"seq_len": seq_len, "eval_fraction": eval_fraction, "layer": weights.layer},
+    key, cache = cache_location(
+        teacher, model_dir, corpus_sha, seq_len, eval_fraction, weights.layer, cache_dir, out
     )
-    cache = Path(cache_dir) if cache_dir else default_cache_dir(out)
-    cache = cache / key.digest
     windows = scheduled_windows(len(train), steps, batch_size, seed)
     ran = build_cache(
         teacher,

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from mergekit_tokenplug.errors import ConfigError
 from mergekit_tokenplug.heal.examples import IGNORE, Examples
+from mergekit_tokenplug.heal.labels import loss_postfix
 
 
 @dataclass
@@ -141,7 +142,7 @@ def train_rows(
     order = window_order(len(data), settings.seed)
     model.eval()  # no dropout: the rows are the only thing that changes
     losses: list[float] = []
-    running = None
+    label = "lm" if objective is None else getattr(objective, "label", "objective")
     bar = tqdm(
         range(1, settings.steps + 1),
         desc="heal",
@@ -187,8 +188,7 @@ def train_rows(
                         prox_toward(r, s, lr_t * settings.lam)
                     m[ids] = r.to(m.dtype)
             losses.append(float(total))
-            running = losses[-1] if running is None else 0.9 * running + 0.1 * losses[-1]
-            bar.set_postfix(loss=f"{running:.4f}")
+            bar.set_postfix(loss_postfix(label, losses))
             if on_step is not None:
                 on_step(step)
     finally:
