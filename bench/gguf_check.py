@@ -17,7 +17,7 @@ Steps, each printed and written to ``--json``:
 
     python bench/gguf_check.py OUT --llama-cpp DIR [--json bench/out/gguf.json]
 
-Generation through llama.cpp is not compared here: it needs a llama.cpp build.
+Generation through llama.cpp against transformers: ``bench/gguf_generate.py``.
 """
 
 from __future__ import annotations
