@@ -461,11 +461,13 @@ def heal_objective(options: dict[str, Any]) -> dict[str, Any]:
         hidden=opts.pop("hidden_weight", DEFAULT_DISTILL.hidden),
         tau=opts.pop("tau", DEFAULT_DISTILL.tau),
         layer=opts.pop("distill_layer", DEFAULT_DISTILL.layer),
+        piece=opts.pop("piece_weight", DEFAULT_DISTILL.piece),
     )
     for name, value in (
         ("--lm-weight", distill.lm),
         ("--chunk-weight", distill.chunk),
         ("--hidden-weight", distill.hidden),
+        ("--piece-weight", distill.piece),
     ):
         if value < 0:
             raise ConfigError(f"must be >= 0, got {value}", where=name)
@@ -554,6 +556,11 @@ def heal_objective(options: dict[str, Any]) -> dict[str, Any]:
 )
 @click.option(
     "--hidden-weight", default=DEFAULT_DISTILL.hidden, help="Weight of the hidden-state loss."
+)
+@click.option(
+    "--piece-weight",
+    default=DEFAULT_DISTILL.piece,
+    help="Weight of the next-piece loss (the teacher's next-token mass read as student pieces).",
 )
 @click.option(
     "--tau", default=DEFAULT_DISTILL.tau, help="Temperature of the chunk-likelihood loss."

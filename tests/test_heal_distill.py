@@ -190,7 +190,7 @@ def _objective(zoo, student, teacher, tmp_path, weights):
 
 
 def test_distillation_loss_is_zero_for_the_teacher_itself_and_positive_otherwise(zoo, tmp_path):
-    weights = DistillWeights(lm=0.0, chunk=1.0, hidden=1.0, tau=100.0, layer=-1)
+    weights = DistillWeights(lm=0.0, chunk=1.0, hidden=1.0, tau=100.0, layer=-1, piece=1.0)
     objective, batch, picks, record = _objective(zoo, zoo.sp_tied, zoo.sp_tied, tmp_path, weights)
     assert record["cache"]["chunks"] > 0
     teacher = AutoModelForCausalLM.from_pretrained(zoo.sp_tied).eval()
@@ -201,6 +201,7 @@ def test_distillation_loss_is_zero_for_the_teacher_itself_and_positive_otherwise
         for w in (
             DistillWeights(0.0, 1.0, 0.0, 100.0, -1),
             DistillWeights(0.0, 0.0, 1.0, 100.0, -1),
+            DistillWeights(0.0, 0.0, 0.0, 100.0, -1, piece=1.0),
         ):
             one, *_ = _objective(zoo, zoo.sp_tied, zoo.sp_tied, tmp_path, w)
             assert float(one(other, batch, picks)) > 1e-6

@@ -14,7 +14,16 @@
   alike whatever its scale). Teacher and student share every transformer weight, so the
   states live in one space and need no projection.
 
-The training objective is ``lm * LM + chunk * chunk-likelihood + hidden * hidden-state``.
+* **Next pieces** (``heal/pieces.py``): at every student position inside a chunk's first
+  teacher token, the student's next-token distribution against the teacher's mass on each
+  student piece (its ``PIECE_TOP`` likeliest tokens read as student pieces, the rest of its
+  mass one outcome "other"): the KL divergence of those ``k + 1`` outcomes, zero exactly
+  when the student gives each piece the teacher's mass. Where the chunk likelihood sees the
+  one continuation the text took, this is the teacher's whole distribution over the next
+  piece, at most positions of the window.
+
+The training objective is ``lm * LM + chunk * chunk-likelihood + hidden * hidden-state +
+piece * next-piece``.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ class DistillWeights:
     hidden: float
     tau: float
     layer: int
+    piece: float = 0.0
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -62,6 +72,24 @@ def chunk_loss(student: torch.Tensor, teacher: torch.Tensor, tau: float) -> torc
 def hidden_loss(student: torch.Tensor, teacher: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Mean squared error per channel divided by ``scale`` (the teacher's mean square)."""
     return ((student - teacher).pow(2) / scale).mean()
+
+
+def piece_loss(
+    logits: torch.Tensor, ids: torch.Tensor, prob: torch.Tensor, other: torch.Tensor
+) -> torch.Tensor:
+    """Mean KL divergence over positions between the teacher's ``(prob, other)`` and the
+    student's ``(softmax(logits)[ids], 1 - their sum)`` (``logits`` (m, V); ``ids``/``prob``
+    (m, k), zero ``prob`` for padding; ``other`` (m,))."""
+    logp = logits.float().log_softmax(-1)
+    lp = logp.gather(1, ids)
+    valid = prob > 0
+    q = prob.clamp(min=1e-30)
+    main = torch.where(valid, prob * (q.log() - lp), torch.zeros_like(lp)).sum(-1)
+    covered = torch.where(valid, lp, torch.full_like(lp, -math.inf)).logsumexp(-1)
+    p_other = log1mexp(covered.clamp(max=-1e-6))
+    o = other.clamp(min=1e-30)
+    rest = torch.where(other > 0, other * (o.log() - p_other), torch.zeros_like(other))
+    return (main + rest).mean()
 
 
 def channel_scale(targets: list[WindowTarget]) -> torch.Tensor:
@@ -94,7 +122,21 @@ def window_losses(
         if weights.hidden and len(lo)
         else zero
     )
+    pos = target.piece_pos.to(device)
+    parts["piece"] = (
+        piece_loss(
+            logits[pos],
+            target.piece_ids.to(device),
+            target.piece_prob.to(device),
+            target.piece_other.to(device),
+        )
+        if weights.piece and len(pos)
+        else zero
+    )
     total = (
-        weights.lm * parts["lm"] + weights.chunk * parts["chunk"] + weights.hidden * parts["hidden"]
+        weights.lm * parts["lm"]
+        + weights.chunk * parts["chunk"]
+        + weights.hidden * parts["hidden"]
+        + weights.piece * parts["piece"]
     )
     return total, parts

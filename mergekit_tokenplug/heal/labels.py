@@ -22,7 +22,12 @@ def objective_label(weights: DistillWeights | None) -> str:
     """``lm`` for the LM loss alone; else the weighted terms, e.g. ``lm+chunk+0.5*hidden``."""
     if weights is None:
         return "lm"
-    terms = (("lm", weights.lm), ("chunk", weights.chunk), ("hidden", weights.hidden))
+    terms = (
+        ("lm", weights.lm),
+        ("chunk", weights.chunk),
+        ("hidden", weights.hidden),
+        ("piece", weights.piece),
+    )
     return "+".join(name if w == 1 else f"{w:g}*{name}" for name, w in terms if w) or "0"
 
 

@@ -119,6 +119,7 @@ def distillation(
         layer=weights.layer,
         accelerator=accelerator,
         show_progress=show_progress,
+        student_tokenizer=tokenizer,
     )
     ran_all = int(accelerator.reduce(torch.tensor(ran, device=accelerator.device), "sum"))
     targets = load_targets(cache, windows)
@@ -144,6 +145,7 @@ def distillation(
             "lm": weights.lm,
             "chunk_likelihood": weights.chunk,
             "hidden_state": weights.hidden,
+            "next_piece": weights.piece,
             "tau": weights.tau,
             "layer": weights.layer,
         },
@@ -173,7 +175,8 @@ def objective_words(distilled: dict[str, Any] | None, lora: Any) -> str:
         o = distilled["objective"]
         words += (
             f" teacher={distilled['teacher']['path']} lm={o['lm']} "
-            f"chunk={o['chunk_likelihood']} hidden={o['hidden_state']} tau={o['tau']} "
+            f"chunk={o['chunk_likelihood']} hidden={o['hidden_state']} piece={o['next_piece']} "
+            f"tau={o['tau']} "
             f"layer={o['layer']}"
         )
     if lora is not None:

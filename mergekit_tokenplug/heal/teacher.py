@@ -7,7 +7,9 @@ starts (another width or architecture, no tokenizer, a body that differs from MO
 
 The teacher runs once: one no-gradient pass over the training windows heal will use writes,
 per window, the aligned chunks (``heal/align.py``), the teacher's summed log-probability of
-each chunk and its hidden state at each chunk end. The files live in a cache directory keyed
+each chunk, its hidden state at each chunk end, and the next-piece targets of the student's
+positions inside each chunk's first teacher token (``heal/pieces.py``: the teacher's
+``PIECE_TOP`` likeliest tokens at the chunk start, read as student pieces). The files live in a cache directory keyed
 by the teacher's weights, both tokenizers, the corpus and the window settings, one file per
 window (written atomically), so a rerun (or a longer run) only computes windows it lacks and
 a changed corpus lands in another key.
@@ -29,12 +31,14 @@ from safetensors.torch import load_file, save_file
 from mergekit_tokenplug.errors import InputError
 from mergekit_tokenplug.heal.align import Chunks, align_chunks
 from mergekit_tokenplug.heal.corpus_spans import Stream, Windows, read_stream
+from mergekit_tokenplug.heal.pieces import chunk_targets, spellings
 from mergekit_tokenplug.inputs import check_model_dir
 from mergekit_tokenplug.output.manifest import MANIFEST_NAME, input_record, sha256_file
 
 WHERE = "--teacher"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
+PIECE_TOP = 32  # teacher tokens per chunk start kept for the next-piece targets
 
 
 def default_teacher(model_dir: Path) -> str | None:
@@ -164,6 +168,10 @@ class WindowTarget:
     hi: torch.Tensor  # (n,) long: one past its last token
     logp: torch.Tensor  # (n,) float32
     hidden: torch.Tensor  # (n, d) float32
+    piece_pos: torch.Tensor  # (m,) long: student positions whose next token has a target
+    piece_ids: torch.Tensor  # (m, PIECE_TOP) long: student tokens of the target (0 padded)
+    piece_prob: torch.Tensor  # (m, PIECE_TOP) float32: their teacher mass (0 padded)
+    piece_other: torch.Tensor  # (m,) float32: the teacher's mass on every other token
 
 
 def window_file(cache: Path, index: int) -> Path:
@@ -186,9 +194,44 @@ def window_chunks(t_stream: Stream, windows: Windows, index: int) -> tuple[list[
     return t_ids, Chunks(*pick)
 
 
+def piece_records(
+    t_logits: torch.Tensor, s_ids: list[int], chunks: Chunks, spell: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The next-piece targets of a window from the teacher's logits (T_t, V_t) at its own
+    positions: one row per student position that gets a target, padded to ``PIECE_TOP``."""
+    pos: list[int] = []
+    rows: list[tuple[torch.Tensor, torch.Tensor]] = []
+    other: list[float] = []
+    starts = torch.tensor(chunks.b_lo, dtype=torch.long) - 1
+    logp = t_logits[starts.to(t_logits.device)].float().log_softmax(-1).cpu()
+    for k in range(len(chunks)):
+        actual = s_ids[chunks.a_lo[k] : chunks.a_hi[k]]
+        for j, ids, prob, rest in chunk_targets(logp[k], spell, actual, PIECE_TOP):
+            pos.append(chunks.a_lo[k] - 1 + j)
+            rows.append((ids, prob))
+            other.append(rest)
+    ids_out = torch.zeros((len(pos), PIECE_TOP), dtype=torch.long)
+    prob_out = torch.zeros((len(pos), PIECE_TOP), dtype=torch.float32)
+    for r, (ids, prob) in enumerate(rows):
+        ids_out[r, : len(ids)] = ids
+        prob_out[r, : len(ids)] = prob
+    return {
+        "piece_pos": torch.tensor(pos, dtype=torch.long),
+        "piece_ids": ids_out,
+        "piece_prob": prob_out,
+        "piece_other": torch.tensor(other, dtype=torch.float32),
+    }
+
+
 @torch.no_grad()
 def teacher_window(
-    teacher: Any, t_stream: Stream, windows: Windows, index: int, layer: int, device: Any
+    teacher: Any,
+    t_stream: Stream,
+    windows: Windows,
+    index: int,
+    layer: int,
+    device: Any,
+    spell: torch.Tensor,
 ) -> dict[str, torch.Tensor]:
     """Run the teacher once over its reading of window ``index``; keep what the losses
     need at the chunks."""
@@ -207,6 +250,7 @@ def teacher_window(
         "hi": torch.tensor(chunks.a_hi, dtype=torch.long),
         "logp": logp.cpu().contiguous(),
         "hidden": hidden.cpu().contiguous(),
+        **piece_records(out.logits[0], windows.window(index)[0], chunks, spell),
     }
 
 
@@ -220,6 +264,7 @@ def build_cache(
     layer: int,
     accelerator: Any,
     show_progress: bool,
+    student_tokenizer: Any,
 ) -> int:
     """Compute the missing windows (split over processes); return how many this process ran."""
     import transformers
@@ -233,6 +278,11 @@ def build_cache(
         t_stream = read_stream(transformers.AutoTokenizer.from_pretrained(teacher_dir), texts)
         model = transformers.AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32)
         model.to(accelerator.device).eval()
+        spell = spellings(
+            transformers.AutoTokenizer.from_pretrained(teacher_dir),
+            student_tokenizer,
+            model.get_output_embeddings().weight.shape[0],
+        )
         bar = tqdm(
             mine,
             desc="teacher",
@@ -240,7 +290,7 @@ def build_cache(
             disable=not (show_progress and accelerator.is_main_process),
         )
         for w in bar:
-            rec = teacher_window(model, t_stream, student, w, layer, accelerator.device)
+            rec = teacher_window(model, t_stream, student, w, layer, accelerator.device, spell)
             tmp = window_file(cache, w).with_suffix(f".tmp{os.getpid()}")
             save_file(rec, str(tmp))
             os.replace(tmp, window_file(cache, w))
@@ -253,7 +303,10 @@ def load_targets(cache: Path, windows: list[int]) -> dict[int, WindowTarget]:
     out = {}
     for w in windows:
         t = load_file(str(window_file(cache, w)))
-        out[w] = WindowTarget(t["lo"], t["hi"], t["logp"], t["hidden"])
+        out[w] = WindowTarget(
+            t["lo"], t["hi"], t["logp"], t["hidden"],
+            t["piece_pos"], t["piece_ids"], t["piece_prob"], t["piece_other"],
+        )  # fmt: skip
     return out
 
 

@@ -328,7 +328,7 @@ def _teacher_lines(summary: dict[str, Any]) -> list[str]:
             f"Distilled from the original model `{teacher['path']}` ({digests}): loss = "
             f"{o['lm']} x LM + {o['chunk_likelihood']} x chunk likelihood (tau {o['tau']}) + "
             f"{o['hidden_state']} x hidden state (layer {o['layer']}) at chunks both "
-            f"tokenizers end; teacher cache {cache['bytes']} bytes over {cache['windows']} windows.",
+            f"tokenizers end + {o.get('next_piece', 0.0)} x next-piece distribution; teacher cache {cache['bytes']} bytes over {cache['windows']} windows.",
         ]
     if adapter:
         lines += [
