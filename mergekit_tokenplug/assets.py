@@ -544,7 +544,9 @@ def ensure_all(
         elif key == "minilm":
             paths[key] = prepare_minilm(install)
         else:
-            known = ", ".join([*MODELS, "texts", "multilingual", "prose", "gpt2", "minilm", *GROUPS])
+            known = ", ".join(
+                [*MODELS, "texts", "multilingual", "prose", "gpt2", "minilm", *GROUPS]
+            )
             raise SystemExit(f"error: --only: unknown asset {key!r} (one of: {known})")
     return paths
 

@@ -519,6 +519,13 @@ def heal_objective(options: dict[str, Any]) -> dict[str, Any]:
     help="With --rows tool: a tool token to train; repeatable.",
 )
 @click.option("--lr", default=2e-3, help="Peak learning rate (cosine decay to lr/10).")
+@click.option(
+    "--output-lr",
+    type=float,
+    default=None,
+    help="Peak learning rate of the output matrix with --matrices both (a tied model is "
+    "untied, so the output rows move on their own).  [default: --lr, tied rows stay tied]",
+)
 @click.option("--lam", default=1e-2, help="Weight of ||W - W0||_F (0 disables it).")
 @click.option(
     "--seq-len",

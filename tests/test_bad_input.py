@@ -434,6 +434,8 @@ CASES += [
          ("MODEL", "model.norm.weight", "NaN")),
     Case("heal: --lr inf", lambda e: e.heal(e.zoo.sp_untied, "--lr", "inf"),
          ("--lr", "finite")),
+    Case("heal: --output-lr 0", lambda e: e.heal(e.zoo.sp_untied, "--matrices", "both", "--output-lr", "0"),
+         ("--output-lr", "> 0")),
     # 5: a side file linking out of MODEL
     Case("heal: symlinked side file", lambda e: e.heal(e.model(secret_link(e))),
          ("MODEL", "extra", "symbolic link", "outside the model folder")),

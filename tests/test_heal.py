@@ -86,6 +86,24 @@ def test_only_the_chosen_rows_change_and_the_tied_model_is_untied(zoo, transplan
     assert after_bpb != before_bpb
 
 
+def test_an_output_rate_unties_and_moves_the_output_rows_on_their_own(zoo, transplanted, tmp_path):
+    out = tmp_path / "healed"
+    summary = run_heal(
+        str(transplanted), str(out), corpus(zoo), lam=0.0, rows="estimated", matrices="both",
+        output_lr=1e-4, **FAST,
+    )  # fmt: skip
+    before, after = tensors(transplanted), tensors(out)
+    chosen = rows_to_train(transplanted, "estimated", before[EMBED].shape[0])
+    assert summary["untied"] and summary["rows"]["matrices"] == ["input", "output"]
+    assert summary["output_lr"] == 1e-4
+    moved_in = (after[EMBED] - before[EMBED])[chosen].abs().max()
+    moved_out = (after["lm_head.weight"] - before[EMBED])[chosen].abs().max()
+    # Adam steps are about the rate in size: the output rows move about a hundredth as far
+    assert 0 < moved_out < moved_in / 20
+    others = [i for i in range(before[EMBED].shape[0]) if i not in set(chosen)]
+    assert torch.equal(after["lm_head.weight"][others], before[EMBED][others])
+
+
 def test_a_huge_lambda_keeps_the_rows_at_their_estimate(zoo, transplanted, tmp_path):
     out = tmp_path / "healed"
     run_heal(str(transplanted), str(out), corpus(zoo), lam=1e12, rows="estimated", **FAST)
@@ -106,7 +124,17 @@ def test_two_processes_match_one_with_the_same_global_batch(zoo, transplanted, t
     for nproc in (1, 2):
         out, summary = tmp_path / f"out{nproc}", tmp_path / f"summary{nproc}.json"
         args = ["heal", str(transplanted), str(out), "--corpus", corpus(zoo)[0], "--steps", "3"]
-        args += ["--seq-len", "32", "--batch-size", "2", "--lr", "1e-2", "-q", "--json", str(summary)]
+        args += [
+            "--seq-len",
+            "32",
+            "--batch-size",
+            "2",
+            "--lr",
+            "1e-2",
+            "-q",
+            "--json",
+            str(summary),
+        ]
         proc = launch(nproc, args, {}, tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         results.append((json.loads(summary.read_text()), tensors(out)[EMBED]))
@@ -143,7 +171,18 @@ def _bad_inputs(zoo, transplanted, tmp):
 
 @pytest.mark.parametrize(
     "case",
-    ["empty corpus", "no match", "binary", "short", "no manifest", "zero steps", "mixed corpus", "one jsonl row", "no tool tokens", "tool token, other rows"],
+    [
+        "empty corpus",
+        "no match",
+        "binary",
+        "short",
+        "no manifest",
+        "zero steps",
+        "mixed corpus",
+        "one jsonl row",
+        "no tool tokens",
+        "tool token, other rows",
+    ],
 )
 def test_bad_input_is_one_line_and_leaves_nothing(zoo, transplanted, tmp_path, case):
     args, expected = _bad_inputs(zoo, transplanted, tmp_path)[case]

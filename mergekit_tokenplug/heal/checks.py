@@ -47,6 +47,7 @@ def check_heal_arguments(
     device: str,
     rows: str,
     tool_tokens: Sequence[str],
+    output_lr: float | None = None,
 ) -> str:
     """Every numeric option finite and in range, the device one that exists here; returns
     the device name."""
@@ -54,6 +55,8 @@ def check_heal_arguments(
     check_number(batch_size, "--batch-size", low=1, high=1 << 20)
     check_number(micro_batch, "--micro-batch", low=1, high=1 << 20)
     check_number(lr, "--lr", low=0, low_open=True, high=MAX_LR)
+    if output_lr is not None:
+        check_number(output_lr, "--output-lr", low=0, low_open=True, high=MAX_LR)
     check_number(lam, "--lam", low=0)
     check_number(eval_fraction, "--eval-fraction", low=0, high=1, high_open=True)
     check_seed(seed)

@@ -164,6 +164,7 @@ def run_heal(
     matrices: Matrices | None = None,
     tool_tokens: tuple[str, ...] = (),
     lr: float = 2e-3,
+    output_lr: float | None = None,
     lam: float = 1e-2,
     seq_len: int | None = None,
     batch_size: int = 2,
@@ -201,6 +202,7 @@ def run_heal(
         device=device,
         rows=rows,
         tool_tokens=tool_tokens,
+        output_lr=output_lr,
     )
     corpus_files, extras = check_heal_inputs(
         model_dir, out, corpus, overwrite=overwrite, allow_pickle=allow_pickle
@@ -241,7 +243,8 @@ def run_heal(
     load_s = time.perf_counter() - t_load
     loading.update()
     loading.close()
-    untied = matrices == "input" and is_tied(model)
+    # input rows alone, or an output matrix at its own rate: the two need their own rows
+    untied = is_tied(model) and (matrices == "input" or output_lr is not None)
     if untied:
         untie(model)
     mats = [model.get_input_embeddings().weight]
@@ -277,6 +280,7 @@ def run_heal(
     loop = LoopSettings(
         steps, lr, lam, batch_size, micro_batch, seed,
         adapter_lr=lora.lr if lora else 0.0, adapter_decay=lora.decay if lora else 0.0,
+        output_lr=output_lr,
     )  # fmt: skip
     losses = train_rows(
         model, mats, row_ids, data.train, loop, accelerator, show_progress=not quiet,
@@ -304,6 +308,7 @@ def run_heal(
         "untied": untied,
         "steps": steps,
         "lr": lr,
+        **({"output_lr": output_lr} if output_lr is not None and len(mats) > 1 else {}),
         "lr_schedule": "cosine to lr/10",
         "lam": lam,
         "seq_len": seq_len,
@@ -320,7 +325,9 @@ def run_heal(
         "adapter": lora_record(lora, merged),
     }
     command = (
-        f"heal rows={rows} matrices={matrices} steps={steps} lr={lr} lam={lam} seq_len={seq_len} "
+        f"heal rows={rows} matrices={matrices} steps={steps} lr={lr} "
+        + (f"output_lr={output_lr} " if output_lr is not None and len(mats) > 1 else "")
+        + f"lam={lam} seq_len={seq_len} "
         f"batch_size={batch_size} eval_fraction={eval_fraction} seed={seed}"
     )
     command += objective_words(distilled, lora)

@@ -69,7 +69,8 @@ def spellings(teacher_tokenizer: Any, student_tokenizer: Any, teacher_rows: int)
     """``(teacher_rows, MAX_PIECES)`` long: each teacher token's student pieces, -1 padded
     (a row of -1 for a token the student cannot spell)."""
     t_forms, s_forms = (_forms(t) for t in (teacher_tokenizer, student_tokenizer))
-    byte_piece = set(student_tokenizer.convert_tokens_to_ids(list(BYTE_PIECES)))
+    s_vocab = student_tokenizer.get_vocab()
+    byte_piece = {s_vocab[p] for p in BYTE_PIECES if p in s_vocab}
     by_form: dict[bytes, int] = {}
     for i in sorted(s_forms, key=lambda i: (i in byte_piece, i)):
         by_form.setdefault(s_forms[i], i)  # "A" before <0x41>: the piece the tokenizer uses
@@ -89,7 +90,6 @@ def spellings(teacher_tokenizer: Any, student_tokenizer: Any, teacher_rows: int)
     for i, enc in zip(readable, encoded, strict=True):
         if enc and b"".join(s_forms.get(p, b"\0\0") for p in enc) == t_forms[i]:
             spelled[i] = enc[:MAX_PIECES]
-    s_vocab = student_tokenizer.get_vocab()
     for i, name in zip(ids, teacher_tokenizer.convert_ids_to_tokens(ids), strict=True):
         same = s_vocab.get(name)  # the same entry (string and bytes) is the same token
         if same is not None and s_forms.get(same) == t_forms[i]:

@@ -47,6 +47,7 @@ class LoopSettings:
     micro_batch: int
     seed: int
     adapter_lr: float = 0.0
+    output_lr: float | None = None  # the output matrix's peak rate (None: lr)
     adapter_decay: float = 0.0
 
 
@@ -129,7 +130,10 @@ def train_rows(
     model.requires_grad_(False)
     for m in matrices:
         m.requires_grad_(True)
-    opt = torch.optim.Adam(rows, lr=settings.lr)
+    # Every output row gets a gradient at every position (the softmax), most of them tiny;
+    # Adam scales each to a full step, so the output matrix may take a lower rate.
+    peaks = [settings.lr] + [settings.output_lr or settings.lr] * (len(rows) - 1)
+    opt = torch.optim.Adam([{"params": [r], "lr": p} for r, p in zip(rows, peaks, strict=True)])
     adapter = adapter or []
     for p in adapter:
         p.requires_grad_(True)
@@ -171,8 +175,8 @@ def train_rows(
             # cosine decay from lr (step 1) to a tenth of it (last step)
             t = (step - 1) / max(1, settings.steps - 1)
             lr_t = settings.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * t)))
-            for group in opt.param_groups:
-                group["lr"] = lr_t
+            for group, peak in zip(opt.param_groups, peaks, strict=True):
+                group["lr"] = peak * lr_t / settings.lr
             for r, g in zip(rows, grads, strict=True):
                 r.grad = g
             opt.step()
