@@ -6,6 +6,7 @@ chunk's first teacher token the teacher's next-token mass read in student pieces
 (``heal/pieces.py``) gives a probability for the student's actual next piece. Printed per
 text, in bits per byte of the text:
 
+* ``cost``: the transplant's bits per byte over the original's on the chunks;
 * ``covered``: student positions that get a target, of all positions in chunks;
 * ``gap``: on those positions, (log q - log p_student) of the actual pieces: what a student
   that matched the targets exactly would gain there;
@@ -48,8 +49,8 @@ def main() -> None:
     student = load(args.transplant, dtype=torch.float32).eval()
     spell = spellings(tt, st, teacher.get_output_embeddings().weight.shape[0])
     bits = 1 / math.log(2)
-    print("| text | covered | gap (bpb) | full chunks: LT | q | LS |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| text | cost | covered | gap | full chunks: LT | q | LS |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name in assets.PROSE_SOURCES:
         text = assets.prose_path(args.texts, name).read_text(encoding="utf-8")[: args.chars]
         n_bytes = len(text.encode())
@@ -60,7 +61,7 @@ def main() -> None:
             slp = student(input_ids=torch.tensor([s_ids])).logits[0].float().log_softmax(-1)
             tlp = teacher(input_ids=torch.tensor([t_ids])).logits[0].float().log_softmax(-1)
         covered = positions = 0
-        gap = lt = lq = ls = 0.0
+        gap = lt = lq = ls = cost = 0.0
         for a_lo, a_hi, b_lo, b_hi in zip(
             *map(list, (chunks.a_lo, chunks.a_hi, chunks.b_lo, chunks.b_hi)), strict=True
         ):
@@ -73,12 +74,15 @@ def main() -> None:
                 gap += q - float(slp[a_lo - 1 + j, actual[j]])
                 q_chunk += q
             covered += len(targets)
+            chunk_t = sum(float(tlp[b - 1, t_ids[b]]) for b in range(b_lo, b_hi))
+            chunk_s = sum(float(slp[a - 1, s_ids[a]]) for a in range(a_lo, a_hi))
+            cost += chunk_t - chunk_s
             if len(targets) == len(actual):
-                lt += sum(float(tlp[b - 1, t_ids[b]]) for b in range(b_lo, b_hi))
-                ls += sum(float(slp[a - 1, s_ids[a]]) for a in range(a_lo, a_hi))
+                lt += chunk_t
+                ls += chunk_s
                 lq += q_chunk
         print(
-            f"| {name} | {covered}/{positions} | {gap * bits / n_bytes:.3f} | "
+            f"| {name} | {cost * bits / n_bytes:.3f} | {covered}/{positions} | {gap * bits / n_bytes:.3f} | "
             f"{lt * bits / n_bytes:.3f} | {lq * bits / n_bytes:.3f} | {ls * bits / n_bytes:.3f} |",
             flush=True,
         )

@@ -8,12 +8,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # train.py imports this module for its bar: no heal imports at run time
+if TYPE_CHECKING:  # train.py imports this module for its bar: no import of train here
+    from collections.abc import Callable
+
     import torch
 
     from mergekit_tokenplug.heal.distill import DistillWeights
     from mergekit_tokenplug.heal.examples import Examples
-    from mergekit_tokenplug.heal.train import Objective
+
+    Objective = Callable[[Any, Examples, list[int]], torch.Tensor]  # train.Objective
 
 RECENT = 10  # steps in the bar's labelled mean
 
