@@ -19,8 +19,9 @@ original model predicted whole words). It is the dense counterpart of the chunk 
 (ALM, arXiv 2503.20083), which see one observed continuation per chunk.
 
 ``spell(t)`` is the student's entry with ``t``'s string and bytes when there is one (a
-shared vocabulary maps onto itself), else the student tokenizer's reading of ``t``'s canonical bytes
-(``vocab/canonical.py``) when those are text and the pieces spell them exactly; otherwise
+shared vocabulary maps onto itself), else the student tokenizer's reading of ``t``'s
+canonical bytes (``vocab/canonical.py``) when those are text and the pieces spell them
+exactly; otherwise
 (byte pieces, part of a character, a tokenizer that would add a word-start marker) a greedy
 longest-match over the student's entries. Teacher tokens without bytes (specials) or that
 no student entry begins get no spelling: their mass is left out.

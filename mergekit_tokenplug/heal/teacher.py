@@ -9,10 +9,11 @@ The teacher runs once: one no-gradient pass over the training windows heal will 
 per window, the aligned chunks (``heal/align.py``), the teacher's summed log-probability of
 each chunk, its hidden state at each chunk end, and the next-piece targets of the student's
 positions inside each chunk's first teacher token (``heal/pieces.py``: the teacher's
-``PIECE_TOP`` likeliest tokens at the chunk start, read as student pieces). The files live in a cache directory keyed
-by the teacher's weights, both tokenizers, the corpus and the window settings, one file per
-window (written atomically), so a rerun (or a longer run) only computes windows it lacks and
-a changed corpus lands in another key.
+``PIECE_TOP`` likeliest tokens at the chunk start, read as student pieces; written whatever
+the loss weights, so one cache serves every objective). The files live in a cache directory
+keyed by the teacher's weights, both tokenizers, the corpus and the window settings, one file
+per window (written atomically), so a rerun (or a longer run) only computes windows it lacks
+and a changed corpus lands in another key.
 """
 
 from __future__ import annotations
