@@ -276,13 +276,12 @@ def build_cache(
     accelerator.wait_for_everyone()  # every process splits the same list, before any writes
     mine = missing[accelerator.process_index :: accelerator.num_processes]
     if mine:
-        t_stream = read_stream(transformers.AutoTokenizer.from_pretrained(teacher_dir), texts)
+        t_tokenizer = transformers.AutoTokenizer.from_pretrained(teacher_dir)
+        t_stream = read_stream(t_tokenizer, texts)
         model = transformers.AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32)
         model.to(accelerator.device).eval()
         spell = spellings(
-            transformers.AutoTokenizer.from_pretrained(teacher_dir),
-            student_tokenizer,
-            model.get_output_embeddings().weight.shape[0],
+            t_tokenizer, student_tokenizer, model.get_output_embeddings().weight.shape[0]
         )
         bar = tqdm(
             mine,
