@@ -106,10 +106,15 @@ def with_row_ids(transplant_dir: Path, out_dir: Path) -> Path:
 
 
 def timed_heal(
-    model: Path, out: Path, heal_args: list[str], summary: Path, processes: int = 1
+    model: Path,
+    out: Path,
+    heal_args: list[str],
+    summary: Path,
+    processes: int = 1,
+    corpus: str | None = None,
 ) -> dict[str, Any]:
     """Run heal; /usr/bin/time's peak RSS is that of the largest single process."""
-    corpus = str(assets.cache_root() / "texts/heal/*.txt")
+    corpus = corpus or str(assets.cache_root() / "texts/heal/*.txt")
     launcher = [str(BIN / "mergekit-tokenplug")]
     if processes > 1:  # accelerate's torchrun launcher (works without GPUs)
         launcher = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes",
@@ -175,6 +180,9 @@ def main(argv: list[str] | None = None) -> None:
         "run with the same name scores the healed model it wrote on --texts, without healing again)."
     )
     ap.add_argument("--processes", type=int, default=1, help="Data-parallel CPU processes.")
+    ap.add_argument(
+        "--corpus", help="Heal corpus (file or glob).  [default: the Debian corpus, texts/heal]"
+    )
     ap.add_argument("heal_args", nargs="*", help="Options passed to `heal` (after --).")
     args = ap.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -191,7 +199,9 @@ def main(argv: list[str] | None = None) -> None:
         run = json.loads(run_file.read_text())  # the same variant scored on other texts
     else:
         summary = args.out_dir / f"summary-{args.name}.json"
-        run = timed_heal(model, healed_dir, args.heal_args, summary, args.processes)
+        run = timed_heal(
+            model, healed_dir, args.heal_args, summary, args.processes, args.corpus
+        )
         run_file.write_text(json.dumps(run, indent=2))
     healed = bpb_records(healed_dir, texts, args.out_dir / f"bpb-{args.name}-{tag}.json")
     trans = bpb_records(model, texts, args.out_dir / f"bpb-transplant-{tag}.json")

@@ -21,7 +21,8 @@ from mergekit_tokenplug.evaluate.bpb import evaluate_models, format_table
 from mergekit_tokenplug.gguf_cli import gguf as gguf_command
 from mergekit_tokenplug.guards import check_device, check_number, check_seed, check_writable_file
 from mergekit_tokenplug.heal.adapter import DEFAULT_LORA, LoraSettings
-from mergekit_tokenplug.heal.command import DEFAULT_ADAPTER, DEFAULT_DISTILL, Matrices, run_heal
+from mergekit_tokenplug.heal.command import DEFAULT_DISTILL, run_heal
+from mergekit_tokenplug.heal.defaults import Adapter, Matrices, defaults_help
 from mergekit_tokenplug.heal.distill import DistillWeights
 from mergekit_tokenplug.heal.rows import RowChoice
 from mergekit_tokenplug.output.card import HEAL_FIGURES
@@ -484,8 +485,7 @@ def heal_objective(options: dict[str, Any]) -> dict[str, Any]:
         lr=opts.pop("lora_lr", DEFAULT_LORA.lr),
         decay=opts.pop("lora_decay", DEFAULT_LORA.decay),
     )
-    adapter = opts.pop("adapter", "none")
-    return {**opts, "distill": distill, "lora": lora if adapter == "lora" else None}
+    return {**opts, "distill": distill, "lora": lora}
 
 
 @main.command()
@@ -510,7 +510,7 @@ def heal_objective(options: dict[str, Any]) -> dict[str, Any]:
     "--matrices",
     type=click.Choice(get_args(Matrices)),
     help="input: only input rows move (a tied model is untied); both: output rows too.  "
-    "[default: input; both with --rows tool]",
+    f"[default: {defaults_help()}]",
 )
 @click.option(
     "--tool-token",
@@ -518,13 +518,19 @@ def heal_objective(options: dict[str, Any]) -> dict[str, Any]:
     multiple=True,
     help="With --rows tool: a tool token to train; repeatable.",
 )
-@click.option("--lr", default=2e-3, help="Peak learning rate (cosine decay to lr/10).")
+@click.option(
+    "--lr",
+    type=float,
+    default=None,
+    help="Peak learning rate of the rows (cosine decay to lr/10).  [default: see --matrices]",
+)
 @click.option(
     "--output-lr",
     type=float,
     default=None,
-    help="Peak learning rate of the output matrix with --matrices both (a tied model is "
-    "untied, so the output rows move on their own).  [default: --lr, tied rows stay tied]",
+    help="Peak learning rate of the output matrix (trains it; a tied model is untied, so "
+    "the output rows move on their own).  [default: see --matrices; without one, --lr and "
+    "tied rows stay tied]",
 )
 @click.option("--lam", default=1e-2, help="Weight of ||W - W0||_F (0 disables it).")
 @click.option(
@@ -577,10 +583,9 @@ def heal_objective(options: dict[str, Any]) -> dict[str, Any]:
 )
 @click.option(
     "--adapter",
-    type=click.Choice(["none", "lora"]),
-    default=DEFAULT_ADAPTER,
-    show_default=True,
-    help="lora: train a low-rank adapter with the rows, merged into OUT's weights at the end.",
+    type=click.Choice(get_args(Adapter)),
+    help="lora: train a low-rank adapter with the rows, merged into OUT's weights at the end.  "
+    "[default: lora with a teacher, none without one or for tool rows]",
 )
 @click.option("--lora-rank", default=DEFAULT_LORA.rank, show_default=True)
 @click.option("--lora-alpha", default=DEFAULT_LORA.alpha, show_default=True)

@@ -436,6 +436,9 @@ CASES += [
          ("--lr", "finite")),
     Case("heal: --output-lr 0", lambda e: e.heal(e.zoo.sp_untied, "--matrices", "both", "--output-lr", "0"),
          ("--output-lr", "> 0")),
+    Case("heal: --output-lr with --matrices input",
+         lambda e: e.heal(e.zoo.sp_untied, "--matrices", "input", "--output-lr", "1e-4"),
+         ("--output-lr", "--matrices input", "expected --matrices both")),
     # 5: a side file linking out of MODEL
     Case("heal: symlinked side file", lambda e: e.heal(e.model(secret_link(e))),
          ("MODEL", "extra", "symbolic link", "outside the model folder")),

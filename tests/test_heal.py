@@ -5,6 +5,7 @@ built in the tests): only the chosen rows move, the regularizer's limit, determi
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,14 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from mergekit_tokenplug.cli import main
 from mergekit_tokenplug.heal import run_heal
+from mergekit_tokenplug.heal.adapter import DEFAULT_LORA
+from mergekit_tokenplug.heal.defaults import (
+    LM_TRAINING,
+    TEACHER_TRAINING,
+    TOOL_TRAINING,
+    Training,
+    training_defaults,
+)
 from mergekit_tokenplug.heal.rows import rows_to_train
 from mergekit_tokenplug.heal.train import prox_toward
 from mergekit_tokenplug.output.manifest import MANIFEST_NAME, expand_ranges, verify_manifest
@@ -65,7 +74,10 @@ def test_manifest_records_the_estimated_and_byte_fallback_rows(zoo, transplanted
 
 def test_only_the_chosen_rows_change_and_the_tied_model_is_untied(zoo, transplanted, tmp_path):
     out = tmp_path / "healed"
-    summary = run_heal(str(transplanted), str(out), corpus(zoo), lam=0.0, rows="estimated", **FAST)
+    summary = run_heal(
+        str(transplanted), str(out), corpus(zoo), lam=0.0, rows="estimated", matrices="input",
+        adapter="none", **FAST,
+    )  # fmt: skip
     before, after = tensors(transplanted), tensors(out)
     chosen = rows_to_train(transplanted, "estimated", before[EMBED].shape[0])
     assert summary["rows"]["count"] == len(chosen) and summary["untied"]
@@ -102,6 +114,49 @@ def test_an_output_rate_unties_and_moves_the_output_rows_on_their_own(zoo, trans
     assert 0 < moved_out < moved_in / 20
     others = [i for i in range(before[EMBED].shape[0]) if i not in set(chosen)]
     assert torch.equal(after["lm_head.weight"][others], before[EMBED][others])
+
+
+def test_defaults_follow_the_rows_and_the_objective():
+    t, lm = TEACHER_TRAINING, LM_TRAINING
+    assert training_defaults("all", True) == t and t.adapter == "lora"
+    assert training_defaults("new", False) == lm and lm.adapter == "none"
+    assert training_defaults("tool", True) == training_defaults("tool", False) == TOOL_TRAINING
+    # a given option wins; an output rate alone trains the output rows; input rows alone
+    # take no output rate; both matrices without an output rate move at the input rate
+    assert training_defaults("all", True, lr=1e-3) == Training("both", 1e-3, t.output_lr, "lora")
+    assert training_defaults("all", False, output_lr=1e-4) == Training("both", lm.lr, 1e-4, "none")
+    assert training_defaults("all", True, matrices="input", adapter="none") == Training(
+        "input", t.lr, None, "none"
+    )
+    assert training_defaults("all", False, matrices="both") == Training("both", lm.lr, None, "none")
+
+
+def test_a_default_heal_distils_into_both_matrices_and_a_merged_adapter(
+    zoo, transplanted, tmp_path
+):
+    fast = {k: v for k, v in FAST.items() if k != "lr"}
+    taught = run_heal(str(transplanted), str(tmp_path / "taught"), corpus(zoo), **fast)
+    assert taught["teacher"]["path"] == str(Path(zoo.sp_tied).resolve())
+    assert taught["objective"]["next_piece"] == 1.0 and taught["objective"]["lm"] == 1.0
+    assert taught["rows"]["matrices"] == ["input", "output"] and taught["untied"]
+    t = TEACHER_TRAINING
+    assert (taught["lr"], taught["output_lr"]) == (t.lr, t.output_lr)
+    assert taught["adapter"]["merged"] and taught["adapter"]["rank"] == DEFAULT_LORA.rank
+    before, after = tensors(transplanted), tensors(tmp_path / "taught")
+    assert not torch.equal(after["lm_head.weight"], before[EMBED])
+    card = (tmp_path / "taught" / "README.md").read_text()
+    assert "the output rows were trained on their own (peak lr 0.0001" in card
+    assert "only the input rows were trained" not in card  # what the card said before
+    changed = {
+        name for name, v in before.items() if name in after and not torch.equal(after[name], v)
+    }
+    assert any(name.endswith("q_proj.weight") for name in changed)  # the merged adapter
+    plain = run_heal(
+        str(transplanted), str(tmp_path / "plain"), corpus(zoo), teacher="none", **fast
+    )
+    assert plain["teacher"] is None and plain["rows"]["matrices"] == ["input"]
+    assert plain["lr"] == LM_TRAINING.lr and "output_lr" not in plain
+    assert plain["adapter"] is None
 
 
 def test_a_huge_lambda_keeps_the_rows_at_their_estimate(zoo, transplanted, tmp_path):

@@ -47,8 +47,6 @@ def transplanted(zoo, tmp_path_factory):
     return out
 
 
-
-
 # ----------------------------------------------------------------------------- alignment
 
 
@@ -254,7 +252,7 @@ def test_distillation_with_lora_changes_only_the_rows_and_the_merged_modules(
     for i in range(2):
         out = tmp_path / f"healed{i}"
         summary = run_heal(
-            str(transplanted), str(out), corpus(zoo), rows="new", lam=0.0, lora=DEFAULT_LORA,
+            str(transplanted), str(out), corpus(zoo), rows="new", lam=0.0, adapter="lora",
             teacher_cache=str(tmp_path / "cache"), **FAST,
         )  # fmt: skip
         outs.append((out / "model.safetensors").read_bytes())

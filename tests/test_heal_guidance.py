@@ -140,7 +140,7 @@ def test_a_teacher_run_says_what_its_pass_costs_and_labels_every_term(zoo, tmp_p
     windows = re.search(r"teacher pass over (\d+) of (\d+) windows about", line)
     assert windows and windows[1] == windows[2], line
     assert "plus the trained rows' Adam state and the teacher" in line
-    assert _last_bar_loss(first, "lm+chunk+hidden") > 0
+    assert _last_bar_loss(first, "lm+piece") > 0  # the default objective
     again, _ = _heal(args)  # the cache beside OUT now holds every window
     assert f"teacher cache holds all {windows[2]} windows" in again
 

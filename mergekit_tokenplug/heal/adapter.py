@@ -29,7 +29,7 @@ class LoraSettings:
     decay: float
 
 
-DEFAULT_LORA = LoraSettings(rank=8, alpha=16.0, targets=DEFAULT_TARGETS, lr=1e-3, decay=0.0)
+DEFAULT_LORA = LoraSettings(rank=8, alpha=16.0, targets=DEFAULT_TARGETS, lr=2.5e-4, decay=0.0)
 
 
 def attach_lora(

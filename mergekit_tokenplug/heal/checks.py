@@ -38,7 +38,7 @@ MAX_LR = 1e6  # far past any useful rate; Adam's step must stay a float32
 def check_heal_arguments(
     *,
     steps: int,
-    lr: float,
+    lr: float | None,
     lam: float,
     batch_size: int,
     micro_batch: int,
@@ -48,15 +48,23 @@ def check_heal_arguments(
     rows: str,
     tool_tokens: Sequence[str],
     output_lr: float | None = None,
+    matrices: str | None = None,
 ) -> str:
     """Every numeric option finite and in range, the device one that exists here; returns
     the device name."""
     check_number(steps, "--steps", low=1, high=MAX_STEPS)
     check_number(batch_size, "--batch-size", low=1, high=1 << 20)
     check_number(micro_batch, "--micro-batch", low=1, high=1 << 20)
-    check_number(lr, "--lr", low=0, low_open=True, high=MAX_LR)
+    if lr is not None:  # None: heal/defaults.py decides
+        check_number(lr, "--lr", low=0, low_open=True, high=MAX_LR)
     if output_lr is not None:
         check_number(output_lr, "--output-lr", low=0, low_open=True, high=MAX_LR)
+        if matrices == "input":
+            raise ConfigError(
+                "sets the output matrix's rate, but --matrices input trains input rows only; "
+                "expected --matrices both or no --output-lr",
+                where="--output-lr",
+            )
     check_number(lam, "--lam", low=0)
     check_number(eval_fraction, "--eval-fraction", low=0, high=1, high_open=True)
     check_seed(seed)

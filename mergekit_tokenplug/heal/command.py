@@ -10,7 +10,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -19,7 +19,13 @@ from mergekit_tokenplug.compute.progress import quiet_bars
 from mergekit_tokenplug.errors import ConfigError
 from mergekit_tokenplug.evaluate.bpb import LN2, bits_per_byte
 from mergekit_tokenplug.guards import fit_context
-from mergekit_tokenplug.heal.adapter import LoraSettings, attach_lora, lora_record, merge_lora
+from mergekit_tokenplug.heal.adapter import (
+    DEFAULT_LORA,
+    LoraSettings,
+    attach_lora,
+    lora_record,
+    merge_lora,
+)
 from mergekit_tokenplug.heal.checks import (
     ModelExtras,
     check_finite_model,
@@ -29,6 +35,7 @@ from mergekit_tokenplug.heal.checks import (
     check_side_file_links,
 )
 from mergekit_tokenplug.heal.data import HealCorpus, load_corpus
+from mergekit_tokenplug.heal.defaults import Adapter, Matrices, training_defaults
 from mergekit_tokenplug.heal.distill import DistillWeights
 from mergekit_tokenplug.heal.estimate import announce, teacher_pass
 from mergekit_tokenplug.heal.examples import example_scores
@@ -41,9 +48,8 @@ from mergekit_tokenplug.output.atomic import atomic_directory
 from mergekit_tokenplug.output.card import heal_section
 from mergekit_tokenplug.output.manifest import MANIFEST_NAME, input_record, write_manifest
 
-Matrices = Literal["input", "both"]  # the CLI's choices
-DEFAULT_DISTILL = DistillWeights(lm=1.0, chunk=1.0, hidden=1.0, tau=100.0, layer=-1)
-DEFAULT_ADAPTER = "none"  # the CLI's --adapter default
+# the LM loss and the next-piece loss: bench/RESULTS.md, "Learning rates, the next-piece loss and a LoRA"
+DEFAULT_DISTILL = DistillWeights(lm=1.0, chunk=0.0, hidden=0.0, tau=100.0, layer=-1, piece=1.0)
 
 # Files the model's own save_pretrained writes or this module rewrites; every other file of
 # MODEL (side files such as tool-token priors, recipes) is carried over unchanged.
@@ -163,7 +169,7 @@ def run_heal(
     rows: RowChoice = "all",
     matrices: Matrices | None = None,
     tool_tokens: tuple[str, ...] = (),
-    lr: float = 2e-3,
+    lr: float | None = None,
     output_lr: float | None = None,
     lam: float = 1e-2,
     seq_len: int | None = None,
@@ -178,15 +184,18 @@ def run_heal(
     teacher: str | None = None,
     distill: DistillWeights = DEFAULT_DISTILL,
     teacher_cache: str | None = None,
-    lora: LoraSettings | None = None,
+    adapter: Adapter | None = None,
+    lora: LoraSettings = DEFAULT_LORA,
 ) -> dict[str, Any]:
     """Heal MODEL into OUT; return the summary (also recorded in OUT's manifest).
 
-    ``matrices`` defaults to ``input`` for transplanted rows and to ``both`` for tool rows
-    (a tool token must be predicted: its output row is the one that matters). ``seq_len``
+    ``matrices``, ``lr``, ``output_lr`` and ``adapter`` default by the rows and the objective
+    (``heal/defaults.py``: both matrices at low rates and a LoRA with a teacher, input rows
+    with the LM loss alone, both for tool rows). ``seq_len``
     defaults to 512 tokens, or the model's context when that is shorter. ``teacher``
     (default: MODEL's base, ``heal/teach.py``; ``"none"``: LM loss only) adds distillation;
-    ``lora`` trains a low-rank adapter with the rows and merges it into OUT's weights."""
+    ``adapter="lora"`` trains a low-rank adapter (``lora``'s settings) with the rows and merges
+    it into OUT's weights."""
     import transformers
     from accelerate import Accelerator
 
@@ -203,6 +212,7 @@ def run_heal(
         rows=rows,
         tool_tokens=tool_tokens,
         output_lr=output_lr,
+        matrices=matrices,
     )
     corpus_files, extras = check_heal_inputs(
         model_dir, out, corpus, overwrite=overwrite, allow_pickle=allow_pickle
@@ -229,8 +239,13 @@ def run_heal(
         seed=seed,
         tool_ids=tool_ids,
     )
-    matrices = matrices or ("both" if rows == "tool" else "input")
     teacher_dir = resolve_teacher(teacher, src, text_corpus=data.heldout_examples is None)
+    training = training_defaults(
+        rows, teacher_dir is not None, matrices=matrices, lr=lr, output_lr=output_lr,
+        adapter=adapter,
+    )  # fmt: skip
+    matrices, lr, output_lr = training.matrices, training.lr, training.output_lr
+    adapter_settings = lora if training.adapter == "lora" else None
 
     accelerator = Accelerator(cpu=device == "cpu")
     loading.update()
@@ -276,10 +291,13 @@ def run_heal(
             show_progress=not quiet,
         )  # fmt: skip
         objective = Labelled(objective, objective_label(distill))  # the training bar's label
-    wrapped, adapter_params = (None, []) if lora is None else attach_lora(model, lora, seed)
+    wrapped, adapter_params = (
+        (None, []) if adapter_settings is None else attach_lora(model, adapter_settings, seed)
+    )
     loop = LoopSettings(
         steps, lr, lam, batch_size, micro_batch, seed,
-        adapter_lr=lora.lr if lora else 0.0, adapter_decay=lora.decay if lora else 0.0,
+        adapter_lr=adapter_settings.lr if adapter_settings else 0.0,
+        adapter_decay=adapter_settings.decay if adapter_settings else 0.0,
         output_lr=output_lr,
     )  # fmt: skip
     losses = train_rows(
@@ -322,7 +340,7 @@ def run_heal(
         "heldout_after": after,
         "train_loss": losses,
         **(distilled or {"teacher": None}),
-        "adapter": lora_record(lora, merged),
+        "adapter": lora_record(adapter_settings, merged),
     }
     command = (
         f"heal rows={rows} matrices={matrices} steps={steps} lr={lr} "
@@ -330,7 +348,7 @@ def run_heal(
         + f"lam={lam} seq_len={seq_len} "
         f"batch_size={batch_size} eval_fraction={eval_fraction} seed={seed}"
     )
-    command += objective_words(distilled, lora)
+    command += objective_words(distilled, adapter_settings)
     if accelerator.is_main_process:
         model.to("cpu", file_dtype)
         with atomic_directory(out, inputs=[str(src), *corpus_files], overwrite=overwrite) as tmp:

@@ -286,19 +286,26 @@ HEAL_FIGURES = {  # held-out figures heal records, in the order the card shows t
 def heal_section(summary: dict[str, Any]) -> str:
     """Markdown: what ``heal`` trained, on what, and the held-out figures before/after."""
     rows = summary["rows"]
+    frozen = "everything else frozen" + (" but the adapter below" if summary.get("adapter") else "")
     lines = [
         "## Heal (mergekit-tokenplug)",
         "",
         f"After the transplant, {rows['count']} rows ({rows['which']}) of the "
         f"{' and '.join(rows['matrices'])} matrix were trained for {summary['steps']} steps "
-        f"on {len(summary['corpus'])} corpus file(s), everything else frozen, regularized toward "
+        f"on {len(summary['corpus'])} corpus file(s), {frozen}, regularized toward "
         f"their starting rows (lambda = {summary['lam']}).",
     ]
     if summary.get("untied"):
+        trained_output = "output" in rows["matrices"]
         lines += [
             "",
-            "The model was tied; it is now untied (`tie_word_embeddings: false`): the output "
-            "matrix is the transplanted one, only the input rows were trained.",
+            "The model was tied; it is now untied (`tie_word_embeddings: false`): "
+            + (
+                f"the output rows were trained on their own (peak lr {summary['output_lr']}, "
+                f"input rows {summary['lr']})."
+                if trained_output
+                else "the output matrix is the transplanted one, only the input rows were trained."
+            ),
         ]
     lines += _teacher_lines(summary)
     before, after = summary.get("heldout_before"), summary.get("heldout_after")
