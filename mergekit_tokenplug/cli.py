@@ -21,8 +21,8 @@ from mergekit_tokenplug.evaluate.bpb import evaluate_models, format_table
 from mergekit_tokenplug.gguf_cli import gguf as gguf_command
 from mergekit_tokenplug.guards import check_device, check_number, check_seed, check_writable_file
 from mergekit_tokenplug.heal.adapter import DEFAULT_LORA, LoraSettings
-from mergekit_tokenplug.heal.command import DEFAULT_DISTILL, run_heal
-from mergekit_tokenplug.heal.defaults import Adapter, Matrices, defaults_help
+from mergekit_tokenplug.heal.command import run_heal
+from mergekit_tokenplug.heal.defaults import DEFAULT_DISTILL, Adapter, Matrices, defaults_help
 from mergekit_tokenplug.heal.distill import DistillWeights
 from mergekit_tokenplug.heal.rows import RowChoice
 from mergekit_tokenplug.output.card import HEAL_FIGURES

@@ -35,7 +35,12 @@ from mergekit_tokenplug.heal.checks import (
     check_side_file_links,
 )
 from mergekit_tokenplug.heal.data import HealCorpus, load_corpus
-from mergekit_tokenplug.heal.defaults import Adapter, Matrices, training_defaults
+from mergekit_tokenplug.heal.defaults import (
+    DEFAULT_DISTILL,
+    Adapter,
+    Matrices,
+    training_defaults,
+)
 from mergekit_tokenplug.heal.distill import DistillWeights
 from mergekit_tokenplug.heal.estimate import announce, teacher_pass
 from mergekit_tokenplug.heal.examples import example_scores
@@ -47,9 +52,6 @@ from mergekit_tokenplug.heal.train import LoopSettings, is_tied, train_rows, unt
 from mergekit_tokenplug.output.atomic import atomic_directory
 from mergekit_tokenplug.output.card import heal_section
 from mergekit_tokenplug.output.manifest import MANIFEST_NAME, input_record, write_manifest
-
-# the LM loss and the next-piece loss: bench/RESULTS.md, "Learning rates, the next-piece loss and a LoRA"
-DEFAULT_DISTILL = DistillWeights(lm=1.0, chunk=0.0, hidden=0.0, tau=100.0, layer=-1, piece=1.0)
 
 # Files the model's own save_pretrained writes or this module rewrites; every other file of
 # MODEL (side files such as tool-token priors, recipes) is carried over unchanged.

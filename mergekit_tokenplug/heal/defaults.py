@@ -1,9 +1,12 @@
-"""heal's defaults for what trains and how fast: matrices, learning rates, adapter.
+"""heal's defaults for what trains, how fast and on which objective: matrices, learning rates,
+adapter, loss weights.
 
 They depend on what is trained and on the objective (``bench/RESULTS.md``, "Learning rates,
 the next-piece loss and a LoRA"):
 
-* **With a teacher** (a transplant's default): both matrices, the input rows at 2.5e-4 and
+* **With a teacher** (a transplant's default): the LM loss plus the next-piece loss
+  (``DEFAULT_DISTILL``; the chunk-likelihood and hidden-state terms off, not measured in this
+  setting), both matrices, the input rows at 2.5e-4 and
   the output rows at 1e-4, and a rank-8 LoRA (``heal/adapter.py``) merged at the end. Adam
   moves every coordinate of a row that takes a gradient by about the rate each step,
   whatever the gradient's size; Gemma-3-270M's rows have an RMS of 0.04, so 2e-3 rewrites a
@@ -29,6 +32,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from mergekit_tokenplug.heal.distill import DistillWeights
+
 Matrices = Literal["input", "both"]  # the CLI's choices
 Adapter = Literal["none", "lora"]
 
@@ -44,6 +49,7 @@ class Training:
     adapter: Adapter
 
 
+DEFAULT_DISTILL = DistillWeights(lm=1.0, chunk=0.0, hidden=0.0, tau=100.0, layer=-1, piece=1.0)
 TEACHER_TRAINING = Training("both", 2.5e-4, 1e-4, "lora")
 LM_TRAINING = Training("input", 2e-3, None, "none")
 TOOL_TRAINING = Training("both", 2e-3, None, "none")

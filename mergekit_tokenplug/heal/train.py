@@ -172,17 +172,18 @@ def train_rows(
                 grads = [accelerator.reduce(g, reduction="mean") for g in grads]
                 adapter_grads = [accelerator.reduce(g, reduction="mean") for g in adapter_grads]
                 total = accelerator.reduce(total, reduction="mean")
-            # cosine decay from lr (step 1) to a tenth of it (last step)
+            # cosine decay from each peak (step 1) to a tenth of it (last step)
             t = (step - 1) / max(1, settings.steps - 1)
-            lr_t = settings.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * t)))
+            decay = 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * t))
+            lr_t = settings.lr * decay
             for group, peak in zip(opt.param_groups, peaks, strict=True):
-                group["lr"] = peak * lr_t / settings.lr
+                group["lr"] = peak * decay
             for r, g in zip(rows, grads, strict=True):
                 r.grad = g
             opt.step()
             if adapter_opt is not None:
                 for group in adapter_opt.param_groups:
-                    group["lr"] = settings.adapter_lr * lr_t / settings.lr
+                    group["lr"] = settings.adapter_lr * decay
                 for p, g in zip(adapter, adapter_grads, strict=True):
                     p.grad = g
                 adapter_opt.step()
